@@ -1,0 +1,183 @@
+"""Decode once, train many times: in-memory and on-disk caches of resized samples.
+
+Decoding PNG/JPEG and resizing dominates a small model's epoch, so training decodes each
+sample exactly once: :class:`CachedDataset` keeps the compact uint8 form in memory, and
+:func:`load_tensor_stack` decodes the whole dataset into one uint8 stack (optionally stored
+on disk) that training moves to the GPU once. Original-resolution masks are not written to
+disk; evaluation reads them cheaply with :meth:`AnomalyDataset.original_mask`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from adps.data.datasets import AnomalyDataset, Decoded, Record, Sample
+from adps.errors import AdpsError
+
+__all__ = ["CachedDataset", "cache_key", "load_tensor_stack"]
+
+_CACHE_VERSION = 1
+
+
+class CachedDataset(Dataset[Sample]):
+    """Wrap a dataset so each sample is decoded once and served from memory afterwards.
+
+    The cache lives in this process: with a multi-worker DataLoader every worker would fill
+    its own copy, so use ``num_workers=0`` (or :func:`load_tensor_stack`) with it.
+    """
+
+    def __init__(self, dataset: AnomalyDataset):
+        self.dataset = dataset
+        self._cache: dict[int, Decoded] = {}
+
+    @property
+    def records(self) -> list[Record]:
+        return self.dataset.records
+
+    @property
+    def size(self) -> tuple[int, int] | None:
+        return self.dataset.size
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def decode(self, index: int) -> Decoded:
+        if index < 0:
+            index += len(self)
+        hit = self._cache.get(index)
+        if hit is None:
+            hit = self._cache[index] = self.dataset.decode(index)
+        return hit
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        return self.dataset.make_sample(index, self.decode(index))
+
+
+def _base(dataset: AnomalyDataset | CachedDataset) -> AnomalyDataset:
+    return dataset.dataset if isinstance(dataset, CachedDataset) else dataset
+
+
+def _stat(path: Path) -> list[int]:
+    try:
+        st = path.stat()
+    except FileNotFoundError as exc:
+        raise AdpsError("file not found", path) from exc
+    return [st.st_mtime_ns, st.st_size]
+
+
+def cache_key(dataset: AnomalyDataset | CachedDataset) -> str:
+    """Hash of everything the stack depends on: dataset type, size, files, mtimes, labels.
+
+    Any edited, added or removed file changes the key, so a stale cache is never read.
+    """
+    parts: list[object] = [_CACHE_VERSION, type(_base(dataset)).__name__, dataset.size]
+    for rec in dataset.records:
+        mask = [str(rec.mask.resolve()), *_stat(rec.mask)] if rec.mask is not None else None
+        parts.append([str(rec.image.resolve()), *_stat(rec.image), mask, rec.label])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _cache_file(dataset: AnomalyDataset | CachedDataset, cache_dir: Path) -> Path:
+    size = "orig" if dataset.size is None else f"{dataset.size[0]}x{dataset.size[1]}"
+    return cache_dir / f"{type(_base(dataset)).__name__}_{size}_{cache_key(dataset)[:24]}.pt"
+
+
+def _save_atomic(obj: dict[str, Tensor], target: Path) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cached(path: Path, n: int) -> tuple[Tensor, Tensor, Tensor] | None:
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        images, masks, labels = data["images"], data["masks"], data["labels"]
+    except Exception as exc:  # a damaged cache is ours to rebuild, not the user's problem
+        warnings.warn(f"ignoring unreadable cache file {path} ({exc}); rebuilding it", stacklevel=3)
+        return None
+    if len(images) != n or len(masks) != n or len(labels) != n:
+        warnings.warn(f"ignoring cache file {path} with wrong length; rebuilding it", stacklevel=3)
+        return None
+    return images, masks, labels
+
+
+def load_tensor_stack(
+    dataset: AnomalyDataset | CachedDataset,
+    num_workers: int = 0,
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Decode every sample once into ``(images uint8 (N,3,H,W), masks uint8 (N,1,H,W),
+    labels int64 (N,))``.
+
+    ``num_workers > 0`` decodes in a thread pool (PIL and torch release the GIL while
+    decoding/resizing, so threads scale without process start-up or pickling). With
+    ``cache_dir`` the stack is read from / written to one ``.pt`` file per dataset and size.
+    All images must share one size, so ``size=None`` only works for uniform datasets.
+    """
+    n = len(dataset)
+    labels = torch.tensor([r.label for r in dataset.records], dtype=torch.int64)
+    target: Path | None = None
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        target = _cache_file(dataset, cache_dir)
+        if target.exists():
+            cached = _load_cached(target, n)
+            if cached is not None:
+                return cached
+
+    first = dataset.decode(0)
+    images = torch.empty((n, *first.image.shape), dtype=torch.uint8)
+    masks = torch.empty((n, *first.mask.shape), dtype=torch.uint8)
+
+    def put(i: int, d: Decoded) -> None:
+        if d.image.shape != first.image.shape:
+            raise AdpsError(
+                f"image size {tuple(d.image.shape[1:])} differs from {tuple(first.image.shape[1:])}; "
+                "set a fixed size to stack images of different sizes",
+                dataset.records[i].image,
+            )
+        images[i], masks[i] = d.image, d.mask
+
+    with tqdm(total=n, desc="decoding images", unit="img", disable=not progress) as bar:
+        put(0, first)
+        bar.update(1)
+        rest = range(1, n)
+        if num_workers > 0 and n > 1:
+            pool = ThreadPoolExecutor(max_workers=num_workers)
+            try:
+                for i, d in zip(rest, pool.map(dataset.decode, rest)):
+                    put(i, d)
+                    bar.update(1)
+            finally:
+                pool.shutdown(cancel_futures=True)  # on error, do not decode the rest
+        else:
+            for i in rest:
+                put(i, dataset.decode(i))
+                bar.update(1)
+
+    if target is not None:
+        _save_atomic({"images": images, "masks": masks, "labels": labels}, target)
+    return images, masks, labels

@@ -1,0 +1,559 @@
+"""Anomaly-detection datasets: MVTec AD, Kolektor SDD / SDD2 and a generic folder layout.
+
+Every dataset is a list of :class:`Record` (image path, mask path or ``None``, label) plus a
+working size. Building the list only looks at file names (and, for Kolektor, mask content, since
+that is where the label lives); images are decoded lazily in :meth:`AnomalyDataset.decode`,
+which is also the single place where files are validated, so a bad file is reported exactly
+when it is first used, with its name.
+
+Rules shared by all datasets (kept strict so that wrong data never trains silently):
+
+* Only files whose extension is in ``extensions`` are images; anything else in a folder
+  (``.txt``, ``.json``, ``Thumbs.db``...) is not an image and is ignored. A file *with* an image
+  extension that cannot be decoded is an error, never skipped.
+* A defective image must have a mask unless ``mask_required=False``; then it becomes an
+  image-level-only sample (``has_mask=False``) and pixel metrics are reported as absent.
+* Masks that match no image are ignored with one :class:`OrphanMaskWarning` per mask folder.
+* A mask is foreground wherever any of its (colour) channels is non-zero; its size must equal
+  its image's size.
+* ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left at ``False`` so truncated files raise.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from adps.errors import AdpsError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "AnomalyDataset",
+    "Decoded",
+    "Folder",
+    "KolektorSDD",
+    "KolektorSDD2",
+    "MVTecAD",
+    "OrphanMaskWarning",
+    "Record",
+    "Resize",
+    "Sample",
+    "build_records",
+    "collate_samples",
+    "find_images",
+    "match_masks",
+    "normalize_size",
+    "read_image",
+    "read_mask",
+]
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# What PIL raises for unreadable, corrupt or truncated files (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    Image.DecompressionBombError,
+)
+
+Size = tuple[int, int]
+
+
+class OrphanMaskWarning(UserWarning):
+    """Masks without an image were ignored (a category of its own so callers can filter it)."""
+
+
+@dataclass
+class Sample:
+    """One image with its ground truth, at working size plus the original-resolution mask.
+
+    ``original_mask`` is kept because metrics are computed at the original resolution, where
+    thin defects have not been lost to nearest-neighbour down-sampling.
+    """
+
+    image: Tensor  # float32 (3, H, W) in [0, 1]
+    mask: Tensor  # float32 (1, H, W) in {0, 1}; zeros for normal images (and when has_mask=False)
+    label: int  # 1 = anomalous
+    path: str
+    original_size: tuple[int, int]  # (H0, W0)
+    has_mask: bool  # False: defective image without pixel ground truth
+    original_mask: Tensor  # uint8 (H0, W0) in {0, 1}
+
+
+@dataclass(frozen=True)
+class Record:
+    """Where a sample lives on disk and its label; nothing is decoded yet."""
+
+    image: Path
+    mask: Path | None
+    label: int
+
+
+class Decoded(NamedTuple):
+    """A decoded, resized sample in compact form (what caches store)."""
+
+    image: Tensor  # uint8 (3, H, W)
+    mask: Tensor  # uint8 (1, H, W) in {0, 1}
+    original_mask: Tensor  # uint8 (H0, W0) in {0, 1}
+
+
+# --------------------------------------------------------------------------- file decoding
+
+
+def _decode(path: Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
+    """Open, fully decode and convert ``path``; every failure becomes an AdpsError naming it."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # forces full decoding so truncation is detected here, not later
+            return convert(img)
+    except AdpsError:
+        raise
+    except FileNotFoundError as exc:
+        raise AdpsError("file not found", path) from exc
+    except Image.UnidentifiedImageError as exc:
+        raise AdpsError("not an image file (or an unsupported image format)", path) from exc
+    except _DECODE_ERRORS as exc:
+        raise AdpsError(f"corrupt or truncated image ({exc})", path) from exc
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        wide = np.asarray(img).astype(np.int64)
+        grey = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        raise AdpsError("floating-point images are not supported (convert to 8 or 16 bit)", img.filename)
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # writable copy for torch.from_numpy
+
+
+def _to_foreground(img: Image.Image) -> np.ndarray:
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGB")  # palette index 0 need not be black; compare colours instead
+    arr = np.asarray(img)
+    if img.mode in ("LA", "RGBA"):
+        arr = arr[..., :-1]  # alpha says nothing about defects
+    fg = arr != 0
+    return fg.any(axis=-1) if fg.ndim == 3 else fg
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image to uint8 RGB (H, W, 3).
+
+    Grey images are replicated to three channels (backbones expect RGB), alpha is dropped and
+    palettes are expanded. 16-bit grey is scaled from the full 0..65535 range to 0..255.
+    """
+    return _decode(Path(path), _to_rgb)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Decode a mask to a bool (H, W) array: any non-zero colour channel is foreground."""
+    return _decode(Path(path), _to_foreground)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of an image from its header only (cheap; no pixel decoding)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            return img.height, img.width
+    except FileNotFoundError as exc:
+        raise AdpsError("file not found", path) from exc
+    except _DECODE_ERRORS as exc:
+        raise AdpsError(f"not a readable image ({exc})", path) from exc
+
+
+# --------------------------------------------------------------------------- resizing
+
+
+def normalize_size(size: int | Sequence[int] | None) -> Size | None:
+    """``256`` -> (256, 256); ``(h, w)`` stays; ``None`` keeps the original size."""
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise AdpsError(f"size must be a positive int, (height, width) or None, got {size!r}")
+    return (pair[0], pair[1])
+
+
+class Resize:
+    """Resize an image/mask pair: antialiased bilinear for the image, nearest for the mask.
+
+    Works on uint8 tensors so the result can be cached compactly and is bit-identical whether
+    it comes from a cache or from fresh decoding. Nearest is the pixel-centre-aligned variant
+    (``NEAREST_EXACT``), which matches PIL and does not shift masks by half a pixel.
+    """
+
+    def __init__(self, size: int | Sequence[int] | None):
+        self.size = normalize_size(size)
+
+    def __call__(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if self.size is None or tuple(image.shape[-2:]) == self.size:
+            return image, mask
+        size = list(self.size)
+        image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+        mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
+        return image, mask
+
+    def __repr__(self) -> str:
+        return f"Resize({self.size})"
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+class AnomalyDataset(Dataset[Sample]):
+    """A list of records decoded on demand into :class:`Sample` at a fixed working size."""
+
+    def __init__(self, records: Sequence[Record], size: int | Sequence[int] | None = 256):
+        if not records:
+            raise AdpsError("the dataset contains no images")
+        self.records: list[Record] = list(records)
+        self.size: Size | None = normalize_size(size)
+        self.resize = Resize(self.size)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        return [r.label for r in self.records]
+
+    def decode(self, index: int) -> Decoded:
+        """Read, validate and resize one sample (the only place files are decoded)."""
+        rec = self.records[index]
+        rgb = read_image(rec.image)
+        h0, w0 = rgb.shape[:2]
+        original = self._read_checked_mask(rec, (h0, w0))
+        image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+        image, mask = self.resize(image, original[None])
+        return Decoded(image.contiguous(), mask.contiguous(), original)
+
+    def original_mask(self, index: int) -> Tensor:
+        """The uint8 (H0, W0) mask without decoding the image (for evaluation after caching)."""
+        rec = self.records[index]
+        return self._read_checked_mask(rec, image_size(rec.image))
+
+    def _read_checked_mask(self, rec: Record, size: tuple[int, int]) -> Tensor:
+        if rec.mask is None:
+            return torch.zeros(size, dtype=torch.uint8)
+        mask = read_mask(rec.mask)
+        if mask.shape != size:
+            raise AdpsError(
+                f"mask size {mask.shape[1]}x{mask.shape[0]} differs from the size "
+                f"{size[1]}x{size[0]} of its image {rec.image.name} (width x height)",
+                rec.mask,
+            )
+        return torch.from_numpy(mask.astype(np.uint8))
+
+    def make_sample(self, index: int, decoded: Decoded) -> Sample:
+        """Turn the compact uint8 form into a float Sample (shared with the caches)."""
+        rec = self.records[index]
+        h0, w0 = decoded.original_mask.shape
+        return Sample(
+            image=decoded.image.float().div_(255.0),
+            mask=decoded.mask.float(),
+            label=rec.label,
+            path=str(rec.image),
+            original_size=(int(h0), int(w0)),
+            has_mask=rec.label == 0 or rec.mask is not None,
+            original_mask=decoded.original_mask,
+        )
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.make_sample(index, self.decode(index))
+
+    def __repr__(self) -> str:
+        n_bad = sum(self.labels)
+        return f"{type(self).__name__}({len(self)} images, {n_bad} anomalous, size={self.size})"
+
+
+def collate_samples(samples: list[Sample]) -> dict[str, object]:
+    """DataLoader ``collate_fn``: stack image/mask/label; keep per-sample extras as lists
+    (original masks differ in size, so they cannot be stacked)."""
+    return {
+        "image": torch.stack([s.image for s in samples]),
+        "mask": torch.stack([s.mask for s in samples]),
+        "label": torch.tensor([s.label for s in samples], dtype=torch.int64),
+        "path": [s.path for s in samples],
+        "original_size": [s.original_size for s in samples],
+        "has_mask": [s.has_mask for s in samples],
+        "original_mask": [s.original_mask for s in samples],
+    }
+
+
+# --------------------------------------------------------------------------- record building
+
+
+def _extensions(extensions: Iterable[str]) -> tuple[str, ...]:
+    return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+
+
+def _require_dir(directory: Path, what: str = "directory") -> None:
+    if not directory.exists():
+        raise AdpsError(f"{what} does not exist", directory)
+    if not directory.is_dir():
+        raise AdpsError(f"{what} is not a directory", directory)
+
+
+def _list_files(directory: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
+    found = directory.rglob("*") if recursive else directory.iterdir()
+    return sorted(p for p in found if p.suffix.lower() in extensions and p.is_file())
+
+
+def find_images(
+    directory: str | Path,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    recursive: bool = False,
+    exclude_stem_suffix: str | None = None,
+) -> list[Path]:
+    """Sorted image files of a directory; a missing or image-less directory is an error.
+
+    ``exclude_stem_suffix`` skips masks stored beside their images (Kolektor's ``_GT``).
+    """
+    directory = Path(directory)
+    _require_dir(directory)
+    images = _list_files(directory, _extensions(extensions), recursive)
+    if exclude_stem_suffix:
+        images = [p for p in images if not p.stem.endswith(exclude_stem_suffix)]
+    if not images:
+        raise AdpsError(f"no images found (extensions {', '.join(_extensions(extensions))})", directory)
+    return images
+
+
+def _mask_key(rel: Path, suffix: str) -> str:
+    return (rel.parent / rel.stem[: len(rel.stem) - len(suffix)]).as_posix()
+
+
+def match_masks(
+    images: Sequence[Path],
+    image_dir: str | Path,
+    mask_dir: str | Path,
+    mask_suffix: str = "",
+    mask_required: bool = True,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    recursive: bool = False,
+) -> list[Path | None]:
+    """Find each image's mask in ``mask_dir`` by stem + ``mask_suffix``, any extension.
+
+    ``x.jpg`` matches ``x<suffix>.png`` (or .bmp...); with ``recursive`` the sub-folder must
+    match too. Only files whose stem ends with the suffix are masks, so masks may share a folder
+    with their images. Unmatched masks trigger one warning; a missing mask raises unless
+    ``mask_required`` is False (then ``None``).
+    """
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    _require_dir(mask_dir, "mask directory")
+    index: dict[str, Path] = {}
+    image_set = set(images)
+    for path in _list_files(mask_dir, _extensions(extensions), recursive):
+        rel = path.relative_to(mask_dir)
+        if not rel.stem.endswith(mask_suffix) or path in image_set:
+            continue
+        key = _mask_key(rel, mask_suffix)
+        if key in index:
+            raise AdpsError(f"two masks for the same image: {index[key].name} and {path.name}", mask_dir)
+        index[key] = path
+    masks: list[Path | None] = []
+    for image in images:
+        mask = index.pop(_mask_key(image.relative_to(image_dir), ""), None)
+        if mask is None and mask_required:
+            raise AdpsError(
+                f"defective image has no mask (looked for '{image.stem}{mask_suffix}.*' in "
+                f"{mask_dir}); pass mask_required=False to use it for image-level metrics only",
+                image,
+            )
+        masks.append(mask)
+    if index:
+        example = sorted(index.values())[0].name
+        warnings.warn(
+            f"{len(index)} mask(s) in {mask_dir} have no matching image and are ignored "
+            f"(e.g. {example})",
+            OrphanMaskWarning,
+            stacklevel=2,
+        )
+    return masks
+
+
+def build_records(
+    image_dir: str | Path,
+    label: int,
+    mask_dir: str | Path | None = None,
+    mask_suffix: str = "",
+    mask_required: bool = True,
+    extensions: Iterable[str] = IMAGE_EXTENSIONS,
+    recursive: bool = False,
+) -> list[Record]:
+    """Records for one folder of images sharing a label; defective ones get their masks."""
+    images = find_images(image_dir, extensions, recursive)
+    if label == 0:
+        return [Record(p, None, 0) for p in images]
+    if mask_dir is None:
+        if mask_required:
+            raise AdpsError(
+                "defective images but no mask directory; set mask_dir or mask_required=False",
+                image_dir,
+            )
+        return [Record(p, None, 1) for p in images]
+    masks = match_masks(images, image_dir, mask_dir, mask_suffix, mask_required, extensions, recursive)
+    return [Record(p, m, 1) for p, m in zip(images, masks)]
+
+
+def _records_labelled_by_mask(images: Sequence[Path], masks: Sequence[Path | None]) -> list[Record]:
+    """Kolektor style: the label is 1 iff the mask has a non-zero pixel."""
+    return [Record(p, m, int(m is not None and bool(read_mask(m).any()))) for p, m in zip(images, masks)]
+
+
+def _check_split(split: str, allowed: tuple[str, ...]) -> None:
+    if split not in allowed:
+        raise AdpsError(f"split must be one of {', '.join(allowed)}, got {split!r}")
+
+
+# --------------------------------------------------------------------------- concrete datasets
+
+
+class MVTecAD(AnomalyDataset):
+    """MVTec AD layout: ``<category>/train/good``, ``test/<defect>``,
+    ``ground_truth/<defect>/NNN_mask.png``. Test order: ``good`` first, then defects by name."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        category: str,
+        split: str = "train",
+        size: int | Sequence[int] | None = 256,
+        mask_required: bool = True,
+    ):
+        _check_split(split, ("train", "test"))
+        base = Path(root) / category
+        _require_dir(Path(root), "dataset root")
+        _require_dir(base, f"category {category!r}")
+        if split == "train":
+            records = build_records(base / "train" / "good", 0)
+        else:
+            test = base / "test"
+            _require_dir(test)
+            kinds = sorted((d.name for d in test.iterdir() if d.is_dir()), key=lambda n: (n != "good", n))
+            if not kinds:
+                raise AdpsError("no sub-folders (good, <defect>...) in the test directory", test)
+            records = []
+            for kind in kinds:
+                gt: Path | None = base / "ground_truth" / kind
+                if not mask_required and not gt.is_dir():
+                    gt = None
+                label = 0 if kind == "good" else 1
+                records += build_records(test / kind, label, gt, "_mask", mask_required)
+        super().__init__(records, size)
+        self.category = category
+        self.split = split
+
+
+class Folder(AnomalyDataset):
+    """A generic dataset configured by directories and a mask-naming rule.
+
+    ``split="train"`` uses ``train_dir`` (normal images); ``"test"`` uses ``normal_test_dir``
+    (label 0) and ``abnormal_test_dir`` (label 1, masks from ``mask_dir``). Relative
+    directories are taken relative to ``root``. Masks are matched by the image's stem +
+    ``mask_suffix`` whatever their extension (``x.jpg`` -> ``x.png`` or ``x_mask.png``).
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        train_dir: str | Path | None = None,
+        normal_test_dir: str | Path | None = None,
+        abnormal_test_dir: str | Path | None = None,
+        mask_dir: str | Path | None = None,
+        mask_suffix: str = "",
+        mask_required: bool = True,
+        extensions: Iterable[str] = IMAGE_EXTENSIONS,
+        split: str = "train",
+        recursive: bool = False,
+        size: int | Sequence[int] | None = 256,
+    ):
+        _check_split(split, ("train", "test"))
+        base = Path(root) if root is not None else Path()
+        if root is not None:
+            _require_dir(base, "dataset root")
+
+        def resolve(d: str | Path | None) -> Path | None:
+            return None if d is None else base / d
+
+        extensions = _extensions(extensions)
+        records: list[Record] = []
+        if split == "train":
+            if train_dir is None:
+                raise AdpsError("Folder dataset: split='train' needs train_dir")
+            records = build_records(resolve(train_dir), 0, extensions=extensions, recursive=recursive)
+        else:
+            if normal_test_dir is None and abnormal_test_dir is None:
+                raise AdpsError("Folder dataset: split='test' needs normal_test_dir and/or abnormal_test_dir")
+            if normal_test_dir is not None:
+                records += build_records(resolve(normal_test_dir), 0, extensions=extensions, recursive=recursive)
+            if abnormal_test_dir is not None:
+                records += build_records(
+                    resolve(abnormal_test_dir), 1, resolve(mask_dir), mask_suffix, mask_required,
+                    extensions, recursive,
+                )
+        super().__init__(records, size)
+        self.split = split
+
+
+class KolektorSDD2(AnomalyDataset):
+    """Kolektor SDD2: ``root/{train,test}/<id>.png`` with ``<id>_GT.png`` beside it.
+
+    A sample is anomalous iff its GT has a non-zero pixel; the train split keeps only the
+    normal images (the one-class setting), the test split keeps all.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", size: int | Sequence[int] | None = 256):
+        _check_split(split, ("train", "test"))
+        _require_dir(Path(root), "dataset root")
+        folder = Path(root) / split
+        images = find_images(folder, exclude_stem_suffix="_GT")
+        records = _records_labelled_by_mask(images, match_masks(images, folder, folder, "_GT"))
+        if split == "train":
+            records = [r for r in records if r.label == 0]
+            if not records:
+                raise AdpsError("no normal (all-zero GT) images in the training split", folder)
+        super().__init__(records, size)
+        self.split = split
+
+
+class KolektorSDD(AnomalyDataset):
+    """Kolektor SDD (v1): ``root/kosNN/PartN.jpg`` with ``PartN_label.bmp`` beside it.
+
+    The set has no official split, so ``split`` is a deterministic filter: ``"all"`` and
+    ``"test"`` keep every image, ``"train"`` only the normal ones (label all zero).
+    """
+
+    def __init__(self, root: str | Path, split: str = "all", size: int | Sequence[int] | None = 256):
+        _check_split(split, ("all", "train", "test"))
+        root = Path(root)
+        _require_dir(root, "dataset root")
+        images = find_images(root, recursive=True, exclude_stem_suffix="_label")
+        masks = match_masks(images, root, root, "_label", recursive=True)
+        records = _records_labelled_by_mask(images, masks)
+        if split == "train":
+            records = [r for r in records if r.label == 0]
+            if not records:
+                raise AdpsError("no normal (all-zero label) images", root)
+        super().__init__(records, size)
+        self.split = split

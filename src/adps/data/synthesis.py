@@ -1,0 +1,573 @@
+"""DRAEM-style synthetic anomalies, generated batched on the images' device.
+
+ADPS trains on normal images only and learns to segment *synthetic* defects that follow DRAEM's
+``data_loader.py`` (ADPS-method.md, section 7): a thresholded, randomly rotated Perlin-noise blob is
+filled with a photometrically augmented texture and blended into the image.
+
+DRAEM builds one sample at a time in NumPy/imgaug inside the data-loader workers. Here the whole batch
+is synthesised at once, with torch ops on whatever device the images live on, so the GPU does the work
+and no per-sample Python loop is left in the hot path. Everything random comes from one
+``torch.Generator`` that lives on the images' device, so a seed reproduces a batch bit for bit (on CPU;
+CUDA kernels such as ``grid_sample`` may differ in the last bit between runs).
+
+Deviations from DRAEM, each chosen on purpose:
+
+* Perlin noise is evaluated at any image size: cell coordinates are ``pixel * res / size`` instead of
+  DRAEM's ``np.repeat`` tiling, so the size need not be a multiple of ``2**perlin_scale_max``.
+* The rotated noise uses reflection padding, so rotated corners can hold anomalies too (imgaug filled
+  them with 0, i.e. never anomalous).
+* An altered sample whose mask came out empty gets fresh noise (a few tries); DRAEM relabelled it as
+  normal. See :meth:`AnomalySynthesizer._masks`.
+* The three texture ops run in one random op order per batch, not per sample (a per-sample order
+  would cost three passes over every op); the imgaug ops are re-implemented in torch with the same
+  ranges (imgaug does not run on NumPy 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from adps.errors import AdpsError
+
+__all__ = [
+    "AnomalySynthesizer",
+    "SynthesisConfig",
+    "TextureBank",
+    "augment_textures",
+    "blend",
+    "perlin_noise",
+]
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+"""File types :meth:`TextureBank.from_folder` decodes (DTD itself is all ``.jpg``)."""
+
+_MASK_RETRIES = 4
+"""Fresh-noise attempts for altered samples whose mask is empty, before the threshold is lowered."""
+
+_FALLBACK_AREA = 0.01
+"""Share of a sample's pixels (its highest noise values) used as mask when every retry was empty."""
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """How anomalies are synthesised; every default is DRAEM's ``data_loader.py`` value.
+
+    Attributes:
+        anomaly_prob: share of samples that receive an anomaly; the rest are returned unchanged with
+            a zero mask (DRAEM: ``rand > 0.5`` returns the clean image).
+        perlin_scale_min: smallest exponent ``a`` of the Perlin lattice ``2**a x 2**b``.
+        perlin_scale_max: largest exponent (inclusive). DRAEM draws ``a, b`` independently from
+            ``randint(0, 6)``, i.e. 1 to 32 lattice periods per side.
+        threshold: noise level above which a pixel is anomalous (DRAEM: 0.5 on noise scaled by
+            sqrt(2), so blobs cover a minority of the image).
+        beta_max: the image keeps a share ``beta ~ U(0, beta_max)`` inside the mask, so the texture
+            weight is in ``(1 - beta_max, 1]`` (DRAEM: 0.8).
+        rotate_mask: rotate the noise by ``U(-90, 90)`` degrees, so blobs are not axis-aligned
+            (DRAEM: imgaug ``Affine(rotate=(-90, 90))``).
+        texture_ops: how many distinct photometric ops, drawn without replacement from the ten of
+            DRAEM's list, each texture sample receives (DRAEM: 3).
+    """
+
+    anomaly_prob: float = 0.5
+    perlin_scale_min: int = 0
+    perlin_scale_max: int = 5
+    threshold: float = 0.5
+    beta_max: float = 0.8
+    rotate_mask: bool = True
+    texture_ops: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.anomaly_prob <= 1.0:
+            raise AdpsError(f"synthesis.anomaly_prob must be in [0, 1], got {self.anomaly_prob}")
+        if not 0 <= self.perlin_scale_min <= self.perlin_scale_max <= 10:
+            raise AdpsError(
+                "synthesis.perlin_scale_min/max must satisfy 0 <= min <= max <= 10, got "
+                f"{self.perlin_scale_min} and {self.perlin_scale_max}"
+            )
+        if not math.isfinite(self.threshold):
+            raise AdpsError(f"synthesis.threshold must be a finite number, got {self.threshold}")
+        if not 0.0 <= self.beta_max <= 1.0:
+            raise AdpsError(f"synthesis.beta_max must be in [0, 1], got {self.beta_max}")
+        if not 0 <= self.texture_ops <= len(_TEXTURE_OPS):
+            raise AdpsError(
+                f"synthesis.texture_ops must be in [0, {len(_TEXTURE_OPS)}], got {self.texture_ops}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Small batched helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator) -> Tensor:
+    """``U(low, high)`` float32 samples on the generator's device."""
+    u = torch.rand(tuple(shape), generator=generator, device=generator.device)
+    return u.mul_(high - low).add_(low)
+
+
+def _bcast(values: Tensor) -> Tensor:
+    """Per-sample values ``(n,)`` shaped to broadcast over ``(n, C, H, W)``."""
+    return values.view(-1, 1, 1, 1)
+
+
+def _rotate(x: Tensor, degrees: Tensor, padding_mode: str) -> Tensor:
+    """Rotate each sample of ``x`` (n, C, H, W) about its centre by its own angle, bilinearly.
+
+    ``affine_grid`` works in normalised coordinates, where x and y span 2 units each whatever the
+    aspect ratio; the off-diagonal terms carry ``H / W`` so non-square images rotate rigidly.
+    """
+    n, _, h, w = x.shape
+    rad = degrees.to(torch.float32) * (math.pi / 180.0)
+    cos, sin = rad.cos(), rad.sin()
+    zero = torch.zeros_like(cos)
+    theta = torch.stack((cos, -sin * (h / w), zero, sin * (w / h), cos, zero), dim=1).view(n, 2, 3)
+    grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+@functools.cache
+def _yiq(device: torch.device) -> tuple[Tensor, Tensor]:
+    """RGB -> YIQ matrix and its inverse on ``device``, cached so no copy happens per batch."""
+    rgb_to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+    )
+    return rgb_to_yiq.float().to(device), torch.linalg.inv(rgb_to_yiq).float().to(device)
+
+
+def _hue_matrix(radians: Tensor, saturation: Tensor) -> Tensor:
+    """Per-sample 3x3 RGB matrices rotating hue and scaling chroma (in YIQ space).
+
+    A hue rotation is linear in YIQ (rotate the I/Q chroma plane, keep luma Y), so a whole batch of
+    different shifts is one batched matrix product instead of an RGB -> HSV -> RGB round trip.
+    """
+    to_yiq, from_yiq = _yiq(radians.device)
+    cos, sin = radians.cos() * saturation, radians.sin() * saturation
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack((one, zero, zero, zero, cos, -sin, zero, sin, cos), dim=1).view(-1, 3, 3)
+    return from_yiq @ rot @ to_yiq
+
+
+def _apply_colour_matrix(x: Tensor, matrix: Tensor) -> Tensor:
+    """``x`` (n, 3, H, W) with each sample's pixels multiplied by its own (k, 3) ``matrix``."""
+    n, c, h, w = x.shape
+    return torch.bmm(matrix, x.reshape(n, c, h * w)).view(n, -1, h, w)
+
+
+# --------------------------------------------------------------------------------------------------
+# Perlin noise and blending
+# --------------------------------------------------------------------------------------------------
+
+
+def perlin_noise(
+    height: int, width: int, res_y: Tensor, res_x: Tensor, generator: torch.Generator, max_res: int
+) -> Tensor:
+    """Batched single-octave 2-D Perlin noise, DRAEM's ``rand_perlin_2d_np`` per sample.
+
+    Args:
+        height, width: output size in pixels (any size; the lattice need not divide it).
+        res_y, res_x: (B,) integer lattice periods along rows / columns, one pair per sample, on the
+            generator's device.
+        generator: source of the random gradient angles.
+        max_res: an upper bound of ``res_y`` and ``res_x``; it sizes the shared gradient table
+            (B, max_res + 1, max_res + 1) so no device sync is needed to find the largest one.
+
+    Returns:
+        (B, height, width) float32 noise, about within ``[-1, 1]`` (DRAEM's ``sqrt(2)`` scaling
+        of the ``[-sqrt(1/2), sqrt(1/2)]`` Perlin range).
+    """
+    b, device, g = res_y.shape[0], res_y.device, max_res + 1
+    angles = torch.rand(b, g * g, generator=generator, device=device).mul_(2.0 * math.pi)
+    grads = torch.stack((angles.cos(), angles.sin()), dim=1)  # (B, 2, G*G); 0: along rows
+
+    def cells(size: int, res: Tensor) -> tuple[Tensor, Tensor]:
+        # Integer product, then one correctly rounded division: floor() lands on the exact cell.
+        pos = (torch.arange(size, device=device) * res.view(-1, 1)).float() / size
+        cell = pos.floor()
+        return cell.long(), pos - cell
+
+    cy, fy = cells(height, res_y)  # (B, H)
+    cx, fx = cells(width, res_x)  # (B, W)
+    base = (cy.unsqueeze(2) * g + cx.unsqueeze(1)).view(b, 1, -1)  # (B, 1, H*W) top-left corner
+
+    def corner(dy: int, dx: int) -> Tensor:
+        grad = grads.gather(2, (base + (dy * g + dx)).expand(b, 2, -1)).view(b, 2, height, width)
+        return grad[:, 0] * (fy - dy).unsqueeze(2) + grad[:, 1] * (fx - dx).unsqueeze(1)
+
+    def fade(t: Tensor) -> Tensor:
+        return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+    ty, tx = fade(fy).unsqueeze(2), fade(fx).unsqueeze(1)
+    top, bottom = corner(0, 0), corner(1, 0)
+    near = top.lerp_(bottom, ty)
+    left, right = corner(0, 1), corner(1, 1)
+    far = left.lerp_(right, ty)
+    return near.lerp_(far, tx).mul_(math.sqrt(2.0))
+
+
+def blend(image: Tensor, texture: Tensor, mask: Tensor, beta: Tensor | float) -> Tensor:
+    """DRAEM's blend, exactly: ``I*(1-M) + (1-beta)*A*M + beta*I*M``.
+
+    Inside the mask the texture ``A`` is mixed with a share ``beta`` of the original image, so a
+    defect can be faint (``beta`` near ``beta_max``) or opaque (``beta`` near 0). ``beta`` is a
+    float or one value per sample, shape (B,).
+    """
+    if isinstance(beta, Tensor):
+        beta = _bcast(beta)
+    return image * (1 - mask) + (1 - beta) * texture * mask + beta * image * mask
+
+
+# --------------------------------------------------------------------------------------------------
+# Photometric texture ops (DRAEM's list of ten imgaug augmenters), on float (n, 3, H, W) in [0, 1]
+# --------------------------------------------------------------------------------------------------
+
+_TextureOp = Callable[[Tensor, torch.Generator], Tensor]
+
+
+def _gamma_contrast(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``GammaContrast((0.5, 2.0), per_channel=True)``."""
+    return x.pow(_uniform((x.shape[0], 3, 1, 1), 0.5, 2.0, g))
+
+
+def _brightness(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30))``.
+
+    imgaug scales and shifts the luma Y of YCrCb; with chroma fixed, that adds ``(mul-1)*Y + add`` to
+    every RGB channel.
+    """
+    n = x.shape[0]
+    luma = _apply_colour_matrix(x, _yiq(x.device)[0][:1].expand(n, 1, 3))
+    mul, add = _uniform((n, 1, 1, 1), 0.8, 1.2, g), _uniform((n, 1, 1, 1), -30 / 255, 30 / 255, g)
+    return x + (mul - 1) * luma + add
+
+
+def _sharpness(x: Tensor, g: torch.Generator) -> Tensor:
+    """PIL-like ``EnhanceSharpness(factor=(0.0, 2.0))``: extrapolate from PIL's smoothed image."""
+    smooth = TF.adjust_sharpness(x, 0.0)  # factor 0 returns the degenerate image itself
+    return smooth.lerp(x, _uniform((x.shape[0], 1, 1, 1), 0.0, 2.0, g))
+
+
+def _hue_saturation(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``AddToHueAndSaturation((-50, 50), per_channel=True)``, approximated in YIQ.
+
+    imgaug's hue unit is 1/255 of the circle's 2*pi, so +-50 is +-70.6 degrees; the saturation shift
+    of +-50 (of 255) is taken as a chroma gain of ``1 +- 50/128`` (relative to a mid saturation).
+    """
+    n = x.shape[0]
+    hue = _uniform((n,), -50 / 255 * 2 * math.pi, 50 / 255 * 2 * math.pi, g)
+    return _apply_colour_matrix(x, _hue_matrix(hue, _uniform((n,), 1 - 50 / 128, 1 + 50 / 128, g)))
+
+
+def _solarize(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``Solarize(0.5, threshold=(32, 128))``: half the samples invert values >= threshold."""
+    n = x.shape[0]
+    threshold = _uniform((n, 1, 1, 1), 32 / 255, 128 / 255, g)
+    active = _bcast(torch.rand(n, generator=g, device=x.device) < 0.5)
+    return torch.where(active & (x >= threshold), 1 - x, x)
+
+
+def _posterize(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``Posterize()``: keep the top ``bits ~ U{1..8}`` bits of each 8-bit value."""
+    bits = torch.randint(1, 9, (x.shape[0], 1, 1, 1), generator=g, device=x.device)
+    keep = (256 - 2 ** (8 - bits)).to(torch.uint8)  # e.g. 3 bits -> 0b11100000
+    return ((x * 255).round_().to(torch.uint8) & keep).float() / 255
+
+
+def _invert(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``Invert()``."""
+    return 1 - x
+
+
+def _autocontrast(x: Tensor, g: torch.Generator) -> Tensor:
+    """PIL-like ``Autocontrast()`` (per-channel min/max stretch; no histogram cutoff)."""
+    return TF.autocontrast(x)
+
+
+def _equalize(x: Tensor, g: torch.Generator) -> Tensor:
+    """PIL-like ``Equalize()`` (torchvision's batched PIL-exact histogram equalisation)."""
+    return TF.equalize(x)
+
+
+def _affine_rotate(x: Tensor, g: torch.Generator) -> Tensor:
+    """imgaug ``Affine(rotate=(-45, 45))``: bilinear, corners filled with black as in imgaug."""
+    return _rotate(x, _uniform((x.shape[0],), -45.0, 45.0, g), padding_mode="zeros")
+
+
+_TEXTURE_OPS: tuple[_TextureOp, ...] = (
+    _gamma_contrast,
+    _brightness,
+    _sharpness,
+    _hue_saturation,
+    _solarize,
+    _posterize,
+    _invert,
+    _autocontrast,
+    _equalize,
+    _affine_rotate,
+)
+"""DRAEM's ``augmenters`` list, in its order."""
+
+
+def augment_textures(textures: Tensor, num_ops: int, generator: torch.Generator) -> Tensor:
+    """Apply ``num_ops`` distinct random ops from DRAEM's list to each texture, batched.
+
+    Each op runs once on the whole batch and a per-sample selection keeps its result only where the
+    sample drew it: ten vectorised passes, no loop over samples. The ops run in one random order per
+    batch. Parameters are drawn for every sample, so the generator advances the same way whichever
+    samples are selected.
+
+    Args:
+        textures: (n, 3, H, W) uint8, or float in [0, 1].
+        num_ops: ops per sample, 0 to 10.
+        generator: on the textures' device.
+
+    Returns:
+        The augmented textures, same dtype and range as the input.
+    """
+    n = textures.shape[0]
+    if num_ops == 0 or n == 0:
+        return textures
+    x = textures.float() / 255 if textures.dtype == torch.uint8 else textures.float()
+    device = x.device
+    picks = torch.rand(n, len(_TEXTURE_OPS), generator=generator, device=device).topk(num_ops, dim=1)
+    chosen = torch.zeros(n, len(_TEXTURE_OPS), dtype=torch.bool, device=device)
+    chosen.scatter_(1, picks.indices, True)
+    order = torch.rand(len(_TEXTURE_OPS), generator=generator, device=device).argsort().tolist()
+    for i in order:
+        x = torch.where(_bcast(chosen[:, i]), _TEXTURE_OPS[i](x, generator).clamp_(0, 1), x)
+    if textures.dtype == torch.uint8:
+        return (x * 255).round_().to(torch.uint8)
+    return x.to(textures.dtype)
+
+
+def _recolour(x: Tensor, g: torch.Generator) -> Tensor:
+    """Strong extra jitter for textures cut from the training images themselves.
+
+    A texture taken from the same kind of image would otherwise look like normal content; random
+    flips, a channel permutation and a full-circle hue rotation make it clearly foreign.
+    """
+    n, device = x.shape[0], x.device
+    flips = torch.rand(n, 2, generator=g, device=device) < 0.5
+    x = torch.where(_bcast(flips[:, 0]), x.flip(-1), x)
+    x = torch.where(_bcast(flips[:, 1]), x.flip(-2), x)
+    channel_order = torch.rand(n, 3, generator=g, device=device).argsort(dim=1)
+    permute = F.one_hot(channel_order, 3).float()  # row i picks input channel channel_order[i]
+    hue = _hue_matrix(_uniform((n,), 0.0, 2 * math.pi, g), torch.ones(n, device=device))
+    return _apply_colour_matrix(x, hue @ permute).clamp_(0, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Texture source
+# --------------------------------------------------------------------------------------------------
+
+
+class TextureBank:
+    """Anomaly textures kept as one uint8 tensor (T, 3, H, W) on the device, decoded once.
+
+    Keeping them on the device at the working size makes drawing a batch of textures one indexing
+    op, with no disk or host-to-device traffic during training.
+    """
+
+    def __init__(self, textures: Tensor, recolour: bool = False):
+        """Args:
+        textures: (T, 3, H, W) uint8, T >= 1.
+        recolour: the textures are the training images themselves; flip and strongly
+            colour-jitter them when drawn (see :func:`_recolour`).
+        """
+        if textures.dtype != torch.uint8 or textures.dim() != 4 or textures.shape[1] != 3:
+            raise ValueError(f"textures must be uint8 (T, 3, H, W), got {textures.dtype} {tuple(textures.shape)}")
+        if textures.shape[0] == 0:
+            raise AdpsError("no textures to build a texture bank from")
+        self.textures = textures
+        self.recolour = recolour
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, size: int | tuple[int, int], device: str | torch.device = "cpu"
+    ) -> TextureBank:
+        """Decode every image below ``folder`` (recursively) resized to ``size``, e.g. DTD.
+
+        DTD's layout ``dtd/images/<class>/*.jpg`` works from either ``dtd`` or ``dtd/images``. Files
+        are read in sorted order so a seed draws the same textures on every machine. Like DRAEM,
+        textures are resized directly (aspect ratio not kept), bilinearly.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise AdpsError("texture folder does not exist", folder)
+        height, width = (size, size) if isinstance(size, int) else size
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise AdpsError(f"no texture images ({', '.join(sorted(IMAGE_SUFFIXES))}) found", folder)
+        decoded = []
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    rgb = img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+            except (OSError, UnidentifiedImageError) as err:
+                raise AdpsError(f"cannot decode texture image: {err}", path) from err
+            decoded.append(np.asarray(rgb))
+        stacked = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
+        return cls(stacked.to(device))
+
+    @classmethod
+    def from_images(cls, images: Tensor) -> TextureBank:
+        """Textures made from training images (N, 3, H, W), uint8 or float in [0, 1].
+
+        The fallback when no texture folder is available: drawn textures are flipped and strongly
+        colour-jittered so they do not pass for normal content.
+        """
+        if images.dtype != torch.uint8:
+            images = (images.float() * 255).round_().clamp_(0, 255).to(torch.uint8)
+        return cls(images.contiguous(), recolour=True)
+
+    def __len__(self) -> int:
+        return self.textures.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.textures.device
+
+    def to(self, device: str | torch.device) -> TextureBank:
+        """The same bank on ``device`` (self if already there)."""
+        if self.textures.device == torch.device(device):
+            return self
+        return TextureBank(self.textures.to(device), self.recolour)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """``n`` textures drawn uniformly with replacement (as DRAEM), (n, 3, H, W) uint8."""
+        index = torch.randint(len(self), (n,), generator=generator, device=self.device)
+        return self.textures[index]
+
+
+# --------------------------------------------------------------------------------------------------
+# The synthesizer
+# --------------------------------------------------------------------------------------------------
+
+
+class AnomalySynthesizer:
+    """Adds DRAEM-style synthetic anomalies to a batch of normal images, on the images' device.
+
+    Example::
+
+        synth = AnomalySynthesizer(TextureBank.from_folder("dtd/images", 256, "cuda"))
+        gen = torch.Generator("cuda").manual_seed(0)
+        images_aug, masks = synth(images, gen)  # images (B, 3, 256, 256) in [0, 1] on cuda
+    """
+
+    def __init__(self, textures: TextureBank | None, config: SynthesisConfig = SynthesisConfig()):
+        """Args:
+        textures: where anomaly content comes from; ``None`` uses the batch's own images
+            (another sample of the batch, flipped and strongly colour-jittered).
+        config: see :class:`SynthesisConfig`.
+        """
+        self.textures = textures
+        self.config = config
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Synthesise anomalies into a share ``anomaly_prob`` of the batch.
+
+        Args:
+            images: (B, 3, H, W) float in [0, 1], on any device.
+            generator: ``torch.Generator`` on the same device as ``images`` (e.g.
+                ``torch.Generator(images.device).manual_seed(seed)``); it is the only randomness.
+
+        Returns:
+            ``(images_aug, masks)``: images_aug (B, 3, H, W) same dtype, in [0, 1]; masks
+            (B, 1, H, W) of 0/1 in the images' dtype. Untouched samples are returned bit for bit
+            with a zero mask; altered samples always have a non-empty mask.
+        """
+        if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            raise ValueError(f"images must be float (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if not _same_device(generator.device, images.device):
+            raise ValueError(f"generator is on {generator.device} but images are on {images.device}")
+        b, _, h, w = images.shape
+        altered = torch.rand(b, generator=generator, device=images.device) < self.config.anomaly_prob
+        index = altered.nonzero().squeeze(1)  # one sync; all further work is on altered samples only
+        images_aug, masks = images.clone(), images.new_zeros(b, 1, h, w)
+        n = index.numel()
+        if n == 0:
+            return images_aug, masks
+        mask = self._masks(n, h, w, generator)
+        texture = self._textures(images, index, generator)
+        beta = _uniform((n,), 0.0, self.config.beta_max, generator)
+        images_aug[index] = blend(images[index].float(), texture, mask, beta).clamp_(0, 1).to(images.dtype)
+        masks[index] = mask.to(images.dtype)
+        return images_aug, masks
+
+    def _noise(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:
+        """(n, 1, H, W) Perlin noise with per-sample scales ``2**a x 2**b``, rotated if configured."""
+        cfg = self.config
+        exponents = torch.randint(
+            cfg.perlin_scale_min, cfg.perlin_scale_max + 1, (2, n), generator=generator, device=generator.device
+        )
+        res = torch.ones_like(exponents) << exponents
+        noise = perlin_noise(h, w, res[0], res[1], generator, max_res=1 << cfg.perlin_scale_max).unsqueeze(1)
+        if cfg.rotate_mask:
+            noise = _rotate(noise, _uniform((n,), -90.0, 90.0, generator), padding_mode="reflection")
+        return noise
+
+    def _masks(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:
+        """(n, 1, H, W) float 0/1 masks, each non-empty.
+
+        Coarse lattices (e.g. 1 x 1) sometimes stay below the threshold everywhere. DRAEM then
+        labels the sample normal; here a sample chosen for an anomaly keeps that promise: its noise
+        is redrawn (only for those samples, up to ``_MASK_RETRIES`` times), and if it is still
+        empty its mask becomes its own top ``_FALLBACK_AREA`` of noise values.
+        """
+        noise = self._noise(n, h, w, generator)
+        mask = noise > self.config.threshold
+        empty = ~mask.flatten(1).any(dim=1)
+        for _ in range(_MASK_RETRIES):
+            if not bool(empty.any()):
+                return mask.float()
+            redo = empty.nonzero().squeeze(1)
+            fresh = self._noise(redo.numel(), h, w, generator)
+            noise[redo] = fresh
+            mask[redo] = fresh > self.config.threshold
+            empty[redo] = ~mask[redo].flatten(1).any(dim=1)
+        if bool(empty.any()):
+            redo = empty.nonzero().squeeze(1)
+            flat = noise[redo].flatten(1)
+            k = max(1, round(flat.shape[1] * (1 - _FALLBACK_AREA)))
+            cut = flat.kthvalue(k, dim=1).values
+            mask[redo] = noise[redo] >= _bcast(cut)
+        return mask.float()
+
+    def _textures(self, images: Tensor, index: Tensor, generator: torch.Generator) -> Tensor:
+        """(n, 3, H, W) float32 augmented textures for the altered samples ``index``."""
+        n, (h, w) = index.numel(), images.shape[-2:]
+        if self.textures is None:
+            # A random derangement: each sample borrows another sample's image (when B > 1).
+            b = images.shape[0]
+            perm = torch.randperm(b, generator=generator, device=images.device)
+            source = torch.empty_like(perm)
+            source[perm] = perm.roll(-1)
+            texture, recolour = images[source[index]].float(), True
+        else:
+            self.textures = self.textures.to(images.device)
+            texture, recolour = self.textures.sample(n, generator).float() / 255, self.textures.recolour
+            if texture.shape[-2:] != (h, w):
+                texture = F.interpolate(texture, size=(h, w), mode="bilinear", antialias=True).clamp_(0, 1)
+        if recolour:
+            texture = _recolour(texture, generator)
+        return augment_textures(texture, self.config.texture_ops, generator)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Devices equal up to an omitted CUDA index (``cuda`` is ``cuda:<current>``)."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)

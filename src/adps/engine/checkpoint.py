@@ -1,0 +1,78 @@
+"""Checkpoints: weights + configs + pre-processing + thresholds, written atomically.
+
+A checkpoint alone rebuilds the predictor: it holds the full model state (teacher included, so
+no weights package is needed at deployment), both configs, the backbone's normalisation and the
+calibrated thresholds. Only tensors and plain containers are stored, so loading uses
+``torch.load(weights_only=True)`` and never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from adps import __version__
+from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
+from adps.errors import AdpsError
+from adps.models.adps import ADPS
+from adps.models.backbones import get_backbone
+
+FORMAT = "adps-checkpoint-v1"
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(model: ADPS, train_config: TrainConfig | None, **extra: Any) -> dict:
+    spec = get_backbone(model.config.backbone)
+    return {
+        "format": FORMAT,
+        "adps_version": __version__,
+        "model_config": to_dict(model.config),
+        "train_config": None if train_config is None else to_dict(train_config),
+        "preprocess": {"backbone": spec.name, "mean": list(spec.mean), "std": list(spec.std),
+                       "image_size": model.config.image_size, "input_range": [0.0, 1.0]},
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "thresholds": {"pixel": 0.5, "image": None},
+        **extra,
+    }
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise AdpsError("checkpoint not found", path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AdpsError(f"cannot be read as an adps checkpoint ({exc})", path) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise AdpsError(f"is not an adps checkpoint (expected format {FORMAT})", path)
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ADPS:
+    """Rebuilds the eval-mode model; teacher weights come from the checkpoint, not a package."""
+    config = from_dict(ModelConfig, ckpt["model_config"])
+    model = ADPS(config, pretrained=False)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.to(device).eval()
+
+
+def train_config_from_checkpoint(ckpt: dict) -> TrainConfig:
+    return from_dict(TrainConfig, ckpt["train_config"] or {})

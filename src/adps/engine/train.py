@@ -1,0 +1,221 @@
+"""Training loop: on-device data and synthesis, resumable atomic checkpoints, DDP-ready.
+
+The whole training set is decoded once into a uint8 stack that lives on the training device, and
+anomalies are synthesised there, so a step never waits on file decoding or host-to-device copies.
+The loop keeps losses on the device and synchronises with the host once per epoch (progress bar),
+never per step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm import tqdm
+
+from adps.config import ModelConfig, TrainConfig
+from adps.data.cache import load_tensor_stack
+from adps.data.datasets import AnomalyDataset
+from adps.data.synthesis import AnomalySynthesizer, TextureBank
+from adps.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from adps.engine.device import resolve_device
+from adps.engine.distributed import DistContext, init_distributed
+from adps.engine.losses import adps_loss
+from adps.errors import AdpsError
+from adps.models.adps import ADPS
+
+LAST = "last.pt"  # the resumable checkpoint (optimiser, scheduler, RNG states)
+FINAL = "model.pt"  # the deployable checkpoint (weights, configs, thresholds)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    epochs: int
+    steps: int
+    seconds: float
+    images_per_second: float
+    history: list[float] = field(default_factory=list)  # mean loss per epoch
+
+
+def random_rotate(images: torch.Tensor, prob: float, max_degrees: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """DRAEM's rotation of the normal image (prob 0.3, +-90 deg), batched; zero fill like imgaug."""
+    if prob <= 0:
+        return images
+    b = images.shape[0]
+    dev = images.device
+    chosen = torch.rand(b, generator=generator, device=dev) < prob
+    angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(max_degrees)
+    angle = torch.where(chosen, angle, torch.zeros_like(angle))
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
+                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    rotated = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    return torch.where(chosen.view(b, 1, 1, 1), rotated, images)
+
+
+def _milestones(config: TrainConfig) -> list[int]:
+    return [max(1, round(m * config.epochs)) for m in config.lr_milestones]
+
+
+class Trainer:
+    """Owns the model, optimiser and data for one run; ``fit`` runs (or resumes) it."""
+
+    def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
+                 dataset: AnomalyDataset, out_dir: str | Path, device: str = "auto",
+                 weights_file: str | None = None, allow_download: bool = False,
+                 cache_dir: str | Path | None = None, progress: bool = True):
+        self.model_config, self.config = model_config, train_config
+        self.out_dir = Path(out_dir)
+        self.device = resolve_device(device)
+        self.dist: DistContext = init_distributed(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.progress = progress and self.dist.is_main
+        if train_config.batch_size % self.dist.world_size:
+            raise AdpsError(f"batch_size {train_config.batch_size} must be divisible by the "
+                            f"number of processes ({self.dist.world_size})")
+        size = dataset.size
+        if size is None or size != (model_config.image_size, model_config.image_size):
+            raise AdpsError(f"the training dataset must be resized to the model's "
+                            f"{model_config.image_size} x {model_config.image_size} (got {size})")
+        if sum(dataset.labels):
+            raise AdpsError("the training set contains anomalous images; ADPS trains on normal "
+                            "images only")
+
+        images, _, _ = load_tensor_stack(dataset, cache_dir=cache_dir, progress=self.progress)
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        self.images = images.to(self.device, non_blocking=True)
+        textures = None
+        if train_config.texture_dir:
+            textures = TextureBank.from_folder(train_config.texture_dir, model_config.image_size,
+                                               self.device)
+        self.synthesizer = AnomalySynthesizer(textures, train_config.synthesis)
+
+        torch.manual_seed(train_config.seed)
+        self.model = ADPS(model_config, weights_file=weights_file,
+                          allow_download=allow_download).to(self.device)
+        self.memory_format = (torch.channels_last if train_config.channels_last
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=train_config.lr)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, _milestones(train_config), gamma=train_config.lr_gamma)
+        self.net = self.model
+        if self.dist.enabled:
+            self.net = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=model_config.variant != "full")
+        self.generator = torch.Generator(self.device).manual_seed(
+            train_config.seed * 1000 + self.dist.rank)
+        self.sampler = DistributedSampler(range(len(self.images)), self.dist.world_size,
+                                          self.dist.rank, shuffle=True, seed=train_config.seed)
+        self.local_batch = train_config.batch_size // self.dist.world_size
+        self.steps_per_epoch = train_config.steps_per_epoch or math.ceil(
+            len(self.images) / train_config.batch_size)
+        self.use_amp = train_config.amp and self.device.type == "cuda"
+        self.start_epoch = 0
+        self.history: list[float] = []
+
+    # --- state ------------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        return make_checkpoint(
+            self.model, self.config, epoch=epoch, history=list(self.history),
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            rng={"torch": torch.get_rng_state(), "generator": self.generator.get_state()})
+
+    def resume(self) -> bool:
+        path = self.out_dir / LAST
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"], strict=True)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["generator"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.history = list(ckpt["history"])
+        return True
+
+    def save(self, epoch: int, name: str = LAST) -> Path:
+        path = self.out_dir / name
+        if self.dist.is_main:
+            atomic_save(self.state(epoch), path)
+        return path
+
+    # --- loop -------------------------------------------------------------------------------
+    def train_step(self, index: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        images = self.images[index].float().div_(255.0)
+        images = random_rotate(images, cfg.rotate_prob, 90.0, self.generator)
+        images, masks = self.synthesizer(images, self.generator)
+        images = images.contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            outputs = self.net(images)
+        loss, _ = adps_loss(outputs, masks, cfg, self.model_config.cos_eps)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def epoch_indices(self, epoch: int) -> torch.Tensor:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long)
+        n = self.steps_per_epoch * self.local_batch
+        return order[torch.arange(n) % len(order)].view(self.steps_per_epoch,
+                                                         self.local_batch).to(self.device)
+
+    def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
+        cfg = self.config
+        self.model.train()
+        start = time.perf_counter()
+        steps = 0
+        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="train", unit="epoch",
+                   initial=self.start_epoch, total=cfg.epochs, disable=not self.progress)
+        for epoch in bar:
+            t0 = time.perf_counter()
+            total = torch.zeros((), device=self.device)
+            for index in self.epoch_indices(epoch):
+                total += self.train_step(index)
+            self.scheduler.step()
+            mean_loss = float(total) / self.steps_per_epoch  # one host sync per epoch
+            self.history.append(mean_loss)
+            steps += self.steps_per_epoch
+            rate = self.steps_per_epoch * cfg.batch_size / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}",
+                            lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
+            done = epoch + 1
+            if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+                self.save(done)
+            if on_epoch_end is not None:
+                on_epoch_end(done, mean_loss)
+        seconds = time.perf_counter() - start
+        final = self.out_dir / FINAL
+        if self.dist.is_main:
+            ckpt = make_checkpoint(self.model, cfg, epoch=cfg.epochs, history=list(self.history))
+            atomic_save(ckpt, final)
+        images = steps * cfg.batch_size
+        return TrainResult(final, cfg.epochs, steps, seconds,
+                           images / seconds if seconds > 0 else 0.0, list(self.history))
+
+
+def train(model_config: ModelConfig, train_config: TrainConfig, dataset: AnomalyDataset,
+          out_dir: str | Path, resume: bool = False, **kwargs) -> TrainResult:
+    """Train (or resume) one model; writes ``last.pt`` periodically and ``model.pt`` at the end."""
+    trainer = Trainer(model_config, train_config, dataset, out_dir, **kwargs)
+    if resume and not trainer.resume():
+        raise AdpsError(f"--resume was given but there is no {LAST} to resume from", out_dir)
+    return trainer.fit()

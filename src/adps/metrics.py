@@ -1,0 +1,391 @@
+"""Image- and pixel-level anomaly-detection metrics (docs/metrics.md is the specification).
+
+Every metric is rank based, so all of them are read off ONE descending sort of the pooled scores:
+at each distinct score (a run of tied scores is one threshold, as in scikit-learn's
+``_binary_clf_curve``) we know the cumulated true and false positives, and AUROC, AP, F1-max and
+AUPRO are short reductions over those running counts. Sorting 6.5 M pixels once and summing in
+float64 is several times faster than calling scikit-learn three times, and agrees with it to
+round-off (tested to 1e-9).
+
+Conventions: label 1 = anomalous, higher score = more anomalous, any non-zero mask pixel is
+anomalous. Pixel metrics pool all pixels of all images of one category ("micro over pixels");
+averaging over categories is the caller's job.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy import ndimage
+
+from adps.errors import AdpsError
+
+__all__ = [
+    "aupro",
+    "compute_metrics",
+    "compute_metrics_original_resolution",
+    "image_metrics",
+    "pixel_metrics",
+]
+
+# The official MVTec tool labels GT regions with a 3x3 all-ones element: diagonal neighbours join.
+_CONNECTIVITY = np.ones((3, 3), dtype=int)
+_PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+
+
+# --------------------------------------------------------------------------- input validation
+
+
+def _to_numpy(x, name: str) -> np.ndarray:
+    """Arrays, lists and (CPU or GPU) torch tensors as a numeric numpy array."""
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu()
+        if x.is_floating_point() and x.element_size() < 4:  # bfloat16 has no numpy dtype
+            x = x.float()
+        x = x.numpy()
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise AdpsError(f"{name} must be numeric, got dtype {a.dtype}")
+    return a
+
+
+def _check_finite(a: np.ndarray, name: str) -> np.ndarray:
+    # Non-finite scores have no rank; the official tool silently drops them, we refuse them.
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise AdpsError(f"{name} contains NaN or infinite values")
+    return a
+
+
+def _scores(x, name: str, ndim: int | None = None) -> np.ndarray:
+    a = _check_finite(_to_numpy(x, name), name)
+    if ndim is not None and a.ndim != ndim:
+        raise AdpsError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+def _labels(x, name: str) -> np.ndarray:
+    a = _to_numpy(x, name)
+    if a.ndim != 1:
+        raise AdpsError(f"{name} must be 1-D, got shape {a.shape}")
+    if not np.isin(a, (0, 1)).all():
+        raise AdpsError(f"{name} must contain only 0/1 or bool values")
+    return a.astype(bool)
+
+
+def _stack(x, name: str) -> np.ndarray:
+    """(N,H,W), (N,1,H,W) or a single (H,W) map as an (N,H,W) array."""
+    a = _to_numpy(x, name)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    elif a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise AdpsError(f"{name} must have shape (N,H,W) or (N,1,H,W), got {a.shape}")
+    return a
+
+
+def _same_shape(a: np.ndarray, a_name: str, b: np.ndarray, b_name: str) -> None:
+    if a.shape != b.shape:
+        raise AdpsError(f"{a_name} shape {a.shape} does not match {b_name} shape {b.shape}")
+
+
+def _check_two_classes(positive: np.ndarray, name: str) -> None:
+    n_pos = int(np.count_nonzero(positive))
+    if n_pos in (0, positive.size):
+        only = "anomalous" if n_pos else "normal"
+        raise AdpsError(f"{name} contain only {only} samples; the metric is undefined for one class")
+
+
+def _check_fpr_limit(fpr_limit: float) -> None:
+    if not 0.0 < fpr_limit <= 1.0:
+        raise AdpsError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+
+
+# --------------------------------------------------------------------------- the shared ranking
+
+
+class _Ranking(NamedTuple):
+    """Cumulated counts at each distinct threshold of one descending sort."""
+
+    order: np.ndarray  # sample indices, highest score first
+    last: np.ndarray  # position (in ``order``) of the last sample of each run of tied scores
+    tps: np.ndarray  # true positives at score >= threshold (float64, exact integers)
+    fps: np.ndarray  # false positives at score >= threshold
+
+
+def _rank(scores: np.ndarray, positive: np.ndarray) -> _Ranking:
+    # Stability is irrelevant: every run of tied scores is collapsed to its last element.
+    order = np.argsort(scores)[::-1]
+    ranked = scores[order]
+    last = np.append(np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1)
+    tps = np.cumsum(positive[order], dtype=np.float64)[last]
+    return _Ranking(order, last, tps, last + 1.0 - tps)
+
+
+def _auroc(r: _Ranking) -> float:
+    # Trapezoids over distinct thresholds = P(anomalous > normal) with ties counted 1/2. The
+    # summands are integers < 2**53, so the sum is exact before the single division.
+    tps, fps = np.r_[0.0, r.tps], np.r_[0.0, r.fps]
+    return float(np.sum(np.diff(fps) * (tps[1:] + tps[:-1])) / (2.0 * tps[-1] * fps[-1]))
+
+
+def _ap(r: _Ranking) -> float:
+    # Step-wise sum of (recall increase) x precision, no interpolation (scikit-learn's AP).
+    return float(np.sum(np.diff(r.tps, prepend=0.0) * r.tps / (r.tps + r.fps)) / r.tps[-1])
+
+
+def _f1_max(r: _Ranking) -> float:
+    # F1 = 2PR/(P+R) = 2 TP / (TP + FP + #positives); 0 when TP = 0, like the PR-curve convention.
+    return float(np.max(2.0 * r.tps / (r.tps + r.fps + r.tps[-1])))
+
+
+def _binary_scores(r: _Ranking) -> dict[str, float]:
+    return {"auroc": _auroc(r), "ap": _ap(r), "f1_max": _f1_max(r)}
+
+
+def _integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Official MVTec ``trapezoid``: area under PRO(FPR) on [0, fpr_limit], divided by the limit.
+
+    The curve runs from (0, 0) to (1, 1); FPR is non-decreasing, so ``ins`` is the official
+    ``bisect(fpr, fpr_limit)``. When the limit falls between two points the last trapezoid is cut
+    at the linearly interpolated PRO; when it is a curve point the cut has zero width.
+    """
+    ins = int(np.searchsorted(fpr, fpr_limit, side="right"))
+    x, y = fpr[:ins], pro[:ins]
+    area = np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x))
+    if x[-1] < fpr_limit:
+        y_lim = y[-1] + (pro[ins] - y[-1]) * (fpr_limit - x[-1]) / (fpr[ins] - x[-1])
+        area += 0.5 * (y_lim + y[-1]) * (fpr_limit - x[-1])
+    return float(area / fpr_limit)
+
+
+def _aupro(r: _Ranking, pro_weights: np.ndarray, n_regions: int, fpr_limit: float) -> float:
+    # Normal pixels step FP by 1 (so the FP count is the ROC's ``fps``); a pixel of region r steps
+    # PRO by 1/|r|, so every region weighs the same whatever its size or image.
+    fpr = r.fps / r.fps[-1]
+    pro = np.cumsum(pro_weights[r.order], dtype=np.float64)[r.last] / n_regions
+    fpr = np.concatenate(([0.0], np.minimum(fpr, 1.0), [1.0]))
+    pro = np.concatenate(([0.0], np.minimum(pro, 1.0), [1.0]))
+    return _integrate_pro(fpr, pro, fpr_limit)
+
+
+class _Pixels(NamedTuple):
+    """All pixels of an evaluation set, pooled."""
+
+    scores: np.ndarray
+    pro_weights: np.ndarray  # 1/|region| on anomalous pixels, 0 on normal ones
+    n_regions: int
+
+    @property
+    def positive(self) -> np.ndarray:
+        return self.pro_weights > 0
+
+
+def _pool(maps, masks) -> _Pixels:
+    """Pool pairs of equally shaped 2-D maps and masks, labelling each mask's regions on its own."""
+    weights, n_regions = [], 0
+    for mask in masks:
+        regions, n = ndimage.label(mask != 0, structure=_CONNECTIVITY)
+        inverse_size = np.zeros(n + 1)
+        inverse_size[1:] = 1.0 / np.bincount(regions.ravel(), minlength=n + 1)[1:]
+        weights.append(inverse_size[regions].ravel())
+        n_regions += n
+    scores = np.concatenate([np.ravel(m) for m in maps]) if len(maps) else np.empty(0)
+    pro_weights = np.concatenate(weights) if weights else np.empty(0)
+    return _Pixels(scores, pro_weights, n_regions)
+
+
+def _pixel_scores(px: _Pixels, fpr_limit: float, with_curves: bool = True) -> dict[str, float]:
+    positive = px.positive
+    r = _rank(px.scores, positive)
+    out = _binary_scores(r) if with_curves else {}
+    out["aupro"] = _aupro(r, px.pro_weights, px.n_regions, fpr_limit)
+    return out
+
+
+def _pixel_pair(masks, maps, maps_name: str = "maps") -> tuple[np.ndarray, np.ndarray]:
+    masks, maps = _stack(masks, "masks"), _check_finite(_stack(maps, maps_name), maps_name)
+    _same_shape(maps, maps_name, masks, "masks")
+    return masks, maps
+
+
+# --------------------------------------------------------------------------- public metrics
+
+
+def image_metrics(labels, scores) -> dict[str, float]:
+    """Image AUROC, AP and F1-max, with scikit-learn's semantics.
+
+    AUROC is the probability that a random anomalous image outscores a random normal one (ties
+    count 1/2): threshold-free, so it rates the ranking alone. AP is the step-wise
+    ``sum (R_n - R_{n-1}) P_n`` over distinct thresholds, which, unlike AUROC, is sensitive to the
+    rare-positive regime. F1-max is the best F1 over all thresholds, i.e. what an oracle-chosen
+    threshold would achieve.
+
+    Args:
+        labels: (N,) 0 = normal, 1 = anomalous; both classes must occur.
+        scores: (N,) finite, higher = more anomalous.
+
+    Returns:
+        ``{"auroc", "ap", "f1_max"}`` as floats in [0, 1].
+    """
+    labels, scores = _labels(labels, "labels"), _scores(scores, "scores", ndim=1)
+    _same_shape(scores, "scores", labels, "labels")
+    _check_two_classes(labels, "labels")
+    return _binary_scores(_rank(scores, labels))
+
+
+def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
+    """Normalised area under the per-region-overlap curve up to ``fpr_limit`` (official MVTec AD).
+
+    Pixel AUROC is dominated by large defects; PRO instead averages, over every connected GT region
+    (8-connectivity, counted per image), the fraction of the region detected, so a small scratch
+    weighs as much as a large stain. The false-positive rate is global over all normal pixels of
+    all images. Only low FPRs matter in practice, hence the integration limit; the area is divided
+    by it so that a perfect map scores 1 and a constant map 0.5 * fpr_limit.
+
+    Args:
+        maps: (N,H,W) or (N,1,H,W) finite anomaly maps.
+        masks: same shape; non-zero = anomalous. At least one region and one normal pixel.
+        fpr_limit: upper FPR bound of the integral, in (0, 1].
+    """
+    _check_fpr_limit(fpr_limit)
+    masks, maps = _pixel_pair(masks, maps)
+    px = _pool(maps, masks)
+    if px.n_regions == 0:
+        raise AdpsError("masks contain no anomalous region; AUPRO is undefined")
+    if px.positive.all():
+        raise AdpsError("masks contain no normal pixel; the FPR of AUPRO is undefined")
+    return _pixel_scores(px, fpr_limit, with_curves=False)["aupro"]
+
+
+def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
+    """Pixel AUROC, AP, F1-max (as :func:`image_metrics`) and AUPRO (as :func:`aupro`).
+
+    All pixels of all images are pooled into one evaluation set (normal images contribute only
+    negatives), which is what DRAEM and the MVTec tool do per category.
+
+    Args:
+        masks: (N,H,W) or (N,1,H,W); non-zero = anomalous. Both classes must occur.
+        maps: same shape, finite anomaly maps.
+        fpr_limit: AUPRO integration limit, in (0, 1].
+
+    Returns:
+        ``{"auroc", "ap", "f1_max", "aupro"}`` as floats in [0, 1].
+    """
+    _check_fpr_limit(fpr_limit)
+    masks, maps = _pixel_pair(masks, maps)
+    px = _pool(maps, masks)
+    _check_two_classes(px.positive, "masks")
+    return _pixel_scores(px, fpr_limit)
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+
+
+def _available(mask_available, n: int) -> np.ndarray:
+    if mask_available is None:
+        return np.ones(n, dtype=bool)
+    available = _labels(mask_available, "mask_available")
+    if available.size != n:
+        raise AdpsError(f"mask_available has {available.size} entries for {n} images")
+    return available
+
+
+def _image_pair(image_scores, image_labels) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = _labels(image_labels, "image_labels"), _scores(image_scores, "image_scores", 1)
+    _same_shape(scores, "image_scores", labels, "image_labels")
+    return labels, scores
+
+
+def _report(labels, scores, px: _Pixels | None, fpr_limit: float) -> dict:
+    """The flat result dict; a metric that is undefined for these data is None, not 0."""
+    out = dict.fromkeys(("image_auroc", "image_ap", "image_f1max", *_PIXEL_KEYS))
+    if 0 < labels.sum() < labels.size:
+        img = image_metrics(labels, scores)
+        out.update(image_auroc=img["auroc"], image_ap=img["ap"], image_f1max=img["f1_max"])
+    if px is not None and 0 < np.count_nonzero(px.positive) < px.scores.size:
+        pix = _pixel_scores(px, fpr_limit)
+        out.update(zip(_PIXEL_KEYS, (pix["auroc"], pix["ap"], pix["f1_max"], pix["aupro"])))
+    return out
+
+
+def compute_metrics(
+    image_scores,
+    image_labels,
+    anomaly_maps=None,
+    masks=None,
+    mask_available=None,
+    fpr_limit: float = 0.3,
+) -> dict[str, float | None]:
+    """All metrics of one category at the evaluation resolution of the maps.
+
+    Args:
+        image_scores: (N,) finite image scores.
+        image_labels: (N,) 0/1 image labels.
+        anomaly_maps: (N,H,W) or (N,1,H,W) maps (numpy or torch); unused when ``masks`` is None.
+        masks: same shape as the maps, non-zero = anomalous; None = no pixel ground truth.
+        mask_available: optional (N,) bool; pixel metrics pool only images whose mask exists.
+        fpr_limit: AUPRO integration limit.
+
+    Returns:
+        ``image_auroc, image_ap, image_f1max, pixel_auroc, pixel_ap, pixel_f1max, aupro``.
+        A metric the data cannot define is None rather than a misleading number: image metrics
+        when the labels have one class; pixel metrics when there are no masks, no available mask,
+        or the pooled pixels have one class.
+    """
+    _check_fpr_limit(fpr_limit)
+    labels, scores = _image_pair(image_scores, image_labels)
+    px = None
+    if masks is not None:
+        masks, maps = _pixel_pair(masks, anomaly_maps, "anomaly_maps")
+        if maps.shape[0] != scores.size:
+            raise AdpsError(f"anomaly_maps has {maps.shape[0]} maps for {scores.size} images")
+        keep = _available(mask_available, scores.size)
+        px = _pool(maps[keep], masks[keep])
+    return _report(labels, scores, px, fpr_limit)
+
+
+def compute_metrics_original_resolution(
+    image_scores,
+    image_labels,
+    maps,
+    masks,
+    mask_available=None,
+    fpr_limit: float = 0.3,
+) -> dict[str, float | None]:
+    """:func:`compute_metrics` for images of different sizes, each scored at its mask's resolution.
+
+    The official MVTec tool evaluates at the GT PNG's size, so each map is upsampled to its mask's
+    (h_i, w_i) with bilinear interpolation, ``torch.nn.functional.interpolate(mode="bilinear",
+    align_corners=False)`` (maps already at that size are used as they are); masks are never
+    resized, so region sizes are the dataset's own. Pixels of all images are then pooled in
+    float32.
+
+    Args:
+        image_scores, image_labels: as in :func:`compute_metrics`.
+        maps: sequence of N 2-D maps (numpy or torch), any sizes.
+        masks: sequence of N 2-D masks, non-zero = anomalous; an entry may be None when its
+            ``mask_available`` flag is False (unavailable images are skipped).
+        mask_available: optional (N,) bool.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    _check_fpr_limit(fpr_limit)
+    labels, scores = _image_pair(image_scores, image_labels)
+    if not len(maps) == len(masks) == scores.size:
+        raise AdpsError(f"got {len(maps)} maps, {len(masks)} masks and {scores.size} image scores")
+    pooled_maps, pooled_masks = [], []
+    for i in np.flatnonzero(_available(mask_available, scores.size)):
+        amap, mask = _scores(maps[i], f"maps[{i}]", 2), _to_numpy(masks[i], f"masks[{i}]")
+        if mask.ndim != 2:
+            raise AdpsError(f"masks[{i}] must be 2-D, got shape {mask.shape}")
+        amap = amap.astype(np.float32, copy=False)
+        if amap.shape != mask.shape:
+            t = torch.from_numpy(np.ascontiguousarray(amap))[None, None]
+            amap = F.interpolate(t, size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
+            amap = amap.numpy()
+        pooled_maps.append(amap)
+        pooled_masks.append(mask)
+    return _report(labels, scores, _pool(pooled_maps, pooled_masks), fpr_limit)

@@ -1,0 +1,246 @@
+"""The ADPS network as a plain ``nn.Module``: teacher, patch-fed student, WMB, PSM.
+
+No training logic lives here (losses and optimisation are in ``adps.engine``), so the same module
+exports to ONNX/TorchScript unchanged. Inputs are images in [0, 1]; the module normalises them
+with the statistics of its backbone's weights, so a caller cannot pre-process differently from
+training.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adps.config import ModelConfig
+from adps.errors import AdpsError
+from adps.models.backbones import Encoder, create_encoder, get_backbone
+
+# OUR CHOICE (method spec section 5): PSM up-block widths per backbone family.
+PSM_WIDTHS = {
+    "efficientnet_lite0": (128, 64, 32, 32),
+    "efficientnet_lite2": (128, 64, 32, 32),
+    "resnet18": (128, 64, 32, 16),
+    "wide_resnet50_2": (512, 256, 128, 64),
+}
+
+
+def split_patches(x: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B*k*k, C, H/k, W/k), patches in row-major order, one batched view."""
+    if k == 1:
+        return x
+    b, c, h, w = x.shape
+    x = x.reshape(b, c, k, h // k, k, w // k).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b * k * k, c, h // k, w // k)
+
+
+def merge_patches(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`split_patches`: puts every patch's map back at its position."""
+    if k == 1:
+        return x
+    bkk, c, h, w = x.shape
+    b = bkk // (k * k)
+    x = x.reshape(b, k, k, c, h, w).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, k * h, k * w)
+
+
+def cosine_map(t: torch.Tensor, s: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-position cosine similarity over channels, (B, 1, h, w); Eq. (1)."""
+    return F.cosine_similarity(t.float(), s.float(), dim=1, eps=eps).unsqueeze(1)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W) maps.
+
+    Same kernel as ``scipy.ndimage.gaussian_filter(..., truncate=4)`` with ``mode="mirror"``
+    (torch's "reflect" padding), built from plain convolutions so it exports.
+    """
+    if sigma <= 0:
+        return x
+    radius = int(4.0 * sigma + 0.5)
+    coords = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(x.dtype)
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))
+
+
+class UpBlock(nn.Module):
+    """Eq. (3)-(5): 2x transposed conv, concat the skip feature, two conv3x3-BN-ReLU."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
+        self.conv = nn.Sequential(
+            nn.Conv2d(out_ch + skip_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.up(x)
+        if skip is not None:
+            x = torch.cat([x, skip.to(x.dtype)], dim=1)
+        return self.conv(x)
+
+
+class PostSegmentation(nn.Module):
+    """U-Net decoder from the stride-16 level to full resolution; 2-channel logits (Eq. 6)."""
+
+    def __init__(self, channels: list[int], widths: tuple[int, int, int, int]):
+        super().__init__()
+        c1, c2, c3 = channels
+        w1, w2, w3, w4 = widths
+        self.up1 = UpBlock(c3, c2, w1)
+        self.up2 = UpBlock(w1, c1, w2)
+        self.up3 = UpBlock(w2, 0, w3)
+        self.up4 = UpBlock(w3, 0, w4)
+        self.head = nn.Conv2d(w4, 2, 3, padding=1)
+
+    def forward(self, c: list[torch.Tensor]) -> torch.Tensor:
+        x = self.up1(c[2], c[1])
+        x = self.up2(x, c[0])
+        return self.head(self.up4(self.up3(x)))
+
+
+def draem_init(module: nn.Module) -> None:
+    """DRAEM's ``weights_init``: conv N(0, 0.02), BN weight N(1, 0.02), BN bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class ADPS(nn.Module):
+    """Asymmetric Distillation Post-Segmentation.
+
+    ``forward(images)`` takes (B, 3, H, W) images in [0, 1]. In training mode it returns a dict
+    with the PSM ``logits`` (B, 2, H, W) and the per-level ``teacher``/``student`` features (for
+    the distillation loss); in eval mode it returns ``(anomaly_map, score)``: the anomalous-class
+    probability (B, 1, H, W) and the max of its Gaussian-smoothed version (B,).
+    """
+
+    def __init__(self, config: ModelConfig | None = None, *, teacher: Encoder | None = None,
+                 pretrained: bool = True, weights_file: str | None = None,
+                 allow_download: bool = False):
+        super().__init__()
+        self.config = config = config or ModelConfig()
+        spec = get_backbone(config.backbone)
+        self._check_geometry(config.image_size)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+
+        self.teacher = teacher or create_encoder(config.backbone, pretrained, weights_file,
+                                                 allow_download)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.student = create_encoder(config.backbone, pretrained=False)
+        if config.student_init == "teacher":
+            self.student.load_state_dict(self.teacher.state_dict())
+        channels = self.teacher.channels
+        self.fuse = None
+        if config.fusion == "conv":
+            self.fuse = nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels)
+        self.psm = None
+        if config.variant != "no_psm_wmb":
+            self.psm = PostSegmentation(channels, config.psm_widths or PSM_WIDTHS[config.backbone])
+            if config.psm_init == "draem":
+                draem_init(self.psm)
+
+    def _check_geometry(self, size: int) -> None:
+        c = self.config
+        cut = c.k ** (1 + len(c.split_after_stages))
+        if c.k < 1 or size % (cut * 16):
+            raise AdpsError(
+                f"image_size {size} must be divisible by 16 x k^(1 + splits) = {cut * 16} "
+                f"(k = {c.k}, split after stages {list(c.split_after_stages)})")
+        if any(s not in (1, 2) for s in c.split_after_stages):
+            raise AdpsError("split_after_stages may only name stages 1 and 2")
+
+    def train(self, mode: bool = True) -> "ADPS":
+        super().train(mode)
+        self.teacher.eval()  # frozen: BatchNorm statistics must never move
+        return self
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def student_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Runs the student on k x k patches in one batch and stitches every level back.
+
+        With ``split_after_stages`` the features are re-cut after those stages; cutting every
+        patch into k x k pieces equals cutting the whole map on a k-times finer grid.
+        """
+        k = self.config.k
+        cut = k
+        x = self.student.stem(split_patches(x, cut))
+        features = []
+        for index, stage in enumerate(self.student.stages, start=1):
+            x = stage(x)
+            features.append(merge_patches(x, cut))
+            if index in self.config.split_after_stages:
+                x = split_patches(features[-1], cut * k)
+                cut *= k
+        return features
+
+    def forward(self, images: torch.Tensor):
+        c = self.config
+        x = self.normalize(images)
+        need_teacher = c.variant != "no_teacher"
+        need_student = c.variant != "no_student"
+        teacher = student = None
+        if need_teacher:
+            with torch.no_grad():
+                teacher = self.teacher(x)
+        if need_student:
+            student = self.student_features(x)
+
+        if c.variant == "no_psm_wmb":
+            anomaly = sum(F.interpolate(self._disagreement(t, s), size=images.shape[-2:],
+                                        mode="bilinear", align_corners=False)
+                          for t, s in zip(teacher, student))
+            if self.training:  # distillation loss only: there is no PSM to train
+                return {"logits": None, "teacher": teacher, "student": student}
+            return anomaly, self.score(anomaly)
+
+        if c.variant == "no_student":
+            fused = teacher
+        elif c.variant == "no_teacher":
+            fused = student
+        else:
+            fused = [self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student))]
+        logits = self.psm(fused)
+        if self.training:
+            return {"logits": logits, "teacher": teacher, "student": student}
+        anomaly = torch.softmax(logits.float(), dim=1)[:, 1:2]
+        return anomaly, self.score(anomaly)
+
+    def _disagreement(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The coarse anomaly mask: 1 - W_i (cosine) or mean_c (T - S)^2 (MSE variant)."""
+        if self.config.mask_type == "mse":
+            return (t.float() - s.float()).pow(2).mean(dim=1, keepdim=True)
+        return 1.0 - cosine_map(t, s, self.config.cos_eps)
+
+    def _fuse(self, level: int, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        fusion = self.config.fusion
+        if fusion == "wmb":
+            return self._disagreement(t, s).to(t.dtype) * t  # Eq. (2): C_i = (1 - W_i) * T_i
+        if fusion == "diff":
+            return t - s
+        return self.fuse[level](torch.cat([t, s.to(t.dtype)], dim=1))
+
+    def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """Image score = max of the Gaussian-smoothed map (sigma from the config)."""
+        return gaussian_blur(anomaly_map.float(), self.config.sigma).amax(dim=(1, 2, 3))
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["ADPS", "PSM_WIDTHS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur",
+           "count_parameters"]

@@ -1,0 +1,283 @@
+"""adps.metrics against independent references: scikit-learn, a brute-force AUPRO, and the pinned
+values of docs/metrics.md (sections 4.3 and 6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from adps.errors import AdpsError
+from adps.metrics import (
+    aupro,
+    compute_metrics,
+    compute_metrics_original_resolution,
+    image_metrics,
+    pixel_metrics,
+)
+
+KEYS = ("image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+PIXEL_KEYS = KEYS[3:]
+
+
+# --------------------------------------------------------------------------- references
+
+
+def sklearn_metrics(y, s) -> dict[str, float]:
+    y, s = np.ravel(y) != 0, np.ravel(s)
+    p, r, _ = precision_recall_curve(y, s)
+    f1 = np.where(p + r > 0, 2 * p * r / np.where(p + r > 0, p + r, 1), 0.0)
+    return {"auroc": roc_auc_score(y, s), "ap": average_precision_score(y, s), "f1_max": f1.max()}
+
+
+def brute_aupro(maps, masks, limit=0.3) -> float:
+    """Threshold at every distinct score; FPR and per-region overlap straight from boolean masks."""
+    maps, gt = np.asarray(maps, float), np.asarray(masks) != 0
+    regions = []  # (image index, region mask)
+    for i, g in enumerate(gt):
+        lab, n = ndimage.label(g, structure=np.ones((3, 3)))
+        regions += [(i, lab == k) for k in range(1, n + 1)]
+    points = [(0.0, 0.0)]
+    for t in np.unique(maps)[::-1]:
+        pred = maps >= t
+        fpr = (pred & ~gt).sum() / (~gt).sum()
+        pro = np.mean([pred[i][reg].mean() for i, reg in regions])
+        points.append((fpr, pro))
+    points.append((1.0, 1.0))
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 >= limit:
+            break
+        if x1 > limit:  # cut the segment at the limit
+            y1, x1 = y0 + (y1 - y0) * (limit - x0) / (x1 - x0), limit
+        area += 0.5 * (y0 + y1) * (x1 - x0)
+    return area / limit
+
+
+def assert_close(got: dict, want: dict, tol=1e-9):
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=tol), key
+
+
+# --------------------------------------------------------------------------- pinned values
+
+
+@pytest.mark.parametrize(
+    ("labels", "scores", "want"),
+    [
+        ([1] * 10 + [0] * 90, [0.3] * 100, {"auroc": 0.5, "ap": 0.1, "f1_max": 2 * 0.1 / 1.1}),
+        ([1, 0, 1, 0, 0], [0.9, 0.8, 0.7, 0.2, 0.1], {"auroc": 5 / 6, "ap": 5 / 6, "f1_max": 0.8}),
+        ([1, 0, 1, 0], [0.5, 0.5, 0.9, 0.1], {"auroc": 0.875, "ap": 5 / 6}),
+        ([0, 1, 0, 1], [0.1, 0.7, 0.2, 0.9], {"auroc": 1.0, "ap": 1.0, "f1_max": 1.0}),
+    ],
+)
+def test_image_metrics_pinned(labels, scores, want):
+    assert_close(image_metrics(labels, scores), want)
+
+
+WORKED_GT = np.array([[[1, 1, 0, 0], [0, 0, 0, 0]]])
+WORKED_MAP = np.array([[[0.9, 0.4, 0.8, 0.1], [0.2, 0.3, 0.05, 0.0]]])
+NORMAL_GT = np.zeros((1, 2, 4))
+NORMAL_MAP = np.array([[[0.85, 0, 0, 0], [0, 0, 0, 0]]])
+PROBE_GT = np.zeros((1, 3, 3))
+PROBE_GT[0, 0, 0] = PROBE_GT[0, 1, 1] = PROBE_GT[0, 1, 2] = 1
+PROBE_MAP = np.zeros((1, 3, 3))
+PROBE_MAP[0, 0, 0] = 1
+
+
+@pytest.mark.parametrize(
+    ("maps", "masks", "want"),
+    [
+        (WORKED_MAP, WORKED_GT, 13 / 18),
+        (np.r_[WORKED_MAP, NORMAL_MAP], np.r_[WORKED_GT, NORMAL_GT], 16 / 21),
+        (PROBE_MAP, PROBE_GT, 0.43333333333333335),  # 8-connectivity (4-connectivity: 0.575)
+    ],
+)
+def test_aupro_pinned(maps, masks, want):
+    assert aupro(maps, masks) == pytest.approx(want, abs=1e-12)
+    assert brute_aupro(maps, masks) == pytest.approx(want, abs=1e-12)
+
+
+@pytest.fixture
+def blobs():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((4, 32, 32), np.uint8)
+    masks[0, 3:9, 4:12] = 255
+    masks[0, 20:23, 20:30] = 255
+    masks[2, 10:20, 15:17] = 255
+    maps = rng.random(masks.shape).astype(np.float32)
+    return masks, maps
+
+
+def test_pixel_pinned_cases(blobs):
+    masks, _ = blobs
+    gt = (masks > 0).astype(float)
+    assert_close(pixel_metrics(masks, gt), {"auroc": 1, "ap": 1, "f1_max": 1, "aupro": 1})
+    const = pixel_metrics(masks, np.full(masks.shape, 7.0))
+    assert_close(const, {"auroc": 0.5, "ap": gt.mean(), "aupro": 0.15})
+    assert_close(pixel_metrics(masks, 1 - gt), {"auroc": 0.0, "aupro": 0.0})
+
+
+# --------------------------------------------------------------------------- against references
+
+
+def test_random_pixels_with_ties_match_references(blobs):
+    masks, maps = blobs
+    maps = np.round(maps * 40) / 40  # many ties
+    got = pixel_metrics(masks, maps)
+    assert_close(got, sklearn_metrics(masks, maps))
+    assert got["aupro"] == pytest.approx(brute_aupro(maps, masks), abs=1e-9)
+    for limit in (0.05, 0.3, 1.0):
+        assert aupro(maps, masks, limit) == pytest.approx(brute_aupro(maps, masks, limit), abs=1e-9)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=2, max_size=40).filter(
+        lambda xs: len({y for y, _ in xs}) == 2
+    )
+)
+def test_image_metrics_match_sklearn(pairs):
+    labels, scores = np.array(pairs).T
+    assert_close(image_metrics(labels, scores / 7.0), sklearn_metrics(labels, scores / 7.0))
+
+
+@st.composite
+def pixel_sets(draw):
+    n, h, w = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    cells = n * h * w
+    masks = np.array(draw(st.lists(st.booleans(), min_size=cells, max_size=cells))).reshape(n, h, w)
+    levels = draw(st.integers(1, 8))  # few levels = many ties
+    maps = np.array(draw(st.lists(st.integers(0, levels), min_size=cells, max_size=cells)))
+    return masks, maps.reshape(n, h, w) / levels
+
+
+@settings(max_examples=120, deadline=None)
+@given(pixel_sets(), st.sampled_from([0.3, 0.1, 1.0]))
+def test_pixel_metrics_match_references(data, limit):
+    masks, maps = data
+    if masks.all() or not masks.any():
+        with pytest.raises(AdpsError):
+            pixel_metrics(masks, maps)
+        return
+    got = pixel_metrics(masks, maps, fpr_limit=limit)
+    assert_close(got, sklearn_metrics(masks, maps))
+    assert got["aupro"] == pytest.approx(brute_aupro(maps, masks, limit), abs=1e-6)
+    assert all(0.0 <= v <= 1.0 for v in got.values())
+
+
+# --------------------------------------------------------------------------- compute_metrics
+
+
+def test_compute_metrics_keys_and_values(blobs):
+    masks, maps = blobs
+    labels = masks.reshape(4, -1).max(1) > 0
+    scores = maps.reshape(4, -1).max(1)
+    got = compute_metrics(scores, labels, maps, masks)
+    assert set(got) == set(KEYS)
+    assert all(isinstance(v, float) for v in got.values())
+    img, pix = image_metrics(labels, scores), pixel_metrics(masks, maps)
+    assert got["image_auroc"] == img["auroc"] and got["image_f1max"] == img["f1_max"]
+    assert got["pixel_ap"] == pix["ap"] and got["aupro"] == pix["aupro"]
+
+
+def test_compute_metrics_accepts_tensors_and_channel_dim(blobs):
+    masks, maps = blobs
+    labels, scores = [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3]
+    want = compute_metrics(scores, labels, maps, masks)
+    got = compute_metrics(
+        torch.tensor(scores), torch.tensor(labels), torch.from_numpy(maps)[:, None],
+        torch.from_numpy(masks)[:, None],
+    )
+    assert got == pytest.approx(want)
+
+
+def test_compute_metrics_without_pixel_truth(blobs):
+    masks, maps = blobs
+    labels, scores = [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3]
+    got = compute_metrics(scores, labels, maps, None)
+    assert all(got[k] is None for k in PIXEL_KEYS) and got["image_auroc"] == 1.0
+    none_available = compute_metrics(scores, labels, maps, masks, mask_available=[0, 0, 0, 0])
+    assert all(none_available[k] is None for k in PIXEL_KEYS)
+    empty = compute_metrics(scores, labels, maps, np.zeros_like(masks))  # single pixel class
+    assert all(empty[k] is None for k in PIXEL_KEYS) and empty["image_auroc"] == 1.0
+
+
+def test_compute_metrics_single_image_class_gives_none(blobs):
+    masks, maps = blobs
+    got = compute_metrics([0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1], maps, masks)
+    assert got["image_auroc"] is None and got["image_ap"] is None and got["image_f1max"] is None
+    assert got["aupro"] == pixel_metrics(masks, maps)["aupro"]
+
+
+def test_mask_available_selects_images(blobs):
+    masks, maps = blobs
+    scores, labels = [0.9, 0.1, 0.8, 0.3], [1, 0, 1, 0]
+    got = compute_metrics(scores, labels, maps, masks, mask_available=[True, False, True, True])
+    want = pixel_metrics(masks[[0, 2, 3]], maps[[0, 2, 3]])
+    assert got["pixel_auroc"] == want["auroc"] and got["aupro"] == want["aupro"]
+
+
+def test_original_resolution_resizes_bilinearly(blobs):
+    masks, maps = blobs
+    small = [m[::2, ::2] for m in maps]  # 16x16 maps for 32x32 masks
+    got = compute_metrics_original_resolution([0.9, 0.1, 0.8, 0.3], [1, 0, 1, 0], small, list(masks))
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(np.stack(small))[:, None], size=(32, 32), mode="bilinear",
+        align_corners=False,
+    )[:, 0].numpy()
+    want = pixel_metrics(masks, up)
+    assert got["pixel_auroc"] == pytest.approx(want["auroc"], abs=1e-12)
+    assert got["aupro"] == pytest.approx(want["aupro"], abs=1e-12)
+
+
+def test_original_resolution_mixed_sizes_and_missing_masks(blobs):
+    masks, maps = blobs
+    big_mask = np.zeros((40, 24), bool)
+    big_mask[5:9, 3:7] = True
+    maps_list = [maps[0], maps[1], np.ones((10, 6), np.float32)]
+    masks_list = [masks[0], None, big_mask]
+    got = compute_metrics_original_resolution(
+        [0.9, 0.1, 0.8], [1, 0, 1], maps_list, masks_list, mask_available=[1, 0, 1]
+    )
+    flat_maps = np.r_[maps[0].ravel(), np.ones(40 * 24)]  # a constant map stays constant
+    assert_close(
+        {k: got[f"pixel_{k.replace('_', '')}"] for k in ("auroc", "ap", "f1_max")},
+        sklearn_metrics(np.r_[masks[0].ravel(), big_mask.ravel()], flat_maps),
+        tol=1e-7,  # pooled in float32
+    )
+    same = compute_metrics_original_resolution([0.9, 0.1], [1, 0], list(maps[:2]), list(masks[:2]))
+    assert same["aupro"] == pixel_metrics(masks[:2], maps[:2])["aupro"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: image_metrics([1, 0], [0.5]), "shape"),
+        (lambda: image_metrics([1, 0], [np.nan, 0.1]), "scores"),
+        (lambda: image_metrics([1, 1], [0.2, 0.1]), "labels"),
+        (lambda: image_metrics([2, 0], [0.2, 0.1]), "labels"),
+        (lambda: pixel_metrics(np.zeros((2, 4, 4)), np.zeros((2, 4, 5))), "shape"),
+        (lambda: pixel_metrics(np.eye(3)[None], np.full((1, 3, 3), np.inf)), "maps"),
+        (lambda: pixel_metrics(np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), "masks"),
+        (lambda: aupro(np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), "no anomalous region"),
+        (lambda: aupro(np.zeros((1, 3, 3)), np.ones((1, 3, 3))), "no normal pixel"),
+        (lambda: aupro(np.zeros((1, 3, 3)), np.eye(3)[None], fpr_limit=0), "fpr_limit"),
+        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((3, 2, 2)), np.eye(2)[None].repeat(3, 0)),
+         "anomaly_maps"),
+        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2)), np.zeros((2, 2, 2)),
+                                 mask_available=[1]), "mask_available"),
+        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2)), np.zeros((2, 2, 2, 2))),
+         "masks"),
+    ],
+)
+def test_user_errors_raise_adps_error(call, match):
+    with pytest.raises(AdpsError, match=match):
+        call()
