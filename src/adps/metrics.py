@@ -124,8 +124,9 @@ def _rank(scores: np.ndarray, positive: np.ndarray) -> _Ranking:
 
 
 def _auroc(r: _Ranking) -> float:
-    # Trapezoids over distinct thresholds = P(anomalous > normal) with ties counted 1/2. The
-    # summands are integers < 2**53, so the sum is exact before the single division.
+    # Trapezoids over distinct thresholds = P(anomalous > normal) with ties counted 1/2. Twice
+    # each trapezoid is an integer and their sum is 2*P*N*AUC < 2**53 up to ~1e8 samples, so the
+    # sum is exact and the single division is the only rounding.
     tps, fps = np.r_[0.0, r.tps], np.r_[0.0, r.fps]
     return float(np.sum(np.diff(fps) * (tps[1:] + tps[:-1])) / (2.0 * tps[-1] * fps[-1]))
 
@@ -197,8 +198,7 @@ def _pool(maps, masks) -> _Pixels:
 
 
 def _pixel_scores(px: _Pixels, fpr_limit: float, with_curves: bool = True) -> dict[str, float]:
-    positive = px.positive
-    r = _rank(px.scores, positive)
+    r = _rank(px.scores, px.positive)
     out = _binary_scores(r) if with_curves else {}
     out["aupro"] = _aupro(r, px.pro_weights, px.n_regions, fpr_limit)
     return out

@@ -431,7 +431,9 @@ def _check_split(split: str, allowed: tuple[str, ...]) -> None:
 
 class MVTecAD(AnomalyDataset):
     """MVTec AD layout: ``<category>/train/good``, ``test/<defect>``,
-    ``ground_truth/<defect>/NNN_mask.png``. Test order: ``good`` first, then defects by name."""
+    ``ground_truth/<defect>/NNN_mask.png``. Test order: ``good`` first, then defects by name.
+
+    ``mask_suffix`` covers MVTec-like sets whose masks share the image's name (``""``)."""
 
     def __init__(
         self,
@@ -440,6 +442,7 @@ class MVTecAD(AnomalyDataset):
         split: str = "train",
         size: int | Sequence[int] | None = 256,
         mask_required: bool = True,
+        mask_suffix: str = "_mask",
     ):
         _check_split(split, ("train", "test"))
         base = Path(root) / category
@@ -459,7 +462,7 @@ class MVTecAD(AnomalyDataset):
                 if not mask_required and not gt.is_dir():
                     gt = None
                 label = 0 if kind == "good" else 1
-                records += build_records(test / kind, label, gt, "_mask", mask_required)
+                records += build_records(test / kind, label, gt, mask_suffix, mask_required)
         super().__init__(records, size)
         self.category = category
         self.split = split

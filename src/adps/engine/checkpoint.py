@@ -8,8 +8,6 @@ calibrated thresholds. Only tensors and plain containers are stored, so loading 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +20,6 @@ from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
 
 FORMAT = "adps-checkpoint-v1"
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_checkpoint(model: ADPS, train_config: TrainConfig | None, **extra: Any) -> dict:

@@ -24,11 +24,12 @@ from adps.config import ModelConfig, TrainConfig
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
 from adps.data.synthesis import AnomalySynthesizer, TextureBank
-from adps.engine.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from adps.engine.checkpoint import load_checkpoint, make_checkpoint
 from adps.engine.device import resolve_device
 from adps.engine.distributed import DistContext, init_distributed
 from adps.engine.losses import adps_loss
 from adps.errors import AdpsError
+from adps.fileio import atomic_save
 from adps.models.adps import ADPS
 
 LAST = "last.pt"  # the resumable checkpoint (optimiser, scheduler, RNG states)

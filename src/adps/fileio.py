@@ -1,0 +1,36 @@
+"""Atomic file writes: write a temp file in the target folder, then rename over the target.
+
+A crash (or Ctrl-C) mid-write leaves the previous file intact instead of half a file, which
+matters for checkpoints, metrics and reports a user would hate to lose.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import torch
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
