@@ -43,7 +43,8 @@ def bench(device: torch.device, iters: int, warmup: int) -> float:
     _sync(device)
     seconds = time.perf_counter() - start
     source = f"DTD ({len(textures)} textures)" if textures is not None else "the batch itself"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    threads = f"{torch.get_num_threads()} threads"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
     rate = iters * BATCH / seconds
     print(
         f"{device.type:4s} [{name}]: {rate:10.1f} img/s  ({iters} batches of {BATCH}x3x{SIZE}x{SIZE} "

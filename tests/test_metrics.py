@@ -281,3 +281,150 @@ def test_original_resolution_mixed_sizes_and_missing_masks(blobs):
 def test_user_errors_raise_adps_error(call, match):
     with pytest.raises(AdpsError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- curves
+
+from sklearn.metrics import roc_curve as sk_roc_curve  # noqa: E402
+
+from adps.metrics import (  # noqa: E402
+    f1_max_threshold,
+    pixel_curves,
+    pr_curve,
+    pro_curve,
+    roc_curve,
+    truncate_pro_curve,
+)
+
+
+def brute_pro_points(maps, masks):
+    """(fpr, pro) at every distinct threshold, from boolean masks, with (0,0) and (1,1) added."""
+    maps, gt = np.asarray(maps, float), np.asarray(masks) != 0
+    regions = []
+    for i, g in enumerate(gt):
+        lab, n = ndimage.label(g, structure=np.ones((3, 3)))
+        regions += [(i, lab == k) for k in range(1, n + 1)]
+    fpr, pro = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        pred = maps >= t
+        fpr.append((pred & ~gt).sum() / (~gt).sum())
+        pro.append(np.mean([pred[i][reg].mean() for i, reg in regions]))
+    return np.array(fpr + [1.0]), np.array(pro + [1.0])
+
+
+def assert_curve(got, want, tol=1e-12):
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=0, atol=tol)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=2, max_size=40).filter(
+        lambda xs: len({y for y, _ in xs}) == 2
+    ),
+    st.booleans(),
+)
+def test_curves_match_sklearn(pairs, drop):
+    labels, scores = np.array(pairs).T
+    scores = scores / 7.0
+    assert_curve(roc_curve(labels, scores, drop), sk_roc_curve(labels, scores, drop_intermediate=drop)[:2])
+    assert_curve(pr_curve(labels, scores, drop),
+                 precision_recall_curve(labels, scores, drop_intermediate=drop)[:2])
+
+
+def test_curves_agree_with_metrics(blobs):
+    masks, maps = blobs
+    maps = np.round(maps * 40) / 40
+    fpr, tpr = roc_curve(masks, maps)
+    precision, recall = pr_curve(masks, maps)
+    got = pixel_metrics(masks, maps)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(got["auroc"], abs=1e-12)
+    assert np.sum(-np.diff(recall) * precision[:-1]) == pytest.approx(got["ap"], abs=1e-12)
+    assert_curve(roc_curve(torch.from_numpy(masks), torch.from_numpy(maps)),
+                 sk_roc_curve(masks.ravel() > 0, maps.ravel())[:2])
+    assert_curve(pr_curve(masks, maps), precision_recall_curve(masks.ravel() > 0, maps.ravel())[:2])
+
+
+def test_pr_curve_single_class_and_roc_errors():
+    precision, recall = pr_curve([1, 1, 1], [0.3, 0.2, 0.1])  # defined without negatives
+    assert_curve((precision, recall), precision_recall_curve([1, 1, 1], [0.3, 0.2, 0.1])[:2])
+    with pytest.raises(AdpsError, match="labels"):
+        roc_curve([1, 1], [0.2, 0.1])
+    with pytest.raises(AdpsError, match="no anomalous"):
+        pr_curve([0, 0], [0.2, 0.1])
+    with pytest.raises(AdpsError, match="shape"):
+        roc_curve([1, 0], [0.2])
+
+
+@pytest.mark.parametrize("levels", [40, None])
+def test_pro_curve_matches_brute_force_and_aupro(blobs, levels):
+    masks, maps = blobs
+    if levels:
+        maps = np.round(maps * levels) / levels
+    assert_curve(pro_curve(maps, masks), brute_pro_points(maps, masks), tol=1e-12)
+    for limit in (0.05, 0.3, 1.0):
+        fpr, pro = pro_curve(maps, masks, fpr_limit=limit)
+        assert fpr[-1] == pytest.approx(limit) and np.all(np.diff(fpr) >= 0)
+        assert np.trapezoid(pro, fpr) / limit == pytest.approx(aupro(maps, masks, limit), abs=1e-12)
+
+
+def test_pro_curve_limit_on_a_curve_point():
+    fpr, pro = pro_curve(WORKED_MAP, WORKED_GT)
+    limit = float(fpr[2])  # a curve point: no interpolated end point; equal-FPR points stay
+    keep = fpr <= limit
+    assert 0 < limit < 1 and keep.sum() >= 3
+    assert_curve(pro_curve(WORKED_MAP, WORKED_GT, fpr_limit=limit), (fpr[keep], pro[keep]))
+    with pytest.raises(AdpsError, match="fpr_limit"):
+        pro_curve(WORKED_MAP, WORKED_GT, fpr_limit=1.5)
+    with pytest.raises(AdpsError, match="no anomalous region"):
+        pro_curve(np.zeros((1, 3, 3)), np.zeros((1, 3, 3)))
+
+
+def test_pixel_curves_equal_the_separate_functions(blobs):
+    masks, maps = blobs
+    maps = np.round(maps * 40) / 40
+    got = pixel_curves(maps, masks)
+    assert_curve(got["roc"], roc_curve(masks, maps))
+    assert_curve(got["pr"], pr_curve(masks, maps))
+    assert_curve(got["pro"], pro_curve(maps, masks))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 6)), min_size=2, max_size=30).filter(
+        lambda xs: len({y for y, _ in xs}) == 2
+    )
+)
+def test_f1_max_threshold_is_the_best_decision(pairs):
+    labels, scores = np.array(pairs).T
+    labels = labels.astype(bool)
+
+    def f1(t):
+        pred = scores >= t
+        tp = np.sum(pred & labels)
+        return 2 * tp / (pred.sum() + labels.sum())
+
+    t = f1_max_threshold(labels, scores)
+    best = max(f1(u) for u in np.unique(scores))
+    assert f1(t) == pytest.approx(best) == pytest.approx(image_metrics(labels, scores)["f1_max"])
+    assert t == min(u for u in np.unique(scores) if f1(u) == pytest.approx(best))
+    calibrated = calibrate_f1(scores, labels)
+    if calibrated is not None:  # the calibration command agrees (its ties may round apart)
+        assert f1(calibrated) == pytest.approx(best) and t <= calibrated
+
+
+def calibrate_f1(scores, labels):
+    from adps.engine.calibrate import f1_optimal_threshold
+
+    try:
+        return f1_optimal_threshold(scores, labels).threshold
+    except AdpsError:  # refuses thresholds that flag every normal image
+        return None
+
+
+def test_truncate_pro_curve_equals_pro_curve_with_limit(blobs):
+    masks, maps = blobs
+    full = pixel_curves(maps, masks)["pro"]
+    for limit in (0.01, 0.3, 1.0):
+        assert_curve(truncate_pro_curve(*full, limit), pro_curve(maps, masks, fpr_limit=limit))

@@ -188,8 +188,9 @@ def test_perlin_matches_draem_reference() -> None:
 
 def test_perlin_range_and_frequency() -> None:
     b = 16
-    coarse = perlin_noise(128, 128, torch.ones(b, dtype=torch.long), torch.ones(b, dtype=torch.long), _gen(0), 32)
-    fine = perlin_noise(128, 128, torch.full((b,), 32), torch.full((b,), 32), _gen(0), 32)
+    ones, full = torch.ones(b, dtype=torch.long), torch.full((b,), 32)
+    coarse = perlin_noise(128, 128, ones, ones, _gen(0), max_res=32)
+    fine = perlin_noise(128, 128, full, full, _gen(0), max_res=32)
     for noise in (coarse, fine):
         assert noise.abs().max() <= 1.0 + 1e-5  # sqrt(2) * sqrt(1/2)
     assert fine.abs().max() > 0.7 and fine.std() > 0.15

@@ -1,7 +1,26 @@
-"""adps: visual anomaly detection with Asymmetric Distillation Post-Segmentation."""
+"""adps: visual anomaly detection with Asymmetric Distillation Post-Segmentation.
+
+``adps.load(checkpoint_or_export)`` gives a predictor; the ``adps`` command trains, tests,
+predicts, calibrates, reports and exports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from adps.errors import AdpsError
 
+if TYPE_CHECKING:
+    from adps.engine.predict import Predictor
+
 __version__ = "0.1.0"
 
-__all__ = ["AdpsError", "__version__"]
+
+def load(path, device: str = "auto", batch_size: int = 32) -> "Predictor":
+    """Predictor from a checkpoint (.pt), ONNX (.onnx) or TorchScript (.ts) file."""
+    from adps.engine.predict import load as _load
+
+    return _load(path, device=device, batch_size=batch_size)
+
+
+__all__ = ["AdpsError", "__version__", "load"]

@@ -25,8 +25,14 @@ __all__ = [
     "aupro",
     "compute_metrics",
     "compute_metrics_original_resolution",
+        "f1_max_threshold",
     "image_metrics",
+    "pixel_curves",
     "pixel_metrics",
+    "pr_curve",
+    "pro_curve",
+    "roc_curve",
+    "truncate_pro_curve",
 ]
 
 # The official MVTec tool labels GT regions with a 3x3 all-ones element: diagonal neighbours join.
@@ -145,30 +151,68 @@ def _binary_scores(r: _Ranking) -> dict[str, float]:
     return {"auroc": _auroc(r), "ap": _ap(r), "f1_max": _f1_max(r)}
 
 
-def _integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
-    """Official MVTec ``trapezoid``: area under PRO(FPR) on [0, fpr_limit], divided by the limit.
+def _cut_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """The curve's points with FPR <= ``fpr_limit``, and the PRO interpolated at the limit.
 
     The curve runs from (0, 0) to (1, 1); FPR is non-decreasing, so ``ins`` is the official
-    ``bisect(fpr, fpr_limit)``. When the limit falls between two points the last trapezoid is cut
-    at the linearly interpolated PRO; when it is a curve point the cut has zero width.
+    ``bisect(fpr, fpr_limit)``. The interpolated PRO is None when the limit is a curve point.
     """
     ins = int(np.searchsorted(fpr, fpr_limit, side="right"))
     x, y = fpr[:ins], pro[:ins]
-    area = np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x))
     if x[-1] < fpr_limit:
-        y_lim = y[-1] + (pro[ins] - y[-1]) * (fpr_limit - x[-1]) / (fpr[ins] - x[-1])
+        return x, y, float(y[-1] + (pro[ins] - y[-1]) * (fpr_limit - x[-1]) / (fpr[ins] - x[-1]))
+    return x, y, None
+
+
+def _integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
+    """Official MVTec ``trapezoid``: area under PRO(FPR) on [0, fpr_limit], divided by the limit.
+
+    When the limit falls between two points the last trapezoid is cut at the linearly
+    interpolated PRO; when it is a curve point the cut has zero width.
+    """
+    x, y, y_lim = _cut_pro(fpr, pro, fpr_limit)
+    area = np.sum(0.5 * (y[1:] + y[:-1]) * np.diff(x))
+    if y_lim is not None:
         area += 0.5 * (y_lim + y[-1]) * (fpr_limit - x[-1])
     return float(area / fpr_limit)
 
 
-def _aupro(r: _Ranking, pro_weights: np.ndarray, n_regions: int, fpr_limit: float) -> float:
+def _pro_points(r: _Ranking, pro_weights: np.ndarray, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+    """The whole PRO curve, (0, 0) ... (1, 1), one point per distinct threshold."""
     # Normal pixels step FP by 1 (so the FP count is the ROC's ``fps``); a pixel of region r steps
     # PRO by 1/|r|, so every region weighs the same whatever its size or image.
     fpr = r.fps / r.fps[-1]
     pro = np.cumsum(pro_weights[r.order], dtype=np.float64)[r.last] / n_regions
     fpr = np.concatenate(([0.0], np.minimum(fpr, 1.0), [1.0]))
     pro = np.concatenate(([0.0], np.minimum(pro, 1.0), [1.0]))
-    return _integrate_pro(fpr, pro, fpr_limit)
+    return fpr, pro
+
+
+def _aupro(r: _Ranking, pro_weights: np.ndarray, n_regions: int, fpr_limit: float) -> float:
+    return _integrate_pro(*_pro_points(r, pro_weights, n_regions), fpr_limit)
+
+
+def _roc_points(r: _Ranking, drop_intermediate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``roc_curve`` from the running counts (same points, same order)."""
+    fps, tps = r.fps, r.tps
+    if drop_intermediate and fps.size > 2:
+        # Points collinear with both neighbours are no corner of the curve (sklearn's rule).
+        keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        fps, tps = fps[keep], tps[keep]
+    fps, tps = np.r_[0.0, fps], np.r_[0.0, tps]
+    return fps / fps[-1], tps / tps[-1]
+
+
+def _pr_points(r: _Ranking, drop_intermediate: bool) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``precision_recall_curve``: recall decreasing, ending at (P=1, R=0)."""
+    fps, tps = r.fps, r.tps
+    if drop_intermediate and fps.size > 2:
+        # Keep the first and last point of each run of equal TP (equal recall), as sklearn does.
+        keep = np.r_[True, np.logical_or(np.diff(tps[:-1]), np.diff(tps[1:])), True]
+        fps, tps = fps[keep], tps[keep]
+    precision = tps / (tps + fps)  # tps + fps >= 1 at every threshold
+    recall = tps / tps[-1]
+    return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
 
 
 class _Pixels(NamedTuple):
@@ -208,6 +252,16 @@ def _pixel_pair(masks, maps, maps_name: str = "maps") -> tuple[np.ndarray, np.nd
     masks, maps = _stack(masks, "masks"), _check_finite(_stack(maps, maps_name), maps_name)
     _same_shape(maps, maps_name, masks, "masks")
     return masks, maps
+
+
+def _pooled_pixels(maps, masks, need_regions: bool) -> _Pixels:
+    masks, maps = _pixel_pair(masks, maps)
+    px = _pool(maps, masks)
+    if need_regions and px.n_regions == 0:
+        raise AdpsError("masks contain no anomalous region; AUPRO is undefined")
+    if px.positive.all():
+        raise AdpsError("masks contain no normal pixel; the FPR of AUPRO is undefined")
+    return px
 
 
 # --------------------------------------------------------------------------- public metrics
@@ -250,12 +304,7 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
         fpr_limit: upper FPR bound of the integral, in (0, 1].
     """
     _check_fpr_limit(fpr_limit)
-    masks, maps = _pixel_pair(masks, maps)
-    px = _pool(maps, masks)
-    if px.n_regions == 0:
-        raise AdpsError("masks contain no anomalous region; AUPRO is undefined")
-    if px.positive.all():
-        raise AdpsError("masks contain no normal pixel; the FPR of AUPRO is undefined")
+    px = _pooled_pixels(maps, masks, need_regions=True)
     return _pixel_scores(px, fpr_limit, with_curves=False)["aupro"]
 
 
@@ -278,6 +327,119 @@ def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
     px = _pool(maps, masks)
     _check_two_classes(px.positive, "masks")
     return _pixel_scores(px, fpr_limit)
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _binary_ranking(labels, scores, need_negatives: bool = True) -> _Ranking:
+    labels, scores = _labels(labels, "labels"), _scores(scores, "scores", ndim=1)
+    _same_shape(scores, "scores", labels, "labels")
+    if need_negatives:
+        _check_two_classes(labels, "labels")
+    elif not labels.any():
+        raise AdpsError("labels contain no anomalous sample; recall is undefined")
+    return _rank(scores, labels)
+
+
+def _flat_pair(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    """Any-shape labels (non-zero = anomalous) and scores, e.g. masks and maps, as 1-D arrays."""
+    labels, scores = _to_numpy(labels, "labels"), _to_numpy(scores, "scores")
+    _same_shape(scores, "scores", labels, "labels")
+    return np.ravel(labels) != 0, np.ravel(scores)
+
+
+def roc_curve(labels, scores, drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """ROC curve ``(fpr, tpr)``: the points of ``sklearn.metrics.roc_curve``.
+
+    One point per distinct score (ties are one threshold, "anomalous if score >= t"), from
+    (0, 0) to (1, 1) in increasing FPR; with ``drop_intermediate`` the points collinear with
+    both neighbours are dropped, exactly as scikit-learn does. The trapezoid area is
+    :func:`image_metrics`' AUROC.
+
+    Args:
+        labels: any shape, non-zero = anomalous (image labels, or masks for pixel curves);
+            both classes must occur.
+        scores: same shape, finite (image scores, or anomaly maps).
+    """
+    labels, scores = _flat_pair(labels, scores)
+    return _roc_points(_binary_ranking(labels, scores), drop_intermediate)
+
+
+def pr_curve(labels, scores, drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Precision-recall curve ``(precision, recall)``: the points of
+    ``sklearn.metrics.precision_recall_curve``.
+
+    Recall decreases along the arrays; the last point is (precision 1, recall 0), which has no
+    threshold. ``sum(-diff(recall) * precision[:-1])`` is :func:`image_metrics`' AP.
+
+    Args:
+        labels: any shape, non-zero = anomalous; at least one anomalous sample.
+        scores: same shape, finite.
+        drop_intermediate: drop points whose recall equals both neighbours' (sklearn's option).
+    """
+    labels, scores = _flat_pair(labels, scores)
+    return _pr_points(_binary_ranking(labels, scores, need_negatives=False), drop_intermediate)
+
+
+def pro_curve(maps, masks, fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-region-overlap curve ``(fpr, pro)`` of the official MVTec algorithm (see :func:`aupro`).
+
+    One point per distinct map value, from (0, 0) to (1, 1), FPR non-decreasing: exactly the
+    points AUPRO integrates. With ``fpr_limit`` the curve stops there, ending with the PRO
+    linearly interpolated at the limit (when the limit is not a curve point), so
+    ``trapezoid(pro, fpr) / fpr_limit == aupro(maps, masks, fpr_limit)``.
+
+    Args:
+        maps: (N,H,W) or (N,1,H,W) finite anomaly maps.
+        masks: same shape; non-zero = anomalous. At least one region and one normal pixel.
+        fpr_limit: None for the whole curve, else in (0, 1].
+    """
+    if fpr_limit is not None:
+        _check_fpr_limit(fpr_limit)
+    px = _pooled_pixels(maps, masks, need_regions=True)
+    fpr, pro = _pro_points(_rank(px.scores, px.positive), px.pro_weights, px.n_regions)
+    return (fpr, pro) if fpr_limit is None else truncate_pro_curve(fpr, pro, fpr_limit)
+
+
+def truncate_pro_curve(fpr, pro, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """A whole PRO curve (from :func:`pro_curve` or :func:`pixel_curves`) cut at ``fpr_limit``.
+
+    Keeps the points with FPR <= limit and, when the limit is not a curve point, ends with the
+    PRO linearly interpolated at it: the region AUPRO integrates.
+    """
+    _check_fpr_limit(fpr_limit)
+    fpr, pro = np.asarray(fpr, dtype=np.float64), np.asarray(pro, dtype=np.float64)
+    x, y, y_lim = _cut_pro(fpr, pro, fpr_limit)
+    return (x, y) if y_lim is None else (np.r_[x, fpr_limit], np.r_[y, y_lim])
+
+
+def pixel_curves(maps, masks) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """:func:`roc_curve`, :func:`pr_curve` and :func:`pro_curve` of pooled pixels from ONE sort.
+
+    Pixel curves of a test set cost a sort of millions of values each; the report needs all
+    three, so they are read off a single ranking. Returns ``{"roc": (fpr, tpr), "pr":
+    (precision, recall), "pro": (fpr, pro)}`` (default options of each function).
+    """
+    px = _pooled_pixels(maps, masks, need_regions=True)
+    r = _rank(px.scores, px.positive)
+    return {"roc": _roc_points(r, True), "pr": _pr_points(r, False),
+            "pro": _pro_points(r, px.pro_weights, px.n_regions)}
+
+
+def f1_max_threshold(labels, scores) -> float:
+    """The score ``t`` whose decision "anomalous if score >= t" reaches F1-max.
+
+    Among thresholds with equal F1 the lowest is returned (it catches the most defects), as
+    :func:`adps.engine.calibrate.f1_optimal_threshold` does; unlike that calibration it never
+    refuses, so a report can show even a threshold that flags every normal image. Both classes
+    must occur.
+    """
+    labels, scores = _labels(labels, "labels"), _scores(scores, "scores", ndim=1)
+    r = _binary_ranking(labels, scores)
+    f1 = 2.0 * r.tps / (r.tps + r.fps + r.tps[-1])
+    best = f1.size - 1 - int(np.argmax(f1[::-1]))
+    return float(scores[r.order[r.last[best]]])
 
 
 # --------------------------------------------------------------------------- evaluation helpers

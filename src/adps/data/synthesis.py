@@ -7,8 +7,8 @@ filled with a photometrically augmented texture and blended into the image.
 DRAEM builds one sample at a time in NumPy/imgaug inside the data-loader workers. Here the whole batch
 is synthesised at once, with torch ops on whatever device the images live on, so the GPU does the work
 and no per-sample Python loop is left in the hot path. Everything random comes from one
-``torch.Generator`` that lives on the images' device, so a seed reproduces a batch bit for bit (on CPU;
-CUDA kernels such as ``grid_sample`` may differ in the last bit between runs).
+``torch.Generator`` that lives on the images' device, so a seed reproduces a batch bit for bit (tested
+on CPU; CPU and CUDA generators give different streams, so the two devices do not match each other).
 
 Deviations from DRAEM, each chosen on purpose:
 
@@ -178,7 +178,7 @@ def perlin_noise(
     ``f`` of a pixel inside its cell, ``noise = sum_corners w_y w_x (g_y (f_y - dy) + g_x (f_x - dx))``.
     Each factor depends on one axis only, so the whole batch is two batched matrix products
     ``[R_y @ G_y, W_y @ G_x] @ [W_x, R_x]^T`` with sparse (2 non-zeros per row) per-axis matrices:
-    no gathers, no full-resolution elementwise passes, and any per-sample lattice in one call. It
+    no gathers, one full-resolution pass in all, and any per-sample lattice in one call. It
     equals DRAEM's formula up to float rounding (about 1e-7; about 1e-3 if TF32 matmuls are enabled,
     harmless for thresholded masks).
 
@@ -207,7 +207,8 @@ def perlin_noise(
         nodes = torch.stack((cell, cell + 1), dim=2).long()
         weight = torch.stack((1 - t, t), dim=2)
         zeros = torch.zeros(b, size, g, device=device)
-        return zeros.scatter(2, nodes, weight), zeros.scatter(2, nodes, weight * torch.stack((f, f - 1), dim=2))
+        ramp = weight * torch.stack((f, f - 1), dim=2)
+        return zeros.scatter(2, nodes, weight), zeros.scatter(2, nodes, ramp)
 
     weight_y, ramp_y = axis(height, res_y)
     weight_x, ramp_x = axis(width, res_x)
@@ -397,7 +398,9 @@ class TextureBank:
             colour-jitter them when drawn (see :func:`_recolour`).
         """
         if textures.dtype != torch.uint8 or textures.dim() != 4 or textures.shape[1] != 3:
-            raise ValueError(f"textures must be uint8 (T, 3, H, W), got {textures.dtype} {tuple(textures.shape)}")
+            raise ValueError(
+                f"textures must be uint8 (T, 3, H, W), got {textures.dtype} {tuple(textures.shape)}"
+            )
         if textures.shape[0] == 0:
             raise AdpsError("no textures to build a texture bank from")
         self.textures = textures
@@ -519,9 +522,8 @@ class AnomalySynthesizer:
     def _noise(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:
         """(n, 1, H, W) Perlin noise with per-sample scales ``2**a x 2**b``, rotated if configured."""
         cfg = self.config
-        exponents = torch.randint(
-            cfg.perlin_scale_min, cfg.perlin_scale_max + 1, (2, n), generator=generator, device=generator.device
-        )
+        low, high = cfg.perlin_scale_min, cfg.perlin_scale_max + 1
+        exponents = torch.randint(low, high, (2, n), generator=generator, device=generator.device)
         res = torch.ones_like(exponents) << exponents
         noise = perlin_noise(h, w, res[0], res[1], generator, max_res=1 << cfg.perlin_scale_max).unsqueeze(1)
         if cfg.rotate_mask:
@@ -566,7 +568,7 @@ class AnomalySynthesizer:
             source[perm] = perm.roll(-1)
             texture, recolour = images[source[index]].float(), True
         else:
-            self.textures = self.textures.to(images.device)
+            self.textures = self.textures.to(images.device)  # a no-op after the first batch
             texture, recolour = self.textures.sample(n, generator).float() / 255, self.textures.recolour
             if texture.shape[-2:] != (h, w):
                 texture = F.interpolate(texture, size=(h, w), mode="bilinear", antialias=True).clamp_(0, 1)

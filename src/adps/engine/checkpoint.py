@@ -16,6 +16,7 @@ import torch
 from adps import __version__
 from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
 from adps.errors import AdpsError
+from adps.fileio import atomic_save
 from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
 
@@ -60,3 +61,10 @@ def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ADP
 
 def train_config_from_checkpoint(ckpt: dict) -> TrainConfig:
     return from_dict(TrainConfig, ckpt["train_config"] or {})
+
+
+def store_thresholds(ckpt: dict, calibration, path: str | Path) -> Path:
+    """Writes ``ckpt`` with the calibrated image threshold (and its provenance) to ``path``."""
+    ckpt = {**ckpt, "thresholds": {**ckpt["thresholds"], "image": calibration.threshold,
+                                   "calibration": calibration.as_dict()}}
+    return atomic_save(ckpt, path)

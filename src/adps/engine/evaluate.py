@@ -122,8 +122,9 @@ def markdown_row(name: str, metrics: dict[str, float | None]) -> str:
     return "| " + " | ".join([name] + [format_percent(metrics.get(k)) for k in METRIC_KEYS]) + " |"
 
 
-def markdown_header() -> str:
-    return ("| name | " + " | ".join(METRIC_KEYS) + " |\n|" + "---|" * (len(METRIC_KEYS) + 1))
+def markdown_header(extra_columns: tuple[str, ...] = ()) -> str:
+    columns = ["name", *METRIC_KEYS, *extra_columns]
+    return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
 
 
 def write_evaluation(result: EvalResult, out_dir: str | Path, name: str,

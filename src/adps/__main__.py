@@ -1,0 +1,5 @@
+import sys
+
+from adps.cli import main
+
+sys.exit(main())

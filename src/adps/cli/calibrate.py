@@ -1,0 +1,73 @@
+"""adps calibrate: set the image threshold from normal images, store it in the checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from adps.cli.options import add_device_argument
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "calibrate", help="set the image threshold for a target false-alarm rate",
+        description="Score normal images the model has not trained on (--normal-dir) and set "
+                    "the image threshold so that at most --target-far of them would be flagged "
+                    "(decision: score >= threshold). With --defect-dir, also report the "
+                    "F1-optimal threshold, and store it instead with --method f1. Refuses when "
+                    "the images cannot support the requested rate (fewer than 1/rate normal "
+                    "images) and never stores a threshold that flags every normal image. The "
+                    "threshold is written into the checkpoint (atomically).")
+    p.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt)")
+    p.add_argument("--normal-dir", required=True, type=Path,
+                   help="normal images not used in training (searched recursively)")
+    p.add_argument("--defect-dir", type=Path, help="labelled defective images (optional)")
+    p.add_argument("--target-far", type=float, default=0.01,
+                   help="target false-alarm rate on normal images (default 0.01)")
+    p.add_argument("--method", choices=("far", "f1"), default="far",
+                   help="which threshold to store (default: far)")
+    p.add_argument("--out", type=Path, help="write a calibrated copy here instead of in place")
+    p.add_argument("--batch-size", type=int, default=32)
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from adps.data.datasets import find_images
+    from adps.engine.calibrate import f1_optimal_threshold, threshold_for_false_alarm_rate
+    from adps.engine.checkpoint import load_checkpoint, store_thresholds
+    from adps.engine.predict import load
+    from adps.errors import AdpsError
+
+    ckpt = load_checkpoint(args.model)
+    predictor = load(args.model, args.device, args.batch_size)
+
+    def scores(folder: Path) -> np.ndarray:
+        preds, failures = predictor.predict_files(find_images(folder, recursive=True))
+        if failures:
+            raise AdpsError(f"unreadable image: {failures[0][1]}", failures[0][0])
+        return np.array([p.score for p in preds])
+
+    normal = scores(args.normal_dir)
+    far = threshold_for_false_alarm_rate(normal, args.target_far)
+    print(f"false-alarm calibration: threshold {far.threshold:.6g}, flags {far.normal_flagged} "
+          f"of {far.n_normal} normal images ({100 * far.false_alarm_rate:.2f}%, target "
+          f"{100 * args.target_far:.2f}%)")
+    chosen = far
+    if args.defect_dir is not None:
+        defect = scores(args.defect_dir)
+        f1 = f1_optimal_threshold(np.concatenate([normal, defect]),
+                                  np.r_[np.zeros(len(normal)), np.ones(len(defect))])
+        caught = int((defect >= far.threshold).sum())
+        print(f"  at that threshold {caught} of {len(defect)} defective images are caught")
+        print(f"F1-optimal threshold {f1.threshold:.6g}: F1 {f1.f1:.3f}, flags "
+              f"{f1.normal_flagged} of {f1.n_normal} normal images")
+        if args.method == "f1":
+            chosen = f1
+    elif args.method == "f1":
+        raise AdpsError("--method f1 needs labelled defective images (--defect-dir)")
+    out = store_thresholds(ckpt, chosen, args.out or args.model)
+    print(f"stored image threshold {chosen.threshold:.6g} ({chosen.method}) in {out}")
+    return 0

@@ -1,0 +1,68 @@
+"""adps demo: the whole workflow on a built-in procedural dataset, on CPU, in a few minutes."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from adps.cli.options import add_device_argument
+
+DEMO_MODEL = {"image_size": 128, "k": 4}  # 32 px student patches, as the paper's k=8 at 256
+DEMO_TRAIN = {"epochs": 40, "batch_size": 16, "steps_per_epoch": 8, "checkpoint_every": 10}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="build a small dataset, train, evaluate (no data needed)",
+        description="Generate a procedural dataset of brushed-metal surfaces (normal training "
+                    "images; test defects: scratches, dents and stains, drawn by a generator "
+                    "unlike the training synthesis), train a small but real ADPS model "
+                    "(EfficientNet-Lite0 teacher, 128 px, k=4), evaluate it and write metrics, "
+                    "a report and the model. Takes a few minutes on a 2-core CPU.")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    p.add_argument("--data-dir", type=Path, default=Path(".adps-cache/demo-data"),
+                   help="where the generated dataset is kept (reused across runs)")
+    p.add_argument("--epochs", type=int, default=DEMO_TRAIN["epochs"],
+                   help=f"training epochs of {DEMO_TRAIN['steps_per_epoch']} steps "
+                        f"(default {DEMO_TRAIN['epochs']})")
+    p.add_argument("--seed", type=int, default=0, help="seed for data and training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adps.config import ModelConfig, TrainConfig
+    from adps.data.cache import load_tensor_stack
+    from adps.data.datasets import MVTecAD
+    from adps.data.procedural import make_demo_dataset
+    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from adps.engine.evaluate import evaluate, markdown_header, markdown_row, write_evaluation
+    from adps.engine.train import train
+    from adps.report.html import build_report
+
+    start = time.perf_counter()
+    size = DEMO_MODEL["image_size"]
+    category = make_demo_dataset(args.data_dir, size=size, seed=args.seed)
+    print(f"dataset: {category} (procedural brushed metal; test defects: scratch, dent, stain)")
+    model_config = ModelConfig(**DEMO_MODEL)
+    train_config = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "seed": args.seed})
+    train_set = MVTecAD(category.parent, category.name, "train", size=size)
+    result = train(model_config, train_config, train_set, args.out, device=args.device,
+                   progress=not args.no_progress)
+    print(f"trained {result.epochs} epochs in {result.seconds:.0f} s "
+          f"({result.images_per_second:.0f} images/s)")
+    test_set = MVTecAD(category.parent, category.name, "test", size=size)
+    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    evaluation = evaluate(model, test_set, args.device, progress=not args.no_progress)
+    write_evaluation(evaluation, args.out, "demo", {"train_seconds": result.seconds})
+    images, _, _ = load_tensor_stack(test_set, progress=False)
+    report = build_report(evaluation, images, args.out / "report.html", image_threshold=None,
+                          title="adps demo: procedural brushed metal",
+                          info={"dataset": str(category), "model": str(result.checkpoint)})
+    print(markdown_header())
+    print(markdown_row("demo", evaluation.metrics))
+    print(f"\nmodel:   {result.checkpoint}\nmetrics: {args.out / 'metrics.json'}\n"
+          f"report:  {report}\ntotal time: {time.perf_counter() - start:.0f} s")
+    return 0

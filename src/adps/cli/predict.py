@@ -1,0 +1,140 @@
+"""adps predict: score images, write maps, masks, overlays and a CSV of decisions."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import io
+import json
+from pathlib import Path
+
+from adps.cli.options import add_device_argument
+
+EXIT_SOME_FAILED = 1
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="predict anomaly maps and decisions for images",
+        description="Run a model (checkpoint .pt, ONNX .onnx or TorchScript .ts) on files, "
+                    "folders or glob patterns. Writes into --out: overlays/ (heatmap over the "
+                    "image), masks/ (binary mask PNG at the original resolution), "
+                    "predictions.csv (path, score, decision, defect area in pixels) and "
+                    "predictions.json. Unreadable inputs are reported and skipped; the exit "
+                    f"code is {EXIT_SOME_FAILED} when any input failed.")
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--model", required=True, type=Path, help="model.pt, model.onnx or model.ts")
+    p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
+    p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
+    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_device_argument(p)
+    p.set_defaults(func=run)
+
+
+def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """(file, output name) pairs and (input, reason) for inputs that match nothing.
+
+    Output names keep a file's path relative to the folder it was found in, so two folders'
+    ``001.png`` do not overwrite each other.
+    """
+    from adps.data.datasets import IMAGE_EXTENSIONS
+
+    files: list[tuple[Path, str]] = []
+    missing: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = sorted(p for p in path.glob(pattern)
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files += [(p, str(p.relative_to(path))) for p in found]
+            if not found:
+                missing.append((item, "folder holds no images" +
+                                ("" if recursive else " (use --recursive for sub-folders)")))
+        elif path.is_file():
+            files.append((path, path.name))
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=recursive))
+            matches = [m for m in matches if m.is_file()]
+            files += [(m, m.name) for m in matches]
+            if not matches:
+                missing.append((item, "no such file, folder or matching pattern"))
+    names: dict[str, int] = {}
+    unique = []
+    for path, name in files:
+        count = names.get(name, 0)
+        names[name] = count + 1
+        unique.append((path, name if count == 0 else f"{Path(name).stem}_{count}{Path(name).suffix}"))
+    return unique, missing
+
+
+def _png(array, path: Path) -> None:
+    from PIL import Image
+
+    from adps.fileio import atomic_write
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    import numpy as np
+    from tqdm import tqdm
+
+    from adps.data.datasets import read_image
+    from adps.engine.predict import decision_rule, load
+    from adps.errors import AdpsError
+    from adps.fileio import atomic_write_text
+    from adps.report.plots import overlay
+
+    files, failures = collect_inputs(args.inputs, args.recursive)
+    if not files:
+        for item, reason in failures:
+            print(f"skipped {item}: {reason}", file=sys.stderr)
+        raise AdpsError("no input images found")
+    predictor = load(args.model, args.device, args.batch_size)
+    out_name = {str(path): name for path, name in files}
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=args.no_progress)
+    predictions, failed = predictor.predict_files([p for p, _ in files], on_batch=bar.update)
+    bar.close()
+    failures += failed
+    rows = []
+    for pred in predictions:
+        name = Path(out_name[pred.path])
+        row = {"path": pred.path, "score": round(pred.score, 6),
+               "decision": "anomalous" if pred.is_anomalous else "normal",
+               "defect_area": pred.defect_area}
+        if not args.no_images:
+            mask_path = args.out / "masks" / name.with_suffix(".png")
+            overlay_path = args.out / "overlays" / name.with_suffix(".png")
+            _png((pred.mask * 255).astype(np.uint8), mask_path)
+            _png(overlay(read_image(pred.path), pred.anomaly_map, pred.mask), overlay_path)
+            row.update(mask=str(mask_path), overlay=str(overlay_path))
+        rows.append(row)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["path", "score", "decision", "defect_area"],
+                            extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(args.out / "predictions.csv", buffer.getvalue())
+    atomic_write_text(args.out / "predictions.json", json.dumps({
+        "model": str(args.model), "decision_rule": decision_rule(predictor.thresholds),
+        "pixel_threshold": predictor.thresholds["pixel"], "predictions": rows,
+        "failures": [{"path": p, "reason": r} for p, r in failures]}, indent=2))
+    n_bad = sum(r["decision"] == "anomalous" for r in rows)
+    print(f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
+          f"(decision: {decision_rule(predictor.thresholds)}); results in {args.out}")
+    for item, reason in failures:
+        print(f"failed {item}: {reason}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) failed", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return 0

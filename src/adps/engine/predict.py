@@ -1,0 +1,210 @@
+"""The predictor: any image in, score + map at original size + mask + decision out.
+
+Pre-processing (working size, range, channel handling) and thresholds come from the checkpoint
+or the exported model's metadata, never from the caller, so the deployed path cannot drift from
+training. The same :class:`Predictor` runs a torch checkpoint, an ONNX file or TorchScript.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+
+from adps.data.datasets import read_image
+from adps.engine.device import resolve_device
+from adps.errors import AdpsError
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class Prediction:
+    score: float
+    anomaly_map: np.ndarray  # float32 (H0, W0): anomaly probability at the image's own size
+    mask: np.ndarray  # bool (H0, W0): anomaly_map > pixel threshold
+    is_anomalous: bool  # score >= image threshold
+    path: str | None = None
+
+    @property
+    def defect_area(self) -> int:
+        """Pixels of the predicted mask, at the original resolution."""
+        return int(self.mask.sum())
+
+
+def decision_rule(thresholds: dict) -> str:
+    if thresholds.get("image") is None:
+        return f"score >= {thresholds.get('pixel', 0.5)} (uncalibrated: the pixel threshold)"
+    return f"score >= {thresholds['image']:.6g} (calibrated)"
+
+
+def to_uint8_chw(item: ImageInput) -> tuple[torch.Tensor, str | None]:
+    """One image as a uint8 (3, H, W) tensor, plus its path when it came from a file.
+
+    Accepts a path, a PIL image, or an array/tensor shaped (H, W), (H, W, 3) or (3, H, W);
+    uint8 values are 0..255, floats must lie in [0, 1]. Grey is replicated to three channels
+    like the datasets do, so a grey line camera gets the same input as in training.
+    """
+    if isinstance(item, (str, Path)):
+        return torch.from_numpy(read_image(item)).permute(2, 0, 1), str(item)
+    if isinstance(item, Image.Image):
+        array = np.array(item.convert("RGB"))
+        return torch.from_numpy(array).permute(2, 0, 1), getattr(item, "filename", None) or None
+    tensor = torch.as_tensor(np.ascontiguousarray(item) if isinstance(item, np.ndarray) else item)
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0).expand(3, -1, -1)
+    elif tensor.ndim == 3 and tensor.shape[-1] in (1, 3) and tensor.shape[0] not in (1, 3):
+        tensor = tensor.permute(2, 0, 1)
+    if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
+        raise AdpsError(f"expected an image shaped (H, W), (H, W, 3) or (3, H, W), got "
+                        f"{tuple(tensor.shape)}")
+    if tensor.shape[0] == 1:
+        tensor = tensor.expand(3, -1, -1)
+    if tensor.dtype == torch.uint8:
+        return tensor.contiguous(), None
+    if not tensor.is_floating_point():
+        raise AdpsError(f"image arrays must be uint8 or float in [0, 1], got {tensor.dtype}")
+    tensor = tensor.float()
+    if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+        raise AdpsError("float images must lie in [0, 1] (divide uint8 data by 255)")
+    return (tensor * 255.0).round().to(torch.uint8).contiguous(), None
+
+
+class Predictor:
+    """Callable on one image (returns a :class:`Prediction`) or many (returns a list).
+
+    A (B, 3, H, W) tensor counts as many images. Batches of ``batch_size`` go through the model
+    at once; maps are resized back to every image's original size.
+    """
+
+    def __init__(self, forward: Forward, image_size: int, thresholds: dict, device: torch.device,
+                 batch_size: int = 32, metadata: dict | None = None):
+        self.forward = forward
+        self.image_size = image_size
+        self.thresholds = {"pixel": 0.5, "image": None, **thresholds}
+        self.device = device
+        self.batch_size = batch_size
+        self.metadata = metadata or {}
+
+    @property
+    def image_threshold(self) -> float:
+        t = self.thresholds.get("image")
+        return float(self.thresholds["pixel"] if t is None else t)
+
+    def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """uint8 (3, H, W) images -> float (B, 3, S, S) in [0, 1], resized exactly as in training."""
+        size = [self.image_size, self.image_size]
+        batch = [img if tuple(img.shape[-2:]) == tuple(size) else
+                 TF.resize(img, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+                 for img in images]
+        return torch.stack(batch).to(self.device).float().div_(255.0)
+
+    def predict_tensors(self, images: Sequence[torch.Tensor],
+                        paths: Sequence[str | None] | None = None) -> list[Prediction]:
+        results: list[Prediction] = []
+        paths = list(paths) if paths is not None else [None] * len(images)
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            maps, scores = self.forward(self.preprocess(chunk))
+            maps, scores = maps.float().cpu(), scores.float().cpu()
+            for i, img in enumerate(chunk):
+                h, w = img.shape[-2:]
+                amap = maps[i:i + 1]
+                if tuple(amap.shape[-2:]) != (h, w):
+                    amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)
+                amap = amap[0, 0].numpy()
+                score = float(scores[i])
+                results.append(Prediction(score, amap, amap > self.thresholds["pixel"],
+                                          score >= self.image_threshold, paths[start + i]))
+        return results
+
+    def __call__(self, inputs: ImageInput | Iterable[ImageInput]) -> Prediction | list[Prediction]:
+        single = isinstance(inputs, (str, Path, Image.Image)) or (
+            isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim in (2, 3))
+        if single:
+            inputs = [inputs]
+        elif isinstance(inputs, (np.ndarray, torch.Tensor)):
+            if inputs.ndim != 4:
+                raise AdpsError(f"a batch must be shaped (B, 3, H, W), got {tuple(inputs.shape)}")
+            inputs = list(inputs)
+        converted = [to_uint8_chw(item) for item in inputs]
+        results = self.predict_tensors([c[0] for c in converted], [c[1] for c in converted])
+        return results[0] if single else results
+
+    def predict_files(self, paths: Sequence[str | Path], workers: int = 4,
+                      on_batch: Callable[[int], None] | None = None,
+                      ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Predict many files; unreadable ones are returned as (path, reason), not raised.
+
+        Files are decoded in a thread pool (PIL releases the GIL) one batch ahead of the model.
+        """
+        predictions, failures = [], []
+
+        def load(path: str | Path) -> torch.Tensor | str:
+            try:
+                return to_uint8_chw(path)[0]
+            except AdpsError as exc:
+                return str(exc).removeprefix(f"{path}: ")
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for start in range(0, len(paths), self.batch_size):
+                chunk = [str(p) for p in paths[start:start + self.batch_size]]
+                loaded = list(pool.map(load, chunk))
+                good = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, torch.Tensor)]
+                failures += [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, str)]
+                if good:
+                    predictions += self.predict_tensors([t for _, t in good], [p for p, _ in good])
+                if on_batch is not None:
+                    on_batch(len(chunk))
+        return predictions, failures
+
+
+def _torch_forward(model: torch.nn.Module, device: torch.device) -> Forward:
+    model = model.to(device).eval()
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+    @torch.no_grad()
+    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return model(batch.contiguous(memory_format=memory_format))
+
+    return forward
+
+
+def load(path: str | Path, device: str = "auto", batch_size: int = 32) -> Predictor:
+    """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``) or TorchScript
+    (``.ts``/``.torchscript``); thresholds and pre-processing come from the file itself."""
+    path = Path(path)
+    dev = resolve_device(device)
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        from adps.export import OnnxRunner
+
+        runner = OnnxRunner(path, device=dev)
+
+        def onnx_forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            maps, scores = runner(batch.cpu().numpy().astype(np.float32))
+            return torch.from_numpy(maps), torch.from_numpy(scores)
+
+        return Predictor(onnx_forward, runner.image_size, runner.thresholds, torch.device("cpu"),
+                         batch_size, runner.metadata)
+    if suffix in (".ts", ".torchscript"):
+        from adps.export import load_torchscript
+
+        module, meta = load_torchscript(path)
+        return Predictor(_torch_forward(module, dev), int(meta["image_size"]),
+                         meta.get("thresholds", {}), dev, batch_size, meta)
+    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    ckpt = load_checkpoint(path)
+    model = model_from_checkpoint(ckpt)
+    meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
+    return Predictor(_torch_forward(model, dev), model.config.image_size, ckpt["thresholds"], dev,
+                     batch_size, meta)

