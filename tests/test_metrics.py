@@ -328,7 +328,8 @@ def assert_curve(got, want, tol=1e-12):
 def test_curves_match_sklearn(pairs, drop):
     labels, scores = np.array(pairs).T
     scores = scores / 7.0
-    assert_curve(roc_curve(labels, scores, drop), sk_roc_curve(labels, scores, drop_intermediate=drop)[:2])
+    assert_curve(roc_curve(labels, scores, drop),
+                 sk_roc_curve(labels, scores, drop_intermediate=drop)[:2])
     assert_curve(pr_curve(labels, scores, drop),
                  precision_recall_curve(labels, scores, drop_intermediate=drop)[:2])
 

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,7 +267,8 @@ window.addEventListener("load", () => {
   out.id = "render-check";
   out.textContent = JSON.stringify({
     images: imgs.length,
-    loaded: imgs.filter(i => i.complete && i.naturalWidth > 0 && i.getBoundingClientRect().width > 0).length,
+    loaded: imgs.filter(i => i.complete && i.naturalWidth > 0
+                             && i.getBoundingClientRect().width > 0).length,
     svgs: svgs.filter(s => s.getBoundingClientRect().width > 100).length,
     sections: document.querySelectorAll("section").length,
     overflow: document.documentElement.scrollWidth > window.innerWidth});

@@ -14,10 +14,10 @@ and :func:`load_torchscript` read it back, so ``model.onnx`` alone is enough to 
 Exporter (checked with torch 2.14): the TorchScript-based ONNX exporter
 (``torch.onnx.export(..., dynamo=False)``) at opset 17 produces a correct graph with a dynamic
 batch axis (the student's patch split records its reshapes from ``x.shape``, so the batch size is
-not baked in), timm's dynamic SAME padding and the reflect-padded Gaussian blur included, and is
-about 3x faster to run than the ``torch.export``-based exporter; ``exporter="dynamo"`` (opset 18)
-gives an equivalent graph. Every export is verified before it is written: the graph, traced at
-batch 2, is run at batch 3 and compared with the eager model.
+not baked in), timm's dynamic SAME padding and the reflect-padded Gaussian blur included, and
+exports about 3x faster than the ``torch.export``-based exporter; ``exporter="dynamo"``
+(opset 18) gives an equivalent graph. Every export is verified before it is written: the graph,
+traced at batch 2, is run at batch 3 and compared with the eager model.
 """
 
 from __future__ import annotations
@@ -197,17 +197,23 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
     size = model.config.image_size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
 
-    proto = None
-    used = exporter
+    proto, used, first_error = None, exporter, None
     if exporter in ("auto", "torchscript"):
         try:
             proto = _export_torchscript_onnx(deploy, example, opset or 17)
             used = "torchscript"
-        except Exception:
+        except Exception as exc:  # e.g. a torch without the TorchScript-based exporter
             if exporter == "torchscript":
                 raise
+            first_error = exc
     if proto is None:
-        proto = _export_dynamo_onnx(deploy, example, max(opset or 18, 18))
+        try:
+            proto = _export_dynamo_onnx(deploy, example, max(opset or 18, 18))
+        except Exception as exc:
+            if first_error is not None:
+                raise RuntimeError(f"both ONNX exporters failed; TorchScript-based: "
+                                   f"{first_error!r}; dynamo: {exc!r}") from exc
+            raise
         used = "dynamo"
 
     actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),

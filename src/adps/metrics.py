@@ -151,7 +151,8 @@ def _binary_scores(r: _Ranking) -> dict[str, float]:
     return {"auroc": _auroc(r), "ap": _ap(r), "f1_max": _f1_max(r)}
 
 
-def _cut_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+def _cut_pro(fpr: np.ndarray, pro: np.ndarray,
+             fpr_limit: float) -> tuple[np.ndarray, np.ndarray, float | None]:
     """The curve's points with FPR <= ``fpr_limit``, and the PRO interpolated at the limit.
 
     The curve runs from (0, 0) to (1, 1); FPR is non-decreasing, so ``ins`` is the official
@@ -177,7 +178,8 @@ def _integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
     return float(area / fpr_limit)
 
 
-def _pro_points(r: _Ranking, pro_weights: np.ndarray, n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+def _pro_points(r: _Ranking, pro_weights: np.ndarray,
+                n_regions: int) -> tuple[np.ndarray, np.ndarray]:
     """The whole PRO curve, (0, 0) ... (1, 1), one point per distinct threshold."""
     # Normal pixels step FP by 1 (so the FP count is the ROC's ``fps``); a pixel of region r steps
     # PRO by 1/|r|, so every region weighs the same whatever its size or image.

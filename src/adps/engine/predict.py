@@ -23,6 +23,7 @@ from adps.engine.device import resolve_device
 from adps.errors import AdpsError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+# uint8 (B, 3, S, S) batch -> (maps (B, 1, S, S), scores (B,)); each backend converts its input
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -100,12 +101,12 @@ class Predictor:
         return float(self.thresholds["pixel"] if t is None else t)
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
-        """uint8 (3, H, W) images -> float (B, 3, S, S) in [0, 1], resized exactly as in training."""
+        """uint8 (3, H, W) images -> uint8 (B, 3, S, S), resized exactly as the datasets do."""
         size = [self.image_size, self.image_size]
         batch = [img if tuple(img.shape[-2:]) == tuple(size) else
                  TF.resize(img, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
                  for img in images]
-        return torch.stack(batch).to(self.device).float().div_(255.0)
+        return torch.stack(batch)
 
     def predict_tensors(self, images: Sequence[torch.Tensor],
                         paths: Sequence[str | None] | None = None) -> list[Prediction]:
@@ -167,13 +168,16 @@ class Predictor:
         return predictions, failures
 
 
-def _torch_forward(model: torch.nn.Module, device: torch.device) -> Forward:
+def _torch_forward(model: torch.nn.Module, device: torch.device, takes_uint8: bool = False
+                   ) -> Forward:
     model = model.to(device).eval()
-    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
     @torch.no_grad()
     def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return model(batch.contiguous(memory_format=memory_format))
+        batch = batch.to(device, non_blocking=True)
+        if not takes_uint8:
+            batch = batch.float().div_(255.0)
+        return model(batch.contiguous(memory_format=torch.channels_last))
 
     return forward
 
@@ -187,10 +191,11 @@ def load(path: str | Path, device: str = "auto", batch_size: int = 32) -> Predic
     if suffix == ".onnx":
         from adps.export import OnnxRunner
 
-        runner = OnnxRunner(path, device=dev)
+        providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
+        runner = OnnxRunner(path, providers=providers)
 
         def onnx_forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            maps, scores = runner(batch.cpu().numpy().astype(np.float32))
+            maps, scores = runner(batch.numpy())  # the runner converts to the graph's dtype
             return torch.from_numpy(maps), torch.from_numpy(scores)
 
         return Predictor(onnx_forward, runner.image_size, runner.thresholds, torch.device("cpu"),
@@ -198,8 +203,9 @@ def load(path: str | Path, device: str = "auto", batch_size: int = 32) -> Predic
     if suffix in (".ts", ".torchscript"):
         from adps.export import load_torchscript
 
-        module, meta = load_torchscript(path)
-        return Predictor(_torch_forward(module, dev), int(meta["image_size"]),
+        module, meta = load_torchscript(path, dev)
+        forward = _torch_forward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
+        return Predictor(forward, int(meta["image_size"]),
                          meta.get("thresholds", {}), dev, batch_size, meta)
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
 

@@ -70,7 +70,8 @@ def _data_uri(array: np.ndarray, size: tuple[int, int], fmt: str) -> str:
     img = Image.fromarray(array)
     if img.size != size:
         # BOX averages when shrinking: thin defects in masks stay visible as grey lines.
-        img = img.resize(size, Image.Resampling.BOX if img.mode == "L" else Image.Resampling.LANCZOS)
+        resample = Image.Resampling.BOX if img.mode == "L" else Image.Resampling.LANCZOS
+        img = img.resize(size, resample)
     buf = io.BytesIO()
     if fmt == "jpeg":
         img.save(buf, format="JPEG", quality=85, optimize=True)
@@ -79,8 +80,9 @@ def _data_uri(array: np.ndarray, size: tuple[int, int], fmt: str) -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _img(uri: str, alt: str) -> str:
-    return f'<img src="{uri}" alt="{_esc(alt)}" loading="eager">'
+def _img(uri: str, alt: str, shown: tuple[int, int]) -> str:
+    return (f'<img src="{uri}" alt="{_esc(alt)}" width="{shown[0]}" height="{shown[1]}" '
+            'loading="eager">')
 
 
 def _short_name(path: str) -> str:
@@ -230,27 +232,30 @@ def _gallery_section(images, labels, scores, maps, masks, has_mask, paths, t, pi
     for i in order:
         image = np.ascontiguousarray(images[i].transpose(1, 2, 0))
         h, w = image.shape[:2]
-        scale = THUMB / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        scale = THUMB / max(h, w)  # shown at THUMB px; stored no larger than the image itself
+        shown = (max(1, round(w * scale)), max(1, round(h * scale)))
+        size = shown if scale < 1 else (w, h)
         name = _short_name(paths[i]) if i < len(paths) else f"image {i}"
         kind, verdict = _decision(bool(labels[i]), float(scores[i]), t)
         gt = (_img(_data_uri((masks[i] != 0).astype(np.uint8) * 255, size, "png"),
-                   f"ground truth of {name}") if has_mask[i]
-              else f'<div class="nomask" style="width:{size[0]}px;height:{size[1]}px">no mask</div>')
+                   f"ground truth of {name}", shown) if has_mask[i]
+              else f'<div class="nomask" style="width:{shown[0]}px;height:{shown[1]}px">'
+                   "no mask</div>")
         pred = (maps[i] > pixel_threshold).astype(np.uint8) * 255
         tiles = (
-            ("input", _img(_data_uri(image, size, "jpeg"), f"input {name}")),
+            ("input", _img(_data_uri(image, size, "jpeg"), f"input {name}", shown)),
             ("ground truth", gt),
             ("heatmap", _img(_data_uri(plots.overlay(image, maps[i], vmin=vmin, vmax=vmax),
-                                       size, "jpeg"), f"heatmap of {name}")),
+                                       size, "jpeg"), f"heatmap of {name}", shown)),
             (f"map > {pixel_threshold:g}", _img(_data_uri(pred, size, "png"),
-                                                f"predicted mask of {name}")),
+                                                f"predicted mask of {name}", shown)),
         )
         tiles_html = "".join(f"<div class=\"tile\">{content}<span>{cap}</span></div>"
                              for cap, content in tiles)
         truth = "defective" if labels[i] else "normal"
         cards.append(
-            f'<figure class="card {kind}" data-index="{int(i)}" data-score="{float(scores[i]):.6g}">'
+            f'<figure class="card {kind}" data-index="{int(i)}" '
+            f'data-score="{float(scores[i]):.6g}">'
             f'<figcaption><span class="badge {kind}">{verdict}</span>'
             f'<span class="name" title="{_esc(paths[i] if i < len(paths) else name)}">'
             f"{_esc(name)}</span><span class=\"score\">{truth} · score "
@@ -275,7 +280,8 @@ _CSS = """
         --ok:#2a9d8f; --bad:#d1495b; --warn:#e07a1f; }
 * { box-sizing: border-box; }
 body { margin:0; background:var(--bg); color:var(--fg);
-       font:14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+       font:14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial,
+            sans-serif; }
 main { max-width:1240px; margin:0 auto; padding:24px 28px 48px; }
 section { background:var(--card); border:1px solid var(--line); border-radius:10px;
           padding:18px 22px; margin:0 0 18px; }
@@ -292,7 +298,8 @@ table.metrics { margin:4px 0 10px; }
 table.metrics th, table.metrics td { padding:7px 16px; border-bottom:1px solid var(--line);
                                      text-align:right; }
 table.metrics tr th:first-child { text-align:left; }
-table.metrics tr:first-child th { color:var(--muted); font-weight:600; border-bottom:2px solid var(--line); }
+table.metrics tr:first-child th { color:var(--muted); font-weight:600;
+                                  border-bottom:2px solid var(--line); }
 table.metrics td.num { font-variant-numeric:tabular-nums; font-weight:600; font-size:15px; }
 table.metrics td.na { color:var(--muted); }
 .plots { display:grid; grid-template-columns:repeat(auto-fill, minmax(360px, 1fr)); gap:12px; }

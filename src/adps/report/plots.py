@@ -49,7 +49,7 @@ _TURBO = np.array([
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] (clipped) to Turbo colours: uint8 array of shape ``values.shape + (3,)``."""
+    """Map values in [0, 1] (clipped) to Turbo colours: uint8, shape ``values.shape + (3,)``."""
     x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None]
     powers = x ** np.arange(6)  # (..., 6)
     return np.clip(np.rint(powers @ _TURBO.T * 255.0), 0, 255).astype(np.uint8)
@@ -319,7 +319,7 @@ def histogram_svg(scores, labels, threshold: float | None = None,
         ax.set_ylabel("images")
         ax.set_title("Image scores", loc="left")
         ax.yaxis.get_major_locator().set_params(integer=True)
-        ax.legend(loc="upper center")
+        ax.legend(loc="best")
 
     return _draw(build)
 

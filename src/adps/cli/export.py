@@ -1,0 +1,39 @@
+"""adps export: one deployable graph (ONNX or TorchScript) from images to map and score."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="export a model to ONNX or TorchScript",
+        description="Export a checkpoint as one graph: (B, 3, S, S) RGB images (uint8 0..255 or "
+                    "float32 0..1) at the model's size S -> anomaly map (B, 1, S, S) and score "
+                    "(B,), normalisation included, dynamic batch size. The image size, input "
+                    "type and thresholds travel inside the file, so `adps predict --model "
+                    "model.onnx` needs nothing else. The export is checked against the torch "
+                    "model before it is written.")
+    p.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt)")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
+                   help="what the graph takes (default uint8, as images come from a camera)")
+    p.add_argument("--out", type=Path, help="output file (default: next to the checkpoint, "
+                                            "model.onnx / model.ts)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adps.export import export_onnx, export_torchscript
+
+    suffix = ".onnx" if args.format == "onnx" else ".ts"
+    out = args.out or args.model.with_suffix(suffix)
+    if args.format == "onnx":
+        path = export_onnx(args.model, out, input_dtype=args.input_dtype, opset=args.opset)
+    else:
+        path = export_torchscript(args.model, out, input_dtype=args.input_dtype)
+    print(f"exported {args.format} ({args.input_dtype} input, dynamic batch, verified against "
+          f"torch): {path}")
+    return 0

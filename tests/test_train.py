@@ -1,0 +1,179 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adps.config import ModelConfig, TrainConfig
+from adps.data.datasets import MVTecAD
+from adps.data.procedural import make_demo_dataset
+from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.engine.evaluate import METRIC_KEYS, evaluate, infer
+from adps.engine.train import LAST, Trainer, train
+from adps.errors import AdpsError
+
+SIZE = 64
+MODEL = ModelConfig(image_size=SIZE, k=4)
+
+
+def tiny_train(**overrides) -> TrainConfig:
+    values = dict(epochs=3, batch_size=4, steps_per_epoch=2, checkpoint_every=1, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    category = make_demo_dataset(root, size=SIZE, n_train=8, n_test_good=3, n_test_defect=3)
+    return category
+
+
+def datasets(category, split="train"):
+    return MVTecAD(category.parent, category.name, split, size=SIZE)
+
+
+def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
+    result = train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu",
+                   progress=False)
+    ckpt = load_checkpoint(result.checkpoint)
+    assert ckpt["model_config"]["image_size"] == SIZE
+    assert ckpt["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+    assert ckpt["train_config"]["lr"] == 1e-4
+    first = model_from_checkpoint(ckpt)
+    second = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    images = torch.rand(3, 3, SIZE, SIZE)
+    maps1, scores1, _ = infer(first, images)
+    maps2, scores2, _ = infer(second, images)
+    assert torch.equal(maps1, maps2) and torch.equal(scores1, scores2)
+    # and equal to the trained model itself, i.e. nothing is lost in the file
+    trained = Trainer(MODEL, tiny_train(epochs=1), datasets(data), tmp_path / "x", device="cpu",
+                      progress=False)
+    trained.model.load_state_dict(ckpt["model"])
+    trained.model.to(memory_format=torch.contiguous_format)  # training used channels-last
+    maps3, _, _ = infer(trained.model, images)
+    assert torch.equal(maps1, maps3)
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    straight = train(MODEL, tiny_train(), datasets(data), tmp_path / "a", device="cpu",
+                     progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_epoch(epoch, loss):
+        if epoch == 1:
+            raise Crash
+
+    interrupted = Trainer(MODEL, tiny_train(), datasets(data), tmp_path / "b", device="cpu",
+                          progress=False)
+    with pytest.raises(Crash):
+        interrupted.fit(crash_after_first_epoch)
+    assert (tmp_path / "b" / LAST).is_file()
+    resumed = train(MODEL, tiny_train(), datasets(data), tmp_path / "b", resume=True,
+                    device="cpu", progress=False)
+    assert resumed.history[0] == straight.history[0]
+    assert resumed.history[1] == straight.history[1]  # the next step's loss, bit for bit
+    assert resumed.history == straight.history
+    a = load_checkpoint(straight.checkpoint)["model"]
+    b = load_checkpoint(resumed.checkpoint)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_without_checkpoint_is_an_error(data, tmp_path):
+    with pytest.raises(AdpsError, match="resume"):
+        train(MODEL, tiny_train(), datasets(data), tmp_path, resume=True, device="cpu",
+              progress=False)
+
+
+def test_training_refuses_bad_inputs(data, tmp_path):
+    with pytest.raises(AdpsError, match="normal images only"):
+        Trainer(MODEL, tiny_train(), datasets(data, "test"), tmp_path, device="cpu",
+                progress=False)
+    wrong_size = MVTecAD(data.parent, data.name, "train", size=32)
+    with pytest.raises(AdpsError, match="resized"):
+        Trainer(MODEL, tiny_train(), wrong_size, tmp_path, device="cpu", progress=False)
+
+
+def test_loss_decreases_and_metrics_file(data, tmp_path):
+    from adps.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--image-size", str(SIZE), "-k", "4",
+                 "--epochs", "6", "--batch-size", "4", "--steps-per-epoch", "3",
+                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    history = load_checkpoint(out / "model.pt")["history"]
+    assert history[-1] < history[0]
+    assert main(["test", "--model", str(out / "model.pt"), "--data", str(data),
+                 "--device", "cpu", "--no-progress"]) == 0
+    payload = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(payload["metrics"])
+    assert all(0 <= payload["metrics"][k] <= 1 for k in METRIC_KEYS)
+    assert payload["images_per_second"] > 0
+    assert (out / "metrics.md").read_text().count("|") > 8
+
+
+def test_original_resolution_evaluation(data, tmp_path):
+    result = train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu",
+                   progress=False)
+    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    native = MVTecAD(data.parent, data.name, "test", size=SIZE)
+    working = evaluate(model, native, "cpu", progress=False)
+    original = evaluate(model, native, "cpu", eval_resolution="original", progress=False)
+    # same images, same scores; pixel metrics computed on a different grid
+    assert working.metrics["image_auroc"] == original.metrics["image_auroc"]
+    assert original.metrics["pixel_auroc"] is not None
+
+
+def test_ddp_two_processes_on_gloo(data, tmp_path):
+    """`torchrun --nproc-per-node 2 adps train` runs DDP on CPU (gloo); rank 0 alone writes."""
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29517", "-m", "adps", "train", "--data", str(data),
+           "--image-size", str(SIZE), "-k", "4", "--epochs", "2", "--batch-size", "4",
+           "--steps-per-epoch", "2", "--out", str(out), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(out / "model.pt")
+    assert len(ckpt["history"]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.pt"]  # no temp files
+    # ranks stayed in sync: DDP averaged gradients, so the student is the same on both;
+    # the saved model must at least differ from a fresh one (it trained)
+    fresh = Trainer(MODEL, tiny_train(), datasets(data), tmp_path / "fresh", device="cpu",
+                    progress=False).model.state_dict()
+    trained = ckpt["model"]
+    assert any(not torch.equal(fresh[k], trained[k]) for k in trained if k.startswith("student"))
+
+
+def test_every_command_has_help(capsys):
+    from adps.cli import COMMANDS, main
+
+    for command in COMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "usage: adps " + command in capsys.readouterr().out
+
+
+def test_cli_reports_user_errors_cleanly(tmp_path, capsys):
+    from adps.cli import main
+
+    code = main(["train", "--data", str(tmp_path / "missing"), "--no-progress"])
+    assert code == 2
+    assert "missing" in capsys.readouterr().err
+
+
+def test_info_lists_backbones_and_datasets(capsys):
+    from adps.cli import main
+
+    shared = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+    assert main(["info", "--data-root", str(shared)]) == 0
+    out = capsys.readouterr().out
+    assert "efficientnet_lite0 (default teacher)" in out and "installed" in out
+    assert "bottle" in out and "209 train" in out
+    assert "cpu" in out
