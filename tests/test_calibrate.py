@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import f1_score
+
+from adps.engine.calibrate import f1_optimal_threshold, threshold_for_false_alarm_rate
+from adps.errors import AdpsError
+
+
+def test_false_alarm_threshold_by_hand():
+    scores = np.arange(100, dtype=float)  # 0..99
+    cal = threshold_for_false_alarm_rate(scores, 0.01)
+    # one false alarm allowed among 100: only the 99 may be flagged
+    assert 98 < cal.threshold <= 99 and cal.threshold == np.nextafter(98.0, np.inf)
+    assert cal.normal_flagged == 1 and cal.false_alarm_rate == 0.01
+    cal = threshold_for_false_alarm_rate(scores, 0.05)
+    assert cal.normal_flagged == 5 and (scores >= cal.threshold).sum() == 5
+
+
+def test_ties_never_push_the_rate_over_the_target():
+    scores = np.array([0.1] * 50 + [0.9] * 50)
+    cal = threshold_for_false_alarm_rate(scores, 0.02)
+    assert cal.normal_flagged == 0  # flagging any 0.9 would flag all fifty of them
+    assert cal.threshold > 0.9
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 20), min_size=10, max_size=300),
+       st.sampled_from([0.01, 0.05, 0.1]))
+def test_false_alarm_rule_against_brute_force(values, rate):
+    scores = np.array(values, dtype=float) / 7
+    if len(scores) < np.ceil(1 / rate):
+        with pytest.raises(AdpsError, match="cannot support"):
+            threshold_for_false_alarm_rate(scores, rate)
+        return
+    cal = threshold_for_false_alarm_rate(scores, rate)
+    flagged = (scores >= cal.threshold).sum()
+    assert flagged / len(scores) <= rate and flagged < len(scores)
+    # the lowest such threshold: every lower candidate (a score) breaks the rate
+    for candidate in np.unique(scores):
+        if candidate < cal.threshold:
+            assert (scores >= candidate).sum() / len(scores) > rate
+
+
+def test_refuses_when_data_cannot_support_the_rate():
+    with pytest.raises(AdpsError, match="at least 100"):
+        threshold_for_false_alarm_rate(np.random.default_rng(0).random(40), 0.01)
+    with pytest.raises(AdpsError, match="NaN"):
+        threshold_for_false_alarm_rate(np.array([np.nan] * 200), 0.01)
+    with pytest.raises(AdpsError, match="target"):
+        threshold_for_false_alarm_rate(np.ones(200), 0.0)
+
+
+def test_never_flags_every_normal_image():
+    cal = threshold_for_false_alarm_rate(np.full(200, 0.3), 0.5)  # all tied
+    assert cal.normal_flagged == 0
+
+
+def test_f1_threshold_matches_brute_force():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(60), np.ones(30)]
+    scores = np.r_[rng.normal(0, 1, 60), rng.normal(1.5, 1, 30)]
+    cal = f1_optimal_threshold(scores, labels)
+    best = max(f1_score(labels, scores >= t) for t in np.unique(scores))
+    assert cal.f1 == pytest.approx(best)
+    assert f1_score(labels, scores >= cal.threshold) == pytest.approx(best)
+    assert cal.n_defective == 30 and cal.n_normal == 60
+
+
+def test_f1_refuses_single_class_and_useless_models():
+    with pytest.raises(AdpsError, match="both normal and defective"):
+        f1_optimal_threshold(np.ones(5), np.zeros(5))
+    # defective images score below every normal one: F1 is best when flagging everything
+    with pytest.raises(AdpsError, match="flags every normal"):
+        f1_optimal_threshold(np.r_[np.ones(5), np.zeros(5)], np.r_[np.zeros(5), np.ones(5)])
+
+
+def test_calibrate_command_stores_threshold(tmp_path, capsys):
+    """End to end: a tiny model, 100 normal images from the procedural generator."""
+    import torch
+
+    from adps.cli import main
+    from adps.config import ModelConfig, TrainConfig
+    from adps.data.datasets import MVTecAD
+    from adps.data.procedural import make_demo_dataset
+    from adps.engine.checkpoint import load_checkpoint
+    from adps.engine.train import train
+
+    category = make_demo_dataset(tmp_path / "d", size=64, n_train=108, n_test_good=2,
+                                 n_test_defect=12)
+    train_set = MVTecAD(category.parent, category.name, "train", size=64)
+    train_set.records = train_set.records[:8]  # train on 8, calibrate on the other 100
+    result = train(ModelConfig(image_size=64, k=4),
+                   TrainConfig(epochs=1, batch_size=4, steps_per_epoch=1), train_set,
+                   tmp_path / "run", device="cpu", progress=False)
+    holdout = tmp_path / "holdout"
+    holdout.mkdir()
+    for path in sorted((category / "train" / "good").glob("*.png"))[8:]:
+        (holdout / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "calibrated.pt"
+    code = main(["calibrate", "--model", str(result.checkpoint), "--normal-dir", str(holdout),
+                 "--defect-dir", str(category / "test"), "--out", str(out), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    thresholds = load_checkpoint(out)["thresholds"]
+    assert thresholds["calibration"]["n_normal"] == 100
+    assert thresholds["calibration"]["normal_flagged"] <= 1
+    assert "F1-optimal" in capsys.readouterr().out
+    import adps
+
+    predictor = adps.load(out, device="cpu")
+    scores = np.array([p.score for p in predictor(sorted(holdout.glob("*.png")))])
+    assert (scores >= thresholds["image"]).sum() == thresholds["calibration"]["normal_flagged"]
+    # too few images for 1%: refused with exit code 2, checkpoint untouched
+    few = tmp_path / "few"
+    few.mkdir()
+    for path in sorted(holdout.glob("*.png"))[:20]:
+        (few / path.name).write_bytes(path.read_bytes())
+    before = result.checkpoint.read_bytes()
+    assert main(["calibrate", "--model", str(result.checkpoint), "--normal-dir", str(few),
+                 "--device", "cpu"]) == 2
+    assert "cannot support" in capsys.readouterr().err
+    assert result.checkpoint.read_bytes() == before
+    assert torch.is_tensor(load_checkpoint(result.checkpoint)["model"]["psm.head.weight"])
