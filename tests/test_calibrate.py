@@ -122,3 +122,51 @@ def test_calibrate_command_stores_threshold(tmp_path, capsys):
     assert "cannot support" in capsys.readouterr().err
     assert result.checkpoint.read_bytes() == before
     assert torch.is_tensor(load_checkpoint(result.checkpoint)["model"]["psm.head.weight"])
+
+
+def test_calibration_at_the_end_of_training(tmp_path):
+    import torch
+
+    from adps.config import ModelConfig, TrainConfig
+    from adps.data.cache import load_tensor_stack
+    from adps.data.datasets import MVTecAD
+    from adps.data.procedural import make_demo_dataset
+    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from adps.engine.evaluate import infer
+    from adps.engine.train import split_holdout, train
+
+    category = make_demo_dataset(tmp_path / "d", size=64, n_train=24, n_test_good=1,
+                                 n_test_defect=1)
+    dataset = MVTecAD(category.parent, category.name, "train", size=64)
+    config = TrainConfig(epochs=1, batch_size=4, steps_per_epoch=1, calibration_holdout=0.5,
+                         target_false_alarm_rate=0.1)
+    result = train(ModelConfig(image_size=64, k=4), config, dataset, tmp_path / "run",
+                   device="cpu", progress=False)
+    ckpt = load_checkpoint(result.checkpoint)
+    thresholds = ckpt["thresholds"]
+    assert thresholds["calibration"]["n_normal"] == 12
+    # recompute independently: the held-out images, the saved model, the documented rule
+    images, _, _ = load_tensor_stack(dataset, progress=False)
+    train_part, held_out = split_holdout(images, config)
+    assert len(train_part) == 12 and len(held_out) == 12
+    assert not any(torch.equal(a, b) for a in train_part for b in held_out)
+    _, scores, _ = infer(model_from_checkpoint(ckpt), held_out)
+    expected = threshold_for_false_alarm_rate(scores.numpy(), 0.1)
+    assert thresholds["image"] == pytest.approx(expected.threshold, rel=1e-5)
+    assert (scores.numpy() >= thresholds["image"]).sum() <= 1
+
+
+def test_training_refuses_a_holdout_too_small_before_training(tmp_path):
+    from adps.config import ModelConfig, TrainConfig
+    from adps.data.datasets import MVTecAD
+    from adps.data.procedural import make_demo_dataset
+    from adps.engine.train import train
+
+    category = make_demo_dataset(tmp_path / "d", size=64, n_train=20, n_test_good=1,
+                                 n_test_defect=1)
+    with pytest.raises(AdpsError, match="needs at least 100"):
+        train(ModelConfig(image_size=64, k=4),
+              TrainConfig(epochs=1, calibration_holdout=0.2, target_false_alarm_rate=0.01),
+              MVTecAD(category.parent, category.name, "train", size=64), tmp_path / "run",
+              device="cpu", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -54,6 +54,10 @@ class TrainConfig:
     texture_dir: str | None = None  # DTD-style folder; None = textures from the training images
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     checkpoint_every: int = 50  # epochs
+    # Share of the normal training images held out to calibrate the image threshold at the end
+    # of training (0 = no calibration; the pixel threshold 0.5 then decides).
+    calibration_holdout: float = 0.0
+    target_false_alarm_rate: float = 0.01
     amp: bool = True  # bf16 autocast on CUDA; CPU always trains in float32
     channels_last: bool = True
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from adps.cli.options import add_device_argument
 
 DEMO_MODEL = {"image_size": 128, "k": 4}  # 32 px student patches, as the paper's k=8 at 256
-DEMO_TRAIN = {"epochs": 40, "batch_size": 16, "steps_per_epoch": 8, "checkpoint_every": 10}
+DEMO_TRAIN = {"epochs": 30, "batch_size": 16, "steps_per_epoch": 8, "checkpoint_every": 10}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

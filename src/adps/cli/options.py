@@ -23,6 +23,8 @@ _FIELDS = {
     "seed": ("train", "seed"), "textures": ("train", "texture_dir"),
     "checkpoint_every": ("train", "checkpoint_every"),
     "steps_per_epoch": ("train", "steps_per_epoch"),
+    "calibrate_holdout": ("train", "calibration_holdout"),
+    "target_far": ("train", "target_false_alarm_rate"),
 }
 
 
@@ -56,6 +58,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="texture folder for synthetic defects (e.g. DTD images); default: "
                         "recoloured training images")
     t.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 50)")
+    t.add_argument("--calibrate-holdout", type=float, metavar="SHARE",
+                   help="hold out this share of the training images and, after training, set "
+                        "the image threshold for --target-far on them (default 0: no)")
+    t.add_argument("--target-far", type=float,
+                   help="target false-alarm rate for --calibrate-holdout (default 0.01)")
     add_device_argument(parser)
 
 

@@ -65,6 +65,28 @@ def random_rotate(images: torch.Tensor, prob: float, max_degrees: float,
     return torch.where(chosen.view(b, 1, 1, 1), rotated, images)
 
 
+def split_holdout(images: torch.Tensor, config: TrainConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(training images, held-out images or None), a fixed draw from the seed.
+
+    Refuses up front, before any training time is spent, when the held-out share is too small
+    to measure the target false-alarm rate.
+    """
+    share = config.calibration_holdout
+    if share <= 0:
+        return images, None
+    n_hold = round(share * len(images))
+    needed = math.ceil(1 / config.target_false_alarm_rate - 1e-9)
+    if n_hold < needed or n_hold >= len(images):
+        raise AdpsError(
+            f"holding out {share:g} of {len(images)} training images gives {n_hold}; a "
+            f"false-alarm rate of {config.target_false_alarm_rate:g} needs at least {needed} "
+            f"(and some left to train on): raise the target rate or name a folder of normal "
+            f"images with `adps calibrate` instead")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
+    return images[order[n_hold:].sort().values], images[order[:n_hold].sort().values]
+
+
 def _milestones(config: TrainConfig) -> list[int]:
     return [max(1, round(m * config.epochs)) for m in config.lr_milestones]
 
@@ -95,6 +117,7 @@ class Trainer:
                             "images only")
 
         images, _, _ = load_tensor_stack(dataset, cache_dir=cache_dir, progress=self.progress)
+        images, self.holdout = split_holdout(images, train_config)
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
@@ -179,6 +202,21 @@ class Trainer:
         return order[torch.arange(n) % len(order)].view(self.steps_per_epoch,
                                                          self.local_batch).to(self.device)
 
+    def calibrate(self) -> dict:
+        """Image threshold from the held-out normal images (none held out: uncalibrated)."""
+        thresholds = {"pixel": 0.5, "image": None}
+        if self.holdout is None:
+            return thresholds
+        from adps.engine.calibrate import threshold_for_false_alarm_rate
+        from adps.engine.evaluate import infer
+
+        _, scores, _ = infer(self.model, self.holdout, self.config.batch_size)
+        self.model.train()
+        calibration = threshold_for_false_alarm_rate(scores.numpy(),
+                                                     self.config.target_false_alarm_rate)
+        return {**thresholds, "image": calibration.threshold,
+                "calibration": calibration.as_dict()}
+
     def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
         cfg = self.config
         self.model.train()
@@ -207,6 +245,7 @@ class Trainer:
         final = self.out_dir / FINAL
         if self.dist.is_main:
             ckpt = make_checkpoint(self.model, cfg, epoch=cfg.epochs, history=list(self.history))
+            ckpt["thresholds"] = self.calibrate()
             atomic_save(ckpt, final)
         images = steps * cfg.batch_size
         return TrainResult(final, cfg.epochs, steps, seconds,
