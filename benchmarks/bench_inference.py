@@ -17,17 +17,22 @@ number of runs is printed with every figure. Backends:
   bf16 autocast; bf16 autocast + channels_last; torch.compile mode="reduce-overhead" (CUDA graphs)
   with bf16 autocast + channels_last; onnxruntime CUDAExecutionProvider when installed.
 
+On a shared or busy machine pass ``--threads 1``: with every core in use, OpenMP's spinning
+threads made torch eager up to 10x slower at 2 threads on a shared 2-core machine (the load
+average is printed in the header).
+
 Weights: the pretrained Lite0 teacher with a random student/PSM (timing does not depend on the
 weights), or a trained model with --checkpoint (its image size then overrides --size).
 
     .venv/bin/python benchmarks/bench_inference.py                   # size 256, k 8, CPU (+CUDA)
-    .venv/bin/python benchmarks/bench_inference.py --device cpu --batch-sizes 1,8 --repeats 5
+    .venv/bin/python benchmarks/bench_inference.py --device cpu --threads 1 --repeats 5
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import platform
 import statistics
 import sys
@@ -225,11 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         ort_version, ort_providers = None, []
 
+    load = (" ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg")
+            else "n/a")
     print(f"ADPS inference benchmark: image {size}x{size}, k={k}, backbone "
           f"{model.config.backbone}; {what}")
     print(f"torch {torch.__version__}, onnxruntime {ort_version}, python "
-          f"{platform.python_version()}, CPU: {platform.processor() or platform.machine()}, "
-          f"torch threads {threads}")
+          f"{platform.python_version()}, CPU: {platform.processor() or platform.machine()} "
+          f"x{os.cpu_count()}, torch threads {threads}, load average {load}")
     if has_cuda:
         print(f"GPU: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}")
     print(f"warm-up {args.warmup}, up to {args.repeats} timed runs per cell "

@@ -213,6 +213,7 @@ def test_torchscript_parity_batch_and_metadata(torchscript_uint8, images, refere
             _assert_parity(maps.numpy(), scores.numpy(), reference, index)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_non_adps_torchscript_is_an_adps_error(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.jit.save(torch.jit.script(torch.nn.ReLU()), str(plain))
@@ -225,7 +226,7 @@ def test_non_adps_torchscript_is_an_adps_error(tmp_path):
 
 
 @pytest.mark.skipif(os.environ.get("ADPS_TEST_DYNAMO") != "1",
-                    reason="dynamo exporter is slow (~15 s); set ADPS_TEST_DYNAMO=1")
+                    reason="the dynamo exporter takes ~20 s here; set ADPS_TEST_DYNAMO=1")
 def test_onnx_dynamo_exporter(model, images, reference, tmp_path):
     path = export_onnx(model, tmp_path / "dynamo.onnx", exporter="dynamo")
     runner = OnnxRunner(path)

@@ -109,7 +109,8 @@ def test_loss_decreases_and_metrics_file(data, tmp_path):
     history = load_checkpoint(out / "model.pt")["history"]
     assert history[-1] < history[0]
     assert main(["test", "--model", str(out / "model.pt"), "--data", str(data),
-                 "--device", "cpu", "--no-progress"]) == 0
+                 "--device", "cpu", "--no-progress", "--report"]) == 0
+    assert (out / "report.html").stat().st_size > 10_000
     payload = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(payload["metrics"])
     assert all(0 <= payload["metrics"][k] <= 1 for k in METRIC_KEYS)
@@ -177,3 +178,17 @@ def test_info_lists_backbones_and_datasets(capsys):
     assert "efficientnet_lite0 (default teacher)" in out and "installed" in out
     assert "bottle" in out and "209 train" in out
     assert "cpu" in out
+
+
+def test_demo_command_end_to_end_short(tmp_path, capsys):
+    """The README's main command, one epoch instead of thirty."""
+    from adps.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--epochs", "1", "--out", str(out), "--data-dir", str(tmp_path / "d"),
+                 "--device", "cpu", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| demo |" in printed and "image threshold" in printed
+    assert {"model.pt", "metrics.json", "report.html"} <= {p.name for p in out.iterdir()}
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["thresholds"]["calibration"]["n_normal"] == 20

@@ -158,8 +158,10 @@ def _check_close(name: str, batch: int, got: Sequence[np.ndarray],
                                f"from the eager model by {err:.3g} (> {_VERIFY_ATOL})")
 
 
-_NOISE = re.compile(r"legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
-                    r"torch\.jit\.trace|__array_wrap__")
+# matched from the message's start, hence the leading ".*"
+_NOISE = re.compile(r".*(legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
+                    r"`torch\.jit\.\w+` is deprecated|The feature will be removed|"
+                    r"__array_wrap__)")
 
 
 class _quiet_export(warnings.catch_warnings):

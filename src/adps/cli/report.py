@@ -44,12 +44,26 @@ def open_test_dataset(args: argparse.Namespace, size: int):
     return open_dataset(args, "test", size)
 
 
-def run(args: argparse.Namespace) -> int:
+def write_report(args: argparse.Namespace, ckpt: dict, model, dataset, result, out: Path) -> Path:
+    """The HTML report of an evaluation, with the checkpoint's thresholds (shared with `test`)."""
     from adps.data.cache import load_tensor_stack
+    from adps.report.html import build_report
+
+    images, _, _ = load_tensor_stack(dataset, cache_dir=args.cache_dir, progress=False)
+    thresholds = ckpt.get("thresholds") or {}
+    name = dataset_name(args)
+    info = {"model": str(args.model), "data": str(args.data), "dataset": name,
+            "backbone": model.config.backbone, "metrics resolution": args.eval_resolution}
+    return build_report(result, images, out, image_threshold=thresholds.get("image"),
+                        pixel_threshold=thresholds.get("pixel", 0.5),
+                        title=getattr(args, "title", None) or f"adps report: {name}", info=info,
+                        max_gallery=getattr(args, "max_gallery", 60))
+
+
+def run(args: argparse.Namespace) -> int:
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from adps.engine.evaluate import evaluate, markdown_header, markdown_row
     from adps.errors import AdpsError
-    from adps.report.html import build_report
 
     if args.batch_size < 1:
         raise AdpsError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -58,18 +72,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_test_dataset(args, model.config.image_size)
     result = evaluate(model, dataset, args.device, args.batch_size, args.eval_resolution,
                       progress=not args.no_progress, cache_dir=args.cache_dir)
-    images, _, _ = load_tensor_stack(dataset, cache_dir=args.cache_dir, progress=False)
-    thresholds = ckpt.get("thresholds") or {}
-    name = dataset_name(args)
-    info = {"model": str(args.model), "data": str(args.data), "dataset": name,
-            "backbone": model.config.backbone,
-            "metrics resolution": args.eval_resolution}
-    out = build_report(result, images, args.out,
-                       image_threshold=thresholds.get("image"),
-                       pixel_threshold=thresholds.get("pixel", 0.5),
-                       title=args.title or f"adps report: {name}", info=info,
-                       max_gallery=args.max_gallery)
+    out = write_report(args, ckpt, model, dataset, result, args.out)
     print(markdown_header())
-    print(markdown_row(name, result.metrics))
+    print(markdown_row(dataset_name(args), result.metrics))
     print(f"report: {out}")
     return 0

@@ -46,14 +46,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.images_per_second:.1f} images/s, peak memory {result.peak_memory_mb:.0f} MiB "
           f"({result.memory_kind}); metrics: {path}")
     if args.report:
-        from adps.data.cache import load_tensor_stack
-        from adps.report.html import build_report
+        from adps.cli.report import write_report
 
-        images, _, _ = load_tensor_stack(dataset, cache_dir=args.cache_dir, progress=False)
-        report = build_report(result, images, out / "report.html",
-                              image_threshold=ckpt["thresholds"].get("image"),
-                              pixel_threshold=ckpt["thresholds"].get("pixel", 0.5),
-                              title=f"adps report: {name}",
-                              info={"model": str(args.model), "data": str(args.data)})
-        print(f"report: {report}")
+        print(f"report: {write_report(args, ckpt, model, dataset, result, out / 'report.html')}")
     return 0

@@ -3,8 +3,9 @@
 Decision rule everywhere: an image is anomalous iff ``score >= threshold``.
 
 False-alarm calibration: with n normal validation scores and a target rate r, at most
-a = floor(r * n) of them may be flagged, so the threshold is placed just above the (a+1)-th
-highest normal score. Two refusals protect users from thresholds that look valid but are not:
+a = floor(r * n) of them may be flagged, so the threshold lies above the (a+1)-th highest normal
+score: halfway to the next higher score, so that round-off between backends (torch, ONNX, CPU,
+GPU) cannot flip a decision on the calibration images themselves. Two refusals protect users from thresholds that look valid but are not:
 fewer than ceil(1 / r) normal images cannot measure a rate of r at all, and a threshold that
 would flag every normal validation image (what an F1 search on normal-only data does
 elsewhere) is never returned.
@@ -60,7 +61,14 @@ def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> 
             f"measure); give more normal images or a larger target rate")
     allowed = math.floor(target_rate * n + 1e-9)
     ranked = np.sort(scores)[::-1]
-    threshold = float(np.nextafter(ranked[allowed], np.inf))  # just above the (a+1)-th highest
+    kept = ranked[allowed]  # the highest score that must not be flagged
+    higher = ranked[ranked > kept]
+    if len(higher):
+        threshold = float((kept + higher.min()) / 2)
+    else:  # nothing above: the same half gap, mirrored from the next lower score
+        lower = ranked[ranked < kept]
+        gap = (kept - lower.max()) / 2 if len(lower) else 0.0
+        threshold = float(max(kept + gap, np.nextafter(kept, np.inf)))
     flagged = int((scores >= threshold).sum())
     if flagged >= n:  # cannot happen with the rule above; kept as the invariant users rely on
         raise AdpsError("calibration would flag every normal image; refusing")
@@ -81,7 +89,8 @@ def f1_optimal_threshold(scores, labels) -> Calibration:
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall,
                                                                               1e-300), 0.0)[:-1]
     best = int(np.argmax(f1))
-    threshold = float(thresholds[best])
+    lower = scores[scores < thresholds[best]]  # halfway down to the next score, as above
+    threshold = float((thresholds[best] + lower.max()) / 2 if len(lower) else thresholds[best])
     flagged = int((scores[labels == 0] >= threshold).sum())
     if flagged == n_normal:
         raise AdpsError(
