@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from adps.config import ModelConfig, TrainConfig
+from adps.config import ModelConfig, TrainConfig, to_dict
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
 from adps.data.synthesis import AnomalySynthesizer, TextureBank
@@ -165,6 +165,9 @@ class Trainer:
         if not path.is_file():
             return False
         ckpt = load_checkpoint(path)
+        if ckpt["model_config"] != to_dict(self.model_config):
+            raise AdpsError("was written with a different model configuration; resume with the "
+                            "same settings or start a new output folder", path)
         self.model.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
