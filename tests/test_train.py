@@ -192,3 +192,29 @@ def test_demo_command_end_to_end_short(tmp_path, capsys):
     assert {"model.pt", "metrics.json", "report.html"} <= {p.name for p in out.iterdir()}
     ckpt = load_checkpoint(out / "model.pt")
     assert ckpt["thresholds"]["calibration"]["n_normal"] == 20
+
+
+def test_benchmark_command_table_and_json(data, tmp_path, capsys):
+    from adps.cli import main
+
+    second = make_demo_dataset(tmp_path / "second", size=SIZE, n_train=6, n_test_good=2,
+                               n_test_defect=2, seed=5)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--data", str(data.parent), "--categories", data.name,
+            "--datasets", str(second), "--image-size", str(SIZE), "-k", "4", "--epochs", "1",
+            "--batch-size", "4", "--steps-per-epoch", "1", "--out", str(out), "--device", "cpu",
+            "--no-progress"]
+    assert main(argv) == 0
+    payload = json.loads((out / "benchmark.json").read_text())
+    rows = payload["rows"]
+    assert [r["name"] for r in rows] == [data.name, f"second-{second.name}"]  # same folder names
+    assert all(r["train_seconds"] > 0 and r["test_seconds"] > 0 for r in rows)
+    for key in METRIC_KEYS:  # the mean row is the unweighted mean of the entries
+        assert payload["mean"][key] == pytest.approx(
+            sum(r["metrics"][key] for r in rows) / 2)
+    table = (out / "benchmark.md").read_text().splitlines()
+    assert len(table) == 2 + 2 + 1 and table[-1].startswith("| **mean**")
+    # a second run reuses finished entries instead of training again
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reusing") == 2

@@ -57,8 +57,14 @@ def run(args: argparse.Namespace) -> int:
         raise AdpsError("nothing to benchmark: give --data (with --categories) or --datasets")
     model_config, train_config = configs_from_args(args)
     rows = []
+    used: set[str] = set()
     for entry in entries:
         name = dataset_name(entry)
+        if name in used:  # two folders both called e.g. "welding": qualify with the parent
+            name = f"{Path(entry.data).resolve().parent.name}-{name}"
+        while name in used:
+            name += "_"
+        used.add(name)
         out = args.out / name
         done = out / "metrics.json"
         if done.is_file() and (out / FINAL).is_file():
