@@ -163,3 +163,15 @@ def test_onnx_and_torchscript_predictions_match_torch(trained, tmp_path):
             assert b.score == pytest.approx(a.score, abs=1e-3)
             assert np.abs(b.anomaly_map - a.anomaly_map).max() < 1e-3
             assert a.is_anomalous == b.is_anomalous
+
+
+def test_default_inference_batch_size():
+    from adps.engine.device import inference_batch_size
+
+    cpu = torch.device("cpu")
+    assert inference_batch_size(cpu) == 1  # measured fastest per image for torch on CPU
+    assert inference_batch_size(cpu, runtime="onnx") == 32
+    assert inference_batch_size(torch.device("cuda"), None) == 32
+    assert inference_batch_size(cpu, 7) == 7
+    with pytest.raises(AdpsError, match="at least 1"):
+        inference_batch_size(cpu, 0)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def load(path, device: str = "auto", batch_size: int = 32) -> "Predictor":
+def load(path, device: str = "auto", batch_size: int | None = None) -> "Predictor":
     """Predictor from a checkpoint (.pt), ONNX (.onnx) or TorchScript (.ts) file."""
     from adps.engine.predict import load as _load
 

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("far", "f1"), default="far",
                    help="which threshold to store (default: far)")
     p.add_argument("--out", type=Path, help="write a calibrated copy here instead of in place")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 1 on CPU, 32 on GPU)")
     add_device_argument(p)
     p.set_defaults(func=run)
 

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, type=Path, help="model.pt, model.onnx or model.ts")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
-    p.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 1 on CPU, 32 on GPU)")
     p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_device_argument(p)

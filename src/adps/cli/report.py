@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_argument(p)
     p.add_argument("--out", type=Path, default=Path("report.html"),
                    help="HTML file to write (default: report.html)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 1 on CPU, 32 on GPU)")
     p.add_argument("--eval-resolution", choices=("working", "original"), default="working",
                    help="score the metrics table at the model's size or at each image's original "
                         "size (MVTec's official protocol); curves and gallery use the model's size")
@@ -63,10 +64,7 @@ def write_report(args: argparse.Namespace, ckpt: dict, model, dataset, result, o
 def run(args: argparse.Namespace) -> int:
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from adps.engine.evaluate import evaluate, markdown_header, markdown_row
-    from adps.errors import AdpsError
 
-    if args.batch_size < 1:
-        raise AdpsError(f"--batch-size must be at least 1, got {args.batch_size}")
     ckpt = load_checkpoint(args.model)
     model = model_from_checkpoint(ckpt)
     dataset = open_test_dataset(args, model.config.image_size)

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt)")
     add_data_arguments(p)
     add_device_argument(p)
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 1 on CPU, 32 on GPU)")
     p.add_argument("--eval-resolution", choices=("working", "original"), default="working",
                    help="score maps at the model's size or at each image's original size "
                         "(MVTec's official protocol)")

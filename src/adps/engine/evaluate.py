@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
-from adps.engine.device import resolve_device
+from adps.engine.device import inference_batch_size, resolve_device
 from adps.errors import AdpsError
 from adps.fileio import atomic_write_text
 from adps.metrics import compute_metrics, compute_metrics_original_resolution
@@ -42,7 +42,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def infer(model: ADPS, images: torch.Tensor, batch_size: int = 32, progress: bool = False,
+def infer(model: ADPS, images: torch.Tensor, batch_size: int | None = None, progress: bool = False,
           amp: bool = False) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Maps (N, H, W) and scores (N,) for a uint8 or [0, 1] float stack; returns model seconds.
 
@@ -50,6 +50,7 @@ def infer(model: ADPS, images: torch.Tensor, batch_size: int = 32, progress: boo
     loop never waits on the host.
     """
     device = next(model.parameters()).device
+    batch_size = inference_batch_size(device, batch_size)
     model.eval()
     maps, scores = [], []
     if device.type == "cuda":
@@ -77,7 +78,8 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu-rss"
 
 
-def evaluate(model: ADPS, dataset: AnomalyDataset, device: str = "auto", batch_size: int = 32,
+def evaluate(model: ADPS, dataset: AnomalyDataset, device: str = "auto",
+             batch_size: int | None = None,
              eval_resolution: str = "working", progress: bool = True,
              cache_dir: str | Path | None = None) -> EvalResult:
     """Every metric of ``metrics.md`` on one test split.

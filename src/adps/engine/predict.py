@@ -19,7 +19,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
 from adps.data.datasets import read_image
-from adps.engine.device import resolve_device
+from adps.engine.device import inference_batch_size, resolve_device
 from adps.errors import AdpsError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
@@ -182,9 +182,10 @@ def _torch_forward(model: torch.nn.Module, device: torch.device, takes_uint8: bo
     return forward
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int = 32) -> Predictor:
+def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
     """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``) or TorchScript
-    (``.ts``/``.torchscript``); thresholds and pre-processing come from the file itself."""
+    (``.ts``/``.torchscript``); thresholds and pre-processing come from the file itself.
+    ``batch_size=None`` picks what runs fastest on the device (:func:`inference_batch_size`)."""
     path = Path(path)
     dev = resolve_device(device)
     suffix = path.suffix.lower()
@@ -199,18 +200,18 @@ def load(path: str | Path, device: str = "auto", batch_size: int = 32) -> Predic
             return torch.from_numpy(maps), torch.from_numpy(scores)
 
         return Predictor(onnx_forward, runner.image_size, runner.thresholds, torch.device("cpu"),
-                         batch_size, runner.metadata)
+                         inference_batch_size(dev, batch_size, "onnx"), runner.metadata)
     if suffix in (".ts", ".torchscript"):
         from adps.export import load_torchscript
 
         module, meta = load_torchscript(path, dev)
         forward = _torch_forward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
         return Predictor(forward, int(meta["image_size"]),
-                         meta.get("thresholds", {}), dev, batch_size, meta)
+                         meta.get("thresholds", {}), dev, inference_batch_size(dev, batch_size), meta)
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
     meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
     return Predictor(_torch_forward(model, dev), model.config.image_size, ckpt["thresholds"], dev,
-                     batch_size, meta)
+                     inference_batch_size(dev, batch_size), meta)
