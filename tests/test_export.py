@@ -8,7 +8,6 @@ and PSM; the PSM head is rescaled so the anomaly maps spread over (0, 1) on the 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -225,8 +224,6 @@ def test_non_adps_torchscript_is_an_adps_error(tmp_path):
         load_torchscript(garbage)
 
 
-@pytest.mark.skipif(os.environ.get("ADPS_TEST_DYNAMO") != "1",
-                    reason="the dynamo exporter takes ~20 s here; set ADPS_TEST_DYNAMO=1")
 def test_onnx_dynamo_exporter(model, images, reference, tmp_path):
     path = export_onnx(model, tmp_path / "dynamo.onnx", exporter="dynamo")
     runner = OnnxRunner(path)
