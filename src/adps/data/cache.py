@@ -124,19 +124,21 @@ def _load_cached(path: Path, n: int) -> tuple[Tensor, Tensor, Tensor] | None:
 
 def load_tensor_stack(
     dataset: AnomalyDataset | CachedDataset,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Decode every sample once into ``(images uint8 (N,3,H,W), masks uint8 (N,1,H,W),
     labels int64 (N,))``.
 
-    ``num_workers > 0`` decodes in a thread pool (PIL and torch release the GIL while
+    ``num_workers > 0`` (default: one per CPU core, at most 8) decodes in a thread pool (PIL and torch release the GIL while
     decoding/resizing, so threads scale without process start-up or pickling). With
     ``cache_dir`` the stack is read from / written to one ``.pt`` file per dataset and size.
     All images must share one size, so ``size=None`` only works for uniform datasets.
     """
     n = len(dataset)
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1)
     labels = torch.tensor([r.label for r in dataset.records], dtype=torch.int64)
     target: Path | None = None
     if cache_dir is not None:
