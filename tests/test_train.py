@@ -218,3 +218,15 @@ def test_benchmark_command_table_and_json(data, tmp_path, capsys):
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("reusing") == 2
+
+
+def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
+    saved = []
+
+    def record(epoch, loss):
+        saved.append(load_checkpoint(tmp_path / LAST)["epoch"])
+
+    trainer = Trainer(MODEL, tiny_train(checkpoint_every=100, checkpoint_minutes=0.0),
+                      datasets(data), tmp_path, device="cpu", progress=False)
+    trainer.fit(record)
+    assert saved == [1, 2, 3]  # every epoch, although checkpoint_every is 100

@@ -54,6 +54,7 @@ class TrainConfig:
     texture_dir: str | None = None  # DTD-style folder; None = textures from the training images
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     checkpoint_every: int = 50  # epochs
+    checkpoint_minutes: float = 10.0  # also after any epoch ending this long after the last save
     # Share of the normal training images held out to calibrate the image threshold at the end
     # of training (0 = no calibration; the pixel threshold 0.5 then decides).
     calibration_holdout: float = 0.0

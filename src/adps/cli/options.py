@@ -22,6 +22,7 @@ _FIELDS = {
     "epochs": ("train", "epochs"), "batch_size": ("train", "batch_size"), "lr": ("train", "lr"),
     "seed": ("train", "seed"), "textures": ("train", "texture_dir"),
     "checkpoint_every": ("train", "checkpoint_every"),
+    "checkpoint_minutes": ("train", "checkpoint_minutes"),
     "steps_per_epoch": ("train", "steps_per_epoch"),
     "calibrate_holdout": ("train", "calibration_holdout"),
     "target_far": ("train", "target_false_alarm_rate"),
@@ -58,6 +59,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="texture folder for synthetic defects (e.g. DTD images); default: "
                         "recoloured training images")
     t.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 50)")
+    t.add_argument("--checkpoint-minutes", type=float,
+                   help="also checkpoint after an epoch once this many minutes have passed "
+                        "since the last save (default 10)")
     t.add_argument("--calibrate-holdout", type=float, metavar="SHARE",
                    help="hold out this share of the training images and, after training, set "
                         "the image threshold for --target-far on them (default 0: no)")

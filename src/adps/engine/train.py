@@ -223,7 +223,7 @@ class Trainer:
     def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
         cfg = self.config
         self.model.train()
-        start = time.perf_counter()
+        start = last_save = time.perf_counter()
         steps = 0
         bar = tqdm(range(self.start_epoch, cfg.epochs), desc="train", unit="epoch",
                    initial=self.start_epoch, total=cfg.epochs, disable=not self.progress)
@@ -240,8 +240,10 @@ class Trainer:
             bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}",
                             lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
             done = epoch + 1
-            if done % cfg.checkpoint_every == 0 or done == cfg.epochs:
+            overdue = time.perf_counter() - last_save > 60 * cfg.checkpoint_minutes
+            if done % cfg.checkpoint_every == 0 or done == cfg.epochs or overdue:
                 self.save(done)
+                last_save = time.perf_counter()
             if on_epoch_end is not None:
                 on_epoch_end(done, mean_loss)
         seconds = time.perf_counter() - start
