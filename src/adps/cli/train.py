@@ -29,10 +29,16 @@ def run(args: argparse.Namespace) -> int:
 
     model_config, train_config = configs_from_args(args)
     dataset = open_dataset(args, "train", model_config.image_size)
-    result = train(model_config, train_config, dataset, args.out, resume=args.resume,
-                   device=args.device, weights_file=args.teacher_weights,
-                   allow_download=args.allow_download, cache_dir=args.cache_dir,
-                   progress=not args.no_progress)
+    try:
+        result = train(model_config, train_config, dataset, args.out, resume=args.resume,
+                       device=args.device, weights_file=args.teacher_weights,
+                       allow_download=args.allow_download, cache_dir=args.cache_dir,
+                       progress=not args.no_progress)
+    except KeyboardInterrupt:
+        if (args.out / "last.pt").is_file():
+            print(f"interrupted; continue with the same command plus --resume "
+                  f"(from {args.out / 'last.pt'})")
+        raise
     print(f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.1f} s, "
           f"{result.images_per_second:.0f} images/s; model: {result.checkpoint}")
     return 0
