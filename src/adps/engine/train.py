@@ -150,6 +150,8 @@ class Trainer:
         self.steps_per_epoch = train_config.steps_per_epoch or math.ceil(
             len(self.images) / train_config.batch_size)
         self.use_amp = train_config.amp and self.device.type == "cuda"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: tune once
         self.start_epoch = 0
         self.history: list[float] = []
 
