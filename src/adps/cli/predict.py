@@ -82,17 +82,33 @@ def _png(array, path: Path) -> None:
     atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
 
 
+def _write_outputs(pred, name: Path, args: argparse.Namespace) -> dict:
+    """The CSV row of one prediction, after writing its mask and overlay PNGs."""
+    import numpy as np
+
+    from adps.data.datasets import read_image
+    from adps.report.plots import overlay
+
+    row = {"path": pred.path, "score": round(pred.score, 6),
+           "decision": "anomalous" if pred.is_anomalous else "normal",
+           "defect_area": pred.defect_area}
+    if not args.no_images:
+        mask_path = args.out / "masks" / name.with_suffix(".png")
+        overlay_path = args.out / "overlays" / name.with_suffix(".png")
+        _png((pred.mask * 255).astype(np.uint8), mask_path)
+        _png(overlay(read_image(pred.path), pred.anomaly_map, pred.mask), overlay_path)
+        row.update(mask=str(mask_path), overlay=str(overlay_path))
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    import numpy as np
     from tqdm import tqdm
 
-    from adps.data.datasets import read_image
     from adps.engine.predict import decision_rule, load
     from adps.errors import AdpsError
     from adps.fileio import atomic_write_text
-    from adps.report.plots import overlay
 
     files, failures = collect_inputs(args.inputs, args.recursive)
     if not files:
@@ -101,23 +117,13 @@ def run(args: argparse.Namespace) -> int:
         raise AdpsError("no input images found")
     predictor = load(args.model, args.device, args.batch_size)
     out_name = {str(path): name for path, name in files}
-    bar = tqdm(total=len(files), unit="img", desc="predict", disable=args.no_progress)
-    predictions, failed = predictor.predict_files([p for p, _ in files], on_batch=bar.update)
-    bar.close()
-    failures += failed
     rows = []
-    for pred in predictions:
-        name = Path(out_name[pred.path])
-        row = {"path": pred.path, "score": round(pred.score, 6),
-               "decision": "anomalous" if pred.is_anomalous else "normal",
-               "defect_area": pred.defect_area}
-        if not args.no_images:
-            mask_path = args.out / "masks" / name.with_suffix(".png")
-            overlay_path = args.out / "overlays" / name.with_suffix(".png")
-            _png((pred.mask * 255).astype(np.uint8), mask_path)
-            _png(overlay(read_image(pred.path), pred.anomaly_map, pred.mask), overlay_path)
-            row.update(mask=str(mask_path), overlay=str(overlay_path))
-        rows.append(row)
+    with tqdm(total=len(files), unit="img", desc="predict", disable=args.no_progress) as bar:
+        for batch, failed in predictor.iter_files([p for p, _ in files]):
+            failures += failed
+            for pred in batch:  # written as they come: memory stays at one batch
+                rows.append(_write_outputs(pred, Path(out_name[pred.path]), args))
+            bar.update(len(batch) + len(failed))
 
     args.out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -140,31 +140,42 @@ class Predictor:
         results = self.predict_tensors([c[0] for c in converted], [c[1] for c in converted])
         return results[0] if single else results
 
-    def predict_files(self, paths: Sequence[str | Path], workers: int = 4,
-                      on_batch: Callable[[int], None] | None = None,
-                      ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-        """Predict many files; unreadable ones are returned as (path, reason), not raised.
+    def iter_files(self, paths: Sequence[str | Path], workers: int = 4,
+                   ) -> Iterator[tuple[list[Prediction], list[tuple[str, str]]]]:
+        """Per batch: the predictions, and (path, reason) for files that could not be read.
 
-        Files are decoded in a thread pool (PIL releases the GIL) one batch ahead of the model.
+        Streams, so a folder of any size needs the memory of one batch; the next batch is
+        decoded in a thread pool (PIL releases the GIL) while the model runs on this one.
         """
-        predictions, failures = [], []
 
-        def load(path: str | Path) -> torch.Tensor | str:
+        def load(path: str) -> torch.Tensor | str:
             try:
                 return to_uint8_chw(path)[0]
             except AdpsError as exc:
                 return str(exc).removeprefix(f"{path}: ")
 
+        chunks = [[str(p) for p in paths[i:i + self.batch_size]]
+                  for i in range(0, len(paths), self.batch_size)]
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for start in range(0, len(paths), self.batch_size):
-                chunk = [str(p) for p in paths[start:start + self.batch_size]]
-                loaded = list(pool.map(load, chunk))
+            pending = [pool.submit(load, p) for p in chunks[0]] if chunks else []
+            for index, chunk in enumerate(chunks):
+                loaded = [future.result() for future in pending]
+                if index + 1 < len(chunks):
+                    pending = [pool.submit(load, p) for p in chunks[index + 1]]
                 good = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, torch.Tensor)]
-                failures += [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, str)]
-                if good:
-                    predictions += self.predict_tensors([t for _, t in good], [p for p, _ in good])
-                if on_batch is not None:
-                    on_batch(len(chunk))
+                failed = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, str)]
+                predictions = (self.predict_tensors([t for _, t in good], [p for p, _ in good])
+                               if good else [])
+                yield predictions, failed
+
+    def predict_files(self, paths: Sequence[str | Path], workers: int = 4,
+                      ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """All predictions and failures at once (keeps every map: use :meth:`iter_files` for
+        large folders)."""
+        predictions, failures = [], []
+        for batch, failed in self.iter_files(paths, workers):
+            predictions += batch
+            failures += failed
         return predictions, failures
 
 
