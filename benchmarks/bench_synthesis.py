@@ -4,6 +4,9 @@ Measures ``AnomalySynthesizer.__call__`` on random 256x256 batches of 32 with th
 (half the batch altered), on CPU (torch's default thread count) and on CUDA when available. Textures
 come from the shared DTD folder when it exists, else from the batch itself. Each device gets warm-up
 calls first; CUDA timings are bracketed by ``torch.cuda.synchronize()`` so queued kernels count.
+On CUDA one extra call runs under ``torch.cuda.set_sync_debug_mode("error")`` to confirm that a call
+needs no host synchronisation (so it does not stall a launch-bound training loop and can be captured
+in a CUDA graph).
 
 Run: ``PYTHONPATH=src python benchmarks/bench_synthesis.py [--iters N]``. Target on a GPU: >= 10,000
 img/s; the CPU number is informational.
@@ -53,6 +56,25 @@ def bench(device: torch.device, iters: int, warmup: int) -> float:
     return rate
 
 
+def check_sync_free(device: torch.device) -> str:
+    """One warmed-up CUDA call with synchronising CUDA calls turned into errors; a one-line verdict."""
+    textures = TextureBank.from_folder(DTD_IMAGES, SIZE, device) if DTD_IMAGES.is_dir() else None
+    synth = AnomalySynthesizer(textures)
+    generator = torch.Generator(device).manual_seed(0)
+    images = torch.rand(BATCH, 3, SIZE, SIZE, generator=generator, device=device)
+    synth(images, generator)  # warm-up: moves the bank and caches constants on the device
+    torch.cuda.synchronize(device)
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        synth(images, generator)
+    except RuntimeError as err:
+        return f"NOT sync-free ({str(err).splitlines()[0]})"
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    return "sync-free (no host synchronisation under torch.cuda.set_sync_debug_mode('error'))"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20, help="timed batches per device (CUDA: 10x)")
@@ -61,6 +83,7 @@ def main() -> None:
     if torch.cuda.is_available():
         rate = bench(torch.device("cuda"), args.iters * 10, warmup=20)
         print(f"cuda target >= 10,000 img/s: {'met' if rate >= 10_000 else 'NOT met'}")
+        print(f"cuda call: {check_sync_free(torch.device('cuda'))}")
     else:
         print("cuda: not available, skipped")
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from adps.data import synthesis as _synthesis
 from adps.data.synthesis import (
     AnomalySynthesizer,
     SynthesisConfig,
@@ -131,6 +135,146 @@ def test_config_validation(field: str, value: float) -> None:
         kwargs["perlin_scale_max"] = 2
     with pytest.raises(AdpsError, match=field):
         SynthesisConfig(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------- host syncs
+
+
+class _HostSync(AssertionError):
+    """Raised by the patched tensor methods below: the synthesizer asked for a host sync."""
+
+
+_SYNC_METHODS = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__", "unique",
+                 "masked_select")
+_SYNC_FUNCTIONS = ("nonzero", "unique", "masked_select", "unique_consecutive")
+
+
+@contextlib.contextmanager
+def _no_host_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make every tensor -> Python value conversion and data-dependent-shape op raise ``_HostSync``."""
+
+    def forbid(name: str) -> Callable[..., None]:
+        def raiser(*args: object, **kwargs: object) -> None:
+            raise _HostSync(f"host sync: {name} called inside AnomalySynthesizer.__call__")
+
+        return raiser
+
+    with monkeypatch.context() as patch:
+        for name in _SYNC_METHODS:
+            patch.setattr(torch.Tensor, name, forbid(f"Tensor.{name}"))
+        for name in _SYNC_FUNCTIONS:
+            patch.setattr(torch, name, forbid(f"torch.{name}"))
+        yield
+
+
+# aten ops that copy device data to the host or whose output shape depends on the data.
+_SYNC_ATEN = frozenset({"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique_dim",
+                        "_unique", "_unique2", "unique_consecutive", "repeat_interleave"})
+
+
+class _NoSyncOps(TorchDispatchMode):
+    """Raises on aten ops that need a host sync on CUDA, including boolean-mask indexing.
+
+    This sees what the Python patches cannot, e.g. ``x[mask]`` (``aten.index`` with a bool index,
+    which runs ``nonzero`` in C++). It is a bit stricter than CUDA: ``x[mask] = scalar`` is rejected
+    too, although PyTorch turns it into a sync-free ``masked_fill_``.
+    """
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__.rstrip("_")
+        if name in _SYNC_ATEN:
+            raise _HostSync(f"host sync: aten.{name}")
+        if name in ("index", "index_put", "_index_put_impl"):
+            indices = args[1] if len(args) > 1 else kwargs["indices"]
+            if any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in indices):
+                raise _HostSync(f"host sync: aten.{name} with a boolean mask")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture(params=["random_bank", "self", "bank_of_images", "dtd"])
+def any_synth(request: pytest.FixtureRequest) -> AnomalySynthesizer:
+    """Synthesizers for every texture source, plus one that hits the empty-mask fallback."""
+    if request.param == "dtd":
+        textures = request.getfixturevalue("dtd_bank")  # skips without DTD; 64 px, so resized below
+    elif request.param == "random_bank":
+        textures = TextureBank(torch.randint(0, 256, (5, 3, 48, 48), generator=_gen(2), dtype=torch.uint8))
+    elif request.param == "bank_of_images":
+        textures = TextureBank.from_images(_images(4, 48, seed=7))
+    else:
+        textures = None
+    return AnomalySynthesizer(textures)
+
+
+def test_patches_catch_host_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.arange(4.0)
+    with _no_host_syncs(monkeypatch):
+        for sync in (lambda: x[0].item(), x.tolist, x.nonzero, lambda: torch.nonzero(x),
+                     lambda: bool(x[0]), lambda: int(x[0]), lambda: 1 if x[0] else 0):
+            with pytest.raises(_HostSync):
+                sync()
+    with _NoSyncOps():
+        for sync in (lambda: x[x > 1], lambda: x.masked_fill(x > 1, 0).sum().item(), x.unique):
+            with pytest.raises(_HostSync):
+                sync()
+        x.masked_fill(x > 1, 0).sum()  # stays on the device: allowed
+
+
+@pytest.mark.parametrize("config", [SynthesisConfig(), SynthesisConfig(anomaly_prob=1.0, threshold=0.9)])
+def test_call_is_free_of_host_syncs(
+    any_synth: AnomalySynthesizer, config: SynthesisConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tensor -> Python conversion, ``nonzero`` or boolean-mask indexing inside a call (on CPU).
+
+    On CUDA each of these would stall the CPU until the GPU catches up; their absence on CPU
+    means the same code path is sync-free on CUDA. A 0.9 threshold makes many noise fields empty,
+    so the retry candidates and the top-1% fallback are exercised too.
+    """
+    synth = AnomalySynthesizer(any_synth.textures, config)
+    images = _images(6, 48)
+    expected = synth(images, _gen(0))
+    with _no_host_syncs(monkeypatch):
+        out, masks = synth(images, _gen(0))
+    with _NoSyncOps():
+        again = synth(images, _gen(0))
+    assert torch.equal(out, expected[0]) and torch.equal(masks, expected[1])
+    assert torch.equal(again[0], out) and torch.equal(again[1], masks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_call_is_free_of_host_syncs_on_cuda() -> None:
+    device = torch.device("cuda")
+    bank = TextureBank(torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8, device=device))
+    images = torch.rand(8, 3, 64, 64, device=device)
+    for synth in (AnomalySynthesizer(bank), AnomalySynthesizer(None)):
+        generator = torch.Generator(device).manual_seed(0)
+        synth(images, generator)  # warm-up: moves the bank and caches constants on the device
+        torch.cuda.synchronize()
+        previous = torch.cuda.get_sync_debug_mode()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out, masks = synth(images, generator)
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+        assert out.shape == images.shape and masks.shape == (8, 1, 64, 64)
+
+
+def test_masks_take_the_first_non_empty_candidate_else_the_top_percent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    synth = AnomalySynthesizer(None)
+    c, h, w = _synthesis._MASK_CANDIDATES, 10, 10
+    fields = torch.full((3, c, h, w), -1.0)
+    fields[0, 1, 2, 3] = fields[0, 2, 5, 5] = 0.9  # sample 0: candidates 1 and 2 are non-empty
+    fields[1] = torch.linspace(-1.0, 0.4, c * h * w).view(c, h, w)  # sample 1: all below 0.5
+    fields[2, 0, :4] = 0.7  # sample 2: the first candidate is non-empty
+    fields[2, 1:] = 0.9
+    monkeypatch.setattr(synth, "_noise", lambda n, h_, w_, g: fields.reshape(n, 1, h, w))
+    masks = synth._masks(3, h, w, _gen(0))
+    assert masks.shape == (3, 1, h, w)
+    assert torch.equal(masks[0, 0], (fields[0, 1] > 0.5).float())  # candidate 1, not 2
+    top = fields[1, 0] >= fields[1, 0].flatten().sort().values[-1]  # top 1% of 100 px of field 0
+    assert torch.equal(masks[1, 0], top.float()) and masks[1].sum() == 1
+    assert torch.equal(masks[2, 0], (fields[2, 0] > 0.5).float())
 
 
 # ------------------------------------------------------------------------------------------ blending

@@ -10,17 +10,27 @@ and no per-sample Python loop is left in the hot path. Everything random comes f
 ``torch.Generator`` that lives on the images' device, so a seed reproduces a batch bit for bit (tested
 on CPU; CPU and CUDA generators give different streams, so the two devices do not match each other).
 
+A call is free of host synchronisations: no ``.item()``, ``.tolist()``, ``.nonzero()``, ``bool(tensor)``,
+boolean-mask indexing or other op whose output shape depends on the data. Every step runs densely on
+the whole batch (every sample gets a mask and a texture, every texture op runs on every texture) and
+per-sample choices are made with ``torch.where``. The CPU then never waits for the GPU inside the
+training step, and the step can be captured in a CUDA graph (after one warm-up call, which caches a
+few small constants on the device). The price is wasted work on samples that end up untouched, cheap
+on a GPU; on CPU a call is somewhat slower than a subset-based one would be.
+
 Deviations from DRAEM, each chosen on purpose:
 
 * Perlin noise is evaluated at any image size: cell coordinates are ``pixel * res / size`` instead of
   DRAEM's ``np.repeat`` tiling, so the size need not be a multiple of ``2**perlin_scale_max``.
 * The rotated noise uses reflection padding, so rotated corners can hold anomalies too (imgaug filled
   them with 0, i.e. never anomalous).
-* An altered sample whose mask came out empty gets fresh noise (a few tries); DRAEM relabelled it as
-  normal. See :meth:`AnomalySynthesizer._masks`.
-* The three texture ops run in one random op order per batch, not per sample (a per-sample order
-  would cost three passes over every op); the imgaug ops are re-implemented in torch with the same
-  ranges (imgaug does not run on NumPy 2).
+* An altered sample whose mask came out empty gets fresh noise (a few candidates, drawn up front);
+  DRAEM relabelled it as normal. See :meth:`AnomalySynthesizer._masks`.
+* Each texture still receives three distinct random ops, but they are applied in one fixed,
+  canonical order (the order of DRAEM's list), while DRAEM's ``randAugmenter`` applies them in the
+  random order it drew them. A random order per sample would need a data-dependent schedule (host
+  syncs) or one pass over all ten ops per position. The imgaug ops are re-implemented in torch with
+  the same ranges (imgaug does not run on NumPy 2).
 """
 
 from __future__ import annotations
@@ -52,8 +62,12 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 """File types :meth:`TextureBank.from_folder` decodes (DTD itself is all ``.jpg``)."""
 
-_MASK_RETRIES = 4
-"""Fresh-noise attempts for altered samples whose mask is empty, before the threshold is lowered."""
+_MASK_CANDIDATES = 4
+"""Noise fields drawn per sample: the first one with a non-empty mask is used (1 try + 3 retries).
+
+With the default config about 5% of single fields are empty, so all four are empty about once in
+10^5 samples; then the top-``_FALLBACK_AREA`` fallback applies.
+"""
 
 _FALLBACK_AREA = 0.01
 """Share of a sample's pixels (its highest noise values) used as mask when every retry was empty."""
@@ -300,8 +314,16 @@ def _invert(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def _autocontrast(x: Tensor, g: torch.Generator) -> Tensor:
-    """PIL-like ``Autocontrast()`` (per-channel min/max stretch; no histogram cutoff)."""
-    return TF.autocontrast(x)
+    """PIL-like ``Autocontrast()`` (per-channel min/max stretch; no histogram cutoff).
+
+    Same values as ``torchvision``'s ``autocontrast`` on float images, with flat channels handled by
+    ``torch.where`` instead of its boolean-mask assignment, so no data-dependent indexing is left.
+    """
+    low = x.amin(dim=(-2, -1), keepdim=True)
+    span = x.amax(dim=(-2, -1), keepdim=True) - low
+    flat = span == 0
+    stretched = (x - low).div_(torch.where(flat, torch.ones_like(span), span))
+    return torch.where(flat, x, stretched).clamp_(0, 1)
 
 
 def _equalize(x: Tensor, g: torch.Generator) -> Tensor:
@@ -330,11 +352,13 @@ _TEXTURE_OPS: tuple[_TextureOp, ...] = (
 
 
 def augment_textures(textures: Tensor, num_ops: int, generator: torch.Generator) -> Tensor:
-    """Apply ``num_ops`` distinct random ops from DRAEM's list to each texture, batched.
+    """Apply ``num_ops`` distinct random ops from DRAEM's list to each texture, batched, sync-free.
 
-    The loop is over the ten ops, never over samples: each op runs once, vectorised, on the
-    samples that drew it (so each sample costs ``num_ops`` ops, not ten; finding them is one small
-    device sync per op). The ops run in one random order per batch.
+    Each sample draws its ``num_ops`` ops (a top-k of uniform scores on the device). The loop is over
+    the ten ops, never over samples: each op runs once, vectorised, on the whole batch, and
+    ``torch.where`` keeps its result only for the samples that drew it. The selected ops thus apply in
+    a fixed order (DRAEM's list order; DRAEM shuffles them per sample). Every op draws its random
+    parameters for every sample, so the generator advances by the same amount whatever was drawn.
 
     Args:
         textures: (n, 3, H, W) uint8, or float in [0, 1].
@@ -347,17 +371,14 @@ def augment_textures(textures: Tensor, num_ops: int, generator: torch.Generator)
     n = textures.shape[0]
     if num_ops == 0 or n == 0:
         return textures
-    # A private float copy, updated in place: each op rewrites only the rows that drew it.
+    # A private float copy (each op returns a new tensor; x is never modified in place).
     x = textures.float() / 255 if textures.dtype == torch.uint8 else textures.float().clone()
     device = x.device
     picks = torch.rand(n, len(_TEXTURE_OPS), generator=generator, device=device).topk(num_ops, dim=1)
     chosen = torch.zeros(n, len(_TEXTURE_OPS), dtype=torch.bool, device=device)
     chosen.scatter_(1, picks.indices, True)
-    order = torch.rand(len(_TEXTURE_OPS), generator=generator, device=device).argsort().tolist()
-    for i in order:
-        rows = chosen[:, i].nonzero().squeeze(1)
-        if rows.numel():
-            x.index_copy_(0, rows, _TEXTURE_OPS[i](x[rows], generator).clamp_(0, 1))
+    for i, op in enumerate(_TEXTURE_OPS):
+        x = torch.where(_bcast(chosen[:, i]), op(x, generator).clamp_(0, 1), x)
     if textures.dtype == torch.uint8:
         return (x * 255).round_().to(torch.uint8)
     return x.to(textures.dtype)
@@ -374,7 +395,8 @@ def _recolour(x: Tensor, g: torch.Generator) -> Tensor:
     x = torch.where(_bcast(flips[:, 0]), x.flip(-1), x)
     x = torch.where(_bcast(flips[:, 1]), x.flip(-2), x)
     channel_order = torch.rand(n, 3, generator=g, device=device).argsort(dim=1)
-    permute = F.one_hot(channel_order, 3).float()  # row i picks input channel channel_order[i]
+    # One-hot rows: row i picks input channel channel_order[i] (F.one_hot checks ranges with a sync).
+    permute = torch.zeros(n, 3, 3, device=device).scatter_(2, channel_order.unsqueeze(2), 1.0)
     hue = _hue_matrix(_uniform((n,), 0.0, 2 * math.pi, g), torch.ones(n, device=device))
     return _apply_colour_matrix(x, hue @ permute).clamp_(0, 1)
 
@@ -461,7 +483,7 @@ class TextureBank:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` textures drawn uniformly with replacement (as DRAEM), (n, 3, H, W) uint8."""
         index = torch.randint(len(self), (n,), generator=generator, device=self.device)
-        return self.textures[index]
+        return self.textures.index_select(0, index)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -489,7 +511,10 @@ class AnomalySynthesizer:
         self.config = config
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Synthesise anomalies into a share ``anomaly_prob`` of the batch.
+        """Synthesise anomalies into a share ``anomaly_prob`` of the batch, without host syncs.
+
+        Every sample gets a mask, a texture and a blend; ``torch.where`` then keeps the blend for the
+        altered samples and the input for the others, so no data-dependent shape or branch exists.
 
         Args:
             images: (B, 3, H, W) float in [0, 1], on any device.
@@ -506,17 +531,16 @@ class AnomalySynthesizer:
         if not _same_device(generator.device, images.device):
             raise ValueError(f"generator is on {generator.device} but images are on {images.device}")
         b, _, h, w = images.shape
+        if b == 0:
+            return images.clone(), images.new_zeros(b, 1, h, w)
         altered = torch.rand(b, generator=generator, device=images.device) < self.config.anomaly_prob
-        index = altered.nonzero().squeeze(1)  # one sync; all further work is on altered samples only
-        images_aug, masks = images.clone(), images.new_zeros(b, 1, h, w)
-        n = index.numel()
-        if n == 0:
-            return images_aug, masks
-        mask = self._masks(n, h, w, generator)
-        texture = self._textures(images, index, generator)
-        beta = _uniform((n,), 0.0, self.config.beta_max, generator)
-        images_aug[index] = blend(images[index].float(), texture, mask, beta).clamp_(0, 1).to(images.dtype)
-        masks[index] = mask.to(images.dtype)
+        mask = self._masks(b, h, w, generator)
+        texture = self._textures(images, generator)
+        beta = _uniform((b,), 0.0, self.config.beta_max, generator)
+        blended = blend(images.float(), texture, mask, beta).clamp_(0, 1).to(images.dtype)
+        keep = _bcast(altered)
+        images_aug = torch.where(keep, blended, images)
+        masks = torch.where(keep, mask.to(images.dtype), images.new_zeros(()))
         return images_aug, masks
 
     def _noise(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:
@@ -531,45 +555,37 @@ class AnomalySynthesizer:
         return noise
 
     def _masks(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:
-        """(n, 1, H, W) float 0/1 masks, each non-empty.
+        """(n, 1, H, W) float 0/1 masks, each non-empty, computed without host syncs.
 
         Coarse lattices (e.g. 1 x 1) sometimes stay below the threshold everywhere. DRAEM then
-        labels the sample normal; here a sample chosen for an anomaly keeps that promise: its noise
-        is redrawn (only for those samples, up to ``_MASK_RETRIES`` times), and if it is still
-        empty its mask becomes its own top ``_FALLBACK_AREA`` of noise values.
+        labels the sample normal; here a sample chosen for an anomaly keeps that promise. Each
+        sample draws ``_MASK_CANDIDATES`` noise fields up front (one batched call) and uses the first
+        whose mask is non-empty (an ``argmax`` over the candidates' "non-empty" flags); if all are
+        empty, its mask becomes the top ``_FALLBACK_AREA`` of its first field's noise values (a
+        per-sample ``kthvalue`` threshold, computed for every sample and selected with ``where``).
         """
-        noise = self._noise(n, h, w, generator)
-        mask = noise > self.config.threshold
-        empty = ~mask.flatten(1).any(dim=1)
-        for _ in range(_MASK_RETRIES):
-            if not bool(empty.any()):
-                return mask.float()
-            redo = empty.nonzero().squeeze(1)
-            fresh = self._noise(redo.numel(), h, w, generator)
-            noise[redo] = fresh
-            mask[redo] = fresh > self.config.threshold
-            empty[redo] = ~mask[redo].flatten(1).any(dim=1)
-        if bool(empty.any()):
-            redo = empty.nonzero().squeeze(1)
-            flat = noise[redo].flatten(1)
-            k = max(1, round(flat.shape[1] * (1 - _FALLBACK_AREA)))
-            cut = flat.kthvalue(k, dim=1).values
-            mask[redo] = noise[redo] >= _bcast(cut)
+        c = _MASK_CANDIDATES
+        noise = self._noise(n * c, h, w, generator).reshape(n, c, h, w)
+        found = (noise > self.config.threshold).flatten(2).any(dim=2)  # (n, c)
+        first = found.to(torch.uint8).argmax(dim=1)  # first non-empty candidate; 0 if none is
+        chosen = noise.gather(1, first.view(n, 1, 1, 1).expand(n, 1, h, w))  # (n, 1, H, W)
+        flat = chosen.flatten(1)
+        top = max(1, round(flat.shape[1] * _FALLBACK_AREA))  # pixels in the fallback mask (ties aside)
+        fallback = chosen >= _bcast(flat.kthvalue(flat.shape[1] - top + 1, dim=1).values)
+        mask = torch.where(_bcast(found.any(dim=1)), chosen > self.config.threshold, fallback)
         return mask.float()
 
-    def _textures(self, images: Tensor, index: Tensor, generator: torch.Generator) -> Tensor:
-        """(n, 3, H, W) float32 augmented textures for the altered samples ``index``."""
-        n, (h, w) = index.numel(), images.shape[-2:]
+    def _textures(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """(B, 3, H, W) float32 augmented textures, one per sample of the batch."""
+        b, (h, w) = images.shape[0], images.shape[-2:]
         if self.textures is None:
             # A random derangement: each sample borrows another sample's image (when B > 1).
-            b = images.shape[0]
             perm = torch.randperm(b, generator=generator, device=images.device)
-            source = torch.empty_like(perm)
-            source[perm] = perm.roll(-1)
-            texture, recolour = images[source[index]].float(), True
+            source = torch.empty_like(perm).scatter_(0, perm, perm.roll(-1))
+            texture, recolour = images.index_select(0, source).float(), True
         else:
             self.textures = self.textures.to(images.device)  # a no-op after the first batch
-            texture, recolour = self.textures.sample(n, generator).float() / 255, self.textures.recolour
+            texture, recolour = self.textures.sample(b, generator).float() / 255, self.textures.recolour
             if texture.shape[-2:] != (h, w):
                 texture = F.interpolate(texture, size=(h, w), mode="bilinear", antialias=True).clamp_(0, 1)
         if recolour:
