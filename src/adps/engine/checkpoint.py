@@ -59,10 +59,6 @@ def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ADP
     return model.to(device).eval()
 
 
-def train_config_from_checkpoint(ckpt: dict) -> TrainConfig:
-    return from_dict(TrainConfig, ckpt["train_config"] or {})
-
-
 def store_thresholds(ckpt: dict, calibration, path: str | Path) -> Path:
     """Writes ``ckpt`` with the calibrated image threshold (and its provenance) to ``path``."""
     ckpt = {**ckpt, "thresholds": {**ckpt["thresholds"], "image": calibration.threshold,

@@ -238,9 +238,4 @@ class ADPS(nn.Module):
         return gaussian_blur(anomaly_map.float(), self.config.sigma).amax(dim=(1, 2, 3))
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-__all__ = ["ADPS", "PSM_WIDTHS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur",
-           "count_parameters"]
+__all__ = ["ADPS", "PSM_WIDTHS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur"]
