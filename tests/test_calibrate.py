@@ -66,7 +66,7 @@ def test_f1_threshold_matches_brute_force():
     rng = np.random.default_rng(1)
     labels = np.r_[np.zeros(60), np.ones(30)]
     scores = np.r_[rng.normal(0, 1, 60), rng.normal(1.5, 1, 30)]
-    cal = f1_optimal_threshold(scores, labels)
+    cal = f1_optimal_threshold(labels, scores)
     best = max(f1_score(labels, scores >= t) for t in np.unique(scores))
     assert cal.f1 == pytest.approx(best)
     assert f1_score(labels, scores >= cal.threshold) == pytest.approx(best)
@@ -75,10 +75,10 @@ def test_f1_threshold_matches_brute_force():
 
 def test_f1_refuses_single_class_and_useless_models():
     with pytest.raises(AdpsError, match="both normal and defective"):
-        f1_optimal_threshold(np.ones(5), np.zeros(5))
+        f1_optimal_threshold(np.zeros(5), np.ones(5))
     # defective images score below every normal one: F1 is best when flagging everything
     with pytest.raises(AdpsError, match="flags every normal"):
-        f1_optimal_threshold(np.r_[np.ones(5), np.zeros(5)], np.r_[np.zeros(5), np.ones(5)])
+        f1_optimal_threshold(np.r_[np.zeros(5), np.ones(5)], np.r_[np.ones(5), np.zeros(5)])
 
 
 def test_calibrate_command_stores_threshold(tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_calibration_at_the_end_of_training(tmp_path):
     from adps.data.datasets import MVTecAD
     from adps.data.procedural import make_demo_dataset
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from adps.engine.evaluate import infer
+    from adps.engine.inference import TorchForward, infer
     from adps.engine.train import Trainer, split_holdout
 
     category = make_demo_dataset(tmp_path / "d", size=64, n_train=24, n_test_good=1,
@@ -156,7 +156,8 @@ def test_calibration_at_the_end_of_training(tmp_path):
     train_part, held_out = split_holdout(images, config)
     assert len(train_part) == 12 and len(held_out) == 12
     assert not any(torch.equal(a, b) for a in train_part for b in held_out)
-    _, scores, _ = infer(trainer.model, held_out)  # the trained model, as calibrated
+    cpu = torch.device("cpu")
+    _, scores, _ = infer(TorchForward(trainer.model, cpu), held_out, cpu)  # as calibrated
     assert torch.equal(trainer.model.state_dict()["psm.head.weight"],
                        model_from_checkpoint(ckpt).state_dict()["psm.head.weight"])
     expected = threshold_for_false_alarm_rate(scores.numpy(), 0.1)

@@ -27,11 +27,7 @@ from adps.data.datasets import (
     read_mask,
 )
 from adps.errors import AdpsError
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-MVTEC = DATA / "mvtec_ad"
-WELD = DATA / "battery_weld" / "welding"
-needs_data = pytest.mark.skipif(not (MVTEC / "bottle").is_dir(), reason="shared datasets not present")
+from datapaths import WELD, shared
 
 
 # --------------------------------------------------------------------------- helpers
@@ -78,10 +74,10 @@ def folder_test(root: Path, **kw) -> Folder:
 # --------------------------------------------------------------------------- real data
 
 
-@needs_data
 def test_mvtec_bottle_counts():
-    train = MVTecAD(MVTEC, "bottle")
-    test = MVTecAD(MVTEC, "bottle", split="test")
+    mvtec = shared("mvtec_ad", "bottle").parent
+    train = MVTecAD(mvtec, "bottle")
+    test = MVTecAD(mvtec, "bottle", split="test")
     assert len(train) == 209 and sum(train.labels) == 0
     assert len(test) == 83
     assert test.labels.count(0) == 20 and test.labels.count(1) == 63
@@ -91,9 +87,8 @@ def test_mvtec_bottle_counts():
     assert test.records[0].image.parent.name == "good"  # good first, deterministic order
 
 
-@needs_data
 def test_mvtec_sample_contents_and_labels_match_masks():
-    test = MVTecAD(MVTEC, "bottle", split="test", size=128)
+    test = MVTecAD(shared("mvtec_ad", "bottle").parent, "bottle", split="test", size=128)
     s = test[len(test) - 1]
     assert s.image.shape == (3, 128, 128) and s.image.dtype == torch.float32
     assert 0.0 <= s.image.min() and s.image.max() <= 1.0
@@ -107,20 +102,34 @@ def test_mvtec_sample_contents_and_labels_match_masks():
     assert masks.max() == 1
 
 
-@needs_data
+def _pngs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".png")
+
+
 def test_battery_weld_folder_with_same_name_masks():
+    """The committed battery-weld subset (tests/data): grey PNGs, masks with the same name as
+    their image, masks without an image ignored with one warning. Expected counts come from
+    listing the subset's folders, not from the loader."""
+    train_good, test_good, defective, masks = (
+        _pngs(WELD / sub) for sub in ("train/good", "test/good", "test/defective", "ground_truth/defective"))
+    orphans = sorted(set(masks) - set(defective))
+    assert train_good and test_good and set(defective) <= set(masks)
+    assert orphans  # the subset keeps some masks without an image, so the warning is exercised
     kw = dict(train_dir="train/good", normal_test_dir="test/good", abnormal_test_dir="test/defective",
               mask_dir="ground_truth/defective")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the train split looks at no masks: no warning
         train = Folder(WELD, split="train", **kw)
-    assert len(train) == 37
+    assert len(train) == len(train_good)
+    assert sorted(r.image.name for r in train.records) == train_good
     with pytest.warns(OrphanMaskWarning) as caught:
         test = Folder(WELD, split="test", **kw)
     orphan = [w for w in caught if issubclass(w.category, OrphanMaskWarning)]
     assert len(orphan) == 1
-    assert "40" in str(orphan[0].message) and "defective" in str(orphan[0].message)
-    assert test.labels.count(0) == 35 and test.labels.count(1) == 93
+    message = str(orphan[0].message)
+    assert f"{len(orphans)} mask(s)" in message and "defective" in message
+    assert test.labels.count(0) == len(test_good) and test.labels.count(1) == len(defective)
+    assert sorted(r.image.name for r in test.records if r.label) == defective
     assert all(r.mask is not None and r.mask.name == r.image.name for r in test.records if r.label)
 
     s = test[len(test) - 1]

@@ -14,13 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+from datapaths import WELD
+
 from adps.config import ModelConfig
+from adps.engine.calibrate import Thresholds
+from adps.engine.runtime import OnnxRunner, load_torchscript, read_onnx_metadata
 from adps.errors import AdpsError
-from adps.export import (DeployModule, OnnxRunner, export_onnx, export_torchscript,
-                         load_torchscript, read_onnx_metadata)
+from adps.export import DeployModule, export_onnx, export_torchscript
 from adps.models.adps import ADPS
 
-MVTEC = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "mvtec_ad"
 SIZE, K = 128, 4
 TOL = 1e-3
 
@@ -36,20 +38,17 @@ def _threads():
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    """uint8 (5, 3, 128, 128): the first test image of each bottle folder plus one more good
-    one (real MVTec images); smooth synthetic images when the shared data is absent."""
-    if (MVTEC / "bottle").is_dir():
-        from adps.data.datasets import MVTecAD
+    """uint8 (5, 3, 128, 128): real images on every clone, from the battery-weld subset in
+    tests/data: the first 2 test/good and the first 3 test/defective images (grey, replicated
+    to RGB by the loader; masks are not needed here)."""
+    from adps.data.datasets import Folder
 
-        ds = MVTecAD(MVTEC, "bottle", "test", size=SIZE)
-        firsts: dict[str, int] = {}
-        for i, rec in enumerate(ds.records):
-            firsts.setdefault(rec.image.parent.name, i)
-        picks = sorted(firsts.values()) + [1]
-        return torch.stack([ds.decode(i).image for i in picks])
-    gen = torch.Generator().manual_seed(0)
-    low = torch.rand((5, 3, 8, 8), generator=gen)
-    return (torch.nn.functional.interpolate(low, size=SIZE, mode="bilinear") * 255).to(torch.uint8)
+    ds = Folder(WELD, normal_test_dir="test/good", abnormal_test_dir="test/defective",
+                mask_required=False, split="test", size=SIZE)
+    good = [i for i, label in enumerate(ds.labels) if label == 0][:2]
+    defective = [i for i, label in enumerate(ds.labels) if label == 1][:3]
+    assert len(good) == 2 and len(defective) == 3
+    return torch.stack([ds.decode(i).image for i in good + defective])
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,7 @@ def checkpoint_path(model, tmp_path_factory) -> Path:
     from adps.engine.checkpoint import make_checkpoint
     from adps.fileio import atomic_save
 
-    ckpt = make_checkpoint(model, None)
-    ckpt["thresholds"] = {"pixel": 0.5, "image": 0.625}
+    ckpt = make_checkpoint(model, None, Thresholds(image=0.625))
     return atomic_save(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
@@ -95,7 +93,7 @@ def onnx_uint8(checkpoint_path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def onnx_float(model, tmp_path_factory) -> Path:
     return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model_f32.onnx",
-                       input_dtype="float32", thresholds={"image": 0.3}, verify=False)
+                       input_dtype="float32", thresholds=Thresholds(image=0.3), verify=False)
 
 
 @pytest.fixture(scope="module")
@@ -169,13 +167,14 @@ def test_onnx_metadata_round_trip(onnx_uint8, onnx_float, model):
     assert meta["backbone"] == "efficientnet_lite0"
     assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.5, 0.5, 0.5]
     assert meta["model_config"]["k"] == K and meta["model_config"]["image_size"] == SIZE
-    assert runner.thresholds == {"pixel": 0.5, "image": 0.625}  # from the checkpoint
+    assert runner.thresholds == Thresholds(image=0.625)  # from the checkpoint
     assert meta["exporter"] in ("torchscript", "dynamo") and meta["opset"] >= 17
     from adps import __version__
+
     assert meta["adps_version"] == __version__
     float_meta = OnnxRunner(onnx_float).metadata
     assert float_meta["input_dtype"] == "float32"
-    assert float_meta["thresholds"] == {"pixel": 0.5, "image": 0.3}  # override
+    assert Thresholds.from_dict(float_meta["thresholds"]) == Thresholds(image=0.3)  # given
     onnx.checker.check_model(onnx.load(str(onnx_uint8)))
 
 
@@ -205,7 +204,8 @@ def test_non_adps_onnx_is_an_adps_error(tmp_path):
 def test_torchscript_parity_batch_and_metadata(torchscript_uint8, images, reference):
     module, meta = load_torchscript(torchscript_uint8)
     assert meta["kind"] == "torchscript" and meta["input_dtype"] == "uint8"
-    assert meta["image_size"] == SIZE and meta["thresholds"] == {"pixel": 0.5, "image": 0.625}
+    assert meta["image_size"] == SIZE
+    assert Thresholds.from_dict(meta["thresholds"]) == Thresholds(image=0.625)
     with torch.no_grad():  # traced at batch 2: batches 1 and 3 must still be right
         for index in (slice(0, 1), slice(1, 4)):
             maps, scores = module(images[index])

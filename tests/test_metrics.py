@@ -58,6 +58,13 @@ def brute_aupro(maps, masks, limit=0.3) -> float:
     return area / limit
 
 
+def keyed(level: str, values: dict) -> dict:
+    """A reference dict {"auroc", "ap", "f1_max", "aupro"} under adps's names for ``level``."""
+    names = {"auroc": f"{level}_auroc", "ap": f"{level}_ap", "f1_max": f"{level}_f1max",
+             "aupro": "aupro"}
+    return {names[k]: v for k, v in values.items()}
+
+
 def assert_close(got: dict, want: dict, tol=1e-9):
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=tol), key
@@ -76,7 +83,7 @@ def assert_close(got: dict, want: dict, tol=1e-9):
     ],
 )
 def test_image_metrics_pinned(labels, scores, want):
-    assert_close(image_metrics(labels, scores), want)
+    assert_close(image_metrics(labels, scores), keyed("image", want))
 
 
 WORKED_GT = np.array([[[1, 1, 0, 0], [0, 0, 0, 0]]])
@@ -98,7 +105,7 @@ PROBE_MAP[0, 0, 0] = 1
     ],
 )
 def test_aupro_pinned(maps, masks, want):
-    assert aupro(maps, masks) == pytest.approx(want, abs=1e-12)
+    assert aupro(masks, maps) == pytest.approx(want, abs=1e-12)
     assert brute_aupro(maps, masks) == pytest.approx(want, abs=1e-12)
 
 
@@ -116,10 +123,11 @@ def blobs():
 def test_pixel_pinned_cases(blobs):
     masks, _ = blobs
     gt = (masks > 0).astype(float)
-    assert_close(pixel_metrics(masks, gt), {"auroc": 1, "ap": 1, "f1_max": 1, "aupro": 1})
+    assert_close(pixel_metrics(masks, gt), keyed("pixel", {"auroc": 1, "ap": 1, "f1_max": 1,
+                                                           "aupro": 1}))
     const = pixel_metrics(masks, np.full(masks.shape, 7.0))
-    assert_close(const, {"auroc": 0.5, "ap": gt.mean(), "aupro": 0.15})
-    assert_close(pixel_metrics(masks, 1 - gt), {"auroc": 0.0, "aupro": 0.0})
+    assert_close(const, keyed("pixel", {"auroc": 0.5, "ap": gt.mean(), "aupro": 0.15}))
+    assert_close(pixel_metrics(masks, 1 - gt), keyed("pixel", {"auroc": 0.0, "aupro": 0.0}))
 
 
 # --------------------------------------------------------------------------- against references
@@ -129,10 +137,11 @@ def test_random_pixels_with_ties_match_references(blobs):
     masks, maps = blobs
     maps = np.round(maps * 40) / 40  # many ties
     got = pixel_metrics(masks, maps)
-    assert_close(got, sklearn_metrics(masks, maps))
+    assert_close(got, keyed("pixel", sklearn_metrics(masks, maps)))
     assert got["aupro"] == pytest.approx(brute_aupro(maps, masks), abs=1e-9)
     for limit in (0.05, 0.3, 1.0):
-        assert aupro(maps, masks, limit) == pytest.approx(brute_aupro(maps, masks, limit), abs=1e-9)
+        assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(brute_aupro(maps, masks, limit),
+                                                                    abs=1e-9)
 
 
 @settings(max_examples=150, deadline=None)
@@ -143,7 +152,8 @@ def test_random_pixels_with_ties_match_references(blobs):
 )
 def test_image_metrics_match_sklearn(pairs):
     labels, scores = np.array(pairs).T
-    assert_close(image_metrics(labels, scores / 7.0), sklearn_metrics(labels, scores / 7.0))
+    assert_close(image_metrics(labels, scores / 7.0),
+                 keyed("image", sklearn_metrics(labels, scores / 7.0)))
 
 
 @st.composite
@@ -165,7 +175,7 @@ def test_pixel_metrics_match_references(data, limit):
             pixel_metrics(masks, maps)
         return
     got = pixel_metrics(masks, maps, fpr_limit=limit)
-    assert_close(got, sklearn_metrics(masks, maps))
+    assert_close(got, keyed("pixel", sklearn_metrics(masks, maps)))
     assert got["aupro"] == pytest.approx(brute_aupro(maps, masks, limit), abs=1e-6)
     assert all(0.0 <= v <= 1.0 for v in got.values())
 
@@ -177,21 +187,20 @@ def test_compute_metrics_keys_and_values(blobs):
     masks, maps = blobs
     labels = masks.reshape(4, -1).max(1) > 0
     scores = maps.reshape(4, -1).max(1)
-    got = compute_metrics(scores, labels, maps, masks)
-    assert set(got) == set(KEYS)
+    got = compute_metrics(labels, scores, masks, maps)
+    assert list(got) == list(KEYS)
     assert all(isinstance(v, float) for v in got.values())
-    img, pix = image_metrics(labels, scores), pixel_metrics(masks, maps)
-    assert got["image_auroc"] == img["auroc"] and got["image_f1max"] == img["f1_max"]
-    assert got["pixel_ap"] == pix["ap"] and got["aupro"] == pix["aupro"]
+    # one name per metric: the parts return exactly the keys of the whole
+    assert got == {**image_metrics(labels, scores), **pixel_metrics(masks, maps)}
 
 
 def test_compute_metrics_accepts_tensors_and_channel_dim(blobs):
     masks, maps = blobs
     labels, scores = [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3]
-    want = compute_metrics(scores, labels, maps, masks)
+    want = compute_metrics(labels, scores, masks, maps)
     got = compute_metrics(
-        torch.tensor(scores), torch.tensor(labels), torch.from_numpy(maps)[:, None],
-        torch.from_numpy(masks)[:, None],
+        torch.tensor(labels), torch.tensor(scores), torch.from_numpy(masks)[:, None],
+        torch.from_numpy(maps)[:, None],
     )
     assert got == pytest.approx(want)
 
@@ -199,17 +208,17 @@ def test_compute_metrics_accepts_tensors_and_channel_dim(blobs):
 def test_compute_metrics_without_pixel_truth(blobs):
     masks, maps = blobs
     labels, scores = [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3]
-    got = compute_metrics(scores, labels, maps, None)
+    got = compute_metrics(labels, scores, None, maps)
     assert all(got[k] is None for k in PIXEL_KEYS) and got["image_auroc"] == 1.0
-    none_available = compute_metrics(scores, labels, maps, masks, mask_available=[0, 0, 0, 0])
+    none_available = compute_metrics(labels, scores, masks, maps, mask_available=[0, 0, 0, 0])
     assert all(none_available[k] is None for k in PIXEL_KEYS)
-    empty = compute_metrics(scores, labels, maps, np.zeros_like(masks))  # single pixel class
+    empty = compute_metrics(labels, scores, np.zeros_like(masks), maps)  # single pixel class
     assert all(empty[k] is None for k in PIXEL_KEYS) and empty["image_auroc"] == 1.0
 
 
 def test_compute_metrics_single_image_class_gives_none(blobs):
     masks, maps = blobs
-    got = compute_metrics([0.1, 0.2, 0.3, 0.4], [1, 1, 1, 1], maps, masks)
+    got = compute_metrics([1, 1, 1, 1], [0.1, 0.2, 0.3, 0.4], masks, maps)
     assert got["image_auroc"] is None and got["image_ap"] is None and got["image_f1max"] is None
     assert got["aupro"] == pixel_metrics(masks, maps)["aupro"]
 
@@ -217,21 +226,21 @@ def test_compute_metrics_single_image_class_gives_none(blobs):
 def test_mask_available_selects_images(blobs):
     masks, maps = blobs
     scores, labels = [0.9, 0.1, 0.8, 0.3], [1, 0, 1, 0]
-    got = compute_metrics(scores, labels, maps, masks, mask_available=[True, False, True, True])
+    got = compute_metrics(labels, scores, masks, maps, mask_available=[True, False, True, True])
     want = pixel_metrics(masks[[0, 2, 3]], maps[[0, 2, 3]])
-    assert got["pixel_auroc"] == want["auroc"] and got["aupro"] == want["aupro"]
+    assert got["pixel_auroc"] == want["pixel_auroc"] and got["aupro"] == want["aupro"]
 
 
 def test_original_resolution_resizes_bilinearly(blobs):
     masks, maps = blobs
     small = [m[::2, ::2] for m in maps]  # 16x16 maps for 32x32 masks
-    got = compute_metrics_original_resolution([0.9, 0.1, 0.8, 0.3], [1, 0, 1, 0], small, list(masks))
+    got = compute_metrics_original_resolution([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3], list(masks), small)
     up = torch.nn.functional.interpolate(
         torch.from_numpy(np.stack(small))[:, None], size=(32, 32), mode="bilinear",
         align_corners=False,
     )[:, 0].numpy()
     want = pixel_metrics(masks, up)
-    assert got["pixel_auroc"] == pytest.approx(want["auroc"], abs=1e-12)
+    assert got["pixel_auroc"] == pytest.approx(want["pixel_auroc"], abs=1e-12)
     assert got["aupro"] == pytest.approx(want["aupro"], abs=1e-12)
 
 
@@ -242,15 +251,15 @@ def test_original_resolution_mixed_sizes_and_missing_masks(blobs):
     maps_list = [maps[0], maps[1], np.ones((10, 6), np.float32)]
     masks_list = [masks[0], None, big_mask]
     got = compute_metrics_original_resolution(
-        [0.9, 0.1, 0.8], [1, 0, 1], maps_list, masks_list, mask_available=[1, 0, 1]
+        [1, 0, 1], [0.9, 0.1, 0.8], masks_list, maps_list, mask_available=[1, 0, 1]
     )
     flat_maps = np.r_[maps[0].ravel(), np.ones(40 * 24)]  # a constant map stays constant
     assert_close(
-        {k: got[f"pixel_{k.replace('_', '')}"] for k in ("auroc", "ap", "f1_max")},
-        sklearn_metrics(np.r_[masks[0].ravel(), big_mask.ravel()], flat_maps),
+        got,
+        keyed("pixel", sklearn_metrics(np.r_[masks[0].ravel(), big_mask.ravel()], flat_maps)),
         tol=1e-7,  # pooled in float32
     )
-    same = compute_metrics_original_resolution([0.9, 0.1], [1, 0], list(maps[:2]), list(masks[:2]))
+    same = compute_metrics_original_resolution([1, 0], [0.9, 0.1], list(masks[:2]), list(maps[:2]))
     assert same["aupro"] == pixel_metrics(masks[:2], maps[:2])["aupro"]
 
 
@@ -268,13 +277,13 @@ def test_original_resolution_mixed_sizes_and_missing_masks(blobs):
         (lambda: pixel_metrics(np.eye(3)[None], np.full((1, 3, 3), np.inf)), "maps"),
         (lambda: pixel_metrics(np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), "masks"),
         (lambda: aupro(np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), "no anomalous region"),
-        (lambda: aupro(np.zeros((1, 3, 3)), np.ones((1, 3, 3))), "no normal pixel"),
-        (lambda: aupro(np.zeros((1, 3, 3)), np.eye(3)[None], fpr_limit=0), "fpr_limit"),
-        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((3, 2, 2)), np.eye(2)[None].repeat(3, 0)),
-         "anomaly_maps"),
+        (lambda: aupro(np.ones((1, 3, 3)), np.zeros((1, 3, 3))), "no normal pixel"),
+        (lambda: aupro(np.eye(3)[None], np.zeros((1, 3, 3)), fpr_limit=0), "fpr_limit"),
+        (lambda: compute_metrics([1, 0], [1, 0], np.eye(2)[None].repeat(3, 0), np.zeros((3, 2, 2))),
+         "3 maps for 2 images"),
         (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2)), np.zeros((2, 2, 2)),
                                  mask_available=[1]), "mask_available"),
-        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2)), np.zeros((2, 2, 2, 2))),
+        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2))),
          "masks"),
     ],
 )
@@ -328,9 +337,9 @@ def assert_curve(got, want, tol=1e-12):
 def test_curves_match_sklearn(pairs, drop):
     labels, scores = np.array(pairs).T
     scores = scores / 7.0
-    assert_curve(roc_curve(labels, scores, drop),
+    assert_curve(roc_curve(labels, scores, drop_intermediate=drop),
                  sk_roc_curve(labels, scores, drop_intermediate=drop)[:2])
-    assert_curve(pr_curve(labels, scores, drop),
+    assert_curve(pr_curve(labels, scores, drop_intermediate=drop),
                  precision_recall_curve(labels, scores, drop_intermediate=drop)[:2])
 
 
@@ -340,8 +349,8 @@ def test_curves_agree_with_metrics(blobs):
     fpr, tpr = roc_curve(masks, maps)
     precision, recall = pr_curve(masks, maps)
     got = pixel_metrics(masks, maps)
-    assert np.trapezoid(tpr, fpr) == pytest.approx(got["auroc"], abs=1e-12)
-    assert np.sum(-np.diff(recall) * precision[:-1]) == pytest.approx(got["ap"], abs=1e-12)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(got["pixel_auroc"], abs=1e-12)
+    assert np.sum(-np.diff(recall) * precision[:-1]) == pytest.approx(got["pixel_ap"], abs=1e-12)
     assert_curve(roc_curve(torch.from_numpy(masks), torch.from_numpy(maps)),
                  sk_roc_curve(masks.ravel() > 0, maps.ravel())[:2])
     assert_curve(pr_curve(masks, maps), precision_recall_curve(masks.ravel() > 0, maps.ravel())[:2])
@@ -363,21 +372,22 @@ def test_pro_curve_matches_brute_force_and_aupro(blobs, levels):
     masks, maps = blobs
     if levels:
         maps = np.round(maps * levels) / levels
-    assert_curve(pro_curve(maps, masks), brute_pro_points(maps, masks), tol=1e-12)
+    assert_curve(pro_curve(masks, maps), brute_pro_points(maps, masks), tol=1e-12)
     for limit in (0.05, 0.3, 1.0):
-        fpr, pro = pro_curve(maps, masks, fpr_limit=limit)
+        fpr, pro = pro_curve(masks, maps, fpr_limit=limit)
         assert fpr[-1] == pytest.approx(limit) and np.all(np.diff(fpr) >= 0)
-        assert np.trapezoid(pro, fpr) / limit == pytest.approx(aupro(maps, masks, limit), abs=1e-12)
+        assert np.trapezoid(pro, fpr) / limit == pytest.approx(
+            aupro(masks, maps, fpr_limit=limit), abs=1e-12)
 
 
 def test_pro_curve_limit_on_a_curve_point():
-    fpr, pro = pro_curve(WORKED_MAP, WORKED_GT)
+    fpr, pro = pro_curve(WORKED_GT, WORKED_MAP)
     limit = float(fpr[2])  # a curve point: no interpolated end point; equal-FPR points stay
     keep = fpr <= limit
     assert 0 < limit < 1 and keep.sum() >= 3
-    assert_curve(pro_curve(WORKED_MAP, WORKED_GT, fpr_limit=limit), (fpr[keep], pro[keep]))
+    assert_curve(pro_curve(WORKED_GT, WORKED_MAP, fpr_limit=limit), (fpr[keep], pro[keep]))
     with pytest.raises(AdpsError, match="fpr_limit"):
-        pro_curve(WORKED_MAP, WORKED_GT, fpr_limit=1.5)
+        pro_curve(WORKED_GT, WORKED_MAP, fpr_limit=1.5)
     with pytest.raises(AdpsError, match="no anomalous region"):
         pro_curve(np.zeros((1, 3, 3)), np.zeros((1, 3, 3)))
 
@@ -385,10 +395,10 @@ def test_pro_curve_limit_on_a_curve_point():
 def test_pixel_curves_equal_the_separate_functions(blobs):
     masks, maps = blobs
     maps = np.round(maps * 40) / 40
-    got = pixel_curves(maps, masks)
+    got = pixel_curves(masks, maps)
     assert_curve(got["roc"], roc_curve(masks, maps))
     assert_curve(got["pr"], pr_curve(masks, maps))
-    assert_curve(got["pro"], pro_curve(maps, masks))
+    assert_curve(got["pro"], pro_curve(masks, maps))
 
 
 @settings(max_examples=100, deadline=None)
@@ -408,28 +418,26 @@ def test_f1_max_threshold_is_the_best_decision(pairs):
 
     t = f1_max_threshold(labels, scores)
     best = max(f1(u) for u in np.unique(scores))
-    assert f1(t) == pytest.approx(best) == pytest.approx(image_metrics(labels, scores)["f1_max"])
+    assert f1(t) == pytest.approx(best) == pytest.approx(image_metrics(labels, scores)["image_f1max"])
     assert t == min(u for u in np.unique(scores) if f1(u) == pytest.approx(best))
-    calibrated = calibrate_f1(scores, labels)
-    if calibrated is not None:  # the calibration command agrees; it sits halfway down to
-        # the next lower score (robust to round-off), so it flags the same images
-        # (F1 ties may be broken at a different score, bit-for-bit the float maximum)
-        assert f1(calibrated) == pytest.approx(best)
-        assert any(np.array_equal(scores >= calibrated, scores >= u)
-                   for u in np.unique(scores) if f1(u) == pytest.approx(best))
+    calibrated = calibrate_f1(labels, scores)
+    if calibrated is not None:  # the calibration builds on it: halfway down to the next lower
+        # score (robust to round-off), so it flags exactly the images t flags
+        assert np.array_equal(scores >= calibrated, scores >= t)
 
 
-def calibrate_f1(scores, labels):
+def calibrate_f1(labels, scores):
     from adps.engine.calibrate import f1_optimal_threshold
 
     try:
-        return f1_optimal_threshold(scores, labels).threshold
+        return f1_optimal_threshold(labels, scores).threshold
     except AdpsError:  # refuses thresholds that flag every normal image
         return None
 
 
 def test_truncate_pro_curve_equals_pro_curve_with_limit(blobs):
     masks, maps = blobs
-    full = pixel_curves(maps, masks)["pro"]
+    full = pixel_curves(masks, maps)["pro"]
     for limit in (0.01, 0.3, 1.0):
-        assert_curve(truncate_pro_curve(*full, limit), pro_curve(maps, masks, fpr_limit=limit))
+        assert_curve(truncate_pro_curve(*full, fpr_limit=limit),
+                     pro_curve(masks, maps, fpr_limit=limit))

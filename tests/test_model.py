@@ -76,9 +76,9 @@ def test_batched_patches_equal_separate_patch_forwards(split_after):
 
 def test_k_must_divide_the_input():
     with pytest.raises(AdpsError, match="divisible"):
-        ADPS(ModelConfig(image_size=100, k=8), pretrained=False)
+        ModelConfig(image_size=100, k=8)
     with pytest.raises(AdpsError, match="divisible"):
-        ADPS(ModelConfig(image_size=256, k=32), pretrained=False)
+        ModelConfig(image_size=256, k=32)
 
 
 def test_wmb_on_hand_made_features(model):

@@ -11,6 +11,8 @@ from adps.cli import main
 from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import MVTecAD, read_image
 from adps.data.procedural import make_demo_dataset
+from adps.cli.predict import collect_inputs
+from adps.engine.calibrate import Thresholds
 from adps.engine.predict import Prediction
 from adps.engine.train import train
 from adps.errors import AdpsError
@@ -87,14 +89,16 @@ def test_decisions_follow_the_thresholds(trained, photo):
     checkpoint, _ = trained
     predictor = adps.load(checkpoint, device="cpu")
     result = predictor(photo[0])
-    assert predictor.thresholds["image"] is None  # uncalibrated: the pixel threshold decides
+    assert predictor.thresholds == Thresholds()  # uncalibrated: the pixel threshold decides
     assert result.is_anomalous == (result.score >= 0.5)
     assert np.array_equal(result.mask, result.anomaly_map > 0.5)
     assert result.defect_area == int((result.anomaly_map > 0.5).sum())
-    predictor.thresholds["image"] = result.score
+    predictor.thresholds = Thresholds(image=result.score)
     assert predictor(photo[0]).is_anomalous
-    predictor.thresholds["image"] = np.nextafter(result.score, 1.0)
+    predictor.thresholds = Thresholds(image=float(np.nextafter(result.score, 1.0)))
     assert not predictor(photo[0]).is_anomalous
+    predictor.thresholds = Thresholds(pixel=float(result.anomaly_map.max()))
+    assert predictor(photo[0]).defect_area == 0
 
 
 def test_bad_inputs_raise_clear_errors(trained, tmp_path):
@@ -148,6 +152,47 @@ def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained,
 def test_predict_with_nothing_to_read_is_an_error(trained, tmp_path):
     assert main(["predict", str(tmp_path / "nothing*.png"), "--model", str(trained[0]),
                  "--device", "cpu", "--no-progress", "--out", str(tmp_path / "o")]) == 2
+
+
+def _png(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (8, 8), value).save(path)
+    return path
+
+
+def test_input_discovery_folders_globs_and_recursion(tmp_path):
+    a, b = _png(tmp_path / "a" / "001.png"), _png(tmp_path / "a" / "002.jpg")
+    deep = _png(tmp_path / "a" / "sub" / "003.png")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    files, missing = collect_inputs([str(tmp_path / "a")], recursive=False)
+    assert files == [(a, "001.png"), (b, "002.jpg")] and missing == []
+    files, _ = collect_inputs([str(tmp_path / "a")], recursive=True)
+    assert [f for f, _ in files] == [a, b, deep]
+    assert dict(files)[deep] == "sub/003.png"  # the path below the folder is kept
+    files, _ = collect_inputs([str(tmp_path / "a" / "*.png")], recursive=False)
+    assert [f for f, _ in files] == [a]
+    files, _ = collect_inputs([str(tmp_path / "**" / "*.png")], recursive=True)
+    assert sorted(f for f, _ in files) == sorted([a, deep])
+    (tmp_path / "empty").mkdir()
+    files, missing = collect_inputs([str(tmp_path / "empty"), str(tmp_path / "none*.png")],
+                                    recursive=False)
+    assert files == []
+    assert missing == [(str(tmp_path / "empty"),
+                        "folder holds no images (use --recursive for sub-folders)"),
+                       (str(tmp_path / "none*.png"), "no such file, folder or matching pattern")]
+
+
+def test_same_file_names_from_two_folders_get_distinct_outputs(trained, tmp_path):
+    one, two = _png(tmp_path / "x" / "001.png", 10), _png(tmp_path / "y" / "001.png", 200)
+    files, _ = collect_inputs([str(tmp_path / "x"), str(one.parent.parent / "y" / "001.png")],
+                              recursive=False)
+    assert files == [(one, "001.png"), (two, "001_1.png")]
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "x"), str(two), "--model", str(trained[0]),
+                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.png", "001_1.png"]
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [r["path"] for r in rows] == [str(one), str(two)]
 
 
 def test_onnx_and_torchscript_predictions_match_torch(trained, tmp_path):

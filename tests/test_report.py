@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -18,6 +19,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from adps.engine.calibrate import Thresholds
 from adps.engine.evaluate import EvalResult
 from adps.errors import AdpsError
 from adps.metrics import compute_metrics
@@ -34,12 +36,12 @@ def make_result(images, masks, labels, maps, has_mask=None, scores=None, paths=N
     has_mask = np.ones(n, bool) if has_mask is None else np.asarray(has_mask)
     if scores is None:
         scores = maps.reshape(n, -1).max(1)
-    metrics = compute_metrics(scores, labels, maps, masks, mask_available=has_mask)
+    metrics = compute_metrics(labels, scores, masks, maps, mask_available=has_mask)
     paths = paths or [f"/data/cat/test/{'defect' if y else 'good'}/{i:03d}.png"
                       for i, y in enumerate(labels)]
-    return EvalResult(metrics, np.asarray(scores, np.float32), labels, torch.from_numpy(maps),
-                      torch.from_numpy(masks), has_mask, paths, 0.5, 16.0, 300.0, "cpu-rss"), \
-        torch.from_numpy(images)
+    return EvalResult(metrics, np.asarray(scores, np.float32), labels, torch.from_numpy(images),
+                      torch.from_numpy(maps), torch.from_numpy(masks), has_mask, paths, 0.5, 16.0,
+                      300.0, "cpu-rss")
 
 
 @pytest.fixture
@@ -85,8 +87,8 @@ def surface(tmp_path_factory):
     gt = masks[:, 0].numpy().astype(np.float32)
     maps = np.stack([ndimage.gaussian_filter(g, 2) for g in gt]) * 0.9
     maps = np.clip(maps + 0.2 * rng.random(gt.shape), 0, 1).astype(np.float32)
-    return category, dataset, make_result(images.numpy(), masks[:, 0].numpy(), labels.numpy(), maps,
-                                          paths=[str(r.image) for r in dataset.records])
+    return category, dataset, make_result(images.numpy(), masks[:, 0].numpy(), labels.numpy(),
+                                          maps, paths=[str(r.image) for r in dataset.records])
 
 
 # --------------------------------------------------------------------------- parsing
@@ -129,8 +131,8 @@ def decode_data_uri(uri: str) -> Image.Image:
 
 
 def test_report_has_every_section_and_valid_images(tmp_path, blobs):
-    result, images = blobs
-    out = build_report(result, images, tmp_path / "sub" / "report.html", image_threshold=0.5,
+    result = blobs
+    out = build_report(result, tmp_path / "sub" / "report.html", thresholds=Thresholds(image=0.5),
                        title="Blobs <test>", info={"model": "m.pt", "data": "blobs"})
     assert out == tmp_path / "sub" / "report.html" and out.is_file()
     text = out.read_text(encoding="utf-8")
@@ -154,8 +156,8 @@ def test_report_has_every_section_and_valid_images(tmp_path, blobs):
 
 
 def test_gallery_puts_the_worst_mistakes_first(tmp_path, blobs):
-    result, images = blobs
-    text = build_report(result, images, tmp_path / "r.html", image_threshold=0.5).read_text()
+    result = blobs
+    text = build_report(result, tmp_path / "r.html", thresholds=Thresholds(image=0.5)).read_text()
     order = [i for i, _ in Page(text).cards]
     # margins at t = 0.5: miss 6 -> 0.45, false alarm 1 -> 0.30, miss 7 -> 0.10, then the
     # correct ones from the least to the most confident.
@@ -163,24 +165,25 @@ def test_gallery_puts_the_worst_mistakes_first(tmp_path, blobs):
     assert order == list(gallery_order(result.scores, result.labels, 0.5))
     kinds = dict(Page(text).cards)
     assert kinds[6] == "miss" and kinds[1] == "alarm" and kinds[4] == "ok"
-    limited = build_report(result, images, tmp_path / "r3.html", 0.5, max_gallery=3).read_text()
+    limited = build_report(result, tmp_path / "r3.html", thresholds=Thresholds(image=0.5),
+                           max_gallery=3).read_text()
     assert [i for i, _ in Page(limited).cards] == [6, 1, 7]
     assert "the first 3 of 8 images" in limited
 
 
 def test_without_threshold_the_f1_optimal_one_is_used_and_said(tmp_path, blobs):
-    result, images = blobs
-    text = build_report(result, images, tmp_path / "r.html", image_threshold=None).read_text()
+    result = blobs
+    text = build_report(result, tmp_path / "r.html", thresholds=Thresholds()).read_text()
     assert "F1-optimal threshold" in text and "no calibrated threshold was given" in text
 
 
 def test_report_without_masks_skips_pixel_plots(tmp_path, blobs):
-    result, images = blobs
+    result = blobs
     result.has_mask = np.zeros(8, bool)
-    result.metrics = compute_metrics(result.scores, result.labels, result.maps, result.masks,
+    result.metrics = compute_metrics(result.labels, result.scores, result.masks, result.maps,
                                      mask_available=result.has_mask)
     assert result.metrics["aupro"] is None
-    text = build_report(result, images, tmp_path / "r.html", image_threshold=0.5).read_text()
+    text = build_report(result, tmp_path / "r.html", thresholds=Thresholds(image=0.5)).read_text()
     page = Page(text)
     assert page.sections == list(SECTIONS)
     assert "Pixel-level curves are not shown: no test image has a ground-truth mask" in text
@@ -190,19 +193,19 @@ def test_report_without_masks_skips_pixel_plots(tmp_path, blobs):
 
 
 def test_report_with_one_class_and_no_threshold(tmp_path, blobs):
-    result, images = blobs
+    result = blobs
     keep = result.labels == 0
-    one, imgs = make_result(images.numpy()[keep], result.masks.numpy()[keep],
-                            result.labels[keep], result.maps.numpy()[keep])
-    text = build_report(one, imgs, tmp_path / "r.html", image_threshold=None).read_text()
+    one = make_result(result.images.numpy()[keep], result.masks.numpy()[keep],
+                      result.labels[keep], result.maps.numpy()[keep])
+    text = build_report(one, tmp_path / "r.html", thresholds=Thresholds()).read_text()
     assert "the test set has only normal images" in text
     assert "No decisions" in text and "no threshold" in text
     assert Page(text).sections == list(SECTIONS)
 
 
 def test_real_looking_report(tmp_path, surface):
-    _, _, (result, images) = surface
-    out = build_report(result, images, tmp_path / "surface.html", image_threshold=None)
+    _, _, result = surface
+    out = build_report(result, tmp_path / "surface.html", thresholds=Thresholds())
     page = Page(out.read_text())
     assert len(page.cards) == 10 and len(page.images) == 40
     names = out.read_text()
@@ -213,11 +216,13 @@ def test_real_looking_report(tmp_path, surface):
 
 
 def test_report_rejects_mismatched_inputs(tmp_path, blobs):
-    result, images = blobs
+    result = blobs
     with pytest.raises(AdpsError, match="number of images"):
-        build_report(result, images[:5], tmp_path / "r.html", 0.5)
+        build_report(dataclasses.replace(result, images=result.images[:5]), tmp_path / "r.html",
+                     thresholds=Thresholds(image=0.5))
     with pytest.raises(AdpsError, match="uint8"):
-        build_report(result, images.float(), tmp_path / "r.html", 0.5)
+        build_report(dataclasses.replace(result, images=result.images.float()),
+                     tmp_path / "r.html", thresholds=Thresholds(image=0.5))
     assert not (tmp_path / "r.html").exists()
 
 
@@ -280,8 +285,8 @@ window.addEventListener("load", () => {
 @pytest.mark.skipif(_CHROMIUM is None, reason="chromium is not installed (apt-get install "
                                               "chromium); CI installs it to check rendering")
 def test_report_renders_in_headless_chromium(tmp_path, surface):
-    _, _, (result, images) = surface
-    report = build_report(result, images, tmp_path / "report.html", image_threshold=0.5)
+    _, _, result = surface
+    report = build_report(result, tmp_path / "report.html", thresholds=Thresholds(image=0.5))
     probe = tmp_path / "probe.html"  # a test-only copy with a script counting rendered images
     probe.write_text(report.read_text().replace("</body>", _PROBE + "</body>"))
     cmd = [_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -323,6 +328,7 @@ def test_report_command_end_to_end(tmp_path, surface, capsys):
     text = out.read_text()
     page = Page(text)
     assert page.sections == list(SECTIONS) and len(page.cards) == 10
-    assert "calibrated threshold" in text and "<th>backbone</th>" in text
-    help_text = parser.format_help() + report.__doc__
-    assert "report" in help_text
+    assert "<th>backbone</th><td>efficientnet_lite0</td>" in text
+    # decisions use the checkpoint's threshold, not the F1-optimal one of the test set
+    assert "<th>image threshold</th><td>0.5 (calibrated threshold)</td>" in text
+    assert "F1-optimal" not in text

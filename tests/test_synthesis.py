@@ -12,18 +12,17 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from adps.config import SynthesisConfig
 from adps.data import synthesis as _synthesis
 from adps.data.synthesis import (
     AnomalySynthesizer,
-    SynthesisConfig,
     TextureBank,
     augment_textures,
     blend,
     perlin_noise,
 )
 from adps.errors import AdpsError
-
-DTD_IMAGES = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "dtd" / "images"
+from datapaths import shared
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -39,18 +38,17 @@ def _images(b: int, size: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def dtd_bank() -> TextureBank:
-    if not DTD_IMAGES.is_dir():
-        pytest.skip(f"DTD textures not found at {DTD_IMAGES}")
-    return TextureBank.from_folder(DTD_IMAGES, 64)
+    return TextureBank.from_folder(shared("dtd", "images"), 64)
 
 
 @pytest.fixture(scope="module", params=["dtd", "self", "bank_of_images"])
-def synth(request: pytest.FixtureRequest, dtd_bank: TextureBank) -> AnomalySynthesizer:
-    textures = {
-        "dtd": dtd_bank,
-        "self": None,
-        "bank_of_images": TextureBank.from_images(_images(8, 64, seed=7)),
-    }[request.param]
+def synth(request: pytest.FixtureRequest) -> AnomalySynthesizer:
+    if request.param == "dtd":
+        textures = request.getfixturevalue("dtd_bank")  # only this one skips without DTD
+    elif request.param == "bank_of_images":
+        textures = TextureBank.from_images(_images(8, 64, seed=7))
+    else:
+        textures = None
     return AnomalySynthesizer(textures)
 
 
@@ -349,9 +347,7 @@ def test_perlin_range_and_frequency() -> None:
 
 
 def test_texture_bank_from_dtd_folder() -> None:
-    if not DTD_IMAGES.is_dir():
-        pytest.skip(f"DTD textures not found at {DTD_IMAGES}")
-    bank = TextureBank.from_folder(DTD_IMAGES, (32, 48))
+    bank = TextureBank.from_folder(shared("dtd", "images"), (32, 48))
     assert len(bank) == 120
     assert bank.textures.shape == (120, 3, 32, 48) and bank.textures.dtype == torch.uint8
     assert not bank.recolour

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,12 +12,20 @@ from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
 from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from adps.engine.evaluate import METRIC_KEYS, evaluate, infer
+from adps.engine.evaluate import evaluate
+from adps.engine.inference import TorchForward, infer
 from adps.engine.train import LAST, Trainer, train
 from adps.errors import AdpsError
+from adps.metrics import METRIC_KEYS
 
 SIZE = 64
 MODEL = ModelConfig(image_size=SIZE, k=4)
+CPU = torch.device("cpu")
+
+
+def maps_and_scores(model, images):
+    maps, scores, _ = infer(TorchForward(model, CPU), images, CPU)
+    return maps, scores
 
 
 def tiny_train(**overrides) -> TrainConfig:
@@ -46,15 +55,15 @@ def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
     first = model_from_checkpoint(ckpt)
     second = model_from_checkpoint(load_checkpoint(result.checkpoint))
     images = torch.rand(3, 3, SIZE, SIZE)
-    maps1, scores1, _ = infer(first, images)
-    maps2, scores2, _ = infer(second, images)
+    maps1, scores1 = maps_and_scores(first, images)
+    maps2, scores2 = maps_and_scores(second, images)
     assert torch.equal(maps1, maps2) and torch.equal(scores1, scores2)
     # and equal to the trained model itself, i.e. nothing is lost in the file
     trained = Trainer(MODEL, tiny_train(epochs=1), datasets(data), tmp_path / "x", device="cpu",
                       progress=False)
     trained.model.load_state_dict(ckpt["model"])
     trained.model.to(memory_format=torch.contiguous_format)  # training used channels-last
-    maps3, _, _ = infer(trained.model, images)
+    maps3, _ = maps_and_scores(trained.model, images)
     assert torch.equal(maps1, maps3)
 
 
@@ -118,24 +127,58 @@ def test_loss_decreases_and_metrics_file(data, tmp_path):
     assert (out / "metrics.md").read_text().count("|") > 8
 
 
-def test_original_resolution_evaluation(data, tmp_path):
-    result = train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu",
-                   progress=False)
+def test_original_resolution_evaluation(tmp_path):
+    """Images of 96 px evaluated by a 64-px model: "original" scores the maps upsampled
+    bilinearly to each mask's own size, which an independent computation reproduces."""
+    from sklearn.metrics import roc_auc_score
+
+    from adps.data.datasets import read_mask
+
+    category = make_demo_dataset(tmp_path / "d96", size=96, n_train=4, n_test_good=2,
+                                 n_test_defect=3)
+    result = train(MODEL, tiny_train(epochs=1), MVTecAD(category.parent, category.name, "train",
+                                                        size=SIZE), tmp_path / "run",
+                   device="cpu", progress=False)
     model = model_from_checkpoint(load_checkpoint(result.checkpoint))
-    native = MVTecAD(data.parent, data.name, "test", size=SIZE)
-    working = evaluate(model, native, "cpu", progress=False)
-    original = evaluate(model, native, "cpu", eval_resolution="original", progress=False)
-    # same images, same scores; pixel metrics computed on a different grid
-    assert working.metrics["image_auroc"] == original.metrics["image_auroc"]
-    assert original.metrics["pixel_auroc"] is not None
+    test_set = MVTecAD(category.parent, category.name, "test", size=SIZE)
+    working = evaluate(model, test_set, "cpu", progress=False)
+    original = evaluate(model, test_set, "cpu", eval_resolution="original", progress=False)
+    assert working.maps.shape[1:] == (SIZE, SIZE)
+    assert working.metrics["image_auroc"] == original.metrics["image_auroc"]  # same scores
+    up = torch.nn.functional.interpolate(original.maps[:, None], size=(96, 96), mode="bilinear",
+                                         align_corners=False)[:, 0]
+    truth = np.stack([read_mask(r.mask) if r.mask else np.zeros((96, 96), np.uint8)
+                      for r in test_set.records])
+    want = roc_auc_score(truth.ravel() > 0, up.numpy().ravel())
+    assert original.metrics["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+    assert original.metrics["pixel_auroc"] != working.metrics["pixel_auroc"]
+
+
+_KEEP_EVERY_RANK = """
+import os, sys, torch
+from adps.engine import train as engine_train
+fit = engine_train.Trainer.fit
+def fit_and_keep(self, *args, **kwargs):
+    result = fit(self, *args, **kwargs)
+    params = {k: v.detach().cpu() for k, v in self.model.named_parameters()}
+    torch.save(params, os.path.join(sys.argv[1], f"rank{self.dist.rank}.pt"))
+    return result
+engine_train.Trainer.fit = fit_and_keep
+from adps.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def test_ddp_two_processes_on_gloo(data, tmp_path):
-    """`torchrun --nproc-per-node 2 adps train` runs DDP on CPU (gloo); rank 0 alone writes."""
-    out = tmp_path / "ddp"
+    """`torchrun --nproc-per-node 2 adps train` runs DDP on CPU (gloo); rank 0 alone writes, and
+    both ranks end with identical weights (gradients were averaged every step)."""
+    out, ranks = tmp_path / "ddp", tmp_path / "ranks"
+    ranks.mkdir()
+    script = tmp_path / "train_keep_ranks.py"
+    script.write_text(_KEEP_EVERY_RANK)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", "29517", "-m", "adps", "train", "--data", str(data),
+           "--master-port", "29517", str(script), str(ranks), "train", "--data", str(data),
            "--image-size", str(SIZE), "-k", "4", "--epochs", "2", "--batch-size", "4",
            "--steps-per-epoch", "2", "--out", str(out), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -143,12 +186,23 @@ def test_ddp_two_processes_on_gloo(data, tmp_path):
     ckpt = load_checkpoint(out / "model.pt")
     assert len(ckpt["history"]) == 2
     assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.pt"]  # no temp files
-    # ranks stayed in sync: DDP averaged gradients, so the student is the same on both;
-    # the saved model must at least differ from a fresh one (it trained)
+    rank0 = torch.load(ranks / "rank0.pt", weights_only=True)
+    rank1 = torch.load(ranks / "rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys() and any(k.startswith("psm.") for k in rank0)
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks drifted apart"
+    assert all(torch.equal(rank0[k], ckpt["model"][k]) for k in rank0)
     fresh = Trainer(MODEL, tiny_train(), datasets(data), tmp_path / "fresh", device="cpu",
                     progress=False).model.state_dict()
-    trained = ckpt["model"]
-    assert any(not torch.equal(fresh[k], trained[k]) for k in trained if k.startswith("student"))
+    assert any(not torch.equal(fresh[k], rank0[k]) for k in rank0 if k.startswith("student"))
+
+
+def test_resume_refuses_another_model_configuration(data, tmp_path):
+    train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu", progress=False)
+    other = ModelConfig(image_size=SIZE, k=2)
+    with pytest.raises(AdpsError, match="different model configuration") as error:
+        train(other, tiny_train(epochs=2), datasets(data), tmp_path, resume=True, device="cpu",
+              progress=False)
+    assert str(tmp_path / LAST) in str(error.value)
 
 
 def test_every_command_has_help(capsys):
@@ -171,12 +225,14 @@ def test_cli_reports_user_errors_cleanly(tmp_path, capsys):
 
 def test_info_lists_backbones_and_datasets(capsys):
     from adps.cli import main
+    from datapaths import WELD  # the battery-weld subset committed under tests/data
 
-    shared = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
-    assert main(["info", "--data-root", str(shared)]) == 0
+    assert main(["info", "--data-root", str(WELD.parent)]) == 0
     out = capsys.readouterr().out
     assert "efficientnet_lite0 (default teacher)" in out and "installed" in out
-    assert "bottle" in out and "209 train" in out
+    n_train = len(list((WELD / "train" / "good").iterdir()))
+    n_test = sum(len(list(d.iterdir())) for d in (WELD / "test").iterdir() if d.is_dir())
+    assert f"{WELD}: category ({n_train} train, {n_test} test images)" in out
     assert "cpu" in out
 
 

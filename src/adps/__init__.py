@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from adps.errors import AdpsError
+from adps.version import __version__
 
 if TYPE_CHECKING:
     from adps.engine.predict import Predictor
-
-__version__ = "0.1.0"
 
 
 def load(path, device: str = "auto", batch_size: int | None = None) -> "Predictor":

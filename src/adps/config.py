@@ -2,19 +2,181 @@
 
 Configs are plain dataclasses so they serialise into checkpoints as dicts and come back exactly
 (``from_dict``); a checkpoint alone is then enough to rebuild the model and its pre-processing.
+
+Every config checks every field in ``__post_init__`` (choices, types, ranges) and raises an
+``AdpsError`` naming ``section.field``, the value and what is allowed. A typo in a YAML file or
+a flag thus fails before any data is opened, instead of as a TypeError in the first forward pass
+or, for a misspelt choice, not at all.
+
+The configs sit below every layer: they import neither torch, the data pipeline nor the
+models; the backbone name is checked against the registry by ``adps.models.backbones``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+import operator
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NoReturn, TypeVar, get_args, get_origin
 
-from adps.data.synthesis import SynthesisConfig
+import yaml
+
 from adps.errors import AdpsError
 
 Fusion = Literal["wmb", "diff", "conv"]
 Variant = Literal["full", "no_psm_wmb", "no_student", "no_teacher"]
+
+NUM_TEXTURE_OPS = 10
+"""Photometric ops in DRAEM's texture list; ``adps.data.synthesis`` asserts its list has as many."""
+
+_FILE_SECTIONS = ("model", "train")
+
+# --------------------------------------------------------------------------------------- checks
+# Each takes the config and a field name, so the message can say "section.field"; the ``_at``
+# forms take the location and the value directly (used for the items of a tuple field).
+
+
+def _fail(where: str, value: Any, allowed: str, note: str = "") -> NoReturn:
+    raise AdpsError(f"{where}: must be {allowed}, got {_shown(value)}{note}")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _where(config: Any, name: str) -> str:
+    return f"{config._SECTION}.{name}"
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _literals(config: Any) -> None:
+    """Checks every ``Literal`` field against the choices of its annotation (so they are typed
+    once, in the annotation)."""
+    for name, hint in _hints(type(config)).items():
+        if get_origin(hint) is Literal:
+            value, options = getattr(config, name), get_args(hint)
+            if not isinstance(value, str) or value not in options:
+                raise AdpsError(f"{_where(config, name)}: {_shown(value)} is not one of "
+                                f"{list(options)}")
+
+
+_BOUNDS = (("gt", ">", operator.gt), ("ge", ">=", operator.ge),
+           ("lt", "<", operator.lt), ("le", "<=", operator.le))
+
+
+def _number_at(where: str, value: Any, *, integer: bool = False, optional: bool = False,
+               **bounds: float) -> None:
+    """A finite real (an int is fine where a float is meant) or, with ``integer``, an int, within
+    the ``gt``/``ge``/``lt``/``le`` bounds; ``optional`` also allows None.
+
+    bool is refused although Python counts it as an int (``epochs: true`` is a mistake, not 1),
+    and so is a float where an int is meant (``epochs: 2.5`` would be truncated somewhere)."""
+    if optional and value is None:
+        return
+    limits = [(symbol, test, bounds[key]) for key, symbol, test in _BOUNDS if key in bounds]
+    allowed = " and ".join(f"{symbol} {bound}" for symbol, _, bound in limits)
+    kinds = int if integer else (int, float)
+    if (isinstance(value, bool) or not isinstance(value, kinds)
+            or (isinstance(value, float) and not math.isfinite(value))):
+        kind = "an integer" if integer else "a finite number"
+        message = " ".join(filter(None, ["None or" if optional else "", kind, allowed]))
+        note = (" (a string: PyYAML reads 1e-4 as text; write 1.0e-4)"
+                if isinstance(value, str) and _is_number_text(value) else "")
+        _fail(where, value, message, note)
+    if not all(test(value, bound) for _, test, bound in limits):
+        _fail(where, value, allowed)
+
+
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _number(config: Any, name: str, **kwargs: Any) -> None:
+    _number_at(_where(config, name), getattr(config, name), **kwargs)
+
+
+def _instance(config: Any, name: str, kind: type, allowed: str) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, kind):
+        _fail(_where(config, name), value, allowed)
+
+
+def _text(config: Any, name: str, optional: bool = False) -> None:
+    """A non-empty string (an empty one would silently mean "unset" where it is tested)."""
+    value = getattr(config, name)
+    if not (optional and value is None) and not (isinstance(value, str) and value):
+        _fail(_where(config, name), value, "None or a non-empty string" if optional
+              else "a non-empty string")
+
+
+def _items(config: Any, name: str, allowed: str, check: Callable[[str, Any], None], *,
+           length: int | None = None, distinct: bool = False, increasing: bool = False) -> None:
+    """A tuple (``from_dict`` turns YAML lists into tuples) whose items each pass ``check``."""
+    where, value = _where(config, name), getattr(config, name)
+    if not isinstance(value, tuple) or (length is not None and len(value) != length):
+        _fail(where, value, allowed)
+    for i, item in enumerate(value):
+        check(f"{where}[{i}]", item)
+    if ((distinct and len(set(value)) != len(value))
+            or (increasing and any(a >= b for a, b in zip(value, value[1:])))):
+        _fail(where, value, allowed)
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """How anomalies are synthesised; every default is DRAEM's ``data_loader.py`` value.
+
+    Attributes:
+        anomaly_prob: share of samples that receive an anomaly; the rest are returned unchanged with
+            a zero mask (DRAEM: ``rand > 0.5`` returns the clean image).
+        perlin_scale_min: smallest exponent ``a`` of the Perlin lattice ``2**a x 2**b``.
+        perlin_scale_max: largest exponent (inclusive). DRAEM draws ``a, b`` independently from
+            ``randint(0, 6)``, i.e. 1 to 32 lattice periods per side.
+        threshold: noise level above which a pixel is anomalous (DRAEM: 0.5 on noise scaled by
+            sqrt(2), so blobs cover a minority of the image).
+        beta_max: the image keeps a share ``beta ~ U(0, beta_max)`` inside the mask, so the texture
+            weight is in ``(1 - beta_max, 1]`` (DRAEM: 0.8).
+        rotate_mask: rotate the noise by ``U(-90, 90)`` degrees, so blobs are not axis-aligned
+            (DRAEM: imgaug ``Affine(rotate=(-90, 90))``).
+        texture_ops: how many distinct photometric ops, drawn without replacement from the ten of
+            DRAEM's list, each texture sample receives (DRAEM: 3).
+    """
+
+    _SECTION: ClassVar[str] = "train.synthesis"
+
+    anomaly_prob: float = 0.5
+    perlin_scale_min: int = 0
+    perlin_scale_max: int = 5
+    threshold: float = 0.5
+    beta_max: float = 0.8
+    rotate_mask: bool = True
+    texture_ops: int = 3
+
+    def __post_init__(self) -> None:
+        _number(self, "anomaly_prob", ge=0, le=1)
+        _number(self, "perlin_scale_min", integer=True, ge=0, le=10)
+        _number(self, "perlin_scale_max", integer=True, ge=0, le=10)
+        if self.perlin_scale_min > self.perlin_scale_max:
+            _fail(_where(self, "perlin_scale_min"), self.perlin_scale_min,
+                  f"<= perlin_scale_max ({self.perlin_scale_max})")
+        _number(self, "threshold")
+        _number(self, "beta_max", ge=0, le=1)
+        _instance(self, "rotate_mask", bool, "true or false")
+        _number(self, "texture_ops", integer=True, ge=0, le=NUM_TEXTURE_OPS)
 
 
 @dataclass
@@ -34,6 +196,35 @@ class ModelConfig:
     sigma: float = 4.0  # OUR CHOICE: Gaussian sigma of the image score (RD4AD convention)
     cos_eps: float = 1e-8
     psm_init: Literal["pytorch", "draem"] = "pytorch"
+
+    _SECTION: ClassVar[str] = "model"
+
+    def __post_init__(self) -> None:
+        _literals(self)
+        _text(self, "backbone")  # whether it is a known one: adps.models.backbones.get_backbone
+        _number(self, "image_size", integer=True, gt=0)
+        _number(self, "k", integer=True, ge=1)
+        _items(self, "split_after_stages", "a tuple of distinct stages out of (1, 2)",
+               functools.partial(_number_at, integer=True, ge=1, le=2), distinct=True)
+        if self.psm_widths is not None:
+            _items(self, "psm_widths", "None or a tuple of 4 positive integers",
+                   functools.partial(_number_at, integer=True, gt=0), length=4)
+        _number(self, "sigma", ge=0)
+        _number(self, "cos_eps", gt=0)
+        self._check_geometry()
+
+    def _check_geometry(self) -> None:
+        """The student sees k x k patches of the input (and, after each split stage, k x k
+        pieces of every patch's features); each piece must still be a whole number of cells at
+        the backbone's stride 16, so the size must be a multiple of 16 * k^(1 + splits)."""
+        size, step = self.image_size, 16 * self.k ** (1 + len(self.split_after_stages))
+        if size % step:
+            below = size // step * step
+            nearest = [n for n in (below, below + step) if n > 0]
+            raise AdpsError(
+                f"{_where(self, 'image_size')}: {size} must be divisible by {step} "
+                f"(16 x k^(1+splits), k = {self.k}, splits = {len(self.split_after_stages)}); "
+                f"nearest valid sizes: {', '.join(map(str, nearest))}")
 
 
 @dataclass
@@ -62,6 +253,31 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA; CPU always trains in float32
     channels_last: bool = True
 
+    _SECTION: ClassVar[str] = "train"
+
+    def __post_init__(self) -> None:
+        _literals(self)
+        _number(self, "epochs", integer=True, ge=1)
+        _number(self, "batch_size", integer=True, ge=1)
+        _number(self, "lr", gt=0)
+        _items(self, "lr_milestones", "a tuple of increasing shares of training in (0, 1]",
+               functools.partial(_number_at, gt=0, le=1), increasing=True)
+        _number(self, "lr_gamma", gt=0, le=1)
+        _number(self, "lambda_seg", ge=0)
+        _number(self, "focal_gamma", ge=0)
+        _number(self, "mse_margin", ge=0)
+        _number(self, "steps_per_epoch", integer=True, ge=1, optional=True)
+        _number(self, "seed", integer=True, ge=0)
+        _number(self, "rotate_prob", ge=0, le=1)
+        _text(self, "texture_dir", optional=True)
+        _instance(self, "synthesis", SynthesisConfig, "a SynthesisConfig (in a file: a mapping)")
+        _number(self, "checkpoint_every", integer=True, ge=1)
+        _number(self, "checkpoint_minutes", ge=0)
+        _number(self, "calibration_holdout", ge=0, lt=1)
+        _number(self, "target_false_alarm_rate", gt=0, lt=1)
+        _instance(self, "amp", bool, "true or false")
+        _instance(self, "channels_last", bool, "true or false")
+
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
@@ -70,20 +286,58 @@ def to_dict(config: Any) -> dict[str, Any]:
 T = TypeVar("T")
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Rebuilds a (nested) config; unknown keys are an error so typos do not pass silently."""
-    names = {f.name: f for f in dataclasses.fields(cls)}
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuilds a (nested) config from plain data (a checkpoint's dict, a YAML section).
+
+    Unknown keys are an error so typos do not pass silently; lists become tuples (YAML has no
+    tuples, and no config field is a list); a nested config may be given as a mapping. The
+    values themselves are checked by the config's ``__post_init__``.
+    """
+    where = getattr(cls, "_SECTION", cls.__name__)
+    if not isinstance(data, Mapping):
+        raise AdpsError(f"{where}: expected a mapping of field: value, got {_shown(data)}")
+    names = [f.name for f in dataclasses.fields(cls)]
     unknown = set(data) - set(names)
     if unknown:
-        raise AdpsError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+        raise AdpsError(f"{where}: unknown fields {sorted(map(str, unknown))}; known: {names}")
+    defaults = cls()
     values = {}
     for key, value in data.items():
-        default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        default = getattr(defaults, key)
+        if dataclasses.is_dataclass(default) and not isinstance(value, type(default)):
             value = from_dict(type(default), value)
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif key == "psm_widths" and isinstance(value, list):
+        elif isinstance(value, list):
             value = tuple(value)
         values[key] = value
     return cls(**values)
+
+
+def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Reads a YAML config file into ``{"model": {...}, "train": {...}}``.
+
+    Both sections are optional (an empty file gives two empty ones). Whatever is wrong with the
+    file itself (unreadable, not YAML, not a mapping, an unknown section, a section that is not
+    a mapping) is an ``AdpsError`` naming the file; the field values are left to
+    :func:`from_dict` and the configs' checks.
+    """
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise AdpsError(f"cannot read the config file ({exc})", path) from exc
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise AdpsError("expected a mapping with 'model:' and/or 'train:' sections, got "
+                        f"{type(loaded).__name__} {_shown(loaded)}", path)
+    unknown = set(loaded) - set(_FILE_SECTIONS)
+    if unknown:
+        raise AdpsError(f"unknown sections {sorted(map(str, unknown))}; allowed: 'model:' and "
+                        "'train:'", path)
+    sections = {}
+    for name in _FILE_SECTIONS:
+        section = loaded.get(name)
+        section = {} if section is None else section  # "model:" with nothing under it
+        if not isinstance(section, dict):
+            raise AdpsError(f"section '{name}:' must be a mapping of field: value, got "
+                            f"{type(section).__name__} {_shown(section)}", path)
+        sections[name] = dict(section)
+    return sections

@@ -8,8 +8,9 @@ image score (B,), both float32. A deployment therefore needs no adps pre-process
 
 Both exports carry their metadata as JSON (adps version, image size, input dtype, mean/std,
 thresholds, backbone, model config): in the ONNX model's ``metadata_props`` under the key
-``"adps"``, and in the TorchScript archive as the extra file ``adps.json``. :class:`OnnxRunner`
-and :func:`load_torchscript` read it back, so ``model.onnx`` alone is enough to predict.
+``"adps"``, and in the TorchScript archive as the extra file ``adps.json``.
+:mod:`adps.engine.runtime` runs the files and reads that back, so ``model.onnx`` alone is enough
+to predict.
 
 Exporter (checked with torch 2.14): the TorchScript-based ONNX exporter
 (``torch.onnx.export(..., dynamo=False)``) at opset 17 produces a correct graph with a dynamic
@@ -25,8 +26,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import re
-import warnings
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -34,25 +33,29 @@ import numpy as np
 import torch
 from torch import nn
 
-from adps import __version__
+from adps.version import __version__
 from adps.config import to_dict
+from adps.engine.calibrate import Thresholds
+from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
+from adps.engine.runtime import (
+    EXPORT_FORMAT,
+    INPUT_DTYPES,
+    INPUT_NAME,
+    METADATA_KEY,
+    OUTPUT_NAMES,
+    TORCHSCRIPT_EXTRA,
+    quiet_export,
+)
 from adps.errors import AdpsError
 from adps.fileio import atomic_write
 from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
 
-__all__ = ["DeployModule", "export_onnx", "export_torchscript", "OnnxRunner", "load_torchscript",
-           "read_onnx_metadata", "export_metadata", "METADATA_KEY", "EXPORT_FORMAT"]
+__all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_metadata"]
 
 InputDtype = Literal["uint8", "float32"]
 Exporter = Literal["auto", "torchscript", "dynamo"]
 
-EXPORT_FORMAT = "adps-export-v1"
-METADATA_KEY = "adps"  # ONNX metadata_props key
-TORCHSCRIPT_EXTRA = "adps.json"  # TorchScript _extra_files name
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("anomaly_map", "score")
-_INPUT_DTYPES = ("uint8", "float32")
 _VERIFY_ATOL = 1e-3
 _TRACE_BATCH = 2  # traced/exported with batch 2 ...
 _VERIFY_BATCH = 3  # ... and checked at batch 3, so a batch size baked into the graph shows
@@ -68,8 +71,8 @@ class DeployModule(nn.Module):
 
     def __init__(self, model: ADPS, input_dtype: InputDtype = "uint8"):
         super().__init__()
-        if input_dtype not in _INPUT_DTYPES:
-            raise AdpsError(f"input dtype '{input_dtype}' is not one of {list(_INPUT_DTYPES)}")
+        if input_dtype not in INPUT_DTYPES:
+            raise AdpsError(f"input dtype '{input_dtype}' is not one of {list(INPUT_DTYPES)}")
         self.model = model
         self.input_dtype = input_dtype
 
@@ -85,34 +88,26 @@ class DeployModule(nn.Module):
 # --------------------------------------------------------------------------- model + metadata
 
 def _resolve(model_or_checkpoint: ADPS | dict | str | Path,
-             thresholds: dict | None) -> tuple[ADPS, dict]:
-    """An eval-mode CPU copy of the model (the caller's model is left untouched) + thresholds."""
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
-
+             thresholds: Thresholds | None) -> tuple[ADPS, Thresholds]:
+    """An eval-mode CPU copy of the model (the caller's model is left untouched) and the
+    thresholds to store: ``thresholds`` when given, else the checkpoint's (defaults for a bare
+    model)."""
     if isinstance(model_or_checkpoint, (str, Path)):
         model_or_checkpoint = load_checkpoint(model_or_checkpoint)
     if isinstance(model_or_checkpoint, dict):
-        ckpt_thresholds = model_or_checkpoint.get("thresholds") or {}
+        stored = checkpoint_thresholds(model_or_checkpoint)
         model = model_from_checkpoint(model_or_checkpoint, "cpu")
     elif isinstance(model_or_checkpoint, ADPS):
-        ckpt_thresholds = {}
+        stored = Thresholds()
         model = copy.deepcopy(model_or_checkpoint).cpu().eval()
     else:
         raise TypeError(f"expected an ADPS model, a checkpoint dict or a checkpoint path, "
                         f"got {type(model_or_checkpoint).__name__}")
-    merged = {"pixel": 0.5, "image": None}
-    merged.update({k: v for k, v in ckpt_thresholds.items() if k in merged})
-    if thresholds:
-        unknown = set(thresholds) - set(merged)
-        if unknown:
-            raise AdpsError(f"unknown threshold names {sorted(unknown)}; use 'pixel' and 'image'")
-        merged.update(thresholds)
-    merged = {k: None if v is None else float(v) for k, v in merged.items()}
     model.requires_grad_(False)
-    return model, merged
+    return model, stored if thresholds is None else thresholds
 
 
-def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: dict,
+def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: Thresholds,
                     kind: str, **extra: Any) -> dict:
     """The JSON-able description every export carries."""
     spec = get_backbone(model.config.backbone)
@@ -132,7 +127,7 @@ def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: dict,
         "backbone": spec.name,
         "mean": list(spec.mean),
         "std": list(spec.std),
-        "thresholds": dict(thresholds),
+        "thresholds": thresholds.to_dict(),
         "model_config": to_dict(model.config),
         **extra,
     }
@@ -158,27 +153,11 @@ def _check_close(name: str, batch: int, got: Sequence[np.ndarray],
                                f"from the eager model by {err:.3g} (> {_VERIFY_ATOL})")
 
 
-# matched from the message's start, hence the leading ".*"
-_NOISE = re.compile(r".*(legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
-                    r"`torch\.jit\.\w+` is deprecated|The feature will be removed|"
-                    r"__array_wrap__)")
-
-
-class _quiet_export(warnings.catch_warnings):
-    """Hides the exporters' known, harmless warnings (deprecations, a constant-folding note)."""
-
-    def __enter__(self):
-        result = super().__enter__()
-        warnings.filterwarnings("ignore", message=_NOISE.pattern)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        return result
-
-
 # --------------------------------------------------------------------------- ONNX
 
 def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
                 input_dtype: InputDtype = "uint8", opset: int | None = None,
-                exporter: Exporter = "auto", thresholds: dict | None = None,
+                exporter: Exporter = "auto", thresholds: Thresholds | None = None,
                 verify: bool = True) -> Path:
     """Writes ``out_path`` (atomically): an ONNX graph of :class:`DeployModule`.
 
@@ -186,7 +165,7 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
     thresholds are stored). The batch axis is dynamic; height and width are the model's size.
     ``opset`` defaults to 17 (TorchScript-based exporter) or 18 (dynamo exporter, its minimum).
     ``exporter="auto"`` uses the TorchScript-based exporter and falls back to the dynamo one if
-    the former is missing. ``thresholds`` overrides stored values (``{"image": 0.7}``).
+    the former is missing. ``thresholds`` replaces the stored ones.
     With ``verify`` (and onnxruntime installed) the graph, traced at batch 2, is run at batch 3
     and compared with the eager model before anything is written.
     """
@@ -239,7 +218,7 @@ def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset:
     import onnx
 
     buffer = io.BytesIO()
-    with torch.no_grad(), _quiet_export():
+    with torch.no_grad(), quiet_export():
         torch.onnx.export(
             deploy, (example,), buffer, dynamo=False, opset_version=opset,
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -251,7 +230,7 @@ def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset:
 
 def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int):
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad(), _quiet_export():
+    with torch.no_grad(), quiet_export():
         program = torch.onnx.export(
             deploy, (example,), dynamo=True, opset_version=opset,
             input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
@@ -272,118 +251,10 @@ def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str, size: int)
     _check_close("ONNX", _VERIFY_BATCH, got, want)
 
 
-def read_onnx_metadata(path: str | Path) -> dict:
-    """The adps metadata of an ONNX export (reads the file; no inference session)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise AdpsError("ONNX model not found", path)
-    try:
-        proto = onnx.load_model(str(path), load_external_data=False)
-    except Exception as exc:
-        raise AdpsError(f"cannot be read as an ONNX model ({exc})", path) from exc
-    return _parse_metadata({p.key: p.value for p in proto.metadata_props}, path)
-
-
-def _parse_metadata(props: dict[str, str], path: Path, what: str = "ONNX") -> dict:
-    raw = props.get(METADATA_KEY)
-    if raw is None:
-        raise AdpsError(f"is not an adps {what} export (no adps metadata); export one with "
-                        "`adps export`", path)
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise AdpsError(f"has unreadable adps metadata ({exc})", path) from exc
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise AdpsError(f"is not an adps export of a known format (expected {EXPORT_FORMAT})",
-                        path)
-    if meta.get("input_dtype") not in _INPUT_DTYPES or not isinstance(meta.get("image_size"), int):
-        raise AdpsError("has incomplete adps metadata (input_dtype, image_size)", path)
-    return meta
-
-
-def _default_providers() -> list[str]:
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
-
-
-def _to_input_dtype(images: Any, input_dtype: str, size: int, path: Path | None) -> np.ndarray:
-    """(B,3,H,W) uint8 or float array -> what the graph takes (uint8 0..255 / float32 [0,1])."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
-        raise AdpsError(f"images must be (B, 3, {size}, {size}) (RGB, channels first, at the "
-                        f"exported size), got {images.shape}", path)
-    if images.dtype == np.uint8:
-        if input_dtype == "uint8":
-            return np.ascontiguousarray(images)
-        return images.astype(np.float32) * np.float32(1 / 255)
-    if np.issubdtype(images.dtype, np.floating):
-        if input_dtype == "float32":
-            return np.ascontiguousarray(images, dtype=np.float32)
-        # float [0, 1] into a uint8 graph: the same quantisation as reading an 8-bit image
-        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
-    raise AdpsError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}", path)
-
-
-class OnnxRunner:
-    """Runs an adps ONNX export with onnxruntime.
-
-    ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
-    onnxruntime's intra-op thread count (None = its default). Attributes: ``image_size``,
-    ``input_dtype``, ``metadata`` (the export's JSON), ``thresholds`` ({"pixel", "image"}),
-    ``providers`` (those the session uses).
-    """
-
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
-        import onnxruntime as ort
-
-        self.path = path = Path(path)
-        if not path.is_file():
-            raise AdpsError("ONNX model not found", path)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(path), sess_options=options,
-                providers=list(providers) if providers else _default_providers())
-        except Exception as exc:
-            raise AdpsError(f"cannot be loaded as an ONNX model ({exc})", path) from exc
-        self.metadata = _parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        self.image_size: int = self.metadata["image_size"]
-        self.input_dtype: str = self.metadata["input_dtype"]
-        self.thresholds: dict = dict(self.metadata.get("thresholds") or {"pixel": 0.5,
-                                                                          "image": None})
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        if len(self.output_names) != 2:
-            raise AdpsError(f"has {len(self.output_names)} outputs, expected 2 "
-                            "(anomaly_map, score)", path)
-        self.providers = self.session.get_providers()
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
-        x = _to_input_dtype(images, self.input_dtype, self.image_size, self.path)
-        maps, scores = self.session.run(self.output_names, {self.input_name: x})
-        return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
-
-    def __repr__(self) -> str:
-        return (f"OnnxRunner({str(self.path)!r}, image_size={self.image_size}, "
-                f"input_dtype={self.input_dtype!r}, providers={self.providers})")
-
-
 # --------------------------------------------------------------------------- TorchScript
 
 def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
-                       input_dtype: InputDtype = "uint8", thresholds: dict | None = None,
+                       input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
                        verify: bool = True) -> Path:
     """Writes ``out_path`` (atomically): ``torch.jit.trace`` of :class:`DeployModule` (on CPU).
 
@@ -395,7 +266,7 @@ def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: 
     deploy = DeployModule(model, input_dtype).eval()
     size = model.config.image_size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
-    with torch.no_grad(), _quiet_export():
+    with torch.no_grad(), quiet_export():
         traced = torch.jit.trace(deploy, (example,), check_trace=False)
     if verify:  # the graph as traced; optimisation passes would only add minutes on CPU
         x = _example(input_dtype, _VERIFY_BATCH, size, seed=1)
@@ -405,26 +276,6 @@ def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: 
         _check_close("TorchScript", _VERIFY_BATCH, got, want)
     meta = export_metadata(model, input_dtype, thresholds, "torchscript")
     extra = {TORCHSCRIPT_EXTRA: json.dumps(meta)}
-    with _quiet_export():
+    with quiet_export():
         return atomic_write(out_path, lambda handle: torch.jit.save(traced, handle,
                                                                     _extra_files=extra))
-
-
-def load_torchscript(path: str | Path, device: str | torch.device = "cpu"
-                     ) -> tuple[torch.jit.ScriptModule, dict]:
-    """Loads a TorchScript export: ``(module, metadata)``; ``module(images)`` returns
-    ``(anomaly_map (B,1,H,W), score (B,))`` for images of the exported dtype."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdpsError("TorchScript model not found", path)
-    extra = {TORCHSCRIPT_EXTRA: ""}
-    try:
-        with _quiet_export():
-            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
-    except Exception as exc:
-        raise AdpsError(f"cannot be loaded as a TorchScript model ({exc})", path) from exc
-    raw = extra[TORCHSCRIPT_EXTRA]
-    if not raw:
-        raise AdpsError("is not an adps TorchScript export (no adps.json metadata)", path)
-    props = {METADATA_KEY: raw.decode("utf-8") if isinstance(raw, bytes) else raw}
-    return module.eval(), _parse_metadata(props, path, "TorchScript")

@@ -1,7 +1,8 @@
 """Atomic file writes: write a temp file in the target folder, then rename over the target.
 
 A crash (or Ctrl-C) mid-write leaves the previous file intact instead of half a file, which
-matters for checkpoints, metrics and reports a user would hate to lose.
+matters for checkpoints, caches, metrics and reports a user would hate to lose. Every file the
+package writes goes through :func:`atomic_write`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())  # the rename must not reach the disk before the data
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:

@@ -22,10 +22,13 @@ from scipy import ndimage
 from adps.errors import AdpsError
 
 __all__ = [
+    "IMAGE_KEYS",
+    "METRIC_KEYS",
+    "PIXEL_KEYS",
     "aupro",
     "compute_metrics",
     "compute_metrics_original_resolution",
-        "f1_max_threshold",
+    "f1_max_threshold",
     "image_metrics",
     "pixel_curves",
     "pixel_metrics",
@@ -37,7 +40,10 @@ __all__ = [
 
 # The official MVTec tool labels GT regions with a 3x3 all-ones element: diagonal neighbours join.
 _CONNECTIVITY = np.ones((3, 3), dtype=int)
-_PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+# One name per metric everywhere: the functions below return these keys, metrics.json holds them.
+IMAGE_KEYS = ("image_auroc", "image_ap", "image_f1max")
+PIXEL_KEYS = ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")
+METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS
 
 
 # --------------------------------------------------------------------------- input validation
@@ -243,20 +249,25 @@ def _pool(maps, masks) -> _Pixels:
     return _Pixels(scores, pro_weights, n_regions)
 
 
+def _prefixed(prefix: str, r: _Ranking) -> dict[str, float]:
+    b = _binary_scores(r)
+    return {f"{prefix}_auroc": b["auroc"], f"{prefix}_ap": b["ap"], f"{prefix}_f1max": b["f1_max"]}
+
+
 def _pixel_scores(px: _Pixels, fpr_limit: float, with_curves: bool = True) -> dict[str, float]:
     r = _rank(px.scores, px.positive)
-    out = _binary_scores(r) if with_curves else {}
+    out = _prefixed("pixel", r) if with_curves else {}
     out["aupro"] = _aupro(r, px.pro_weights, px.n_regions, fpr_limit)
     return out
 
 
-def _pixel_pair(masks, maps, maps_name: str = "maps") -> tuple[np.ndarray, np.ndarray]:
-    masks, maps = _stack(masks, "masks"), _check_finite(_stack(maps, maps_name), maps_name)
-    _same_shape(maps, maps_name, masks, "masks")
+def _pixel_pair(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+    masks, maps = _stack(masks, "masks"), _check_finite(_stack(maps, "maps"), "maps")
+    _same_shape(maps, "maps", masks, "masks")
     return masks, maps
 
 
-def _pooled_pixels(maps, masks, need_regions: bool) -> _Pixels:
+def _pooled_pixels(masks, maps, need_regions: bool) -> _Pixels:
     masks, maps = _pixel_pair(masks, maps)
     px = _pool(maps, masks)
     if need_regions and px.n_regions == 0:
@@ -283,15 +294,15 @@ def image_metrics(labels, scores) -> dict[str, float]:
         scores: (N,) finite, higher = more anomalous.
 
     Returns:
-        ``{"auroc", "ap", "f1_max"}`` as floats in [0, 1].
+        ``{"image_auroc", "image_ap", "image_f1max"}`` as floats in [0, 1].
     """
     labels, scores = _labels(labels, "labels"), _scores(scores, "scores", ndim=1)
     _same_shape(scores, "scores", labels, "labels")
     _check_two_classes(labels, "labels")
-    return _binary_scores(_rank(scores, labels))
+    return _prefixed("image", _rank(scores, labels))
 
 
-def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
+def aupro(masks, maps, *, fpr_limit: float = 0.3) -> float:
     """Normalised area under the per-region-overlap curve up to ``fpr_limit`` (official MVTec AD).
 
     Pixel AUROC is dominated by large defects; PRO instead averages, over every connected GT region
@@ -301,16 +312,17 @@ def aupro(maps, masks, fpr_limit: float = 0.3) -> float:
     by it so that a perfect map scores 1 and a constant map 0.5 * fpr_limit.
 
     Args:
-        maps: (N,H,W) or (N,1,H,W) finite anomaly maps.
-        masks: same shape; non-zero = anomalous. At least one region and one normal pixel.
+        masks: (N,H,W) or (N,1,H,W); non-zero = anomalous. At least one region and one normal
+            pixel.
+        maps: same shape, finite anomaly maps.
         fpr_limit: upper FPR bound of the integral, in (0, 1].
     """
     _check_fpr_limit(fpr_limit)
-    px = _pooled_pixels(maps, masks, need_regions=True)
+    px = _pooled_pixels(masks, maps, need_regions=True)
     return _pixel_scores(px, fpr_limit, with_curves=False)["aupro"]
 
 
-def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
+def pixel_metrics(masks, maps, *, fpr_limit: float = 0.3) -> dict[str, float]:
     """Pixel AUROC, AP, F1-max (as :func:`image_metrics`) and AUPRO (as :func:`aupro`).
 
     All pixels of all images are pooled into one evaluation set (normal images contribute only
@@ -322,7 +334,7 @@ def pixel_metrics(masks, maps, fpr_limit: float = 0.3) -> dict[str, float]:
         fpr_limit: AUPRO integration limit, in (0, 1].
 
     Returns:
-        ``{"auroc", "ap", "f1_max", "aupro"}`` as floats in [0, 1].
+        ``{"pixel_auroc", "pixel_ap", "pixel_f1max", "aupro"}`` as floats in [0, 1].
     """
     _check_fpr_limit(fpr_limit)
     masks, maps = _pixel_pair(masks, maps)
@@ -351,7 +363,7 @@ def _flat_pair(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     return np.ravel(labels) != 0, np.ravel(scores)
 
 
-def roc_curve(labels, scores, drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(labels, scores, *, drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """ROC curve ``(fpr, tpr)``: the points of ``sklearn.metrics.roc_curve``.
 
     One point per distinct score (ties are one threshold, "anomalous if score >= t"), from
@@ -368,7 +380,7 @@ def roc_curve(labels, scores, drop_intermediate: bool = True) -> tuple[np.ndarra
     return _roc_points(_binary_ranking(labels, scores), drop_intermediate)
 
 
-def pr_curve(labels, scores, drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def pr_curve(labels, scores, *, drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Precision-recall curve ``(precision, recall)``: the points of
     ``sklearn.metrics.precision_recall_curve``.
 
@@ -384,27 +396,28 @@ def pr_curve(labels, scores, drop_intermediate: bool = False) -> tuple[np.ndarra
     return _pr_points(_binary_ranking(labels, scores, need_negatives=False), drop_intermediate)
 
 
-def pro_curve(maps, masks, fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(masks, maps, *, fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap curve ``(fpr, pro)`` of the official MVTec algorithm (see :func:`aupro`).
 
     One point per distinct map value, from (0, 0) to (1, 1), FPR non-decreasing: exactly the
     points AUPRO integrates. With ``fpr_limit`` the curve stops there, ending with the PRO
     linearly interpolated at the limit (when the limit is not a curve point), so
-    ``trapezoid(pro, fpr) / fpr_limit == aupro(maps, masks, fpr_limit)``.
+    ``trapezoid(pro, fpr) / fpr_limit == aupro(masks, maps, fpr_limit=fpr_limit)``.
 
     Args:
-        maps: (N,H,W) or (N,1,H,W) finite anomaly maps.
-        masks: same shape; non-zero = anomalous. At least one region and one normal pixel.
+        masks: (N,H,W) or (N,1,H,W); non-zero = anomalous. At least one region and one normal
+            pixel.
+        maps: same shape, finite anomaly maps.
         fpr_limit: None for the whole curve, else in (0, 1].
     """
     if fpr_limit is not None:
         _check_fpr_limit(fpr_limit)
-    px = _pooled_pixels(maps, masks, need_regions=True)
+    px = _pooled_pixels(masks, maps, need_regions=True)
     fpr, pro = _pro_points(_rank(px.scores, px.positive), px.pro_weights, px.n_regions)
-    return (fpr, pro) if fpr_limit is None else truncate_pro_curve(fpr, pro, fpr_limit)
+    return (fpr, pro) if fpr_limit is None else truncate_pro_curve(fpr, pro, fpr_limit=fpr_limit)
 
 
-def truncate_pro_curve(fpr, pro, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+def truncate_pro_curve(fpr, pro, *, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
     """A whole PRO curve (from :func:`pro_curve` or :func:`pixel_curves`) cut at ``fpr_limit``.
 
     Keeps the points with FPR <= limit and, when the limit is not a curve point, ends with the
@@ -416,14 +429,14 @@ def truncate_pro_curve(fpr, pro, fpr_limit: float) -> tuple[np.ndarray, np.ndarr
     return (x, y) if y_lim is None else (np.r_[x, fpr_limit], np.r_[y, y_lim])
 
 
-def pixel_curves(maps, masks) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def pixel_curves(masks, maps) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """:func:`roc_curve`, :func:`pr_curve` and :func:`pro_curve` of pooled pixels from ONE sort.
 
     Pixel curves of a test set cost a sort of millions of values each; the report needs all
     three, so they are read off a single ranking. Returns ``{"roc": (fpr, tpr), "pr":
     (precision, recall), "pro": (fpr, pro)}`` (default options of each function).
     """
-    px = _pooled_pixels(maps, masks, need_regions=True)
+    px = _pooled_pixels(masks, maps, need_regions=True)
     r = _rank(px.scores, px.positive)
     return {"roc": _roc_points(r, True), "pr": _pr_points(r, False),
             "pro": _pro_points(r, px.pro_weights, px.n_regions)}
@@ -432,10 +445,9 @@ def pixel_curves(maps, masks) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def f1_max_threshold(labels, scores) -> float:
     """The score ``t`` whose decision "anomalous if score >= t" reaches F1-max.
 
-    Among thresholds with equal F1 the lowest is returned (it catches the most defects), as
-    :func:`adps.engine.calibrate.f1_optimal_threshold` does; unlike that calibration it never
-    refuses, so a report can show even a threshold that flags every normal image. Both classes
-    must occur.
+    Among thresholds with equal F1 the lowest is returned (it catches the most defects). The
+    F1 calibration builds on it but refuses a threshold that flags every normal image; this
+    function never refuses, so a report can show such a threshold. Both classes must occur.
     """
     labels, scores = _labels(labels, "labels"), _scores(scores, "scores", ndim=1)
     r = _binary_ranking(labels, scores)
@@ -456,65 +468,65 @@ def _available(mask_available, n: int) -> np.ndarray:
     return available
 
 
-def _image_pair(image_scores, image_labels) -> tuple[np.ndarray, np.ndarray]:
-    labels, scores = _labels(image_labels, "image_labels"), _scores(image_scores, "image_scores", 1)
-    _same_shape(scores, "image_scores", labels, "image_labels")
+def _image_pair(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    labels, scores = _labels(labels, "labels"), _scores(scores, "scores", 1)
+    _same_shape(scores, "scores", labels, "labels")
     return labels, scores
 
 
 def _report(labels, scores, px: _Pixels | None, fpr_limit: float) -> dict:
     """The flat result dict; a metric that is undefined for these data is None, not 0."""
-    out = dict.fromkeys(("image_auroc", "image_ap", "image_f1max", *_PIXEL_KEYS))
+    out = dict.fromkeys(METRIC_KEYS)
     if 0 < labels.sum() < labels.size:
-        img = image_metrics(labels, scores)
-        out.update(image_auroc=img["auroc"], image_ap=img["ap"], image_f1max=img["f1_max"])
+        out.update(image_metrics(labels, scores))
     if px is not None and 0 < np.count_nonzero(px.positive) < px.scores.size:
-        pix = _pixel_scores(px, fpr_limit)
-        out.update(zip(_PIXEL_KEYS, (pix["auroc"], pix["ap"], pix["f1_max"], pix["aupro"])))
+        out.update(_pixel_scores(px, fpr_limit))
     return out
 
 
 def compute_metrics(
-    image_scores,
-    image_labels,
-    anomaly_maps=None,
+    labels,
+    scores,
     masks=None,
+    maps=None,
+    *,
     mask_available=None,
     fpr_limit: float = 0.3,
 ) -> dict[str, float | None]:
     """All metrics of one category at the evaluation resolution of the maps.
 
     Args:
-        image_scores: (N,) finite image scores.
-        image_labels: (N,) 0/1 image labels.
-        anomaly_maps: (N,H,W) or (N,1,H,W) maps (numpy or torch); unused when ``masks`` is None.
-        masks: same shape as the maps, non-zero = anomalous; None = no pixel ground truth.
+        labels: (N,) 0/1 image labels.
+        scores: (N,) finite image scores.
+        masks: (N,H,W) or (N,1,H,W), non-zero = anomalous; None = no pixel ground truth.
+        maps: anomaly maps of the same shape (numpy or torch); unused when ``masks`` is None.
         mask_available: optional (N,) bool; pixel metrics pool only images whose mask exists.
         fpr_limit: AUPRO integration limit.
 
     Returns:
-        ``image_auroc, image_ap, image_f1max, pixel_auroc, pixel_ap, pixel_f1max, aupro``.
-        A metric the data cannot define is None rather than a misleading number: image metrics
-        when the labels have one class; pixel metrics when there are no masks, no available mask,
-        or the pooled pixels have one class.
+        :data:`METRIC_KEYS`: ``image_auroc, image_ap, image_f1max, pixel_auroc, pixel_ap,
+        pixel_f1max, aupro``. A metric the data cannot define is None rather than a misleading
+        number: image metrics when the labels have one class; pixel metrics when there are no
+        masks, no available mask, or the pooled pixels have one class.
     """
     _check_fpr_limit(fpr_limit)
-    labels, scores = _image_pair(image_scores, image_labels)
+    labels, scores = _image_pair(labels, scores)
     px = None
     if masks is not None:
-        masks, maps = _pixel_pair(masks, anomaly_maps, "anomaly_maps")
+        masks, maps = _pixel_pair(masks, maps)
         if maps.shape[0] != scores.size:
-            raise AdpsError(f"anomaly_maps has {maps.shape[0]} maps for {scores.size} images")
+            raise AdpsError(f"maps has {maps.shape[0]} maps for {scores.size} images")
         keep = _available(mask_available, scores.size)
         px = _pool(maps[keep], masks[keep])
     return _report(labels, scores, px, fpr_limit)
 
 
 def compute_metrics_original_resolution(
-    image_scores,
-    image_labels,
-    maps,
+    labels,
+    scores,
     masks,
+    maps,
+    *,
     mask_available=None,
     fpr_limit: float = 0.3,
 ) -> dict[str, float | None]:
@@ -527,19 +539,19 @@ def compute_metrics_original_resolution(
     float32.
 
     Args:
-        image_scores, image_labels: as in :func:`compute_metrics`.
-        maps: sequence of N 2-D maps (numpy or torch), any sizes.
+        labels, scores: as in :func:`compute_metrics`.
         masks: sequence of N 2-D masks, non-zero = anomalous; an entry may be None when its
             ``mask_available`` flag is False (unavailable images are skipped).
+        maps: sequence of N 2-D maps (numpy or torch), any sizes.
         mask_available: optional (N,) bool.
     """
     import torch
     import torch.nn.functional as F
 
     _check_fpr_limit(fpr_limit)
-    labels, scores = _image_pair(image_scores, image_labels)
+    labels, scores = _image_pair(labels, scores)
     if not len(maps) == len(masks) == scores.size:
-        raise AdpsError(f"got {len(maps)} maps, {len(masks)} masks and {scores.size} image scores")
+        raise AdpsError(f"got {len(masks)} masks, {len(maps)} maps and {scores.size} image scores")
     pooled_maps, pooled_masks = [], []
     for i in np.flatnonzero(_available(mask_available, scores.size)):
         amap, mask = _scores(maps[i], f"maps[{i}]", 2), _to_numpy(masks[i], f"masks[{i}]")

@@ -11,7 +11,7 @@ import importlib
 import sys
 import warnings
 
-from adps import __version__
+from adps.version import __version__
 from adps.errors import AdpsError
 
 COMMANDS = ("info", "demo", "train", "test", "benchmark", "predict", "calibrate", "report",

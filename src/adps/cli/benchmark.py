@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adps.cli.options import add_training_arguments, configs_from_args
-from adps.data.spec import add_data_arguments, dataset_name, open_dataset
+from adps.cli.options import (
+    add_data_arguments,
+    add_eval_resolution_argument,
+    add_training_arguments,
+    configs_from_args,
+    data_spec,
+)
+
+if TYPE_CHECKING:
+    from adps.data.spec import DataSpec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,71 +33,62 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--datasets", nargs="+", default=[], metavar="PATH",
                    help="further dataset folders (each one entry)")
     add_training_arguments(p)
-    p.add_argument("--eval-resolution", choices=("working", "original"), default="working")
+    add_eval_resolution_argument(p)
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def _entries(args: argparse.Namespace) -> list[argparse.Namespace]:
-    entries = []
+def benchmark_entries(args: argparse.Namespace) -> list[tuple[str, "DataSpec"]]:
+    """(unique name, data) per entry: each category of --data, then each --datasets folder."""
+    specs = []
     if args.data:
-        for category in args.categories or [args.category]:
-            entries.append(copy.copy(args))
-            entries[-1].category = category
-    for path in args.datasets:
-        entries.append(copy.copy(args))
-        entries[-1].data, entries[-1].category = path, None
-    return entries
-
-
-def run(args: argparse.Namespace) -> int:
-    from adps.config import to_dict
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from adps.engine.evaluate import (
-        METRIC_KEYS, evaluate, markdown_header, markdown_row, write_evaluation)
-    from adps.engine.train import FINAL, train
-    from adps.errors import AdpsError
-    from adps.fileio import atomic_write_text
-
-    entries = _entries(args)
-    if not entries:
-        raise AdpsError("nothing to benchmark: give --data (with --categories) or --datasets")
-    model_config, train_config = configs_from_args(args)
-    rows = []
-    used: set[str] = set()
-    for entry in entries:
-        name = dataset_name(entry)
+        specs += [data_spec(args, category=c) for c in args.categories or [args.category]]
+    specs += [data_spec(args, data=path, category=None) for path in args.datasets]
+    entries, used = [], set()
+    for spec in specs:
+        name = spec.name
         if name in used:  # two folders both called e.g. "welding": qualify with the parent
-            name = f"{Path(entry.data).resolve().parent.name}-{name}"
+            name = f"{Path(spec.data).resolve().parent.name}-{name}"
         while name in used:
             name += "_"
         used.add(name)
-        out = args.out / name
-        done = out / "metrics.json"
-        if done.is_file() and (out / FINAL).is_file():
-            print(f"{name}: reusing {done}")
-            rows.append(json.loads(done.read_text()))
-            continue
-        print(f"== {name}")
-        t0 = time.perf_counter()
-        result = train(model_config, train_config,
-                       open_dataset(entry, "train", model_config.image_size), out,
-                       resume=(out / "last.pt").is_file(), device=args.device,
-                       weights_file=args.teacher_weights, allow_download=args.allow_download,
-                       cache_dir=args.cache_dir, progress=not args.no_progress)
-        train_wall = time.perf_counter() - t0
-        model = model_from_checkpoint(load_checkpoint(result.checkpoint))
-        t1 = time.perf_counter()
-        evaluation = evaluate(model, open_dataset(entry, "test", model_config.image_size),
-                              args.device, eval_resolution=args.eval_resolution,
-                              progress=not args.no_progress, cache_dir=args.cache_dir)
-        extra = {"train_seconds": train_wall, "test_seconds": time.perf_counter() - t1,
-                 "train_images_per_second": result.images_per_second,
-                 "eval_resolution": args.eval_resolution}
-        write_evaluation(evaluation, out, name, extra)
-        rows.append(json.loads(done.read_text()))
-        print(markdown_row(name, evaluation.metrics))
+        entries.append((name, spec))
+    return entries
+
+
+def run_entry(args: argparse.Namespace, name: str, spec, model_config, train_config) -> dict:
+    """Train (resuming an interrupted run) and test one entry; its metrics.json payload."""
+    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from adps.engine.evaluate import evaluate
+    from adps.engine.train import LAST, train
+    from adps.report.tables import markdown_row, write_evaluation
+
+    out = args.out / name
+    print(f"== {name}")
+    t0 = time.perf_counter()
+    result = train(model_config, train_config, spec.open("train", model_config.image_size), out,
+                   resume=(out / LAST).is_file(), device=args.device,
+                   weights_file=args.teacher_weights, allow_download=args.allow_download,
+                   cache_dir=spec.cache_dir, progress=not args.no_progress)
+    train_wall = time.perf_counter() - t0
+    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    t1 = time.perf_counter()
+    evaluation = evaluate(model, spec.open("test", model_config.image_size), args.device,
+                          eval_resolution=args.eval_resolution, progress=not args.no_progress,
+                          cache_dir=spec.cache_dir)
+    extra = {"train_seconds": train_wall, "test_seconds": time.perf_counter() - t1,
+             "train_images_per_second": result.images_per_second,
+             "eval_resolution": args.eval_resolution}
+    path = write_evaluation(evaluation, out, name, extra)
+    print(markdown_row(name, evaluation.metrics))
+    return json.loads(path.read_text())
+
+
+def summary_table(rows: list[dict]) -> tuple[str, dict]:
+    """The markdown table (entries, then the unweighted mean) and the mean metrics."""
+    from adps.metrics import METRIC_KEYS
+    from adps.report.tables import markdown_header, markdown_row
 
     mean = {}
     for key in METRIC_KEYS:
@@ -102,7 +101,28 @@ def run(args: argparse.Namespace) -> int:
     total_train = sum(r["train_seconds"] for r in rows)
     total_test = sum(r["test_seconds"] for r in rows)
     lines.append(markdown_row("**mean**", mean) + f" {total_train:.0f} | {total_test:.0f} |")
-    table = "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n", mean
+
+
+def run(args: argparse.Namespace) -> int:
+    from adps.config import to_dict
+    from adps.engine.train import FINAL
+    from adps.errors import AdpsError
+    from adps.fileio import atomic_write_text
+
+    entries = benchmark_entries(args)
+    if not entries:
+        raise AdpsError("nothing to benchmark: give --data (with --categories) or --datasets")
+    model_config, train_config = configs_from_args(args)
+    rows = []
+    for name, spec in entries:
+        done = args.out / name / "metrics.json"
+        if done.is_file() and (args.out / name / FINAL).is_file():
+            print(f"{name}: reusing {done}")
+            rows.append(json.loads(done.read_text()))
+        else:
+            rows.append(run_entry(args, name, spec, model_config, train_config))
+    table, mean = summary_table(rows)
     atomic_write_text(args.out / "benchmark.md", table)
     atomic_write_text(args.out / "benchmark.json", json.dumps(
         {"rows": rows, "mean": mean, "model_config": to_dict(model_config),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adps.cli.options import add_device_argument
+from adps.cli.options import add_inference_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "the images cannot support the requested rate (fewer than 1/rate normal "
                     "images) and never stores a threshold that flags every normal image. The "
                     "threshold is written into the checkpoint (atomically).")
-    p.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt)")
+    add_inference_arguments(p, "checkpoint (model.pt)")
     p.add_argument("--normal-dir", required=True, type=Path,
                    help="normal images not used in training (searched recursively)")
     p.add_argument("--defect-dir", type=Path, help="labelled defective images (optional)")
@@ -27,14 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("far", "f1"), default="far",
                    help="which threshold to store (default: far)")
     p.add_argument("--out", type=Path, help="write a calibrated copy here instead of in place")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (default: 1 on CPU, 32 on GPU)")
-    add_device_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+    from tqdm import tqdm
 
     from adps.data.datasets import find_images
     from adps.engine.calibrate import f1_optimal_threshold, threshold_for_false_alarm_rate
@@ -46,10 +44,16 @@ def run(args: argparse.Namespace) -> int:
     predictor = load(args.model, args.device, args.batch_size)
 
     def scores(folder: Path) -> np.ndarray:
-        preds, failures = predictor.predict_files(find_images(folder, recursive=True))
-        if failures:
-            raise AdpsError(f"unreadable image: {failures[0][1]}", failures[0][0])
-        return np.array([p.score for p in preds])
+        files = find_images(folder, recursive=True)
+        found = []
+        with tqdm(total=len(files), unit="img", desc=f"scoring {folder.name}",
+                  disable=args.no_progress) as bar:
+            for batch, failures in predictor.iter_files(files):
+                if failures:
+                    raise AdpsError(f"unreadable image: {failures[0][1]}", failures[0][0])
+                found += [p.score for p in batch]
+                bar.update(len(batch))
+        return np.array(found)
 
     normal = scores(args.normal_dir)
     far = threshold_for_false_alarm_rate(normal, args.target_far)
@@ -59,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     chosen = far
     if args.defect_dir is not None:
         defect = scores(args.defect_dir)
-        f1 = f1_optimal_threshold(np.concatenate([normal, defect]),
-                                  np.r_[np.zeros(len(normal)), np.ones(len(defect))])
+        f1 = f1_optimal_threshold(np.r_[np.zeros(len(normal)), np.ones(len(defect))],
+                                  np.concatenate([normal, defect]))
         caught = int((defect >= far.threshold).sum())
         print(f"  at that threshold {caught} of {len(defect)} defective images are caught")
         print(f"F1-optimal threshold {f1.threshold:.6g}: F1 {f1.f1:.3f}, flags "

@@ -37,41 +37,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adps.cli.report import write_report
     from adps.config import ModelConfig, TrainConfig
-    from adps.data.cache import load_tensor_stack
-    from adps.data.datasets import MVTecAD
     from adps.data.procedural import make_demo_dataset
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from adps.engine.evaluate import evaluate, markdown_header, markdown_row, write_evaluation
+    from adps.data.spec import DataSpec
+    from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
+    from adps.engine.evaluate import evaluate
     from adps.engine.train import train
-    from adps.report.html import build_report
+    from adps.report.tables import markdown_header, markdown_row, write_evaluation
 
     start = time.perf_counter()
     size = DEMO_MODEL["image_size"]
     category = make_demo_dataset(args.data_dir, size=size, seed=args.seed, **DEMO_DATA)
     print(f"dataset: {category} (procedural brushed metal; test defects: scratch, dent, stain)")
+    spec = DataSpec(category)
     model_config = ModelConfig(**DEMO_MODEL)
     train_config = TrainConfig(**{**DEMO_TRAIN, "epochs": args.epochs, "seed": args.seed})
-    train_set = MVTecAD(category.parent, category.name, "train", size=size)
-    result = train(model_config, train_config, train_set, args.out, device=args.device,
-                   progress=not args.no_progress)
+    result = train(model_config, train_config, spec.open("train", size), args.out,
+                   device=args.device, progress=not args.no_progress)
     print(f"trained {result.epochs} epochs in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s)")
-    test_set = MVTecAD(category.parent, category.name, "test", size=size)
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
-    evaluation = evaluate(model, test_set, args.device, progress=not args.no_progress)
+    ckpt = load_checkpoint(result.checkpoint)
+    evaluation = evaluate(model_from_checkpoint(ckpt), spec.open("test", size), args.device,
+                          progress=not args.no_progress)
     write_evaluation(evaluation, args.out, "demo", {"train_seconds": result.seconds})
-    images, _, _ = load_tensor_stack(test_set, progress=False)
-    thresholds = load_checkpoint(result.checkpoint)["thresholds"]
-    report = build_report(evaluation, images, args.out / "report.html",
-                          image_threshold=thresholds["image"],
-                          title="adps demo: procedural brushed metal",
-                          info={"dataset": str(category), "model": str(result.checkpoint)})
+    report = write_report(evaluation, args.out / "report.html", ckpt=ckpt,
+                          model_path=result.checkpoint, spec=spec, eval_resolution="working",
+                          title="adps demo: procedural brushed metal")
     print(markdown_header())
     print(markdown_row("demo", evaluation.metrics))
-    flagged = evaluation.scores >= thresholds["image"]
+    threshold = checkpoint_thresholds(ckpt).decision
+    flagged = evaluation.scores >= threshold
     labels = evaluation.labels.astype(bool)
-    print(f"\nimage threshold {thresholds['image']:.4f} (set on 20 held-out normal images for a "
+    print(f"\nimage threshold {threshold:.4f} (set on 20 held-out normal images for a "
           f"5% false-alarm rate): {int(flagged[labels].sum())} of {int(labels.sum())} defective "
           f"and {int(flagged[~labels].sum())} of {int((~labels).sum())} normal test images "
           f"flagged")

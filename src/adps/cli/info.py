@@ -58,8 +58,7 @@ def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from adps import __version__
-    from adps.models.adps import PSM_WIDTHS
+    from adps.version import __version__
     from adps.models.backbones import BACKBONES
 
     print(f"adps {__version__}, torch {torch.__version__}")
@@ -71,9 +70,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("  cuda: not available")
     print("\nbackbones (features at strides 4, 8, 16):")
-    for name in BACKBONES:
+    for name, spec in BACKBONES.items():
         default = " (default teacher)" if name == "efficientnet_lite0" else ""
-        print(f"  {name}{default}: PSM widths {PSM_WIDTHS[name]}; {weights_status(name)}")
+        print(f"  {name}{default}: PSM widths {spec.psm_widths}; {weights_status(name)}")
     roots = args.data_root or [r for r in (os.environ.get("ADPS_DATA"), *DEFAULT_SEARCH) if r]
     print("\ndatasets:")
     any_found = False

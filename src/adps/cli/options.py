@@ -1,7 +1,9 @@
-"""Arguments shared by the commands that train: model and training configs, device, output.
+"""Arguments shared by several commands: data, inference, model and training configs, device.
 
-Flags cover the fields people change; ``--config FILE.yaml`` (sections ``model:`` and
-``train:``) sets any field of the typed configs, and flags given explicitly win over the file.
+Each group of flags is defined once here and turned into plain values (a :class:`DataSpec`,
+configs) here, so argparse never reaches below the CLI. For training, flags cover the fields
+people change; ``--config FILE.yaml`` (sections ``model:`` and ``train:``) sets any field of the
+typed configs, and flags given explicitly win over the file.
 """
 
 from __future__ import annotations
@@ -9,10 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
-from adps.errors import AdpsError
+from adps.config import ModelConfig, TrainConfig, from_dict, load_config_file, to_dict
+from adps.data.spec import FORMATS, DataSpec
 
 # flag dest -> (config section, field)
 _FIELDS = {
@@ -32,6 +32,51 @@ _FIELDS = {
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
+    """--model, --device, --batch-size and --no-progress: what every command that runs a
+    trained model takes."""
+    parser.add_argument("--model", required=True, type=Path, help=model_help)
+    add_device_argument(parser)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: what runs fastest on the "
+                             "device: 1 for torch on CPU, 32 otherwise)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_eval_resolution_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval-resolution", choices=("working", "original"), default="working",
+                        help="score maps against masks at the model's size or at each image's "
+                             "original size (MVTec's official protocol)")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="PATH",
+                   help="dataset root, or one MVTec-like category folder (train/good, test/...)")
+    g.add_argument("--category", help="MVTec category under --data (e.g. bottle)")
+    g.add_argument("--format", choices=FORMATS, default="auto",
+                   help="dataset layout (default: detected from the folders)")
+    g.add_argument("--train-dir", help="folder layout: normal training images (relative to --data)")
+    g.add_argument("--good-dir", help="folder layout: normal test images")
+    g.add_argument("--defect-dir", help="folder layout: defective test images")
+    g.add_argument("--mask-dir", help="folder layout: masks of the defective test images")
+    g.add_argument("--mask-suffix", default=None,
+                   help="mask file = image stem + this suffix, any extension (default: detected, "
+                        "'_mask' for MVTec)")
+    g.add_argument("--masks-optional", action="store_true",
+                   help="defective images without a mask count for image metrics only")
+    g.add_argument("--cache-dir", default=None,
+                   help="keep decoded, resized images here so later runs skip decoding")
+
+
+def data_spec(args: argparse.Namespace, **overrides) -> DataSpec:
+    """The :class:`DataSpec` the data flags describe (``overrides`` replace single fields)."""
+    values = {name: getattr(args, name) for name in (
+        "data", "category", "format", "train_dir", "good_dir", "defect_dir", "mask_dir",
+        "mask_suffix", "masks_optional", "cache_dir")}
+    return DataSpec(**{**values, **overrides})
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,16 +118,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     sections: dict[str, dict] = {"model": {}, "train": {}}
     if getattr(args, "config", None):
-        try:
-            loaded = yaml.safe_load(Path(args.config).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise AdpsError(f"cannot read the config file ({exc})", args.config) from exc
-        unknown = set(loaded) - set(sections)
-        if unknown or not isinstance(loaded, dict):
-            raise AdpsError(f"expected only 'model:' and 'train:' sections, got {sorted(loaded)}",
-                            args.config)
-        for key in sections:
-            sections[key].update(loaded.get(key) or {})
+        sections = load_config_file(args.config)
     for dest, (section, name) in _FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:

@@ -9,7 +9,7 @@ import io
 import json
 from pathlib import Path
 
-from adps.cli.options import add_device_argument
+from adps.cli.options import add_inference_arguments
 
 EXIT_SOME_FAILED = 1
 
@@ -24,14 +24,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "predictions.json. Unreadable inputs are reported and skipped; the exit "
                     f"code is {EXIT_SOME_FAILED} when any input failed.")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    p.add_argument("--model", required=True, type=Path, help="model.pt, model.onnx or model.ts")
+    add_inference_arguments(p, "model.pt, model.onnx or model.ts")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (default: 1 on CPU, 32 on GPU)")
     p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_device_argument(p)
     p.set_defaults(func=run)
 
 
@@ -106,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from adps.engine.predict import decision_rule, load
+    from adps.engine.predict import load
     from adps.errors import AdpsError
     from adps.fileio import atomic_write_text
 
@@ -133,12 +129,12 @@ def run(args: argparse.Namespace) -> int:
     writer.writerows(rows)
     atomic_write_text(args.out / "predictions.csv", buffer.getvalue())
     atomic_write_text(args.out / "predictions.json", json.dumps({
-        "model": str(args.model), "decision_rule": decision_rule(predictor.thresholds),
-        "pixel_threshold": predictor.thresholds["pixel"], "predictions": rows,
+        "model": str(args.model), "decision_rule": predictor.thresholds.rule(),
+        "pixel_threshold": predictor.thresholds.pixel, "predictions": rows,
         "failures": [{"path": p, "reason": r} for p, r in failures]}, indent=2))
     n_bad = sum(r["decision"] == "anomalous" for r in rows)
     print(f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
-          f"(decision: {decision_rule(predictor.thresholds)}); results in {args.out}")
+          f"(decision: {predictor.thresholds.rule()}); results in {args.out}")
     for item, reason in failures:
         print(f"failed {item}: {reason}", file=sys.stderr)
     if failures:

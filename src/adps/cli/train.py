@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adps.cli.options import add_training_arguments, configs_from_args
-from adps.data.spec import add_data_arguments, open_dataset
+from adps.cli.options import add_data_arguments, add_training_arguments, configs_from_args, data_spec
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,11 +27,12 @@ def run(args: argparse.Namespace) -> int:
     from adps.engine.train import train
 
     model_config, train_config = configs_from_args(args)
-    dataset = open_dataset(args, "train", model_config.image_size)
+    spec = data_spec(args)
+    dataset = spec.open("train", model_config.image_size)
     try:
         result = train(model_config, train_config, dataset, args.out, resume=args.resume,
                        device=args.device, weights_file=args.teacher_weights,
-                       allow_download=args.allow_download, cache_dir=args.cache_dir,
+                       allow_download=args.allow_download, cache_dir=spec.cache_dir,
                        progress=not args.no_progress)
     except KeyboardInterrupt:
         if (args.out / "last.pt").is_file():

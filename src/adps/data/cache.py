@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from adps.data.datasets import AnomalyDataset, Decoded, Record, Sample
 from adps.errors import AdpsError
+from adps.fileio import atomic_save
 
 __all__ = ["CachedDataset", "cache_key", "load_tensor_stack"]
 
@@ -93,20 +93,6 @@ def cache_key(dataset: AnomalyDataset | CachedDataset) -> str:
 def _cache_file(dataset: AnomalyDataset | CachedDataset, cache_dir: Path) -> Path:
     size = "orig" if dataset.size is None else f"{dataset.size[0]}x{dataset.size[1]}"
     return cache_dir / f"{type(_base(dataset)).__name__}_{size}_{cache_key(dataset)[:24]}.pt"
-
-
-def _save_atomic(obj: dict[str, Tensor], target: Path) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _load_cached(path: Path, n: int) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -181,5 +167,5 @@ def load_tensor_stack(
                 bar.update(1)
 
     if target is not None:
-        _save_atomic({"images": images, "masks": masks, "labels": labels}, target)
+        atomic_save({"images": images, "masks": masks, "labels": labels}, target)
     return images, masks, labels

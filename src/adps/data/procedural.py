@@ -45,6 +45,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from adps.errors import AdpsError
+from adps.fileio import atomic_write_text
 
 __all__ = [
     "CATEGORY",
@@ -273,9 +274,7 @@ def _is_complete(folder: Path, manifest: dict[str, Any]) -> bool:
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    tmp = folder / (_MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / _MANIFEST)
+    atomic_write_text(folder / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def _generate(folder: Path, size: int, n_train: int, n_test_good: int, n_test_defect: int, seed: int) -> None:

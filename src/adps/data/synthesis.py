@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,15 +45,16 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
+from adps.config import NUM_TEXTURE_OPS, SynthesisConfig
 from adps.errors import AdpsError
 
 __all__ = [
     "AnomalySynthesizer",
-    "SynthesisConfig",
     "TextureBank",
     "augment_textures",
     "blend",
     "perlin_noise",
+    "rotate",
 ]
 
 _MASK_CANDIDATES = 2
@@ -66,52 +66,6 @@ generated and rotated for every sample (no host sync), which dominates the cost 
 
 _FALLBACK_AREA = 0.01
 """Share of a sample's pixels (its highest noise values) used as mask when every retry was empty."""
-
-
-@dataclass(frozen=True)
-class SynthesisConfig:
-    """How anomalies are synthesised; every default is DRAEM's ``data_loader.py`` value.
-
-    Attributes:
-        anomaly_prob: share of samples that receive an anomaly; the rest are returned unchanged with
-            a zero mask (DRAEM: ``rand > 0.5`` returns the clean image).
-        perlin_scale_min: smallest exponent ``a`` of the Perlin lattice ``2**a x 2**b``.
-        perlin_scale_max: largest exponent (inclusive). DRAEM draws ``a, b`` independently from
-            ``randint(0, 6)``, i.e. 1 to 32 lattice periods per side.
-        threshold: noise level above which a pixel is anomalous (DRAEM: 0.5 on noise scaled by
-            sqrt(2), so blobs cover a minority of the image).
-        beta_max: the image keeps a share ``beta ~ U(0, beta_max)`` inside the mask, so the texture
-            weight is in ``(1 - beta_max, 1]`` (DRAEM: 0.8).
-        rotate_mask: rotate the noise by ``U(-90, 90)`` degrees, so blobs are not axis-aligned
-            (DRAEM: imgaug ``Affine(rotate=(-90, 90))``).
-        texture_ops: how many distinct photometric ops, drawn without replacement from the ten of
-            DRAEM's list, each texture sample receives (DRAEM: 3).
-    """
-
-    anomaly_prob: float = 0.5
-    perlin_scale_min: int = 0
-    perlin_scale_max: int = 5
-    threshold: float = 0.5
-    beta_max: float = 0.8
-    rotate_mask: bool = True
-    texture_ops: int = 3
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.anomaly_prob <= 1.0:
-            raise AdpsError(f"synthesis.anomaly_prob must be in [0, 1], got {self.anomaly_prob}")
-        if not 0 <= self.perlin_scale_min <= self.perlin_scale_max <= 10:
-            raise AdpsError(
-                "synthesis.perlin_scale_min/max must satisfy 0 <= min <= max <= 10, got "
-                f"{self.perlin_scale_min} and {self.perlin_scale_max}"
-            )
-        if not math.isfinite(self.threshold):
-            raise AdpsError(f"synthesis.threshold must be a finite number, got {self.threshold}")
-        if not 0.0 <= self.beta_max <= 1.0:
-            raise AdpsError(f"synthesis.beta_max must be in [0, 1], got {self.beta_max}")
-        if not 0 <= self.texture_ops <= len(_TEXTURE_OPS):
-            raise AdpsError(
-                f"synthesis.texture_ops must be in [0, {len(_TEXTURE_OPS)}], got {self.texture_ops}"
-            )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +84,7 @@ def _bcast(values: Tensor) -> Tensor:
     return values.view(-1, 1, 1, 1)
 
 
-def _rotate(x: Tensor, degrees: Tensor, padding_mode: str) -> Tensor:
+def rotate(x: Tensor, degrees: Tensor, padding_mode: str = "zeros") -> Tensor:
     """Rotate each sample of ``x`` (n, C, H, W) about its centre by its own angle, bilinearly.
 
     ``affine_grid`` works in normalised coordinates, where x and y span 2 units each whatever the
@@ -328,7 +282,7 @@ def _equalize(x: Tensor, g: torch.Generator) -> Tensor:
 
 def _affine_rotate(x: Tensor, g: torch.Generator) -> Tensor:
     """imgaug ``Affine(rotate=(-45, 45))``: bilinear, corners filled with black as in imgaug."""
-    return _rotate(x, _uniform((x.shape[0],), -45.0, 45.0, g), padding_mode="zeros")
+    return rotate(x, _uniform((x.shape[0],), -45.0, 45.0, g), padding_mode="zeros")
 
 
 _TEXTURE_OPS: tuple[_TextureOp, ...] = (
@@ -344,6 +298,7 @@ _TEXTURE_OPS: tuple[_TextureOp, ...] = (
     _affine_rotate,
 )
 """DRAEM's ``augmenters`` list, in its order."""
+assert len(_TEXTURE_OPS) == NUM_TEXTURE_OPS, "adps.config.NUM_TEXTURE_OPS must match DRAEM's list"
 
 
 def augment_textures(textures: Tensor, num_ops: int, generator: torch.Generator) -> Tensor:
@@ -537,7 +492,7 @@ class AnomalySynthesizer:
         res = torch.ones_like(exponents) << exponents
         noise = perlin_noise(h, w, res[0], res[1], generator, max_res=1 << cfg.perlin_scale_max).unsqueeze(1)
         if cfg.rotate_mask:
-            noise = _rotate(noise, _uniform((n,), -90.0, 90.0, generator), padding_mode="reflection")
+            noise = rotate(noise, _uniform((n,), -90.0, 90.0, generator), padding_mode="reflection")
         return noise
 
     def _masks(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:

@@ -14,12 +14,13 @@ elsewhere) is never returned.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
 from adps.errors import AdpsError
+from adps.metrics import f1_max_threshold, image_metrics
 
 
 @dataclass
@@ -38,6 +39,60 @@ class Calibration:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "false_alarm_rate": self.false_alarm_rate}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What decides, as stored in checkpoints and export metadata.
+
+    A pixel is a defect pixel when its map value exceeds ``pixel``; an image is anomalous when
+    its score reaches ``image``, or ``pixel`` while no image threshold has been calibrated (the
+    paper's choice). ``calibration`` records how ``image`` was set (:meth:`Calibration.as_dict`),
+    so a deployed model can say where its decision comes from.
+    """
+
+    pixel: float = 0.5
+    image: float | None = None
+    calibration: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("pixel", "image"):
+            value = getattr(self, name)
+            if value is None and name == "image":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value):
+                raise AdpsError(f"thresholds.{name}: must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.calibration is not None and not isinstance(self.calibration, dict):
+            raise AdpsError(f"thresholds.calibration: must be a mapping, got {self.calibration!r}")
+
+    @property
+    def decision(self) -> float:
+        """The image threshold in force: calibrated, else the pixel threshold."""
+        return self.pixel if self.image is None else self.image
+
+    def rule(self) -> str:
+        """The decision rule as a sentence fragment, for CLI output and reports."""
+        if self.image is None:
+            return f"score >= {self.pixel:g} (uncalibrated: the pixel threshold)"
+        return f"score >= {self.image:.6g} (calibrated)"
+
+    def calibrated(self, calibration: "Calibration") -> "Thresholds":
+        return replace(self, image=calibration.threshold, calibration=calibration.as_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "Thresholds":
+        """From a checkpoint or export; missing keys take their defaults, unknown ones refuse."""
+        data = dict(data or {})
+        unknown = set(data) - {"pixel", "image", "calibration"}
+        if unknown:
+            raise AdpsError(f"unknown threshold names {sorted(unknown)}; use 'pixel', 'image' "
+                            "and 'calibration'")
+        return cls(**data)
 
 
 def _finite(scores, what: str) -> np.ndarray:
@@ -75,26 +130,28 @@ def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> 
     return Calibration(threshold, "false_alarm_rate", n, flagged, target_false_alarm_rate=target_rate)
 
 
-def f1_optimal_threshold(scores, labels) -> Calibration:
-    """Threshold maximising F1 on labelled images (needs both normal and defective ones)."""
+def f1_optimal_threshold(labels, scores) -> Calibration:
+    """Threshold maximising F1 on labelled images (needs both normal and defective ones).
+
+    The F1-max point is :func:`adps.metrics.f1_max_threshold`'s (the lowest of tied optima, so it
+    catches the most defects); the stored threshold sits halfway down to the next lower score,
+    for the same robustness to backend round-off as the false-alarm rule.
+    """
     scores = _finite(scores, "scores")
     labels = np.asarray(labels).astype(int).ravel()
     if len(scores) != len(labels):
-        raise AdpsError(f"{len(scores)} scores but {len(labels)} labels")
+        raise AdpsError(f"{len(labels)} labels but {len(scores)} scores")
     n_normal, n_defective = int((labels == 0).sum()), int((labels == 1).sum())
     if n_normal == 0 or n_defective == 0:
         raise AdpsError("the F1-optimal threshold needs both normal and defective images "
                         f"(got {n_normal} normal, {n_defective} defective)")
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall,
-                                                                              1e-300), 0.0)[:-1]
-    best = int(np.argmax(f1))
-    lower = scores[scores < thresholds[best]]  # halfway down to the next score, as above
-    threshold = float((thresholds[best] + lower.max()) / 2 if len(lower) else thresholds[best])
+    best = f1_max_threshold(labels, scores)
+    lower = scores[scores < best]
+    threshold = float((best + lower.max()) / 2 if len(lower) else best)
     flagged = int((scores[labels == 0] >= threshold).sum())
     if flagged == n_normal:
         raise AdpsError(
             f"the F1-optimal threshold ({threshold:.4g}) flags every normal image: the model "
             f"does not separate these images; use false-alarm calibration instead")
     return Calibration(threshold, "f1", n_normal, flagged, n_defective=n_defective,
-                       f1=float(f1[best]))
+                       f1=image_metrics(labels, scores)["image_f1max"])

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from adps import __version__
+from adps.version import __version__
 from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
+from adps.engine.calibrate import Calibration, Thresholds
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
 from adps.models.adps import ADPS
@@ -23,7 +24,8 @@ from adps.models.backbones import get_backbone
 FORMAT = "adps-checkpoint-v1"
 
 
-def make_checkpoint(model: ADPS, train_config: TrainConfig | None, **extra: Any) -> dict:
+def make_checkpoint(model: ADPS, train_config: TrainConfig | None,
+                    thresholds: Thresholds = Thresholds(), **extra: Any) -> dict:
     spec = get_backbone(model.config.backbone)
     return {
         "format": FORMAT,
@@ -33,7 +35,7 @@ def make_checkpoint(model: ADPS, train_config: TrainConfig | None, **extra: Any)
         "preprocess": {"backbone": spec.name, "mean": list(spec.mean), "std": list(spec.std),
                        "image_size": model.config.image_size, "input_range": [0.0, 1.0]},
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "thresholds": {"pixel": 0.5, "image": None},
+        "thresholds": thresholds.to_dict(),
         **extra,
     }
 
@@ -59,8 +61,11 @@ def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ADP
     return model.to(device).eval()
 
 
-def store_thresholds(ckpt: dict, calibration, path: str | Path) -> Path:
+def checkpoint_thresholds(ckpt: dict) -> Thresholds:
+    return Thresholds.from_dict(ckpt.get("thresholds"))
+
+
+def store_thresholds(ckpt: dict, calibration: Calibration, path: str | Path) -> Path:
     """Writes ``ckpt`` with the calibrated image threshold (and its provenance) to ``path``."""
-    ckpt = {**ckpt, "thresholds": {**ckpt["thresholds"], "image": calibration.threshold,
-                                   "calibration": calibration.as_dict()}}
-    return atomic_save(ckpt, path)
+    thresholds = checkpoint_thresholds(ckpt).calibrated(calibration)
+    return atomic_save({**ckpt, "thresholds": thresholds.to_dict()}, path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adps.data.datasets import Resize, read_image
+from adps.engine.calibrate import Thresholds
 from adps.engine.device import inference_batch_size, resolve_device
+from adps.engine.inference import Forward, TorchForward
 from adps.errors import AdpsError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
-# uint8 (B, 3, S, S) batch -> (maps (B, 1, S, S), scores (B,)); each backend converts its input
-Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -38,12 +38,6 @@ class Prediction:
     def defect_area(self) -> int:
         """Pixels of the predicted mask, at the original resolution."""
         return int(self.mask.sum())
-
-
-def decision_rule(thresholds: dict) -> str:
-    if thresholds.get("image") is None:
-        return f"score >= {thresholds.get('pixel', 0.5)} (uncalibrated: the pixel threshold)"
-    return f"score >= {thresholds['image']:.6g} (calibrated)"
 
 
 def to_uint8_chw(item: ImageInput) -> tuple[torch.Tensor, str | None]:
@@ -85,20 +79,15 @@ class Predictor:
     at once; maps are resized back to every image's original size.
     """
 
-    def __init__(self, forward: Forward, image_size: int, thresholds: dict, device: torch.device,
-                 batch_size: int = 32, metadata: dict | None = None):
+    def __init__(self, forward: Forward, image_size: int, thresholds: Thresholds,
+                 device: torch.device, batch_size: int = 32, metadata: dict | None = None):
         self.forward = forward
         self.image_size = image_size
         self.resize = Resize(image_size)
-        self.thresholds = {"pixel": 0.5, "image": None, **thresholds}
+        self.thresholds = thresholds
         self.device = device
         self.batch_size = batch_size
         self.metadata = metadata or {}
-
-    @property
-    def image_threshold(self) -> float:
-        t = self.thresholds.get("image")
-        return float(self.thresholds["pixel"] if t is None else t)
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 (3, H, W) images -> uint8 (B, 3, S, S), resized exactly as the datasets do."""
@@ -119,8 +108,8 @@ class Predictor:
                     amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)
                 amap = amap[0, 0].numpy()
                 score = float(scores[i])
-                results.append(Prediction(score, amap, amap > self.thresholds["pixel"],
-                                          score >= self.image_threshold, paths[start + i]))
+                results.append(Prediction(score, amap, amap > self.thresholds.pixel,
+                                          score >= self.thresholds.decision, paths[start + i]))
         return results
 
     def __call__(self, inputs: ImageInput | Iterable[ImageInput]) -> Prediction | list[Prediction]:
@@ -175,20 +164,6 @@ class Predictor:
         return predictions, failures
 
 
-def _torch_forward(model: torch.nn.Module, device: torch.device, takes_uint8: bool = False
-                   ) -> Forward:
-    model = model.to(device).eval()
-
-    @torch.no_grad()
-    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = batch.to(device, non_blocking=True)
-        if not takes_uint8:
-            batch = batch.float().div_(255.0)
-        return model(batch.contiguous(memory_format=torch.channels_last))
-
-    return forward
-
-
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
     """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``) or TorchScript
     (``.ts``/``.torchscript``); thresholds and pre-processing come from the file itself.
@@ -197,7 +172,7 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
     dev = resolve_device(device)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
-        from adps.export import OnnxRunner
+        from adps.engine.runtime import OnnxRunner
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
         runner = OnnxRunner(path, providers=providers)
@@ -209,16 +184,16 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
         return Predictor(onnx_forward, runner.image_size, runner.thresholds, torch.device("cpu"),
                          inference_batch_size(dev, batch_size, "onnx"), runner.metadata)
     if suffix in (".ts", ".torchscript"):
-        from adps.export import load_torchscript
+        from adps.engine.runtime import load_torchscript
 
         module, meta = load_torchscript(path, dev)
-        forward = _torch_forward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
-        return Predictor(forward, int(meta["image_size"]),
-                         meta.get("thresholds", {}), dev, inference_batch_size(dev, batch_size), meta)
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        forward = TorchForward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
+        return Predictor(forward, int(meta["image_size"]), Thresholds.from_dict(meta.get("thresholds")),
+                         dev, inference_batch_size(dev, batch_size), meta)
+    from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
     meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
-    return Predictor(_torch_forward(model, dev), model.config.image_size, ckpt["thresholds"], dev,
-                     inference_batch_size(dev, batch_size), meta)
+    return Predictor(TorchForward(model, dev), model.config.image_size, checkpoint_thresholds(ckpt),
+                     dev, inference_batch_size(dev, batch_size), meta)

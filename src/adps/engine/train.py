@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
@@ -23,10 +22,12 @@ from tqdm import tqdm
 from adps.config import ModelConfig, TrainConfig, to_dict
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
-from adps.data.synthesis import AnomalySynthesizer, TextureBank
+from adps.data.synthesis import AnomalySynthesizer, TextureBank, rotate
+from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
 from adps.engine.checkpoint import load_checkpoint, make_checkpoint
 from adps.engine.device import resolve_device
-from adps.engine.distributed import DistContext, init_distributed
+from adps.engine.distributed import DistContext, init_distributed, shutdown_distributed
+from adps.engine.inference import TorchForward, infer
 from adps.engine.losses import adps_loss
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
@@ -48,20 +49,16 @@ class TrainResult:
 
 def random_rotate(images: torch.Tensor, prob: float, max_degrees: float,
                   generator: torch.Generator) -> torch.Tensor:
-    """DRAEM's rotation of the normal image (prob 0.3, +-90 deg), batched; zero fill like imgaug."""
+    """DRAEM's rotation of the normal image (prob 0.3, +-90 deg), batched; zero fill like imgaug.
+
+    Uses synthesis's rotation, which keeps non-square images rigid (no shear)."""
     if prob <= 0:
         return images
     b = images.shape[0]
     dev = images.device
     chosen = torch.rand(b, generator=generator, device=dev) < prob
-    angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(max_degrees)
-    angle = torch.where(chosen, angle, torch.zeros_like(angle))
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros_like(cos)], 1),
-                         torch.stack([sin, cos, torch.zeros_like(cos)], 1)], 1)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    rotated = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
+    degrees = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * max_degrees
+    rotated = rotate(images, torch.where(chosen, degrees, torch.zeros_like(degrees)), "zeros")
     return torch.where(chosen.view(b, 1, 1, 1), rotated, images)
 
 
@@ -92,7 +89,11 @@ def _milestones(config: TrainConfig) -> list[int]:
 
 
 class Trainer:
-    """Owns the model, optimiser and data for one run; ``fit`` runs (or resumes) it."""
+    """Owns the model, optimiser and data for one run; ``fit`` runs (or resumes) it.
+
+    Construction is a sequence of named steps (process group, data, model, optimiser, sampling)
+    so each can be read, and changed, on its own.
+    """
 
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
                  dataset: AnomalyDataset, out_dir: str | Path, device: str = "auto",
@@ -100,60 +101,77 @@ class Trainer:
                  cache_dir: str | Path | None = None, progress: bool = True):
         self.model_config, self.config = model_config, train_config
         self.out_dir = Path(out_dir)
+        self._init_process_group(device, progress)
+        self._check_dataset(dataset)
+        self._load_data(dataset, cache_dir)
+        self._build_model(weights_file, allow_download)
+        self._build_optimizer()
+        self._init_sampling()
+        self.start_epoch = 0
+        self.history: list[float] = []
+
+    def _init_process_group(self, device: str, progress: bool) -> None:
         self.device = resolve_device(device)
         self.dist: DistContext = init_distributed(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
         self.progress = progress and self.dist.is_main
-        if train_config.batch_size % self.dist.world_size:
-            raise AdpsError(f"batch_size {train_config.batch_size} must be divisible by the "
+        if self.config.batch_size % self.dist.world_size:
+            raise AdpsError(f"batch_size {self.config.batch_size} must be divisible by the "
                             f"number of processes ({self.dist.world_size})")
-        size = dataset.size
-        if size is None or size != (model_config.image_size, model_config.image_size):
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes every step: tune once
+
+    def _check_dataset(self, dataset: AnomalyDataset) -> None:
+        size = self.model_config.image_size
+        if dataset.size is None or dataset.size != (size, size):
             raise AdpsError(f"the training dataset must be resized to the model's "
-                            f"{model_config.image_size} x {model_config.image_size} (got {size})")
+                            f"{size} x {size} (got {dataset.size})")
         if sum(dataset.labels):
             raise AdpsError("the training set contains anomalous images; ADPS trains on normal "
                             "images only")
 
+    def _load_data(self, dataset: AnomalyDataset, cache_dir: str | Path | None) -> None:
+        """The uint8 image stack on the device, the calibration hold-out, the synthesiser."""
         images, _, _ = load_tensor_stack(dataset, cache_dir=cache_dir, progress=self.progress)
-        images, self.holdout = split_holdout(images, train_config)
+        images, self.holdout = split_holdout(images, self.config)
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
         textures = None
-        if train_config.texture_dir:
-            textures = TextureBank.from_folder(train_config.texture_dir, model_config.image_size,
-                                               self.device)
-        self.synthesizer = AnomalySynthesizer(textures, train_config.synthesis)
+        if self.config.texture_dir:
+            textures = TextureBank.from_folder(self.config.texture_dir,
+                                               self.model_config.image_size, self.device)
+        self.synthesizer = AnomalySynthesizer(textures, self.config.synthesis)
 
-        torch.manual_seed(train_config.seed)
-        self.model = ADPS(model_config, weights_file=weights_file,
+    def _build_model(self, weights_file: str | None, allow_download: bool) -> None:
+        torch.manual_seed(self.config.seed)
+        self.model = ADPS(self.model_config, weights_file=weights_file,
                           allow_download=allow_download).to(self.device)
-        self.memory_format = (torch.channels_last if train_config.channels_last
+        self.memory_format = (torch.channels_last if self.config.channels_last
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=train_config.lr)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, _milestones(train_config), gamma=train_config.lr_gamma)
         self.net = self.model
         if self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=model_config.variant != "full")
-        self.generator = torch.Generator(self.device).manual_seed(
-            train_config.seed * 1000 + self.dist.rank)
+                find_unused_parameters=self.model_config.variant != "full")
+        self.use_amp = self.config.amp and self.device.type == "cuda"
+
+    def _build_optimizer(self) -> None:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, _milestones(self.config), gamma=self.config.lr_gamma)
+
+    def _init_sampling(self) -> None:
+        """Each rank draws its own synthetic defects but a disjoint share of every epoch."""
+        cfg = self.config
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dist.rank)
         self.sampler = DistributedSampler(range(len(self.images)), self.dist.world_size,
-                                          self.dist.rank, shuffle=True, seed=train_config.seed)
-        self.local_batch = train_config.batch_size // self.dist.world_size
-        self.steps_per_epoch = train_config.steps_per_epoch or math.ceil(
-            len(self.images) / train_config.batch_size)
-        self.use_amp = train_config.amp and self.device.type == "cuda"
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes every step: tune once
-        self.start_epoch = 0
-        self.history: list[float] = []
+                                          self.dist.rank, shuffle=True, seed=cfg.seed)
+        self.local_batch = cfg.batch_size // self.dist.world_size
+        self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(self.images) / cfg.batch_size)
 
     # --- state ------------------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
@@ -207,20 +225,16 @@ class Trainer:
         return order[torch.arange(n) % len(order)].view(self.steps_per_epoch,
                                                          self.local_batch).to(self.device)
 
-    def calibrate(self) -> dict:
+    def calibrate(self) -> Thresholds:
         """Image threshold from the held-out normal images (none held out: uncalibrated)."""
-        thresholds = {"pixel": 0.5, "image": None}
         if self.holdout is None:
-            return thresholds
-        from adps.engine.calibrate import threshold_for_false_alarm_rate
-        from adps.engine.evaluate import infer
-
-        _, scores, _ = infer(self.model, self.holdout, self.config.batch_size)
+            return Thresholds()
+        _, scores, _ = infer(TorchForward(self.model, self.device), self.holdout, self.device,
+                             self.config.batch_size)
         self.model.train()
         calibration = threshold_for_false_alarm_rate(scores.numpy(),
                                                      self.config.target_false_alarm_rate)
-        return {**thresholds, "image": calibration.threshold,
-                "calibration": calibration.as_dict()}
+        return Thresholds().calibrated(calibration)
 
     def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
         cfg = self.config
@@ -251,9 +265,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         final = self.out_dir / FINAL
         if self.dist.is_main:
-            ckpt = make_checkpoint(self.model, cfg, epoch=cfg.epochs, history=list(self.history))
-            ckpt["thresholds"] = self.calibrate()
-            atomic_save(ckpt, final)
+            atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=cfg.epochs,
+                                        history=list(self.history)), final)
         images = steps * cfg.batch_size
         return TrainResult(final, cfg.epochs, steps, seconds,
                            images / seconds if seconds > 0 else 0.0, list(self.history))
@@ -263,6 +276,9 @@ def train(model_config: ModelConfig, train_config: TrainConfig, dataset: Anomaly
           out_dir: str | Path, resume: bool = False, **kwargs) -> TrainResult:
     """Train (or resume) one model; writes ``last.pt`` periodically and ``model.pt`` at the end."""
     trainer = Trainer(model_config, train_config, dataset, out_dir, **kwargs)
-    if resume and not trainer.resume():
-        raise AdpsError(f"--resume was given but there is no {LAST} to resume from", out_dir)
-    return trainer.fit()
+    try:
+        if resume and not trainer.resume():
+            raise AdpsError(f"--resume was given but there is no {LAST} to resume from", out_dir)
+        return trainer.fit()
+    finally:
+        shutdown_distributed(trainer.dist)

@@ -13,17 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adps.config import ModelConfig
-from adps.errors import AdpsError
 from adps.models.backbones import Encoder, create_encoder, get_backbone
-
-# OUR CHOICE (method spec section 5): PSM up-block widths per backbone family.
-PSM_WIDTHS = {
-    "efficientnet_lite0": (128, 64, 32, 32),
-    "efficientnet_lite2": (128, 64, 32, 32),
-    "resnet18": (128, 64, 32, 16),
-    "wide_resnet50_2": (512, 256, 128, 64),
-}
-
 
 def split_patches(x: torch.Tensor, k: int) -> torch.Tensor:
     """(B, C, H, W) -> (B*k*k, C, H/k, W/k), patches in row-major order, one batched view."""
@@ -130,7 +120,6 @@ class ADPS(nn.Module):
         super().__init__()
         self.config = config = config or ModelConfig()
         spec = get_backbone(config.backbone)
-        self._check_geometry(config.image_size)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
@@ -147,19 +136,9 @@ class ADPS(nn.Module):
             self.fuse = nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels)
         self.psm = None
         if config.variant != "no_psm_wmb":
-            self.psm = PostSegmentation(channels, config.psm_widths or PSM_WIDTHS[config.backbone])
+            self.psm = PostSegmentation(channels, config.psm_widths or spec.psm_widths)
             if config.psm_init == "draem":
                 draem_init(self.psm)
-
-    def _check_geometry(self, size: int) -> None:
-        c = self.config
-        cut = c.k ** (1 + len(c.split_after_stages))
-        if c.k < 1 or size % (cut * 16):
-            raise AdpsError(
-                f"image_size {size} must be divisible by 16 x k^(1 + splits) = {cut * 16} "
-                f"(k = {c.k}, split after stages {list(c.split_after_stages)})")
-        if any(s not in (1, 2) for s in c.split_after_stages):
-            raise AdpsError("split_after_stages may only name stages 1 and 2")
 
     def train(self, mode: bool = True) -> "ADPS":
         super().train(mode)
@@ -238,4 +217,4 @@ class ADPS(nn.Module):
         return gaussian_blur(anomaly_map.float(), self.config.sigma).amax(dim=(1, 2, 3))
 
 
-__all__ = ["ADPS", "PSM_WIDTHS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur"]
+__all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur"]

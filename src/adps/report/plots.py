@@ -1,7 +1,7 @@
 """Pictures for reports and predictions: heatmap overlays and the evaluation plots.
 
-:func:`overlay` needs only numpy and Pillow (the ``predict`` command writes overlay PNGs with it).
-The plots are drawn with matplotlib's object API (``Figure`` + the SVG canvas, never ``pyplot``),
+:func:`overlay` needs numpy, Pillow and matplotlib's colormaps, no figure (the ``predict``
+command writes overlay PNGs with it). The plots are drawn with matplotlib's object API (``Figure`` + the SVG canvas, never ``pyplot``),
 so no global backend is switched and nothing needs a display; each plot is returned as an inline
 ``<svg>`` string with text kept as text (small, sharp, selectable) and figure-unique element ids,
 so several plots can live in one HTML page.
@@ -13,6 +13,7 @@ import io
 import itertools
 import re
 
+import matplotlib
 import numpy as np
 from PIL import Image
 
@@ -36,23 +37,17 @@ NORMAL_COLOR = "#2a9d8f"
 DEFECT_COLOR = "#e76f51"
 THRESHOLD_COLOR = "#222222"
 
-# Google's polynomial approximation of the Turbo colormap (Mikhailov 2019; max error < 1/255):
-# perceptually smoother than jet, dark blue (0) -> green -> yellow -> dark red (1).
-_TURBO = np.array([
-    [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
-    [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
-    [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
-])
-
-
 # --------------------------------------------------------------------------- heatmaps
 
 
 def colorize(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] (clipped) to Turbo colours: uint8, shape ``values.shape + (3,)``."""
-    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None]
-    powers = x ** np.arange(6)  # (..., 6)
-    return np.clip(np.rint(powers @ _TURBO.T * 255.0), 0, 255).astype(np.uint8)
+    """Values in [0, 1] (clipped) as matplotlib's Turbo colours, uint8 ``values.shape + (3,)``.
+
+    Turbo is perceptually smoother than jet: dark blue (0) -> green -> yellow -> dark red (1).
+    """
+    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    rgba = np.asarray(matplotlib.colormaps["turbo"](x))  # a scalar gives a tuple
+    return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
 
 
 def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -280,7 +275,7 @@ def pro_svg(curve, aupro_value: float | None = None, fpr_limit: float = 0.3,
 
     def build(fig, ax):
         ax.axvspan(0, fpr_limit, color=PIXEL_COLOR, alpha=0.07, lw=0)
-        x, y = decimate(*truncate_pro_curve(fpr, pro, fpr_limit), max_points)
+        x, y = decimate(*truncate_pro_curve(fpr, pro, fpr_limit=fpr_limit), max_points)
         ax.fill_between(x, y, color=PIXEL_COLOR, alpha=0.18, lw=0,
                         label=f"AUPRO (FPR ≤ {fpr_limit:g}) {_percent(aupro_value)}")
         ax.plot(*decimate(fpr, pro, max_points), color=PIXEL_COLOR, lw=1.8, label="PRO")

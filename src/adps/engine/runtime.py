@@ -1,0 +1,178 @@
+"""Running exported graphs: ONNX through onnxruntime, TorchScript through torch.jit.
+
+:mod:`adps.export` writes the graphs; this module reads them back, so the predictor (an engine
+module) runs a deployed file without importing the exporter. The metadata format both sides
+agree on lives here, at the lower layer: an export is a graph plus one JSON document (adps
+version, image size, input dtype, mean/std, thresholds, model config), stored in the ONNX model's
+``metadata_props`` under :data:`METADATA_KEY` and in a TorchScript archive as the extra file
+:data:`TORCHSCRIPT_EXTRA`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from adps.engine.calibrate import Thresholds
+from adps.errors import AdpsError
+
+__all__ = ["EXPORT_FORMAT", "METADATA_KEY", "TORCHSCRIPT_EXTRA", "INPUT_NAME", "OUTPUT_NAMES",
+           "INPUT_DTYPES", "OnnxRunner", "load_torchscript", "read_onnx_metadata",
+           "quiet_export"]
+
+EXPORT_FORMAT = "adps-export-v1"
+METADATA_KEY = "adps"  # ONNX metadata_props key
+TORCHSCRIPT_EXTRA = "adps.json"  # TorchScript _extra_files name
+INPUT_NAME = "images"
+OUTPUT_NAMES = ("anomaly_map", "score")
+INPUT_DTYPES = ("uint8", "float32")
+
+# matched from the message's start, hence the leading ".*"
+_NOISE = re.compile(r".*(legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
+                    r"`torch\.jit\.\w+` is deprecated|The feature will be removed|"
+                    r"__array_wrap__)")
+
+
+class quiet_export(warnings.catch_warnings):
+    """Hides the exporters' and loaders' known, harmless warnings (deprecations, a constant-
+    folding note), which would otherwise reach users on every export and every load."""
+
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.filterwarnings("ignore", message=_NOISE.pattern)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return result
+
+
+def parse_metadata(props: dict[str, str], path: Path, what: str = "ONNX") -> dict:
+    """The adps metadata of an export, checked enough that a predictor can rely on it."""
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise AdpsError(f"is not an adps {what} export (no adps metadata); export one with "
+                        "`adps export`", path)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise AdpsError(f"has unreadable adps metadata ({exc})", path) from exc
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise AdpsError(f"is not an adps export of a known format (expected {EXPORT_FORMAT})",
+                        path)
+    if meta.get("input_dtype") not in INPUT_DTYPES or not isinstance(meta.get("image_size"), int):
+        raise AdpsError("has incomplete adps metadata (input_dtype, image_size)", path)
+    return meta
+
+
+def read_onnx_metadata(path: str | Path) -> dict:
+    """The adps metadata of an ONNX export (reads the file; no inference session)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdpsError("ONNX model not found", path)
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:
+        raise AdpsError(f"cannot be read as an ONNX model ({exc})", path) from exc
+    return parse_metadata({p.key: p.value for p in proto.metadata_props}, path)
+
+
+def _default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _to_input_dtype(images: Any, input_dtype: str, size: int, path: Path | None) -> np.ndarray:
+    """(B,3,H,W) uint8 or float array -> what the graph takes (uint8 0..255 / float32 [0,1])."""
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
+        raise AdpsError(f"images must be (B, 3, {size}, {size}) (RGB, channels first, at the "
+                        f"exported size), got {images.shape}", path)
+    if images.dtype == np.uint8:
+        if input_dtype == "uint8":
+            return np.ascontiguousarray(images)
+        return images.astype(np.float32) * np.float32(1 / 255)
+    if np.issubdtype(images.dtype, np.floating):
+        if input_dtype == "float32":
+            return np.ascontiguousarray(images, dtype=np.float32)
+        # float [0, 1] into a uint8 graph: the same quantisation as reading an 8-bit image
+        return np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    raise AdpsError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}", path)
+
+
+class OnnxRunner:
+    """Runs an adps ONNX export with onnxruntime.
+
+    ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
+    onnxruntime's intra-op thread count (None = its default). Attributes: ``image_size``,
+    ``input_dtype``, ``metadata`` (the export's JSON), ``thresholds`` (:class:`Thresholds`),
+    ``providers`` (those the session uses).
+    """
+
+    def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
+                 threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = path = Path(path)
+        if not path.is_file():
+            raise AdpsError("ONNX model not found", path)
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options,
+                providers=list(providers) if providers else _default_providers())
+        except Exception as exc:
+            raise AdpsError(f"cannot be loaded as an ONNX model ({exc})", path) from exc
+        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
+        self.image_size: int = self.metadata["image_size"]
+        self.input_dtype: str = self.metadata["input_dtype"]
+        self.thresholds = Thresholds.from_dict(self.metadata.get("thresholds"))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        if len(self.output_names) != 2:
+            raise AdpsError(f"has {len(self.output_names)} outputs, expected 2 "
+                            "(anomaly_map, score)", path)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
+        x = _to_input_dtype(images, self.input_dtype, self.image_size, self.path)
+        maps, scores = self.session.run(self.output_names, {self.input_name: x})
+        return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
+
+    def __repr__(self) -> str:
+        return (f"OnnxRunner({str(self.path)!r}, image_size={self.image_size}, "
+                f"input_dtype={self.input_dtype!r}, providers={self.providers})")
+
+
+def load_torchscript(path: str | Path, device: str | torch.device = "cpu"
+                     ) -> tuple[torch.jit.ScriptModule, dict]:
+    """Loads a TorchScript export: ``(module, metadata)``; ``module(images)`` returns
+    ``(anomaly_map (B,1,H,W), score (B,))`` for images of the exported dtype."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdpsError("TorchScript model not found", path)
+    extra = {TORCHSCRIPT_EXTRA: ""}
+    try:
+        with quiet_export():
+            module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:
+        raise AdpsError(f"cannot be loaded as a TorchScript model ({exc})", path) from exc
+    raw = extra[TORCHSCRIPT_EXTRA]
+    if not raw:
+        raise AdpsError("is not an adps TorchScript export (no adps.json metadata)", path)
+    props = {METADATA_KEY: raw.decode("utf-8") if isinstance(raw, bytes) else raw}
+    return module.eval(), parse_metadata(props, path, "TorchScript")

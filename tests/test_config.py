@@ -1,0 +1,275 @@
+"""Typed configs refuse bad values, and YAML config files fail clearly (adps.config)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+import adps.cli
+from adps.cli.options import add_training_arguments, configs_from_args
+from adps.config import (
+    ModelConfig,
+    SynthesisConfig,
+    TrainConfig,
+    from_dict,
+    load_config_file,
+    to_dict,
+)
+from adps.errors import AdpsError
+
+CLASSES = {"model": ModelConfig, "train": TrainConfig}
+
+# (section, field, a value the field must refuse); every field of both configs appears at least
+# once (checked by test_the_table_covers_every_field).
+BAD = [
+    ("model", "backbone", ""),
+    ("model", "backbone", 5),
+    ("model", "image_size", 0),
+    ("model", "image_size", 256.0),
+    ("model", "image_size", "256"),
+    ("model", "image_size", True),
+    ("model", "k", 0),
+    ("model", "k", 2.5),
+    ("model", "split_after_stages", (3,)),
+    ("model", "split_after_stages", (1, 1)),
+    ("model", "split_after_stages", (True,)),
+    ("model", "split_after_stages", 1),
+    ("model", "fusion", "foo"),
+    ("model", "fusion", None),
+    ("model", "mask_type", "cos"),
+    ("model", "variant", "none"),
+    ("model", "psm_widths", (64, 32, 16)),
+    ("model", "psm_widths", (64, 32, 16, 0)),
+    ("model", "psm_widths", (64, 32, 16, 16.0)),
+    ("model", "psm_widths", 64),
+    ("model", "student_init", "Random"),
+    ("model", "sigma", -1.0),
+    ("model", "sigma", math.nan),
+    ("model", "sigma", "4"),
+    ("model", "cos_eps", 0.0),
+    ("model", "psm_init", "xavier"),
+    ("train", "epochs", 0),
+    ("train", "epochs", 1.5),
+    ("train", "epochs", True),
+    ("train", "batch_size", 0),
+    ("train", "lr", -1),
+    ("train", "lr", 0.0),
+    ("train", "lr", math.inf),
+    ("train", "lr", math.nan),
+    ("train", "lr", "1e-4"),
+    ("train", "lr_milestones", (0.9, 0.8)),
+    ("train", "lr_milestones", (0.8, 0.8)),
+    ("train", "lr_milestones", (0.0, 0.5)),
+    ("train", "lr_milestones", (0.5, 1.5)),
+    ("train", "lr_milestones", 0.8),
+    ("train", "lr_gamma", 0.0),
+    ("train", "lr_gamma", 1.5),
+    ("train", "lambda_seg", -1.0),
+    ("train", "focal_gamma", -0.5),
+    ("train", "distill_loss", "coisne"),
+    ("train", "mse_margin", -1.0),
+    ("train", "steps_per_epoch", 0),
+    ("train", "steps_per_epoch", 2.5),
+    ("train", "seed", -1),
+    ("train", "seed", 1.0),
+    ("train", "rotate_prob", 1.1),
+    ("train", "texture_dir", 5),
+    ("train", "texture_dir", ""),
+    ("train", "synthesis", 5),
+    ("train", "synthesis", {"anomaly_prob": 0.5}),
+    ("train", "checkpoint_every", 0),
+    ("train", "checkpoint_minutes", -1.0),
+    ("train", "calibration_holdout", 1.0),
+    ("train", "calibration_holdout", -0.1),
+    ("train", "target_false_alarm_rate", 0.0),
+    ("train", "target_false_alarm_rate", 1.0),
+    ("train", "amp", 1),
+    ("train", "amp", "yes"),
+    ("train", "channels_last", None),
+]
+
+
+def test_the_table_covers_every_field():
+    for section, cls in CLASSES.items():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        assert fields == {name for s, name, _ in BAD if s == section}
+
+
+@pytest.mark.parametrize("section, name, value", BAD, ids=[f"{s}.{n}={v!r}" for s, n, v in BAD])
+def test_every_field_refuses_a_bad_value(section, name, value):
+    with pytest.raises(AdpsError, match=re.escape(f"{section}.{name}")):
+        CLASSES[section](**{name: value})
+
+
+def test_messages_say_field_value_and_what_is_allowed():
+    with pytest.raises(AdpsError) as info:
+        ModelConfig(fusion="foo")
+    assert str(info.value) == "model.fusion: 'foo' is not one of ['wmb', 'diff', 'conv']"
+    with pytest.raises(AdpsError) as info:
+        TrainConfig(lr=-1)
+    assert str(info.value) == "train.lr: must be > 0, got -1"
+    with pytest.raises(AdpsError,
+                       match=r"train\.distill_loss: 'coisne' is not one of \['cosine', 'mse'\]"):
+        TrainConfig(distill_loss="coisne")
+    with pytest.raises(AdpsError, match=r"model\.psm_widths\[3\]: must be > 0, got 0$"):
+        ModelConfig(psm_widths=(64, 32, 16, 0))
+    with pytest.raises(AdpsError, match=r"model\.k: must be an integer >= 1, got 2\.0$"):
+        ModelConfig(k=2.0)
+    with pytest.raises(AdpsError, match="1.0e-4"):  # PyYAML 1.1 reads `lr: 1e-4` as a string
+        TrainConfig(lr="1e-4")
+
+
+def test_good_edge_values_pass():
+    TrainConfig(lr=1, lr_gamma=1, lr_milestones=(), calibration_holdout=0.0, steps_per_epoch=1,
+                checkpoint_minutes=0, rotate_prob=1, lambda_seg=0, texture_dir="textures")
+    TrainConfig(lr_milestones=(0.5, 1))
+    ModelConfig(image_size=32, k=2, psm_widths=(8, 8, 8, 8), sigma=0)
+    ModelConfig(image_size=1024, k=8, split_after_stages=(1,))  # 16 x 8^2
+    ModelConfig(image_size=128, k=2, split_after_stages=(2, 1))  # 16 x 2^3
+
+
+def test_nested_synthesis_errors_name_the_path():
+    with pytest.raises(AdpsError, match=r"train\.synthesis\.anomaly_prob"):
+        from_dict(TrainConfig, {"synthesis": {"anomaly_prob": 2.0}})
+    with pytest.raises(AdpsError, match=r"train\.synthesis\.perlin_scale_min"):
+        SynthesisConfig(perlin_scale_min=4, perlin_scale_max=2)
+    with pytest.raises(AdpsError, match=r"train\.synthesis"):
+        from_dict(TrainConfig, {"synthesis": 5})
+
+
+# ------------------------------------------------------------------------------------ geometry
+
+
+@pytest.mark.parametrize("size, k, splits, step, nearest", [
+    (100, 8, (), 128, "128"),  # nothing valid below 100
+    (300, 8, (), 128, "256, 384"),
+    (200, 2, (1,), 64, "192, 256"),  # 16 x 2^2
+    (256, 32, (), 512, "512"),
+    (64, 2, (1, 2), 128, "128"),  # 16 x 2^3
+])
+def test_geometry_error_names_the_nearest_valid_sizes(size, k, splits, step, nearest):
+    with pytest.raises(AdpsError) as info:
+        ModelConfig(image_size=size, k=k, split_after_stages=splits)
+    message = str(info.value)
+    assert message.startswith(f"model.image_size: {size} must be divisible by {step} ")
+    assert message.endswith(f"nearest valid sizes: {nearest}")
+    for valid in nearest.split(", "):
+        ModelConfig(image_size=int(valid), k=k, split_after_stages=splits)
+
+
+# ------------------------------------------------------------------------------ dict round trip
+
+
+def test_defaults_construct_and_round_trip():
+    for cls in (ModelConfig, TrainConfig, SynthesisConfig):
+        assert from_dict(cls, to_dict(cls())) == cls()
+    model = ModelConfig(image_size=1024, split_after_stages=(1,), psm_widths=(8, 8, 8, 8))
+    assert from_dict(ModelConfig, to_dict(model)) == model
+    train = TrainConfig(lr_milestones=(0.5,), synthesis=SynthesisConfig(texture_ops=0))
+    assert from_dict(TrainConfig, to_dict(train)) == train
+
+
+def test_from_dict_refuses_unknown_fields_and_non_mappings():
+    with pytest.raises(AdpsError, match=r"model: unknown fields \['fusoin'\]"):
+        from_dict(ModelConfig, {"fusoin": "wmb"})
+    with pytest.raises(AdpsError, match=r"^model: expected a mapping"):
+        from_dict(ModelConfig, 5)
+    with pytest.raises(AdpsError, match=r"^train: expected a mapping"):
+        from_dict(TrainConfig, ["epochs", 3])
+
+
+# ------------------------------------------------------------------------------------ YAML files
+
+
+def _yaml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, match", [
+    ("5\n", "expected a mapping"),  # a bare number: was a TypeError
+    ("- model\n- train\n", "expected a mapping"),
+    ("just text\n", "expected a mapping"),
+    ("optim:\n  lr: 1.0\n", r"unknown sections \['optim'\]"),
+    ("model: 5\n", "section 'model:' must be a mapping"),
+    ("train: [1, 2]\n", "section 'train:' must be a mapping"),
+    ("model: [\n", "cannot read"),
+    ("model:\n\tk: 4\n", "cannot read"),  # tabs are a YAML syntax error
+])
+def test_bad_files_raise_adps_errors_naming_the_file(tmp_path, text, match):
+    path = _yaml(tmp_path, text)
+    with pytest.raises(AdpsError, match=match) as info:
+        load_config_file(path)
+    assert info.value.path == str(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(AdpsError, match="cannot read") as info:
+        load_config_file(tmp_path / "absent.yaml")
+    assert info.value.path == str(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("text", ["", "# nothing\n", "model:\ntrain:\n"])
+def test_empty_file_or_sections_give_empty_sections(tmp_path, text):
+    assert load_config_file(_yaml(tmp_path, text)) == {"model": {}, "train": {}}
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+GOOD = """\
+model:
+  image_size: 128
+  k: 4
+  fusion: diff
+  psm_widths: [64, 32, 16, 16]
+train:
+  epochs: 3
+  lr: 1.0e-3
+  lr_milestones: [0.5, 0.75]
+  amp: false
+  synthesis:
+    anomaly_prob: 0.7
+"""
+
+
+def test_a_good_file_reaches_the_configs(tmp_path):
+    model, train = configs_from_args(_args("--config", str(_yaml(tmp_path, GOOD))))
+    assert model == ModelConfig(image_size=128, k=4, fusion="diff", psm_widths=(64, 32, 16, 16))
+    assert train == TrainConfig(epochs=3, lr=1e-3, lr_milestones=(0.5, 0.75), amp=False,
+                                synthesis=SynthesisConfig(anomaly_prob=0.7))
+    assert isinstance(train.lr_milestones, tuple) and isinstance(model.psm_widths, tuple)
+
+
+def test_flags_override_the_file(tmp_path):
+    path = _yaml(tmp_path, GOOD)
+    model, train = configs_from_args(_args("--config", str(path), "--epochs", "7",
+                                           "--image-size", "256", "--fusion", "conv"))
+    assert (model.image_size, model.k, model.fusion) == (256, 4, "conv")
+    assert (train.epochs, train.lr) == (7, 1e-3)
+
+
+def test_bad_value_in_a_file_fails(tmp_path):
+    path = _yaml(tmp_path, "train:\n  distill_loss: coisne\n")
+    with pytest.raises(AdpsError, match=r"train\.distill_loss: 'coisne'"):
+        configs_from_args(_args("--config", str(path)))
+
+
+def test_cli_reports_a_bad_field_before_opening_the_data(tmp_path, capsys):
+    path = _yaml(tmp_path, "model:\n  fusion: foo\n")
+    code = adps.cli.main(["train", "--config", str(path), "--data", str(tmp_path / "no-data"),
+                          "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "model.fusion: 'foo' is not one of ['wmb', 'diff', 'conv']" in err
+    assert "no-data" not in err
+    assert not (tmp_path / "out").exists()
