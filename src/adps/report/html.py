@@ -30,7 +30,14 @@ from adps.engine.calibrate import Thresholds
 from adps.engine.evaluate import EvalResult
 from adps.errors import AdpsError
 from adps.fileio import atomic_write_text
-from adps.metrics import f1_max_threshold, pixel_curves, pr_curve, roc_curve
+from adps.metrics import (
+    IMAGE_KEYS,
+    PIXEL_KEYS,
+    f1_max_threshold,
+    pixel_curves,
+    pr_curve,
+    roc_curve,
+)
 from adps.report import plots
 
 __all__ = ["SECTIONS", "build_report", "gallery_order"]
@@ -41,10 +48,7 @@ SECTIONS = ("summary", "metrics", "curves", "scores", "gallery")
 FPR_LIMIT = 0.3
 THUMB = 128  # longest side of gallery thumbnails, in pixels
 
-_METRIC_ROWS = (
-    ("image", ("image_auroc", "image_ap", "image_f1max", None)),
-    ("pixel", ("pixel_auroc", "pixel_ap", "pixel_f1max", "aupro")),
-)
+_METRIC_ROWS = (("image", (*IMAGE_KEYS, None)), ("pixel", PIXEL_KEYS))  # no image AUPRO
 
 
 # --------------------------------------------------------------------------- small helpers
