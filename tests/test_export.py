@@ -231,3 +231,20 @@ def test_onnx_dynamo_exporter(model, images, reference, tmp_path):
     x = images.numpy()
     _assert_parity(*runner(x[:1]), reference, slice(0, 1))
     _assert_parity(*runner(x[1:4]), reference, slice(1, 4))
+
+
+def test_the_image_score_and_psm_stride_travel_inside_the_graph(images, tmp_path):
+    """A model with the top-mean image score and the PSM at stride 2 exports with both inside
+    the graph: ONNX scores and maps equal the eager model's, and the metadata names them."""
+    torch.manual_seed(1)
+    config = ModelConfig(image_size=SIZE, k=K, psm_output_stride=2, image_score="top_mean",
+                         score_top_share=0.05)
+    model = ADPS(config).eval()
+    with torch.no_grad():
+        want = model(images.float() / 255)
+    runner = OnnxRunner(export_onnx(model, tmp_path / "m.onnx"))
+    assert runner.metadata["model_config"]["image_score"] == "top_mean"
+    assert runner.metadata["model_config"]["psm_output_stride"] == 2
+    maps, scores = runner(images.numpy())
+    assert np.abs(maps - want[0].numpy()).max() < TOL
+    assert np.abs(scores - want[1].numpy()).max() < TOL

@@ -162,6 +162,50 @@ def test_score_is_max_of_smoothed_map(model):
     np.testing.assert_allclose(score.numpy(), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("share", [0.01, 0.1, 1.0])
+def test_top_mean_score_is_the_mean_of_the_highest_smoothed_pixels(share):
+    torch.manual_seed(0)
+    m = ADPS(ModelConfig(**SMALL, image_score="top_mean", score_top_share=share),
+             pretrained=False).eval()
+    amap = torch.rand(3, 1, 64, 64) ** 4  # a few hot pixels over a dim background
+    got = m.score(amap).numpy()
+    k = max(1, round(share * 64 * 64))
+    expected = [np.sort(gaussian_filter(amap[i, 0].numpy(), 4.0, mode="mirror").ravel())[-k:]
+                .mean() for i in range(3)]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    paper = ADPS(ModelConfig(**SMALL), pretrained=False).score(amap)
+    assert torch.all(m.score(amap) <= paper + 1e-6)  # a mean of the top never exceeds the max
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_psm_output_stride_shapes_and_gradients(stride):
+    torch.manual_seed(0)
+    m = ADPS(ModelConfig(**SMALL, psm_output_stride=stride), pretrained=False).train()
+    x = torch.rand(2, 3, 64, 64)
+    psm_in = []
+    hook = m.psm.head.register_forward_hook(lambda mod, i, o: psm_in.append(o.shape))
+    out = m(x)
+    hook.remove()
+    assert psm_in[0][-2:] == (64 // stride, 64 // stride)  # the head runs at 1/stride ...
+    assert out["logits"].shape == (2, 2, 64, 64)  # ... and its logits come back at full size
+    mask = torch.zeros(2, 1, 64, 64)
+    mask[:, :, 8:24, 8:24] = 1
+    adps_loss(out, mask, TrainConfig())[0].backward()
+    for name, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert m.psm.head.weight.grad.abs().sum() > 0 and m.psm.up1.up.weight.grad.abs().sum() > 0
+    assert (m.psm.up3 is None) == (stride == 4) and (m.psm.up4 is None) == (stride > 1)
+    with torch.no_grad():
+        amap, score = m.eval()(x)
+    assert amap.shape == (2, 1, 64, 64) and torch.all((amap >= 0) & (amap <= 1))
+
+
+def test_full_decoder_keeps_the_papers_parameter_names():
+    names = set(ADPS(ModelConfig(**SMALL), pretrained=False).psm.state_dict())
+    assert {n.split(".")[0] for n in names} == {"up1", "up2", "up3", "up4", "head"}
+
+
 def test_teacher_stays_frozen_through_an_optimiser_step():
     m = ADPS(ModelConfig(**SMALL))
     before = {k: v.clone() for k, v in m.teacher.state_dict().items()}

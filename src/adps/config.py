@@ -30,6 +30,8 @@ from adps.errors import AdpsError
 
 Fusion = Literal["wmb", "diff", "conv"]
 Variant = Literal["full", "no_psm_wmb", "no_student", "no_teacher"]
+ImageScore = Literal["max", "top_mean"]
+LrSchedule = Literal["multistep", "cosine"]
 
 NUM_TEXTURE_OPS = 10
 """Photometric ops in DRAEM's texture list; ``adps.data.synthesis`` asserts its list has as many."""
@@ -65,7 +67,8 @@ def _literals(config: Any) -> None:
     for name, hint in _hints(type(config)).items():
         if get_origin(hint) is Literal:
             value, options = getattr(config, name), get_args(hint)
-            if not isinstance(value, str) or value not in options:
+            # the type check keeps True from passing for 1 (and 1.0 for 1)
+            if type(value) not in {type(o) for o in options} or value not in options:
                 raise AdpsError(f"{_where(config, name)}: {_shown(value)} is not one of "
                                 f"{list(options)}")
 
@@ -196,6 +199,14 @@ class ModelConfig:
     sigma: float = 4.0  # OUR CHOICE: Gaussian sigma of the image score (RD4AD convention)
     cos_eps: float = 1e-8
     psm_init: Literal["pytorch", "draem"] = "pytorch"
+    # Where the PSM stops: 1 = full resolution (the paper); 2 or 4 drop the last up-block(s),
+    # whose activations at full size cost most of the PSM's time, and upsample the logits
+    # bilinearly to the image size before the softmax (and the loss).
+    psm_output_stride: Literal[1, 2, 4] = 1
+    # The image score from the Gaussian-smoothed map: "max" (the paper) or "top_mean", the mean
+    # of its highest ``score_top_share`` of pixels, which a few hot pixels cannot dominate.
+    image_score: ImageScore = "max"
+    score_top_share: float = 0.01
 
     _SECTION: ClassVar[str] = "model"
 
@@ -211,6 +222,7 @@ class ModelConfig:
                    functools.partial(_number_at, integer=True, gt=0), length=4)
         _number(self, "sigma", ge=0)
         _number(self, "cos_eps", gt=0)
+        _number(self, "score_top_share", gt=0, le=1)
         self._check_geometry()
 
     def _check_geometry(self) -> None:
@@ -234,6 +246,14 @@ class TrainConfig:
     lr: float = 1e-4  # [P] Adam
     lr_milestones: tuple[float, ...] = (0.8, 0.9)  # [P] x gamma at 80% and 90% of training
     lr_gamma: float = 0.2
+    # "multistep" = the paper's (x lr_gamma at each milestone); "cosine" decays to
+    # lr_final_share of the peak. Both follow a linear warm-up over the first `warmup` share.
+    lr_schedule: LrSchedule = "multistep"
+    warmup: float = 0.0
+    lr_final_share: float = 0.0
+    # Train for this many seconds instead of `epochs`: the schedule's progress is elapsed /
+    # budget, so warm-up, decay and milestones scale with it (None = train `epochs`).
+    time_budget: float | None = None
     lambda_seg: float = 1.0  # [P] lambda
     focal_gamma: float = 2.0  # OUR CHOICE (DRAEM FocalLoss default)
     distill_loss: Literal["cosine", "mse"] = "cosine"  # [P] cosine (Table VII)
@@ -250,7 +270,9 @@ class TrainConfig:
     # of training (0 = no calibration; the pixel threshold 0.5 then decides).
     calibration_holdout: float = 0.0
     target_false_alarm_rate: float = 0.01
-    amp: bool = True  # bf16 autocast on CUDA; CPU always trains in float32
+    # bf16 autocast (losses in float32) on CUDA and on CPUs with native bf16 (avx512_bf16/AMX);
+    # float32 elsewhere, where bf16 would be emulated and slower
+    amp: bool = True
     channels_last: bool = True
 
     _SECTION: ClassVar[str] = "train"
@@ -263,6 +285,9 @@ class TrainConfig:
         _items(self, "lr_milestones", "a tuple of increasing shares of training in (0, 1]",
                functools.partial(_number_at, gt=0, le=1), increasing=True)
         _number(self, "lr_gamma", gt=0, le=1)
+        _number(self, "warmup", ge=0, lt=1)
+        _number(self, "lr_final_share", ge=0, le=1)
+        _number(self, "time_budget", gt=0, optional=True)
         _number(self, "lambda_seg", ge=0)
         _number(self, "focal_gamma", ge=0)
         _number(self, "mse_margin", ge=0)
@@ -277,6 +302,19 @@ class TrainConfig:
         _number(self, "target_false_alarm_rate", gt=0, lt=1)
         _instance(self, "amp", bool, "true or false")
         _instance(self, "channels_last", bool, "true or false")
+
+
+# Named starting points for training: (model fields, train fields, what it is). The dataclass
+# defaults are the paper's; a recipe overrides some of them.
+RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
+    "paper": ({}, {}, "the paper's settings (Adam 1e-4, batch 32, x0.2 at 80%% and 90%%, "
+                      "full-resolution PSM)"),
+    "fast": ({"psm_output_stride": 2},
+             {"batch_size": 16, "lr": 4e-4, "lr_schedule": "cosine", "warmup": 0.05,
+              "lr_final_share": 0.02},
+             "batch 16, Adam 4e-4 with 5%% warm-up and cosine decay, PSM at stride 2"),
+}
+DEFAULT_RECIPE = "paper"
 
 
 def to_dict(config: Any) -> dict[str, Any]:

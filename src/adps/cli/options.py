@@ -11,8 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adps.config import ModelConfig, TrainConfig, from_dict, load_config_file, to_dict
+from adps.config import (
+    DEFAULT_RECIPE,
+    RECIPES,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    load_config_file,
+    to_dict,
+)
 from adps.data.spec import FORMATS, DataSpec
+from adps.engine.schedule import parse_duration
 
 # flag dest -> (config section, field)
 _FIELDS = {
@@ -26,6 +35,10 @@ _FIELDS = {
     "steps_per_epoch": ("train", "steps_per_epoch"),
     "calibrate_holdout": ("train", "calibration_holdout"),
     "target_far": ("train", "target_false_alarm_rate"),
+    "psm_output_stride": ("model", "psm_output_stride"),
+    "image_score": ("model", "image_score"), "score_top_share": ("model", "score_top_share"),
+    "lr_schedule": ("train", "lr_schedule"), "warmup": ("train", "warmup"),
+    "time_budget": ("train", "time_budget"), "amp": ("train", "amp"),
 }
 
 
@@ -93,12 +106,33 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--variant", choices=("full", "no_psm_wmb", "no_student", "no_teacher"),
                    help="framework ablation (default full)")
     m.add_argument("--sigma", type=float, help="Gaussian sigma of the image score (default 4)")
+    m.add_argument("--psm-output-stride", type=int, choices=(1, 2, 4),
+                   help="1 = the paper's full-resolution PSM; 2 or 4 stop it earlier and "
+                        "upsample its logits (faster)")
+    m.add_argument("--image-score", choices=("max", "top_mean"),
+                   help="image score from the smoothed map: its max (the paper) or the mean of "
+                        "its top --score-top-share of pixels")
+    m.add_argument("--score-top-share", type=float, metavar="SHARE",
+                   help="share of pixels for --image-score top_mean (default 0.01)")
     t = parser.add_argument_group("training")
+    t.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                   help=f"a set of training settings to start from (default {DEFAULT_RECIPE}): "
+                        + "; ".join(f"{name}: {text}" for name, (_, _, text) in RECIPES.items())
+                        + ". --config and explicit flags override single fields")
+    t.add_argument("--time-budget", type=parse_duration, metavar="DURATION",
+                   help="train for this long (90s, 20m, 2h) instead of --epochs; warm-up and "
+                        "decay scale with the budget")
     t.add_argument("--epochs", type=int, help="epochs (default 300, the paper's)")
     t.add_argument("--steps-per-epoch", type=int,
                    help="steps per epoch (default: training images / batch size)")
     t.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    t.add_argument("--lr", type=float, help="Adam (peak) learning rate (default 1e-4)")
+    t.add_argument("--lr-schedule", choices=("multistep", "cosine"),
+                   help="multistep = the paper's (x0.2 at 80%% and 90%%), or cosine decay")
+    t.add_argument("--warmup", type=float, metavar="SHARE",
+                   help="linear learning-rate warm-up over this share of training")
+    t.add_argument("--no-amp", dest="amp", action="store_const", const=False, default=None,
+                   help="train in float32 even where bf16 autocast is available")
     t.add_argument("--seed", type=int, help="random seed (default 0)")
     t.add_argument("--textures", metavar="DIR",
                    help="texture folder for synthetic defects (e.g. DTD images); default: "
@@ -116,9 +150,13 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
-    sections: dict[str, dict] = {"model": {}, "train": {}}
+    """The recipe's values, then the --config file's, then the flags given explicitly."""
+    model_values, train_values, _ = RECIPES[getattr(args, "recipe", None) or DEFAULT_RECIPE]
+    sections: dict[str, dict] = {"model": dict(model_values), "train": dict(train_values)}
     if getattr(args, "config", None):
-        sections = load_config_file(args.config)
+        loaded = load_config_file(args.config)
+        for key in sections:
+            sections[key].update(loaded[key])
     for dest, (section, name) in _FIELDS.items():
         value = getattr(args, dest, None)
         if value is not None:

@@ -25,15 +25,17 @@ from adps.data.datasets import AnomalyDataset
 from adps.data.synthesis import AnomalySynthesizer, TextureBank, rotate
 from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
 from adps.engine.checkpoint import load_checkpoint, make_checkpoint
-from adps.engine.device import resolve_device
+from adps.engine.device import cpu_has_bf16, resolve_device
 from adps.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from adps.engine.inference import TorchForward, infer
 from adps.engine.losses import adps_loss
+from adps.engine.schedule import format_duration, lr_factor
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
 from adps.models.adps import ADPS
 
-LAST = "last.pt"  # the resumable checkpoint (optimiser, scheduler, RNG states)
+_ANNOUNCE_AFTER = 3  # steps before the duration estimate (the first one includes warm-up)
+LAST = "last.pt"  # the resumable checkpoint (optimiser, progress, RNG states)
 FINAL = "model.pt"  # the deployable checkpoint (weights, configs, thresholds)
 
 
@@ -84,10 +86,6 @@ def split_holdout(images: torch.Tensor, config: TrainConfig
     return images[order[n_hold:].sort().values], images[order[:n_hold].sort().values]
 
 
-def _milestones(config: TrainConfig) -> list[int]:
-    return [max(1, round(m * config.epochs)) for m in config.lr_milestones]
-
-
 class Trainer:
     """Owns the model, optimiser and data for one run; ``fit`` runs (or resumes) it.
 
@@ -98,9 +96,11 @@ class Trainer:
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
                  dataset: AnomalyDataset, out_dir: str | Path, device: str = "auto",
                  weights_file: str | None = None, allow_download: bool = False,
-                 cache_dir: str | Path | None = None, progress: bool = True):
+                 cache_dir: str | Path | None = None, progress: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
         self.model_config, self.config = model_config, train_config
         self.out_dir = Path(out_dir)
+        self.clock = clock  # wall-clock seconds; tests pass a fake one
         self._init_process_group(device, progress)
         self._check_dataset(dataset)
         self._load_data(dataset, cache_dir)
@@ -108,6 +108,8 @@ class Trainer:
         self._build_optimizer()
         self._init_sampling()
         self.start_epoch = 0
+        self.step = 0  # optimiser steps done, over every session of this run
+        self.elapsed = 0.0  # training seconds spent, over every session (the budget's account)
         self.history: list[float] = []
 
     def _init_process_group(self, device: str, progress: bool) -> None:
@@ -156,13 +158,13 @@ class Trainer:
             self.net = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.model_config.variant != "full")
-        self.use_amp = self.config.amp and self.device.type == "cuda"
+        native_bf16 = self.device.type == "cuda" or cpu_has_bf16()
+        self.use_amp = self.config.amp and native_bf16
+        self.model.autocast_student = self.device.type == "cuda"  # see ADPS.autocast_student
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(params, lr=self.config.lr)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, _milestones(self.config), gamma=self.config.lr_gamma)
 
     def _init_sampling(self) -> None:
         """Each rank draws its own synthetic defects but a disjoint share of every epoch."""
@@ -177,7 +179,7 @@ class Trainer:
     def state(self, epoch: int) -> dict:
         return make_checkpoint(
             self.model, self.config, epoch=epoch, history=list(self.history),
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            optimizer=self.optimizer.state_dict(), step=self.step, elapsed=self.elapsed,
             rng={"torch": torch.get_rng_state(), "generator": self.generator.get_state()})
 
     def resume(self) -> bool:
@@ -190,7 +192,7 @@ class Trainer:
                             "same settings or start a new output folder", path)
         self.model.load_state_dict(ckpt["model"], strict=True)
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step, self.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.generator.set_state(ckpt["rng"]["generator"])
         self.start_epoch = int(ckpt["epoch"])
@@ -236,39 +238,101 @@ class Trainer:
                                                      self.config.target_false_alarm_rate)
         return Thresholds().calibrated(calibration)
 
-    def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
+    def training_progress(self, session_start: float, elapsed_before: float) -> float:
+        """Share of training done: of the time budget, else of the planned steps. Under DDP the
+        time-based value is rank 0's, so every rank uses the same learning rate and stops at
+        the same step."""
         cfg = self.config
+        if cfg.time_budget is None:
+            return self.step / (cfg.epochs * self.steps_per_epoch)
+        value = (elapsed_before + self.clock() - session_start) / cfg.time_budget
+        if self.dist.enabled:
+            shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(shared, 0)
+            value = float(shared)
+        return value
+
+    def set_lr(self, progress: float) -> float:
+        lr = self.config.lr * lr_factor(progress, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def announce_duration(self, steps: int, seconds: float) -> None:
+        """After the first steps: how long the requested schedule will take here."""
+        cfg = self.config
+        if cfg.time_budget is not None or not self.dist.is_main or steps == 0:
+            return
+        total = seconds / steps * (cfg.epochs * self.steps_per_epoch - self.step)
+        message = (f"{cfg.epochs} epochs ({cfg.epochs * self.steps_per_epoch} steps) will take "
+                   f"about {format_duration(total)} more on this machine")
+        if self.device.type == "cpu" and total > 3600:
+            message += ("; to train in the time you have, give a budget instead, e.g. "
+                        "--time-budget 30m (the schedule then fits the budget)")
+        tqdm.write(message)
+
+    def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
+        """Trains until ``epochs`` are done or the time budget is spent (checked before every
+        step, so training ends within one step of it), then writes ``model.pt``."""
+        cfg = self.config
+        budget = cfg.time_budget
         self.model.train()
-        start = last_save = time.perf_counter()
-        steps = 0
-        bar = tqdm(range(self.start_epoch, cfg.epochs), desc="train", unit="epoch",
-                   initial=self.start_epoch, total=cfg.epochs, disable=not self.progress)
-        for epoch in bar:
-            t0 = time.perf_counter()
-            total = torch.zeros((), device=self.device)
+        session_start = last_save = self.clock()
+        elapsed_before, steps = self.elapsed, 0
+        if budget is None:
+            bar = tqdm(total=cfg.epochs, initial=self.start_epoch, desc="train", unit="epoch",
+                       disable=not self.progress)
+        else:
+            bar = tqdm(total=round(budget), initial=round(min(self.elapsed, budget)),
+                       desc="train", unit="s", disable=not self.progress,
+                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{postfix}]")
+        epoch, finished = self.start_epoch, False
+        while not finished and (budget is not None or epoch < cfg.epochs):
+            t0 = self.clock()
+            total, done_steps = torch.zeros((), device=self.device), 0
             for index in self.epoch_indices(epoch):
+                progress = self.training_progress(session_start, elapsed_before)
+                if budget is not None and progress >= 1.0:
+                    finished = True
+                    break
+                lr = self.set_lr(progress)
                 total += self.train_step(index)
-            self.scheduler.step()
-            mean_loss = float(total) / self.steps_per_epoch  # one host sync per epoch
+                done_steps += 1
+                self.step += 1
+                steps += 1
+                if steps == _ANNOUNCE_AFTER:
+                    self.announce_duration(steps, self.clock() - session_start)
+            if done_steps == 0:
+                break
+            epoch += 1
+            mean_loss = float(total) / done_steps  # one host sync per epoch
             self.history.append(mean_loss)
-            steps += self.steps_per_epoch
-            rate = self.steps_per_epoch * cfg.batch_size / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}",
-                            lr=f"{self.scheduler.get_last_lr()[0]:.1e}")
-            done = epoch + 1
-            overdue = time.perf_counter() - last_save > 60 * cfg.checkpoint_minutes
-            if done % cfg.checkpoint_every == 0 or done == cfg.epochs or overdue:
-                self.save(done)
-                last_save = time.perf_counter()
+            now = self.clock()
+            self.elapsed = elapsed_before + now - session_start
+            rate = done_steps * cfg.batch_size / max(now - t0, 1e-9)
+            postfix = {"loss": f"{mean_loss:.4f}", "img_s": f"{rate:.0f}", "lr": f"{lr:.1e}"}
+            if budget is None:
+                bar.update(1)
+            else:
+                postfix["left"] = format_duration(budget - self.elapsed)
+                bar.update(round(min(self.elapsed, budget)) - bar.n)
+            bar.set_postfix(postfix)
+            last_epoch = finished or (budget is None and epoch == cfg.epochs)
+            overdue = now - last_save > 60 * cfg.checkpoint_minutes
+            if epoch % cfg.checkpoint_every == 0 or last_epoch or overdue:
+                self.save(epoch)
+                last_save = self.clock()
             if on_epoch_end is not None:
-                on_epoch_end(done, mean_loss)
-        seconds = time.perf_counter() - start
+                on_epoch_end(epoch, mean_loss)
+        bar.close()
+        seconds = self.clock() - session_start
         final = self.out_dir / FINAL
         if self.dist.is_main:
-            atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=cfg.epochs,
-                                        history=list(self.history)), final)
+            atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=epoch,
+                                        history=list(self.history), step=self.step,
+                                        elapsed=self.elapsed), final)
         images = steps * cfg.batch_size
-        return TrainResult(final, cfg.epochs, steps, seconds,
+        return TrainResult(final, epoch, steps, seconds,
                            images / seconds if seconds > 0 else 0.0, list(self.history))
 
 

@@ -77,22 +77,31 @@ class UpBlock(nn.Module):
 
 
 class PostSegmentation(nn.Module):
-    """U-Net decoder from the stride-16 level to full resolution; 2-channel logits (Eq. 6)."""
+    """U-Net decoder from the stride-16 level towards full resolution; 2-channel logits (Eq. 6).
 
-    def __init__(self, channels: list[int], widths: tuple[int, int, int, int]):
+    ``output_stride`` 1 is the paper's decoder (four up-blocks, logits at the image size); 2 and 4
+    stop one or two up-blocks earlier and return logits at 1/2 or 1/4 of it, which the model
+    upsamples. The skipped blocks are the widest in pixels, so they cost most of the time.
+    """
+
+    def __init__(self, channels: list[int], widths: tuple[int, int, int, int],
+                 output_stride: int = 1):
         super().__init__()
         c1, c2, c3 = channels
         w1, w2, w3, w4 = widths
         self.up1 = UpBlock(c3, c2, w1)
         self.up2 = UpBlock(w1, c1, w2)
-        self.up3 = UpBlock(w2, 0, w3)
-        self.up4 = UpBlock(w3, 0, w4)
-        self.head = nn.Conv2d(w4, 2, 3, padding=1)
+        # the paper's names are kept, so checkpoints of the full decoder load as before
+        self.up3 = UpBlock(w2, 0, w3) if output_stride <= 2 else None
+        self.up4 = UpBlock(w3, 0, w4) if output_stride == 1 else None
+        self.head = nn.Conv2d({1: w4, 2: w3, 4: w2}[output_stride], 2, 3, padding=1)
 
     def forward(self, c: list[torch.Tensor]) -> torch.Tensor:
-        x = self.up1(c[2], c[1])
-        x = self.up2(x, c[0])
-        return self.head(self.up4(self.up3(x)))
+        x = self.up2(self.up1(c[2], c[1]), c[0])
+        for block in (self.up3, self.up4):
+            if block is not None:
+                x = block(x)
+        return self.head(x)
 
 
 def draem_init(module: nn.Module) -> None:
@@ -111,7 +120,7 @@ class ADPS(nn.Module):
     ``forward(images)`` takes (B, 3, H, W) images in [0, 1]. In training mode it returns a dict
     with the PSM ``logits`` (B, 2, H, W) and the per-level ``teacher``/``student`` features (for
     the distillation loss); in eval mode it returns ``(anomaly_map, score)``: the anomalous-class
-    probability (B, 1, H, W) and the max of its Gaussian-smoothed version (B,).
+    probability (B, 1, H, W) and the image score (B,) of :meth:`score`.
     """
 
     def __init__(self, config: ModelConfig | None = None, *, teacher: Encoder | None = None,
@@ -128,6 +137,11 @@ class ADPS(nn.Module):
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.student = create_encoder(config.backbone, pretrained=False)
+        # Under a bf16 autocast, whether the student takes part. A run-time switch, not
+        # configuration: on CPU (oneDNN, torch 2.14) the backward of its depthwise convolutions
+        # on the many small patches is ~2x slower in bf16 than in float32, so the trainer keeps
+        # the student in float32 there and lets the teacher and the PSM use bf16.
+        self.autocast_student = True
         if config.student_init == "teacher":
             self.student.load_state_dict(self.teacher.state_dict())
         channels = self.teacher.channels
@@ -136,7 +150,8 @@ class ADPS(nn.Module):
             self.fuse = nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels)
         self.psm = None
         if config.variant != "no_psm_wmb":
-            self.psm = PostSegmentation(channels, config.psm_widths or spec.psm_widths)
+            self.psm = PostSegmentation(channels, config.psm_widths or spec.psm_widths,
+                                        config.psm_output_stride)
             if config.psm_init == "draem":
                 draem_init(self.psm)
 
@@ -176,7 +191,11 @@ class ADPS(nn.Module):
             with torch.no_grad():
                 teacher = self.teacher(x)
         if need_student:
-            student = self.student_features(x)
+            if self.autocast_student or not torch.is_autocast_enabled(x.device.type):
+                student = self.student_features(x)
+            else:
+                with torch.autocast(x.device.type, enabled=False):
+                    student = self.student_features(x)
 
         if c.variant == "no_psm_wmb":
             anomaly = sum(F.interpolate(self._disagreement(t, s), size=images.shape[-2:],
@@ -193,10 +212,14 @@ class ADPS(nn.Module):
         else:
             fused = [self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student))]
         logits = self.psm(fused)
+        if c.psm_output_stride > 1:
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
+                                   align_corners=False)
         if self.training:
             return {"logits": logits, "teacher": teacher, "student": student}
-        anomaly = torch.softmax(logits.float(), dim=1)[:, 1:2]
-        return anomaly, self.score(anomaly)
+        with torch.autocast(images.device.type, enabled=False):  # map and score in float32
+            anomaly = torch.softmax(logits.float(), dim=1)[:, 1:2]
+            return anomaly, self.score(anomaly)
 
     def _disagreement(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The coarse anomaly mask: 1 - W_i (cosine) or mean_c (T - S)^2 (MSE variant)."""
@@ -213,8 +236,15 @@ class ADPS(nn.Module):
         return self.fuse[level](torch.cat([t, s.to(t.dtype)], dim=1))
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Image score = max of the Gaussian-smoothed map (sigma from the config)."""
-        return gaussian_blur(anomaly_map.float(), self.config.sigma).amax(dim=(1, 2, 3))
+        """Image score from the Gaussian-smoothed map (sigma from the config): its max (the
+        paper), or with ``image_score="top_mean"`` the mean of its highest ``score_top_share``
+        of pixels. Part of the module, so every export decides the same way."""
+        with torch.autocast(anomaly_map.device.type, enabled=False):  # a bf16 blur ties scores
+            smooth = gaussian_blur(anomaly_map.float(), self.config.sigma).flatten(1)
+        if self.config.image_score == "max":
+            return smooth.amax(dim=1)
+        k = max(1, round(self.config.score_top_share * smooth.shape[1]))
+        return smooth.topk(k, dim=1).values.mean(dim=1)
 
 
 __all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur"]
