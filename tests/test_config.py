@@ -53,6 +53,12 @@ BAD = [
     ("model", "sigma", "4"),
     ("model", "cos_eps", 0.0),
     ("model", "psm_init", "xavier"),
+    ("model", "psm_output_stride", 3),
+    ("model", "psm_output_stride", True),
+    ("model", "psm_output_stride", 2.0),
+    ("model", "image_score", "mean"),
+    ("model", "score_top_share", 0.0),
+    ("model", "score_top_share", 1.5),
     ("train", "epochs", 0),
     ("train", "epochs", 1.5),
     ("train", "epochs", True),
@@ -69,6 +75,12 @@ BAD = [
     ("train", "lr_milestones", 0.8),
     ("train", "lr_gamma", 0.0),
     ("train", "lr_gamma", 1.5),
+    ("train", "lr_schedule", "onecycle"),
+    ("train", "warmup", 1.0),
+    ("train", "warmup", -0.1),
+    ("train", "lr_final_share", 1.5),
+    ("train", "time_budget", 0),
+    ("train", "time_budget", "20m"),
     ("train", "lambda_seg", -1.0),
     ("train", "focal_gamma", -0.5),
     ("train", "distill_loss", "coisne"),
@@ -256,6 +268,31 @@ def test_flags_override_the_file(tmp_path):
                                            "--image-size", "256", "--fusion", "conv"))
     assert (model.image_size, model.k, model.fusion) == (256, 4, "conv")
     assert (train.epochs, train.lr) == (7, 1e-3)
+
+
+def test_recipes_then_file_then_flags(tmp_path):
+    from adps.config import RECIPES
+
+    paper_model, paper_train = configs_from_args(_args("--recipe", "paper"))
+    assert paper_model == ModelConfig() and paper_train == TrainConfig()  # the paper's defaults
+    model_fields, train_fields, _ = RECIPES["fast"]
+    model, train = configs_from_args(_args("--recipe", "fast"))
+    assert all(getattr(model, k) == v for k, v in model_fields.items())
+    assert all(getattr(train, k) == v for k, v in train_fields.items())
+    path = _yaml(tmp_path, "train:\n  lr: 2.0e-4\n")
+    model, train = configs_from_args(_args("--recipe", "fast", "--config", str(path),
+                                           "--warmup", "0.2", "--psm-output-stride", "1"))
+    assert train.lr == 2e-4 and train.warmup == 0.2 and model.psm_output_stride == 1
+    assert train.lr_schedule == "cosine"  # what neither the file nor a flag named
+
+
+def test_time_budget_and_precision_flags():
+    _, train = configs_from_args(_args("--time-budget", "1h30m", "--no-amp"))
+    assert train.time_budget == 5400 and train.amp is False
+    _, default = configs_from_args(_args())
+    assert default.time_budget is None and default.amp is True
+    with pytest.raises(SystemExit):
+        _args("--time-budget", "soon")
 
 
 def test_bad_value_in_a_file_fails(tmp_path):

@@ -22,6 +22,7 @@ from adps.config import (
 )
 from adps.data.spec import FORMATS, DataSpec
 from adps.engine.schedule import parse_duration
+from adps.errors import AdpsError
 
 # flag dest -> (config section, field)
 _FIELDS = {
@@ -40,6 +41,13 @@ _FIELDS = {
     "lr_schedule": ("train", "lr_schedule"), "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"), "amp": ("train", "amp"),
 }
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except AdpsError as exc:  # argparse reports ArgumentTypeError as a usage error
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -119,7 +127,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"a set of training settings to start from (default {DEFAULT_RECIPE}): "
                         + "; ".join(f"{name}: {text}" for name, (_, _, text) in RECIPES.items())
                         + ". --config and explicit flags override single fields")
-    t.add_argument("--time-budget", type=parse_duration, metavar="DURATION",
+    t.add_argument("--time-budget", type=_duration, metavar="DURATION",
                    help="train for this long (90s, 20m, 2h) instead of --epochs; warm-up and "
                         "decay scale with the budget")
     t.add_argument("--epochs", type=int, help="epochs (default 300, the paper's)")
