@@ -295,3 +295,16 @@ def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
                       datasets(data), tmp_path, device="cpu", progress=False)
     trainer.fit(record)
     assert saved == [1, 2, 3]  # every epoch, although checkpoint_every is 100
+
+
+def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp_path):
+    from adps.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--data", str(data.parent), "--categories", data.name,
+                 "--image-size", str(SIZE), "-k", "4", "--batch-size", "4",
+                 "--steps-per-epoch", "2", "--time-budget", "2s", "--out", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
+    ckpt = load_checkpoint(out / data.name / "model.pt")
+    assert ckpt["train_config"]["time_budget"] == 2.0
+    assert ckpt["elapsed"] >= 2.0 and ckpt["step"] >= 1  # ran until the budget was spent

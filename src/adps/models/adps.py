@@ -236,15 +236,24 @@ class ADPS(nn.Module):
         return self.fuse[level](torch.cat([t, s.to(t.dtype)], dim=1))
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:
-        """Image score from the Gaussian-smoothed map (sigma from the config): its max (the
-        paper), or with ``image_score="top_mean"`` the mean of its highest ``score_top_share``
-        of pixels. Part of the module, so every export decides the same way."""
-        with torch.autocast(anomaly_map.device.type, enabled=False):  # a bf16 blur ties scores
-            smooth = gaussian_blur(anomaly_map.float(), self.config.sigma).flatten(1)
-        if self.config.image_score == "max":
-            return smooth.amax(dim=1)
-        k = max(1, round(self.config.score_top_share * smooth.shape[1]))
-        return smooth.topk(k, dim=1).values.mean(dim=1)
+        """The image score of the configured kind (part of the module, so every export decides
+        the same way)."""
+        c = self.config
+        return image_score(anomaly_map, c.image_score, c.sigma, c.score_top_share)
 
 
-__all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur"]
+def image_score(anomaly_map: torch.Tensor, kind: str = "max", sigma: float = 4.0,
+                top_share: float = 0.01) -> torch.Tensor:
+    """(B,) scores of (B, 1, H, W) maps from the Gaussian-smoothed map: its max (the paper), or
+    with ``kind="top_mean"`` the mean of its highest ``top_share`` of pixels, which a few hot
+    pixels on a good part cannot dominate."""
+    with torch.autocast(anomaly_map.device.type, enabled=False):  # a bf16 blur ties scores
+        smooth = gaussian_blur(anomaly_map.float(), sigma).flatten(1)
+    if kind == "max":
+        return smooth.amax(dim=1)
+    k = max(1, round(top_share * smooth.shape[1]))
+    return smooth.topk(k, dim=1).values.mean(dim=1)
+
+
+__all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur",
+           "image_score"]
