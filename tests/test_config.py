@@ -255,7 +255,9 @@ train:
 
 
 def test_a_good_file_reaches_the_configs(tmp_path):
-    model, train = configs_from_args(_args("--config", str(_yaml(tmp_path, GOOD))))
+    # on top of the paper's recipe, so everything the file does not name is a dataclass default
+    model, train = configs_from_args(_args("--recipe", "paper",
+                                           "--config", str(_yaml(tmp_path, GOOD))))
     assert model == ModelConfig(image_size=128, k=4, fusion="diff", psm_widths=(64, 32, 16, 16))
     assert train == TrainConfig(epochs=3, lr=1e-3, lr_milestones=(0.5, 0.75), amp=False,
                                 synthesis=SynthesisConfig(anomaly_prob=0.7))

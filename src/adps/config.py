@@ -305,7 +305,7 @@ class TrainConfig:
 
 
 # Named starting points for training: (model fields, train fields, what it is). The dataclass
-# defaults are the paper's; a recipe overrides some of them.
+# defaults are the paper's; a recipe overrides some of them. The CLI starts from DEFAULT_RECIPE.
 RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
     "paper": ({}, {}, "the paper's settings (Adam 1e-4, batch 32, x0.2 at 80%% and 90%%, "
                       "full-resolution PSM)"),
@@ -314,7 +314,7 @@ RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
               "lr_final_share": 0.02},
              "batch 16, Adam 4e-4 with 5%% warm-up and cosine decay, PSM at stride 2"),
 }
-DEFAULT_RECIPE = "paper"
+DEFAULT_RECIPE = "fast"  # measured ahead of "paper" per image seen and per minute (README)
 
 
 def to_dict(config: Any) -> dict[str, Any]:
