@@ -45,8 +45,7 @@ CORESET_RATIO = 0.1
 SIZE = 256
 MEAN = STD = 0.5
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-# --root defaults, under $DATA (default ../shared/datasets, relative to the repo root). Keeping the
-# paths out of argv also keeps an hour-long fit safe from a `pkill -f shared/datasets` nearby.
+# --root defaults, under $DATA (default ../shared/datasets, relative to the repo root).
 ROOTS = {"bottle": "mvtec_ad/bottle", "weld": "battery_weld/welding"}
 HERE = Path(__file__).resolve().parent
 
