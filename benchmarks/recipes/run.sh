@@ -26,6 +26,7 @@ for what in "$@"; do
     weld-C) run weld-C "${WELD[@]}" --recipe fast --epochs 16 ;;
     bottle-A-10m) run bottle-A-10m "${BOTTLE[@]}" "${PAPER16[@]}" --no-amp --time-budget 10m ;;
     bottle-C-10m) run bottle-C-10m "${BOTTLE[@]}" --recipe fast --time-budget 10m ;;
+    bottle-C-20m) run bottle-C-20m "${BOTTLE[@]}" --recipe fast --time-budget 20m ;;
     bottle-C-30m) run bottle-C-30m "${BOTTLE[@]}" --recipe fast --time-budget 30m ;;
     weld-A-10m) run weld-A-10m "${WELD[@]}" "${PAPER16[@]}" --no-amp --time-budget 10m ;;
     weld-C-10m) run weld-C-10m "${WELD[@]}" --recipe fast --time-budget 10m ;;
