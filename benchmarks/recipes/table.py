@@ -84,7 +84,7 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
                 ax.plot(peer["fit_seconds"] / 60, 100 * peer[key], "*", color=colour,
                         markersize=14, label=f"PatchCore{' (quoted)' if quoted else ''}, {key}")
         ax.set_title(name)
-        ax.set_xlim(0, 12)
+        ax.set_xlim(0, max([12] + [r["minutes"] + 2 for r in timed]))
         ax.set_xlabel("training minutes (2-core CPU)")
         ax.set_ylabel("percent")
         ax.grid(alpha=0.3)
