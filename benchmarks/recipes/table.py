@@ -69,7 +69,7 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
 
     timed = [r for r in rows if "budget" in r["recipe"]]
     datasets = sorted({r["dataset"] for r in timed})
-    fig = Figure(figsize=(4.8 * len(datasets), 3.6), layout="constrained")
+    fig = Figure(figsize=(4.8 * len(datasets), 4.6), layout="constrained")
     for i, name in enumerate(datasets):
         ax = fig.add_subplot(1, len(datasets), i + 1)
         for key, colour in (("pixel_ap", "#d1495b"), ("aupro", "#1f6fb4")):
@@ -88,7 +88,10 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
         ax.set_xlabel("training minutes (2-core CPU)")
         ax.set_ylabel("percent")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center")  # the middle minutes hold no point
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one entry per label
+        ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.2))
     fig.savefig(out, dpi=110)
     print(f"plot: {out}")
 
