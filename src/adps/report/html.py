@@ -39,6 +39,7 @@ from adps.metrics import (
     roc_curve,
 )
 from adps.report import plots
+from adps.report.tables import format_percent
 
 __all__ = ["SECTIONS", "build_report", "gallery_order"]
 
@@ -56,10 +57,6 @@ _METRIC_ROWS = (("image", (*IMAGE_KEYS, None)), ("pixel", PIXEL_KEYS))  # no ima
 
 def _esc(value) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _percent(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def _numpy(x) -> np.ndarray:
@@ -148,7 +145,7 @@ def _metrics_section(metrics: dict, pixel_reason: str | None, image_reason: str 
     for level, keys in _METRIC_ROWS:
         cells = "".join("<td>—</td>" if k is None else
                         f'<td class="{"na" if metrics.get(k) is None else "num"}">'
-                        f"{_percent(metrics.get(k))}</td>" for k in keys)
+                        f"{format_percent(metrics.get(k))}</td>" for k in keys)
         body += f"<tr><th>{level}</th>{cells}</tr>"
     notes = []
     if image_reason:
