@@ -5,7 +5,8 @@
 #     A the paper's recipe in float32 with the full-resolution PSM (the reference),
 #     B the paper's recipe with bf16 autocast and the PSM at stride 2 (cheaper steps only),
 #     C the fast recipe (cheaper steps + warm-up, cosine decay, Adam 4e-4);
-#   bottle-A-10m / bottle-C-10m / bottle-C-30m  bottle with a wall-clock budget.
+#   <set>-A-<T> / <set>-C-<T>[-s<seed>]  bottle or weld with a wall-clock budget T (5m, 10m,
+#     20m, 30m, ...), the paper's recipe (A) or the fast one (C), seed 0 unless -s<seed> is given.
 # Each run's metrics.json lands in runs/recipes/<run>/<dataset>/;
 # `python benchmarks/recipes/table.py` prints the table. Run nothing else meanwhile: budgets
 # are wall-clock, and a second heavy job halves the steps a run gets.
@@ -24,12 +25,17 @@ for what in "$@"; do
     weld-A) run weld-A "${WELD[@]}" "${PAPER16[@]}" --epochs 16 --no-amp ;;
     weld-B) run weld-B "${WELD[@]}" "${PAPER16[@]}" --epochs 16 --psm-output-stride 2 ;;
     weld-C) run weld-C "${WELD[@]}" --recipe fast --epochs 16 ;;
-    bottle-A-10m) run bottle-A-10m "${BOTTLE[@]}" "${PAPER16[@]}" --no-amp --time-budget 10m ;;
-    bottle-C-10m) run bottle-C-10m "${BOTTLE[@]}" --recipe fast --time-budget 10m ;;
-    bottle-C-20m) run bottle-C-20m "${BOTTLE[@]}" --recipe fast --time-budget 20m ;;
-    bottle-C-30m) run bottle-C-30m "${BOTTLE[@]}" --recipe fast --time-budget 30m ;;
-    weld-A-10m) run weld-A-10m "${WELD[@]}" "${PAPER16[@]}" --no-amp --time-budget 10m ;;
-    weld-C-10m) run weld-C-10m "${WELD[@]}" --recipe fast --time-budget 10m ;;
+    bottle-*-*|weld-*-*)
+      IFS=- read -r set recipe budget seed <<<"$what-s0"
+      seed=${seed%%-*}
+      data=BOTTLE; [ "$set" = weld ] && data=WELD
+      data="$data[@]"
+      case $recipe in
+        A) settings=("${PAPER16[@]}" --no-amp) ;;
+        C) settings=(--recipe fast) ;;
+        *) echo "unknown recipe in $what" >&2; exit 2 ;;
+      esac
+      run "$what" "${!data}" "${settings[@]}" --time-budget "$budget" --seed "${seed#s}" ;;
     *) echo "unknown run $what" >&2; exit 2 ;;
   esac
 done

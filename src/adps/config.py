@@ -32,6 +32,7 @@ Fusion = Literal["wmb", "diff", "conv"]
 Variant = Literal["full", "no_psm_wmb", "no_student", "no_teacher"]
 ImageScore = Literal["max", "top_mean"]
 LrSchedule = Literal["multistep", "cosine"]
+Prior = Literal["none", "memory"]
 
 NUM_TEXTURE_OPS = 10
 """Photometric ops in DRAEM's texture list; ``adps.data.synthesis`` asserts its list has as many."""
@@ -207,6 +208,14 @@ class ModelConfig:
     # of its highest ``score_top_share`` of pixels, which a few hot pixels cannot dominate.
     image_score: ImageScore = "max"
     score_top_share: float = 0.01
+    # OUR CHOICE (not in the paper): "memory" adds a memory of the teacher's features of the
+    # normal training images (PatchCore's idea); each position's distance to its nearest normal
+    # features is a prior map, mixed with the PSM's map after both are put on the same scale by
+    # their statistics on normal images. "none" is the paper's model.
+    prior: Prior = "none"
+    memory_size: int = 4096  # the bank's size after greedy coreset selection
+    memory_neighbors: int = 1  # the prior is the mean distance to this many nearest features
+    prior_weight: float = 0.5  # the prior's share of the fused map (0 = the PSM's map alone)
 
     _SECTION: ClassVar[str] = "model"
 
@@ -223,6 +232,12 @@ class ModelConfig:
         _number(self, "sigma", ge=0)
         _number(self, "cos_eps", gt=0)
         _number(self, "score_top_share", gt=0, le=1)
+        _number(self, "memory_size", integer=True, ge=1)
+        _number(self, "memory_neighbors", integer=True, ge=1)
+        _number(self, "prior_weight", ge=0, le=1)
+        if self.prior == "memory" and self.variant == "no_teacher":
+            _fail(_where(self, "prior"), self.prior, "'none' with variant 'no_teacher'",
+                  " (the memory holds teacher features)")
         self._check_geometry()
 
     def _check_geometry(self) -> None:

@@ -40,6 +40,8 @@ _FIELDS = {
     "image_score": ("model", "image_score"), "score_top_share": ("model", "score_top_share"),
     "lr_schedule": ("train", "lr_schedule"), "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"), "amp": ("train", "amp"),
+    "prior": ("model", "prior"), "memory_size": ("model", "memory_size"),
+    "prior_weight": ("model", "prior_weight"),
 }
 
 
@@ -122,6 +124,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         "its top --score-top-share of pixels")
     m.add_argument("--score-top-share", type=float, metavar="SHARE",
                    help="share of pixels for --image-score top_mean (default 0.01)")
+    m.add_argument("--prior", choices=("none", "memory"),
+                   help="memory: also remember the teacher's features of the normal training "
+                        "images and mix each position's distance to them into the map (more "
+                        "robust on real defects unlike the synthetic ones); none: the paper")
+    m.add_argument("--memory-size", type=int, metavar="N",
+                   help="features kept in the memory after coreset selection (default 4096)")
+    m.add_argument("--prior-weight", type=float, metavar="SHARE",
+                   help="the memory prior's share of the fused map (default 0.5)")
     t = parser.add_argument_group("training")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help=f"a set of training settings to start from (default {DEFAULT_RECIPE}): "

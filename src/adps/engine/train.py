@@ -29,6 +29,7 @@ from adps.engine.device import cpu_has_bf16, resolve_device
 from adps.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from adps.engine.inference import TorchForward, infer
 from adps.engine.losses import adps_loss
+from adps.engine.prior import fit_prior
 from adps.engine.schedule import format_duration, lr_factor
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
@@ -328,6 +329,13 @@ class Trainer:
         seconds = self.clock() - session_start
         final = self.out_dir / FINAL
         if self.dist.is_main:
+            if self.model.memory is not None:
+                fit = fit_prior(self.model, self.images, self.holdout, progress=self.progress,
+                                seed=cfg.seed)
+                if self.progress:
+                    tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal "
+                               f"features kept, scaled by {fit.statistics} statistics "
+                               f"({fit.seconds:.0f} s)")
             atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=epoch,
                                         history=list(self.history), step=self.step,
                                         elapsed=self.elapsed), final)

@@ -14,6 +14,7 @@ from torch import nn
 
 from adps.config import ModelConfig
 from adps.models.backbones import Encoder, create_encoder, get_backbone
+from adps.models.memory import MEMORY_LEVELS, MemoryPrior
 
 def split_patches(x: torch.Tensor, k: int) -> torch.Tensor:
     """(B, C, H, W) -> (B*k*k, C, H/k, W/k), patches in row-major order, one batched view."""
@@ -120,7 +121,9 @@ class ADPS(nn.Module):
     ``forward(images)`` takes (B, 3, H, W) images in [0, 1]. In training mode it returns a dict
     with the PSM ``logits`` (B, 2, H, W) and the per-level ``teacher``/``student`` features (for
     the distillation loss); in eval mode it returns ``(anomaly_map, score)``: the anomalous-class
-    probability (B, 1, H, W) and the image score (B,) of :meth:`score`.
+    probability (B, 1, H, W) and the image score (B,) of :meth:`score`. With the memory prior
+    (``config.prior == "memory"``) the eval map is the PSM's probability fused with the prior map
+    (:meth:`MemoryPrior.fuse`); training is unchanged.
     """
 
     def __init__(self, config: ModelConfig | None = None, *, teacher: Encoder | None = None,
@@ -154,6 +157,10 @@ class ADPS(nn.Module):
                                         config.psm_output_stride)
             if config.psm_init == "draem":
                 draem_init(self.psm)
+        self.memory = None
+        if config.prior == "memory":
+            self.memory = MemoryPrior(sum(channels[i] for i in MEMORY_LEVELS),
+                                      config.memory_neighbors, config.prior_weight)
 
     def train(self, mode: bool = True) -> "ADPS":
         super().train(mode)
@@ -182,6 +189,19 @@ class ADPS(nn.Module):
         return features
 
     def forward(self, images: torch.Tensor):
+        if self.training:
+            return self._forward(images)
+        psm_map, teacher = self.psm_map(images)
+        if self.memory is not None:
+            with torch.autocast(images.device.type, enabled=False):  # distances in float32
+                psm_map = self.memory.fuse(psm_map, self.memory(teacher, images.shape[-2:]))
+        return psm_map, self.score(psm_map)
+
+    def psm_map(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Eval: the paper's anomaly map (B, 1, H, W) in float32, and the teacher's features."""
+        return self._forward(images)
+
+    def _forward(self, images: torch.Tensor):
         c = self.config
         x = self.normalize(images)
         need_teacher = c.variant != "no_teacher"
@@ -203,7 +223,7 @@ class ADPS(nn.Module):
                           for t, s in zip(teacher, student))
             if self.training:  # distillation loss only: there is no PSM to train
                 return {"logits": None, "teacher": teacher, "student": student}
-            return anomaly, self.score(anomaly)
+            return anomaly, teacher
 
         if c.variant == "no_student":
             fused = teacher
@@ -217,9 +237,8 @@ class ADPS(nn.Module):
                                    align_corners=False)
         if self.training:
             return {"logits": logits, "teacher": teacher, "student": student}
-        with torch.autocast(images.device.type, enabled=False):  # map and score in float32
-            anomaly = torch.softmax(logits.float(), dim=1)[:, 1:2]
-            return anomaly, self.score(anomaly)
+        with torch.autocast(images.device.type, enabled=False):  # the map in float32
+            return torch.softmax(logits.float(), dim=1)[:, 1:2], teacher
 
     def _disagreement(self, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The coarse anomaly mask: 1 - W_i (cosine) or mean_c (T - S)^2 (MSE variant)."""

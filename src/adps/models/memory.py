@@ -1,0 +1,143 @@
+"""A memory of normal teacher features (PatchCore's idea) as a prior beside the PSM.
+
+ADPS learns "anomalous" only from synthetic defects, so a real defect unlike both the normal
+images and the synthetic ones is a guess. The teacher's features of the normal training images
+say what normal looks like without any training: the distance of a position's feature to its
+nearest normal features is high wherever the part looks unlike every training image. The bank
+is a buffer of the module, so it travels inside the checkpoint and every export as a constant.
+
+The pieces are plain functions (feature embedding, greedy coreset, chunked nearest-neighbour
+distances) so that each can be tested against brute force; :class:`MemoryPrior` holds the bank
+and the statistics that put the prior map into the PSM map's units.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEMORY_LEVELS = (1, 2)  # the teacher's stride-8 and stride-16 features (PatchCore's layers)
+PROJECTION_DIM = 128  # the coreset selection works on a random projection above this width
+
+
+def embed(features: list[torch.Tensor], levels: tuple[int, ...] = MEMORY_LEVELS) -> torch.Tensor:
+    """(B, C, h, w) patch features at the finest chosen level: each level averaged over a 3 x 3
+    neighbourhood (a little context, robust to a one-cell shift), coarser ones upsampled, all
+    concatenated, in float32."""
+    chosen = [F.avg_pool2d(features[i].float(), 3, stride=1, padding=1) for i in levels]
+    size = chosen[0].shape[-2:]
+    chosen = [chosen[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                            for f in chosen[1:]]
+    return torch.cat(chosen, dim=1)
+
+
+def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``size`` rows chosen by greedy k-centre selection (PatchCore): start from row 0,
+    then repeatedly take the row farthest from everything chosen so far. It keeps the rare
+    features that random subsampling would drop, so the bank covers all of normal.
+
+    Distances are squared Euclidean; above :data:`PROJECTION_DIM` channels they are taken on a
+    seeded Gaussian random projection (Johnson-Lindenstrauss), which keeps the ranking and cuts
+    the cost. Each step is one matrix-vector product on the device and no host sync.
+    """
+    n, dim = features.shape
+    if not 0 < size <= n:
+        raise ValueError(f"coreset size must be in 1..{n}, got {size}")
+    x = features.float() if features.dtype == torch.float16 else features
+    if dim > PROJECTION_DIM:
+        generator = torch.Generator().manual_seed(seed)
+        projection = torch.randn(dim, PROJECTION_DIM, generator=generator, dtype=x.dtype)
+        x = x @ (projection / PROJECTION_DIM ** 0.5).to(x.device)
+    norms = x.pow(2).sum(dim=1)
+    nearest = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
+    chosen = torch.zeros(size, dtype=torch.long, device=x.device)
+    index = torch.zeros((), dtype=torch.long, device=x.device)
+    for i in range(size):
+        chosen[i] = index
+        centre = x.index_select(0, index.view(1))[0]
+        distance = norms - 2 * (x @ centre) + centre.pow(2).sum()
+        nearest = torch.minimum(nearest, distance.clamp_min(0))
+        index = nearest.argmax()
+    return chosen
+
+
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int = 1,
+                      chunk: int = 4096, query_groups: torch.Tensor | None = None,
+                      bank_groups: torch.Tensor | None = None) -> torch.Tensor:
+    """(Q, neighbors) Euclidean distances from each query row to its nearest bank rows, ascending.
+
+    The bank is searched in fixed chunks with a running top-k, so memory stays at
+    Q x ``chunk`` distances whatever the bank's size (the loop unrolls into a static graph on
+    export). With ``query_groups`` and ``bank_groups`` (say, the image each row came from), a
+    query never matches a bank row of its own group: leave-one-image-out distances.
+    """
+    q_norms = queries.pow(2).sum(dim=1, keepdim=True)
+    best = None
+    for start in range(0, bank.shape[0], chunk):
+        part = bank[start:start + chunk]
+        d2 = q_norms - 2 * queries @ part.T + part.pow(2).sum(dim=1)
+        if query_groups is not None and bank_groups is not None:
+            same = query_groups[:, None] == bank_groups[None, start:start + chunk]
+            d2 = d2.masked_fill(same, float("inf"))
+        if best is not None:
+            d2 = torch.cat([best, d2], dim=1)
+        best = d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values
+    return best.clamp_min(0).sqrt()
+
+
+class MemoryPrior(nn.Module):
+    """The bank of normal patch features and the late fusion of its prior map with the PSM's.
+
+    ``forward(teacher_features, size)`` gives the prior map (B, 1, H, W): per position, the mean
+    distance to the ``neighbors`` nearest bank features, upsampled to the image size.
+    :meth:`fuse` re-expresses it in the PSM map's units (the same mean and spread on held-out
+    normal pixels) and mixes the two, so neither map dominates by its scale alone and the fused
+    map stays comparable with the PSM's pixel threshold.
+
+    The bank is empty until :func:`adps.engine.prior.fit_prior` fills it; its size comes from
+    the checkpoint on load.
+    """
+
+    def __init__(self, channels: int, neighbors: int = 1, weight: float = 0.5):
+        super().__init__()
+        self.neighbors = neighbors
+        self.weight = weight
+        self.register_buffer("bank", torch.zeros(0, channels))
+        # (psm mean, psm std, prior mean, prior std) over held-out normal pixels
+        self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+
+    @property
+    def fitted(self) -> bool:
+        return self.bank.shape[0] > 0
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        bank = state_dict.get(prefix + "bank")
+        if bank is not None:  # the bank's size is the checkpoint's, not the constructor's
+            self.bank = torch.empty_like(bank, device=self.bank.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_bank(self, bank: torch.Tensor) -> None:
+        self.bank = bank.detach().float().to(self.bank.device).contiguous()
+
+    def distances(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) mean distance of each position of an :func:`embed` output to its nearest
+        bank features."""
+        if not self.fitted:
+            raise RuntimeError("the memory bank is empty: fit it with adps.engine.prior.fit_prior")
+        b, c, h, w = embedding.shape
+        queries = embedding.permute(0, 2, 3, 1).reshape(-1, c)
+        nearest = nearest_distances(queries, self.bank, self.neighbors)
+        return nearest.mean(dim=1).view(b, 1, h, w)
+
+    def forward(self, teacher_features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        prior = self.distances(embed(teacher_features))
+        return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
+
+    def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor) -> torch.Tensor:
+        psm_mean, psm_std, prior_mean, prior_std = self.stats
+        prior_in_psm_units = psm_mean + psm_std * (prior_map - prior_mean) / prior_std
+        return (1 - self.weight) * psm_map + self.weight * prior_in_psm_units
+
+
+__all__ = ["MemoryPrior", "embed", "greedy_coreset", "nearest_distances", "MEMORY_LEVELS"]

@@ -1,0 +1,211 @@
+"""The memory prior: coreset and nearest-neighbour search against brute force, the embedding
+against scipy, the fusion's normalisation, the bank's round trip through the checkpoint and the
+exports, and a model without the prior exactly as before."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import uniform_filter
+from scipy.spatial.distance import cdist
+
+from adps.config import ModelConfig
+from adps.engine.checkpoint import make_checkpoint, model_from_checkpoint
+from adps.engine.prior import fit_prior
+from adps.engine.runtime import OnnxRunner, load_torchscript
+from adps.errors import AdpsError
+from adps.export import export_onnx, export_torchscript
+from adps.models.adps import ADPS
+from adps.models.memory import embed, greedy_coreset, nearest_distances
+
+SMALL = dict(image_size=64, k=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def brute_force_greedy(x: np.ndarray, size: int) -> list[int]:
+    """PatchCore's k-centre greedy, spelled out with the full distance matrix."""
+    d = cdist(x, x, "sqeuclidean")
+    chosen = [0]
+    while len(chosen) < size:
+        chosen.append(int(d[:, chosen].min(axis=1).argmax()))
+    return chosen
+
+
+@pytest.mark.parametrize("n, dim, size", [(50, 3, 10), (200, 16, 40), (64, 8, 64)])
+def test_coreset_equals_brute_force_greedy(n, dim, size):
+    x = np.random.default_rng(n).normal(size=(n, dim))
+    got = greedy_coreset(torch.from_numpy(x), size).tolist()
+    assert got == brute_force_greedy(x, size)
+
+
+def test_coreset_keeps_the_rare_feature():
+    """An outlier among near-duplicates is the second centre chosen; random subsampling of 3
+    out of 101 rows would almost never keep it."""
+    x = torch.zeros(101, 4)
+    x[:100] += torch.randn(100, 4, generator=torch.Generator().manual_seed(0)) * 0.01
+    x[57] = 10.0
+    assert 57 in greedy_coreset(x, 3).tolist()
+
+
+def test_coreset_projects_wide_features_and_rejects_bad_sizes():
+    x = torch.randn(300, 512, generator=torch.Generator().manual_seed(1))
+    chosen = greedy_coreset(x, 30)
+    assert len(set(chosen.tolist())) == 30  # distinct rows, on the random projection
+    with pytest.raises(ValueError, match="1..300"):
+        greedy_coreset(x, 301)
+
+
+@pytest.mark.parametrize("neighbors, chunk", [(1, 4096), (1, 7), (3, 7), (5, 64)])
+def test_nearest_distances_equal_brute_force(neighbors, chunk):
+    rng = np.random.default_rng(neighbors * chunk)
+    queries, bank = rng.normal(size=(40, 6)), rng.normal(size=(50, 6))
+    want = np.sort(cdist(queries, bank), axis=1)[:, :neighbors]
+    got = nearest_distances(torch.from_numpy(queries), torch.from_numpy(bank), neighbors, chunk)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+
+
+def test_nearest_distances_leave_own_group_out():
+    rng = np.random.default_rng(3)
+    queries, bank = rng.normal(size=(30, 5)), rng.normal(size=(45, 5))
+    q_groups, b_groups = rng.integers(0, 4, 30), rng.integers(0, 4, 45)
+    d = cdist(queries, bank)
+    d[q_groups[:, None] == b_groups[None, :]] = np.inf
+    want = np.sort(d, axis=1)[:, :2]
+    got = nearest_distances(torch.from_numpy(queries), torch.from_numpy(bank), 2, chunk=10,
+                            query_groups=torch.from_numpy(q_groups),
+                            bank_groups=torch.from_numpy(b_groups))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+
+
+def test_embedding_is_3x3_mean_and_upsampled_concatenation():
+    g = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 4, 8, 8, generator=g),
+                torch.randn(2, 5, 4, 4, generator=g)]
+    got = embed(features)
+    assert got.shape == (2, 9, 8, 8)
+    # zero padding counted, as avg_pool2d's default: scipy's uniform filter with cval 0
+    level1 = uniform_filter(features[1].numpy(), size=(1, 1, 3, 3), mode="constant", cval=0.0)
+    np.testing.assert_allclose(got[:, :4].numpy(), level1, atol=1e-6)
+    level2 = uniform_filter(features[2].numpy(), size=(1, 1, 3, 3), mode="constant", cval=0.0)
+    up = torch.nn.functional.interpolate(torch.from_numpy(level2), size=(8, 8), mode="bilinear",
+                                         align_corners=False)
+    np.testing.assert_allclose(got[:, 4:].numpy(), up.numpy(), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (10, 3, 64, 64), generator=g, dtype=torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def fitted(images) -> ADPS:
+    torch.manual_seed(0)
+    model = ADPS(ModelConfig(**SMALL, prior="memory", memory_size=100), pretrained=False)
+    fit_prior(model, images[:6], holdout=images[6:])
+    return model.eval()
+
+
+def test_fit_bounds_the_bank_and_scales_by_holdout_statistics(fitted, images):
+    """On the held-out normal images the fit used, the prior re-expressed in PSM units has the
+    PSM map's mean and standard deviation, so the two weigh the same in the fusion."""
+    memory = fitted.memory
+    assert memory.bank.shape == (100, 40 + 112)
+    with torch.no_grad():
+        psm, teacher = fitted.psm_map(images[6:].float() / 255)
+        prior = memory(teacher, (64, 64))
+        memory.weight = 1.0
+        in_psm_units = memory.fuse(psm, prior)
+        memory.weight = 0.5
+    psm, in_psm_units = psm.double(), in_psm_units.double()
+    assert torch.isclose(in_psm_units.mean(), psm.mean(), rtol=1e-4)
+    assert torch.isclose(in_psm_units.std(), psm.std(), rtol=1e-3)
+    with torch.no_grad():
+        fused, score = fitted(images[6:].float() / 255)
+    torch.testing.assert_close(fused, 0.5 * psm.float() + 0.5 * in_psm_units.float())
+    torch.testing.assert_close(score, fitted.score(fused))
+
+
+def test_leave_one_out_statistics_do_not_see_an_image_s_own_features(images):
+    """Without a held-out split each training image is scored against the others' features:
+    the prior's mean is then that of a new image, not the near-zero self-match."""
+    torch.manual_seed(0)
+    model = ADPS(ModelConfig(**SMALL, prior="memory", memory_size=10_000), pretrained=False)
+    fit = fit_prior(model, images[:6])
+    assert fit.statistics == "leave-one-out" and fit.bank_size == 6 * 8 * 8
+    with torch.no_grad():
+        _, teacher = model.eval().psm_map(images[:6].float() / 255)
+        self_match = model.memory(teacher, (64, 64))
+    # every feature is in the bank (a self-match is 0 up to float32 round-off) ...
+    assert self_match.max() < 0.01 * model.memory.stats[2]
+    # ... but the statistics are those of each image against the other images' features
+    feats = embed(teacher).permute(0, 2, 3, 1).reshape(6, 64, 152).numpy()
+    loo = np.stack([cdist(feats[i], np.concatenate([feats[j] for j in range(6) if j != i]))
+                    .min(axis=1) for i in range(6)]).reshape(6, 1, 8, 8)
+    want = torch.nn.functional.interpolate(torch.from_numpy(loo), size=(64, 64),
+                                           mode="bilinear", align_corners=False)
+    assert torch.isclose(model.memory.stats[2].double(), want.mean(), rtol=1e-4)
+    assert torch.isclose(model.memory.stats[3].double(), want.std(), rtol=1e-3)
+
+
+def test_bank_round_trips_through_the_checkpoint(fitted, images):
+    ckpt = make_checkpoint(fitted, None)
+    again = model_from_checkpoint(ckpt)
+    torch.testing.assert_close(again.memory.bank, fitted.memory.bank, rtol=0, atol=0)
+    torch.testing.assert_close(again.memory.stats, fitted.memory.stats, rtol=0, atol=0)
+    x = images[6:].float() / 255
+    with torch.no_grad():
+        for got, want in zip(again(x), fitted(x)):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_bank_travels_inside_the_exports(fitted, images, tmp_path):
+    """Export parity within 1e-3 with the bank as a constant of the graph (a batch size that was
+    not traced, too)."""
+    with torch.no_grad():
+        want = [t.numpy() for t in fitted(images[:3].float() / 255)]
+    runner = OnnxRunner(export_onnx(fitted, tmp_path / "m.onnx"))
+    assert runner.metadata["model_config"]["prior"] == "memory"
+    for got, ref in zip(runner(images[:3].numpy()), want):
+        assert np.abs(got - ref).max() < 1e-3
+    scripted, _ = load_torchscript(export_torchscript(fitted, tmp_path / "m.ts"))
+    with torch.no_grad():
+        for got, ref in zip(scripted(images[:3]), want):
+            assert np.abs(got.numpy() - ref).max() < 1e-3
+
+
+def test_unfitted_bank_is_a_clear_error(images):
+    model = ADPS(ModelConfig(**SMALL, prior="memory"), pretrained=False).eval()
+    with pytest.raises(RuntimeError, match="memory bank is empty"):
+        model(images[:1].float() / 255)
+
+
+def test_without_the_prior_the_model_is_exactly_as_before(fitted, images):
+    """Same weights: the paper's model has no memory entries, and its maps and scores equal the
+    fused model's at prior weight 0 bit for bit."""
+    plain = ADPS(ModelConfig(**SMALL), pretrained=False)
+    state = {k: v for k, v in fitted.state_dict().items() if not k.startswith("memory.")}
+    plain.load_state_dict(state, strict=True)
+    assert plain.memory is None and not any(k.startswith("memory.")
+                                            for k in plain.state_dict())
+    x = images[:4].float() / 255
+    fitted.memory.weight = 0.0
+    try:
+        with torch.no_grad():
+            for got, want in zip(plain.eval()(x), fitted(x)):
+                torch.testing.assert_close(got, want, rtol=0, atol=0)
+    finally:
+        fitted.memory.weight = 0.5
+
+
+def test_the_memory_needs_the_teacher():
+    with pytest.raises(AdpsError, match="model.prior"):
+        ModelConfig(**SMALL, prior="memory", variant="no_teacher")
