@@ -14,7 +14,9 @@ from adps.data.procedural import make_demo_dataset
 from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
-from adps.engine.train import LAST, Trainer, train
+from adps.data.cache import load_tensor_stack
+from adps.engine.calibrate import threshold_for_false_alarm_rate
+from adps.engine.train import LAST, Trainer, split_holdout, train
 from adps.errors import AdpsError
 from adps.metrics import METRIC_KEYS
 
@@ -308,3 +310,38 @@ def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp
     ckpt = load_checkpoint(out / data.name / "model.pt")
     assert ckpt["train_config"]["time_budget"] == 2.0
     assert ckpt["elapsed"] >= 2.0 and ckpt["step"] >= 1  # ran until the budget was spent
+
+
+def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
+    """--prior memory: the bank is fitted after training (statistics on the held-out normal
+    images), calibration sees the fused score, `adps info` reports the bank, and predict and
+    adps.load work unchanged on the checkpoint."""
+    import adps
+    from adps.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--image-size", str(SIZE), "-k", "4",
+                 "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "1",
+                 "--prior", "memory", "--memory-size", "200", "--calibrate-holdout", "0.25",
+                 "--target-far", "0.5", "--out", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert "memory prior: 200 of 384 normal features kept, scaled by holdout" in \
+        capsys.readouterr().out
+    ckpt = load_checkpoint(out / "model.pt")
+    assert ckpt["model"]["memory.bank"].shape == (200, 152)
+    assert main(["info", "--model", str(out / "model.pt")]) == 0
+    assert "memory prior: 200 features x 152 channels" in capsys.readouterr().out
+    # the threshold was calibrated on the fused scores of the held-out images
+    model = model_from_checkpoint(ckpt)
+    images, _, _ = load_tensor_stack(datasets(data))
+    _, holdout = split_holdout(images, TrainConfig(calibration_holdout=0.25,
+                                                   target_false_alarm_rate=0.5, seed=0))
+    _, scores = maps_and_scores(model, holdout)
+    want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
+    assert ckpt["thresholds"]["image"] == pytest.approx(want, abs=1e-6)
+    predictor = adps.load(out / "model.pt", device="cpu")
+    image = datasets(data, "test").decode(0).image
+    result = predictor(image.permute(1, 2, 0).numpy())
+    with torch.no_grad():
+        _, want = model(image[None].float() / 255)
+    assert result.score == pytest.approx(float(want), abs=1e-5)

@@ -19,6 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "./datasets, ./data).")
     p.add_argument("--data-root", action="append", default=None, metavar="DIR",
                    help="folder to search for datasets (repeatable)")
+    p.add_argument("--model", type=Path, metavar="MODEL.pt",
+                   help="describe this checkpoint instead: its configuration, training, memory "
+                        "prior and thresholds")
     p.set_defaults(func=run)
 
 
@@ -55,7 +58,34 @@ def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:
     return found
 
 
+def describe_checkpoint(path: Path) -> list[str]:
+    """Lines that say what a checkpoint holds, read from it without building the model."""
+    from adps.config import ModelConfig, from_dict
+    from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    m = from_dict(ModelConfig, ckpt["model_config"])  # older checkpoints: defaults filled in
+    lines = [f"{path}: adps {ckpt.get('adps_version', '?')} checkpoint",
+             f"  model: {m.backbone}, {m.image_size} px, k = {m.k}, fusion {m.fusion}, PSM "
+             f"output stride {m.psm_output_stride}, image score {m.image_score}"]
+    if "step" in ckpt:
+        lines.append(f"  training: {ckpt.get('epoch', '?')} epochs, {ckpt['step']} steps, "
+                     f"{ckpt.get('elapsed', 0.0) / 60:.1f} min")
+    bank = ckpt["model"].get("memory.bank")
+    if bank is None:
+        lines.append("  memory prior: none (the paper's model)")
+    else:
+        lines.append(f"  memory prior: {bank.shape[0]} features x {bank.shape[1]} channels "
+                     f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
+                     f"{m.memory_neighbors} neighbour(s), weight {m.prior_weight:g}")
+    lines.append(f"  decision: {checkpoint_thresholds(ckpt).rule()}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.model is not None:
+        print("\n".join(describe_checkpoint(args.model)))
+        return 0
     import torch
 
     from adps.version import __version__

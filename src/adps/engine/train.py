@@ -332,10 +332,9 @@ class Trainer:
             if self.model.memory is not None:
                 fit = fit_prior(self.model, self.images, self.holdout, progress=self.progress,
                                 seed=cfg.seed)
-                if self.progress:
-                    tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal "
-                               f"features kept, scaled by {fit.statistics} statistics "
-                               f"({fit.seconds:.0f} s)")
+                tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal "
+                           f"features kept, scaled by {fit.statistics} statistics "
+                           f"({fit.seconds:.0f} s)")
             atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=epoch,
                                         history=list(self.history), step=self.step,
                                         elapsed=self.elapsed), final)
