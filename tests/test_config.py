@@ -63,6 +63,7 @@ BAD = [
     ("model", "memory_size", 0),
     ("model", "memory_neighbors", 0),
     ("model", "prior_weight", 1.5),
+    ("model", "prior_fusion", "middle"),
     ("train", "epochs", 0),
     ("train", "epochs", 1.5),
     ("train", "epochs", True),

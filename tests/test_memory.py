@@ -209,3 +209,55 @@ def test_without_the_prior_the_model_is_exactly_as_before(fitted, images):
 def test_the_memory_needs_the_teacher():
     with pytest.raises(AdpsError, match="model.prior"):
         ModelConfig(**SMALL, prior="memory", variant="no_teacher")
+
+
+@pytest.fixture(scope="module")
+def early(images) -> ADPS:
+    torch.manual_seed(0)
+    model = ADPS(ModelConfig(**SMALL, prior="memory", memory_size=10_000, prior_fusion="early"),
+                 pretrained=False)
+    fit = fit_prior(model, images[:6])
+    assert fit.bank_size == 6 * 8 * 8  # every feature kept: leave-one-out is exact here
+    return model
+
+
+def test_early_fusion_feeds_the_leave_one_out_prior_to_the_psm(early, images):
+    """In training, image i's prior input is (its distance to the other images' features -
+    mean) / std, at stride 8 and pooled to 16; the PSM's first up-block takes the extra channel,
+    and the prior's own computation carries no gradient."""
+    captured = {}
+    hook = early.psm.register_forward_pre_hook(lambda m, args: captured.setdefault("c", args[0]))
+    x = images[:6].float() / 255
+    early.train()
+    try:
+        out = early(x, groups=torch.arange(6))
+    finally:
+        hook.remove()
+    c = captured["c"]
+    assert [f.shape[1] for f in c] == [24, 41, 113]
+    with torch.no_grad():
+        teacher = early.teacher(early.normalize(x))
+    feats = embed(teacher).permute(0, 2, 3, 1).reshape(6, 64, 152).numpy()
+    loo = np.stack([cdist(feats[i], np.concatenate([feats[j] for j in range(6) if j != i]))
+                    .min(axis=1) for i in range(6)]).reshape(6, 1, 8, 8)
+    mean, std = early.memory.stats[2].item(), early.memory.stats[3].item()
+    want = (loo - mean) / std
+    np.testing.assert_allclose(c[1][:, 40:].detach().numpy(), want, rtol=1e-4, atol=1e-4)
+    pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(want), 2).numpy()
+    np.testing.assert_allclose(c[2][:, 112:].detach().numpy(), pooled, rtol=1e-4, atol=1e-4)
+    out["logits"].sum().backward()
+    assert early.psm.up1.up.weight.grad.abs().sum() > 0
+    early.zero_grad(set_to_none=True)
+
+
+def test_early_fusion_map_is_the_psm_probability_and_exports(early, images, tmp_path):
+    early.eval()
+    x = images[:3].float() / 255
+    with torch.no_grad():
+        fused, score = early(x)
+        psm, _ = early.psm_map(x)
+    torch.testing.assert_close(fused, psm, rtol=0, atol=0)  # no late mixing
+    assert 0 <= fused.min() and fused.max() <= 1
+    runner = OnnxRunner(export_onnx(early, tmp_path / "early.onnx"))
+    for got, ref in zip(runner(images[:3].numpy()), (fused.numpy(), score.numpy())):
+        assert np.abs(got - ref).max() < 1e-3

@@ -69,8 +69,13 @@ def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
     assert torch.equal(maps1, maps3)
 
 
-def test_resume_continues_exactly(data, tmp_path):
-    straight = train(MODEL, tiny_train(), datasets(data), tmp_path / "a", device="cpu",
+@pytest.mark.parametrize("model", [MODEL, ModelConfig(image_size=SIZE, k=4, prior="memory",
+                                                       memory_size=100, prior_fusion="early")],
+                         ids=["paper", "early-prior"])
+def test_resume_continues_exactly(data, tmp_path, model):
+    """Also with the early-fusion prior, whose bank (fitted before training) comes back from
+    last.pt rather than being fitted again."""
+    straight = train(model, tiny_train(), datasets(data), tmp_path / "a", device="cpu",
                      progress=False)
 
     class Crash(Exception):
@@ -80,12 +85,12 @@ def test_resume_continues_exactly(data, tmp_path):
         if epoch == 1:
             raise Crash
 
-    interrupted = Trainer(MODEL, tiny_train(), datasets(data), tmp_path / "b", device="cpu",
+    interrupted = Trainer(model, tiny_train(), datasets(data), tmp_path / "b", device="cpu",
                           progress=False)
     with pytest.raises(Crash):
         interrupted.fit(crash_after_first_epoch)
     assert (tmp_path / "b" / LAST).is_file()
-    resumed = train(MODEL, tiny_train(), datasets(data), tmp_path / "b", resume=True,
+    resumed = train(model, tiny_train(), datasets(data), tmp_path / "b", resume=True,
                     device="cpu", progress=False)
     assert resumed.history[0] == straight.history[0]
     assert resumed.history[1] == straight.history[1]  # the next step's loss, bit for bit

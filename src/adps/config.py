@@ -216,6 +216,10 @@ class ModelConfig:
     memory_size: int = 4096  # the bank's size after greedy coreset selection
     memory_neighbors: int = 1  # the prior is the mean distance to this many nearest features
     prior_weight: float = 0.5  # the prior's share of the fused map (0 = the PSM's map alone)
+    # "late": the prior map and the PSM's map are mixed after both are put on one scale (the
+    # PSM is trained as in the paper); "early": the standardised prior is an extra input of the
+    # PSM at strides 8 and 16, trained with the synthetic defects (prior_weight is unused).
+    prior_fusion: Literal["late", "early"] = "late"
 
     _SECTION: ClassVar[str] = "model"
 
@@ -238,6 +242,8 @@ class ModelConfig:
         if self.prior == "memory" and self.variant == "no_teacher":
             _fail(_where(self, "prior"), self.prior, "'none' with variant 'no_teacher'",
                   " (the memory holds teacher features)")
+        if self.prior_fusion == "early" and self.variant == "no_psm_wmb":
+            _fail(_where(self, "prior_fusion"), self.prior_fusion, "'late' without a PSM")
         self._check_geometry()
 
     def _check_geometry(self) -> None:

@@ -41,7 +41,7 @@ _FIELDS = {
     "lr_schedule": ("train", "lr_schedule"), "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"), "amp": ("train", "amp"),
     "prior": ("model", "prior"), "memory_size": ("model", "memory_size"),
-    "prior_weight": ("model", "prior_weight"),
+    "prior_weight": ("model", "prior_weight"), "prior_fusion": ("model", "prior_fusion"),
 }
 
 
@@ -131,7 +131,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--memory-size", type=int, metavar="N",
                    help="features kept in the memory after coreset selection (default 4096)")
     m.add_argument("--prior-weight", type=float, metavar="SHARE",
-                   help="the memory prior's share of the fused map (default 0.5)")
+                   help="late fusion: the memory prior's share of the fused map (default 0.5)")
+    m.add_argument("--prior-fusion", choices=("late", "early"),
+                   help="late (default): mix the prior map with the trained PSM's map; early: "
+                        "the PSM takes the prior as an input and learns to use it")
     t = parser.add_argument_group("training")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help=f"a set of training settings to start from (default {DEFAULT_RECIPE}): "

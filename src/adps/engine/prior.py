@@ -1,10 +1,13 @@
 """Fitting the memory prior: the bank from the normal training images, then the statistics that
-put its map on the PSM map's scale.
+put its map on a known scale.
 
 The statistics must come from normal images the bank does not hold, or the prior is near zero
 on them and its spread is underestimated. With a held-out split (``--calibrate-holdout``) those
 images are used; otherwise each training image is scored against the bank without its own
 entries (leave-one-image-out), which is what a new normal image sees.
+
+Late fusion fits after training (it also needs the trained PSM's statistics); early fusion
+fits before, since the PSM trains on the prior.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from adps.engine.device import inference_batch_size
@@ -40,15 +44,21 @@ def _batches(images: torch.Tensor, device: torch.device, batch_size: int | None,
             memory_format=torch.channels_last)
 
 
+def _mean_std(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    values = torch.cat(maps).double()
+    return [values.mean(), values.std().clamp_min(1e-12)]
+
+
 @torch.no_grad()
 def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = None,
               batch_size: int | None = None, progress: bool = False, seed: int = 0) -> PriorFit:
     """Fills ``model.memory`` from ``images`` (N, 3, H, W) uint8 normal training images.
 
     The bank is the greedy coreset of their embedded teacher features, of at most
-    ``config.memory_size`` rows. Then the PSM's and the prior's maps of normal images the bank
-    does not hold (``holdout``, else the training images leave-one-image-out) give each map's
-    mean and standard deviation over pixels, with which :meth:`MemoryPrior.fuse` mixes them.
+    ``config.memory_size`` rows, each tagged with its image. Then prior maps of normal images the
+    bank does not hold (``holdout``, else the training images leave-one-image-out) give the
+    prior's mean and standard deviation over pixels; for late fusion the PSM's maps of the same
+    images give the PSM's, with which :meth:`MemoryPrior.fuse` mixes the two.
     """
     start = time.perf_counter()
     memory = model.memory
@@ -59,37 +69,31 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     device = model.mean.device
     size = tuple(images.shape[-2:])
 
-    embeddings, psm_maps = [], []
-    for batch in _batches(images, device, batch_size, "memory", progress):
-        psm_map, teacher = model.psm_map(batch)
-        embeddings.append(embed(teacher))
-        if holdout is None:
-            psm_maps.append(psm_map)
-    embedding = torch.cat(embeddings)
+    embedding = torch.cat([embed(model.teacher(model.normalize(batch)))
+                           for batch in _batches(images, device, batch_size, "memory", progress)])
     n, c, h, w = embedding.shape
     features = embedding.permute(0, 2, 3, 1).reshape(-1, c)
     sources = torch.arange(n, device=device).repeat_interleave(h * w)
     chosen = greedy_coreset(features, min(model.config.memory_size, len(features)), seed)
-    memory.set_bank(features[chosen])
-    bank_sources = sources[chosen]
+    memory.set_bank(features[chosen], sources[chosen])
 
+    normal = images if holdout is None else holdout
     if holdout is None:  # leave-one-image-out: no image matches its own features
-        prior = torch.cat([
-            nearest_distances(features[i:i + _QUERY_CHUNK], memory.bank, memory.neighbors,
-                              query_groups=sources[i:i + _QUERY_CHUNK], bank_groups=bank_sources)
-            for i in range(0, len(features), _QUERY_CHUNK)])
-        prior = prior.mean(dim=1).view(n, 1, h, w)
-        prior_maps = [torch.nn.functional.interpolate(prior, size=size, mode="bilinear",
-                                                      align_corners=False)]
+        prior = torch.cat([nearest_distances(features[i:i + _QUERY_CHUNK], memory.bank,
+                                             memory.neighbors,
+                                             query_groups=sources[i:i + _QUERY_CHUNK],
+                                             bank_groups=memory.sources)
+                           for i in range(0, len(features), _QUERY_CHUNK)])
+        prior_maps = [F.interpolate(prior.mean(dim=1).view(n, 1, h, w), size=size,
+                                    mode="bilinear", align_corners=False)]
     else:
-        prior_maps = []
-        for batch in _batches(holdout, device, batch_size, "memory stats", progress):
-            psm_map, teacher = model.psm_map(batch)
-            psm_maps.append(psm_map)
-            prior_maps.append(memory(teacher, size))
-    psm_all, prior_all = torch.cat(psm_maps).double(), torch.cat(prior_maps).double()
-    memory.stats = torch.stack([psm_all.mean(), psm_all.std().clamp_min(1e-12),
-                                prior_all.mean(), prior_all.std().clamp_min(1e-12)]).float()
+        prior_maps = [memory(model.teacher(model.normalize(batch)), size)
+                      for batch in _batches(holdout, device, batch_size, "memory stats", progress)]
+    psm_stats = [torch.tensor(0.0), torch.tensor(1.0)]
+    if not model.early_prior:
+        psm_stats = _mean_std([model.psm_map(batch)[0] for batch in
+                               _batches(normal, device, batch_size, "PSM stats", progress)])
+    memory.stats = torch.stack(psm_stats + _mean_std(prior_maps)).float().to(device)
     model.train(was_training)
     return PriorFit(len(chosen), len(features), "leave-one-out" if holdout is None else "holdout",
                     time.perf_counter() - start)

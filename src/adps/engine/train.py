@@ -214,7 +214,7 @@ class Trainer:
         images, masks = self.synthesizer(images, self.generator)
         images = images.contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            outputs = self.net(images)
+            outputs = self.net(images, groups=index if self.model.early_prior else None)
         loss, _ = adps_loss(outputs, masks, cfg, self.model_config.cos_eps)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -272,10 +272,22 @@ class Trainer:
                         "--time-budget 30m (the schedule then fits the budget)")
         tqdm.write(message)
 
+    def fit_prior(self) -> None:
+        """The memory prior from the training images: before training for early fusion (the
+        PSM learns from it), after it for late fusion (which needs the trained PSM's maps)."""
+        fit = fit_prior(self.model, self.images, self.holdout, self.config.batch_size,
+                        self.progress, self.config.seed)
+        self.model.train()
+        if self.dist.is_main:
+            tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal features kept, "
+                       f"scaled by {fit.statistics} statistics ({fit.seconds:.0f} s)")
+
     def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
         """Trains until ``epochs`` are done or the time budget is spent (checked before every
         step, so training ends within one step of it), then writes ``model.pt``."""
         cfg = self.config
+        if self.model.early_prior and not self.model.memory.fitted:  # resumed: in last.pt
+            self.fit_prior()
         budget = cfg.time_budget
         self.model.train()
         session_start = last_save = self.clock()
@@ -329,12 +341,8 @@ class Trainer:
         seconds = self.clock() - session_start
         final = self.out_dir / FINAL
         if self.dist.is_main:
-            if self.model.memory is not None:
-                fit = fit_prior(self.model, self.images, self.holdout, progress=self.progress,
-                                seed=cfg.seed)
-                tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal "
-                           f"features kept, scaled by {fit.statistics} statistics "
-                           f"({fit.seconds:.0f} s)")
+            if self.model.memory is not None and not self.model.early_prior:
+                self.fit_prior()
             atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=epoch,
                                         history=list(self.history), step=self.step,
                                         elapsed=self.elapsed), final)

@@ -148,12 +148,15 @@ class ADPS(nn.Module):
         if config.student_init == "teacher":
             self.student.load_state_dict(self.teacher.state_dict())
         channels = self.teacher.channels
+        self.early_prior = config.prior == "memory" and config.prior_fusion == "early"
         self.fuse = None
         if config.fusion == "conv":
             self.fuse = nn.ModuleList(nn.Conv2d(2 * c, c, 3, padding=1) for c in channels)
         self.psm = None
         if config.variant != "no_psm_wmb":
-            self.psm = PostSegmentation(channels, config.psm_widths or spec.psm_widths,
+            # early fusion: the prior is one more channel at strides 8 and 16
+            psm_channels = [c + (self.early_prior and i > 0) for i, c in enumerate(channels)]
+            self.psm = PostSegmentation(psm_channels, config.psm_widths or spec.psm_widths,
                                         config.psm_output_stride)
             if config.psm_init == "draem":
                 draem_init(self.psm)
@@ -188,11 +191,13 @@ class ADPS(nn.Module):
                 cut *= k
         return features
 
-    def forward(self, images: torch.Tensor):
+    def forward(self, images: torch.Tensor, groups: torch.Tensor | None = None):
+        """``groups`` (B,), training with early fusion only: each image's index in the memory's
+        source images, so that its prior leaves its own features out."""
         if self.training:
-            return self._forward(images)
+            return self._forward(images, groups)
         psm_map, teacher = self.psm_map(images)
-        if self.memory is not None:
+        if self.memory is not None and not self.early_prior:
             with torch.autocast(images.device.type, enabled=False):  # distances in float32
                 psm_map = self.memory.fuse(psm_map, self.memory(teacher, images.shape[-2:]))
         return psm_map, self.score(psm_map)
@@ -201,7 +206,7 @@ class ADPS(nn.Module):
         """Eval: the paper's anomaly map (B, 1, H, W) in float32, and the teacher's features."""
         return self._forward(images)
 
-    def _forward(self, images: torch.Tensor):
+    def _forward(self, images: torch.Tensor, groups: torch.Tensor | None = None):
         c = self.config
         x = self.normalize(images)
         need_teacher = c.variant != "no_teacher"
@@ -226,11 +231,16 @@ class ADPS(nn.Module):
             return anomaly, teacher
 
         if c.variant == "no_student":
-            fused = teacher
+            fused = list(teacher)
         elif c.variant == "no_teacher":
             fused = student
         else:
             fused = [self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student))]
+        if self.early_prior:
+            with torch.autocast(images.device.type, enabled=False):  # distances in float32
+                prior = self.memory.standardized(teacher, groups)
+            fused[1] = torch.cat([fused[1], prior.to(fused[1].dtype)], dim=1)
+            fused[2] = torch.cat([fused[2], F.avg_pool2d(prior, 2).to(fused[2].dtype)], dim=1)
         logits = self.psm(fused)
         if c.psm_output_stride > 1:
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",

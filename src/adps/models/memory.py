@@ -87,13 +87,16 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int 
 
 
 class MemoryPrior(nn.Module):
-    """The bank of normal patch features and the late fusion of its prior map with the PSM's.
+    """The bank of normal patch features, and the two ways its prior map meets the PSM.
 
     ``forward(teacher_features, size)`` gives the prior map (B, 1, H, W): per position, the mean
     distance to the ``neighbors`` nearest bank features, upsampled to the image size.
-    :meth:`fuse` re-expresses it in the PSM map's units (the same mean and spread on held-out
-    normal pixels) and mixes the two, so neither map dominates by its scale alone and the fused
-    map stays comparable with the PSM's pixel threshold.
+    Late fusion, :meth:`fuse`, re-expresses it in the PSM map's units (the same mean and spread
+    on held-out normal pixels) and mixes the two, so neither map dominates by its scale alone
+    and the fused map stays comparable with the PSM's pixel threshold. Early fusion,
+    :meth:`standardized`, gives the PSM the prior as an input, in units of its spread on normal
+    images; in training each image is scored without its own bank entries (``groups``), as a
+    new image would be.
 
     The bank is empty until :func:`adps.engine.prior.fit_prior` fills it; its size comes from
     the checkpoint on load.
@@ -104,6 +107,7 @@ class MemoryPrior(nn.Module):
         self.neighbors = neighbors
         self.weight = weight
         self.register_buffer("bank", torch.zeros(0, channels))
+        self.register_buffer("sources", torch.zeros(0, dtype=torch.long))  # each row's image
         # (psm mean, psm std, prior mean, prior std) over held-out normal pixels
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
 
@@ -112,23 +116,35 @@ class MemoryPrior(nn.Module):
         return self.bank.shape[0] > 0
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        bank = state_dict.get(prefix + "bank")
-        if bank is not None:  # the bank's size is the checkpoint's, not the constructor's
-            self.bank = torch.empty_like(bank, device=self.bank.device)
+        for name in ("bank", "sources"):  # their size is the checkpoint's, not the constructor's
+            value = state_dict.get(prefix + name)
+            if value is not None:
+                setattr(self, name, torch.empty_like(value, device=self.bank.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def set_bank(self, bank: torch.Tensor) -> None:
+    def set_bank(self, bank: torch.Tensor, sources: torch.Tensor) -> None:
         self.bank = bank.detach().float().to(self.bank.device).contiguous()
+        self.sources = sources.detach().to(self.bank.device)
 
-    def distances(self, embedding: torch.Tensor) -> torch.Tensor:
+    def distances(self, embedding: torch.Tensor, groups: torch.Tensor | None = None
+                  ) -> torch.Tensor:
         """(B, 1, h, w) mean distance of each position of an :func:`embed` output to its nearest
-        bank features."""
+        bank features; with ``groups`` (B,), never to rows that came from that image."""
         if not self.fitted:
             raise RuntimeError("the memory bank is empty: fit it with adps.engine.prior.fit_prior")
         b, c, h, w = embedding.shape
         queries = embedding.permute(0, 2, 3, 1).reshape(-1, c)
-        nearest = nearest_distances(queries, self.bank, self.neighbors)
+        query_groups = None if groups is None else groups.repeat_interleave(h * w)
+        nearest = nearest_distances(queries, self.bank, self.neighbors,
+                                    query_groups=query_groups, bank_groups=self.sources)
         return nearest.mean(dim=1).view(b, 1, h, w)
+
+    def standardized(self, teacher_features: list[torch.Tensor],
+                     groups: torch.Tensor | None = None) -> torch.Tensor:
+        """The prior at the embedding's stride (B, 1, h, w), as (distance - mean) / std of
+        normal images: the PSM's extra input under early fusion."""
+        _, _, prior_mean, prior_std = self.stats
+        return (self.distances(embed(teacher_features), groups) - prior_mean) / prior_std
 
     def forward(self, teacher_features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         prior = self.distances(embed(teacher_features))
