@@ -5,8 +5,9 @@
 #     A the paper's recipe in float32 with the full-resolution PSM (the reference),
 #     B the paper's recipe with bf16 autocast and the PSM at stride 2 (cheaper steps only),
 #     C the fast recipe (cheaper steps + warm-up, cosine decay, Adam 4e-4);
-#   <set>-A-<T> / <set>-C-<T>[-s<seed>]  bottle or weld with a wall-clock budget T (5m, 10m,
-#     20m, 30m, ...), the paper's recipe (A) or the fast one (C), seed 0 unless -s<seed> is given.
+#   <set>-<R>-<T>[-s<seed>]  bottle or weld with a wall-clock budget T (5m, 10m, 20m, 30m, ...),
+#     seed 0 unless -s<seed> is given, recipe R: A the paper's, C the fast one without the
+#     memory prior, L with the late-fused prior, E with the early-fused prior.
 # Each run's metrics.json lands in runs/recipes/<run>/<dataset>/;
 # `python benchmarks/recipes/table.py` prints the table. Run nothing else meanwhile: budgets
 # are wall-clock, and a second heavy job halves the steps a run gets.
@@ -32,7 +33,9 @@ for what in "$@"; do
       data="$data[@]"
       case $recipe in
         A) settings=("${PAPER16[@]}" --no-amp) ;;
-        C) settings=(--recipe fast) ;;
+        C) settings=(--recipe fast --prior none) ;;
+        L) settings=(--recipe fast --prior memory --prior-fusion late) ;;
+        E) settings=(--recipe fast --prior memory --prior-fusion early) ;;
         *) echo "unknown recipe in $what" >&2; exit 2 ;;
       esac
       run "$what" "${!data}" "${settings[@]}" --time-budget "$budget" --seed "${seed#s}" ;;

@@ -1,5 +1,8 @@
 """The recipe runs of benchmarks/recipes/run.sh as one markdown table, and the plot of pixel AP
-and AUPRO against training minutes with PatchCore's point (benchmarks/peers/out/patchcore.json).
+and AUPRO against training minutes with PatchCore's point (benchmarks/peers/out/patchcore.json
+when the peer script ran here, else the figures recorded in benchmarks/peers/measured.json).
+A run whose folder also holds prior.json (benchmarks/bench_prior.py --out) gains a row for the
+same model with the late-fusion memory prior.
 
     python benchmarks/recipes/table.py [--runs runs/recipes] [--plot benchmarks/recipes/minutes.png]
 """
@@ -12,7 +15,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "benchmarks" / "peers" / "out" / "patchcore.json"
+RECORDED_PEERS = ROOT / "benchmarks" / "peers" / "measured.json"
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
+PRIOR_ROW = "fused, weight 0.5, memory 4096"  # bench_prior's row for the default prior
 
 
 def load_runs(runs: Path) -> list[dict]:
@@ -22,9 +27,17 @@ def load_runs(runs: Path) -> list[dict]:
         ckpt_dir = path.parent
         config = json.loads((ckpt_dir.parent / "benchmark.json").read_text())["train_config"]
         model = json.loads((ckpt_dir.parent / "benchmark.json").read_text())["model_config"]
-        rows.append({"run": ckpt_dir.parent.name, "dataset": payload["name"],
-                     "minutes": payload["train_seconds"] / 60, "metrics": payload["metrics"],
-                     "recipe": describe(model, config)})
+        row = {"run": ckpt_dir.parent.name, "dataset": payload["name"],
+               "minutes": payload["train_seconds"] / 60, "metrics": payload["metrics"],
+               "recipe": describe(model, config)}
+        rows.append(row)
+        prior = ckpt_dir / "prior.json"
+        if prior.is_file():
+            fused = [r for r in json.loads(prior.read_text()) if r["name"] == PRIOR_ROW]
+            if fused:
+                rows.append({**row, "run": row["run"] + " + prior",
+                             "recipe": row["recipe"] + ", late memory prior (4096)",
+                             "metrics": fused[0]})
     return rows
 
 
@@ -48,18 +61,14 @@ def main() -> None:
     for r in rows:
         print(f"| {r['run']} | {r['dataset']} | {r['recipe']} | {r['minutes']:.1f} | "
               + " | ".join(f"{100 * r['metrics'][c]:.1f}" for c in COLUMNS) + " |")
-    peers = json.loads(PEERS.read_text()) if PEERS.is_file() else {}
+    peers = json.loads((PEERS if PEERS.is_file() else RECORDED_PEERS).read_text())
     peers = {{"weld": "welding"}.get(k, k): v for k, v in peers.items()}  # adps's entry names
     for name, p in peers.items():
-        print(f"| PatchCore (anomalib) | {name} | Lite0 blocks.2+4, 9 neighbours | "
-              f"{p['fit_seconds'] / 60:.1f} | "
-              + " | ".join(f"{100 * p[c]:.1f}" for c in COLUMNS) + " |")
+        print(f"| PatchCore (anomalib{', quoted' if p.get('quoted') else ''}) | {name} | "
+              f"Lite0 blocks.2+4, 9 neighbours | {p['fit_seconds'] / 60:.1f} | "
+              + " | ".join(f"{100 * p[c]:.1f}" if c in p else "" for c in COLUMNS) + " |")
     if args.plot:
         plot(rows, peers, args.plot)
-
-
-# PatchCore on bottle as measured for the issue (its fit did not finish here; see README)
-QUOTED = {"bottle": {"fit_seconds": 26.0, "pixel_ap": 0.750, "aupro": 0.933}}
 
 
 def plot(rows: list[dict], peers: dict, out: Path) -> None:
@@ -74,15 +83,17 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
         ax = fig.add_subplot(1, len(datasets), i + 1)
         for key, colour in (("pixel_ap", "#d1495b"), ("aupro", "#1f6fb4")):
             for r in (r for r in timed if r["dataset"] == name):
-                fast = "cosine" in r["recipe"]
-                ax.plot(r["minutes"], 100 * r["metrics"][key], "o" if fast else "s",
-                        color=colour, alpha=1.0 if fast else 0.45, markersize=8,
-                        label=f"adps {'fast' if fast else 'paper'} recipe, {key}")
-            peer, quoted = peers.get(name), name not in peers
-            peer = peer or QUOTED.get(name)
+                kind = ("fast recipe + prior" if "prior" in r["recipe"] else
+                        "fast recipe" if "cosine" in r["recipe"] else "paper recipe")
+                marker, alpha = {"fast recipe + prior": ("D", 1.0), "fast recipe": ("o", 0.75),
+                                 "paper recipe": ("s", 0.4)}[kind]
+                ax.plot(r["minutes"], 100 * r["metrics"][key], marker, color=colour,
+                        alpha=alpha, markersize=8, label=f"adps {kind}, {key}")
+            peer = peers.get(name)
             if peer:
+                quoted = " (quoted)" if peer.get("quoted") else ""
                 ax.plot(peer["fit_seconds"] / 60, 100 * peer[key], "*", color=colour,
-                        markersize=14, label=f"PatchCore{' (quoted)' if quoted else ''}, {key}")
+                        markersize=14, label=f"PatchCore{quoted}, {key}")
         ax.set_title(name)
         ax.set_xlim(0, max([12] + [r["minutes"] + 2 for r in timed]))
         ax.set_xlabel("training minutes (2-core CPU)")
