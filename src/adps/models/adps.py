@@ -122,8 +122,9 @@ class ADPS(nn.Module):
     with the PSM ``logits`` (B, 2, H, W) and the per-level ``teacher``/``student`` features (for
     the distillation loss); in eval mode it returns ``(anomaly_map, score)``: the anomalous-class
     probability (B, 1, H, W) and the image score (B,) of :meth:`score`. With the memory prior
-    (``config.prior == "memory"``) the eval map is the PSM's probability fused with the prior map
-    (:meth:`MemoryPrior.fuse`); training is unchanged.
+    (``config.prior == "memory"``) and late fusion, the eval map is the PSM's probability mixed
+    with the prior map (:meth:`MemoryPrior.fuse`) and training is the paper's; with early fusion
+    the PSM takes the prior as an input, in training and in eval.
     """
 
     def __init__(self, config: ModelConfig | None = None, *, teacher: Encoder | None = None,
@@ -203,7 +204,8 @@ class ADPS(nn.Module):
         return psm_map, self.score(psm_map)
 
     def psm_map(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
-        """Eval: the paper's anomaly map (B, 1, H, W) in float32, and the teacher's features."""
+        """Eval: the PSM's anomaly map (B, 1, H, W) in float32, before any late fusion, and the
+        teacher's features."""
         return self._forward(images)
 
     def _forward(self, images: torch.Tensor, groups: torch.Tensor | None = None):
