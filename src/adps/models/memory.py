@@ -56,8 +56,8 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Te
     for i in range(size):
         chosen[i] = index
         centre = x.index_select(0, index.view(1))[0]
-        distance = norms - 2 * (x @ centre) + centre.pow(2).sum()
-        nearest = torch.minimum(nearest, distance.clamp_min(0))
+        distance = torch.addmv(norms, x, centre, alpha=-2) + centre.pow(2).sum()
+        nearest = torch.minimum(nearest, distance.clamp_min_(0))
         index = nearest.argmax()
     return chosen
 
@@ -72,17 +72,20 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int 
     export). With ``query_groups`` and ``bank_groups`` (say, the image each row came from), a
     query never matches a bank row of its own group: leave-one-image-out distances.
     """
-    q_norms = queries.pow(2).sum(dim=1, keepdim=True)
     best = None
     for start in range(0, bank.shape[0], chunk):
         part = bank[start:start + chunk]
-        d2 = q_norms - 2 * queries @ part.T + part.pow(2).sum(dim=1)
+        # |b|^2 - 2 q.b in one fused multiply-add; |q|^2 is the same for a whole row, so it is
+        # added after the search, on Q x neighbors values only
+        d2 = torch.addmm(part.pow(2).sum(dim=1)[None], queries, part.T, alpha=-2)
         if query_groups is not None and bank_groups is not None:
             same = query_groups[:, None] == bank_groups[None, start:start + chunk]
             d2 = d2.masked_fill(same, float("inf"))
         if best is not None:
             d2 = torch.cat([best, d2], dim=1)
-        best = d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values
+        best = (d2.amin(dim=1, keepdim=True) if neighbors == 1 else
+                d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values)
+    best = best + queries.pow(2).sum(dim=1, keepdim=True)
     return best.clamp_min(0).sqrt()
 
 
