@@ -62,7 +62,7 @@ BAD = [
     ("model", "prior", "patchcore"),
     ("model", "memory_size", 0),
     ("model", "memory_neighbors", 0),
-    ("model", "prior_weight", 1.5),
+    ("model", "psm_boost", -1.0),
     ("model", "prior_fusion", "middle"),
     ("train", "epochs", 0),
     ("train", "epochs", 1.5),

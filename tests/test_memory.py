@@ -114,29 +114,50 @@ def fitted(images) -> ADPS:
     return model.eval()
 
 
-def test_fit_bounds_the_bank_and_scales_by_holdout_statistics(fitted, images):
-    """On the held-out normal images the fit used, the prior re-expressed in PSM units has the
-    PSM map's mean and standard deviation, so the two weigh the same in the fusion."""
+def _loo_prior(features: np.ndarray) -> np.ndarray:
+    """Brute force: each image's nearest distances to every other image's features."""
+    return np.stack([cdist(features[i], np.concatenate([f for j, f in enumerate(features)
+                                                        if j != i])).min(axis=1)
+                     for i in range(len(features))])
+
+
+def _statistics(values: np.ndarray) -> list[float]:
+    values = np.sort(values.ravel())
+    return [values.mean(), values.std(ddof=1), values[int(np.ceil(0.999 * len(values))) - 1]]
+
+
+def _features(model: ADPS, images: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        teacher = model.teacher(model.normalize(images.float() / 255))
+    e = embed(teacher)
+    return e.permute(0, 2, 3, 1).reshape(len(images), -1, e.shape[1]).numpy()
+
+
+def test_fit_bounds_the_bank_and_takes_holdout_statistics(fitted, images):
+    """The bank holds memory_size rows; the statistics are those of the held-out images'
+    nearest distances to the bank (mean, std, 99.9th percentile); the fused map is
+    1 - 2^-(prior / p99.9 x (1 + 2 p)), with the score of that map."""
     memory = fitted.memory
     assert memory.bank.shape == (100, 40 + 112)
+    held_out = cdist(_features(fitted, images[6:]).reshape(-1, 152), memory.bank.numpy())
+    np.testing.assert_allclose(memory.stats.numpy(), _statistics(held_out.min(axis=1)),
+                               rtol=1e-4)
+    x = images[6:].float() / 255
     with torch.no_grad():
-        psm, teacher = fitted.psm_map(images[6:].float() / 255)
+        psm, teacher = fitted.psm_map(x)
         prior = memory(teacher, (64, 64))
-        memory.weight = 1.0
-        in_psm_units = memory.fuse(psm, prior)
-        memory.weight = 0.5
-    psm, in_psm_units = psm.double(), in_psm_units.double()
-    assert torch.isclose(in_psm_units.mean(), psm.mean(), rtol=1e-4)
-    assert torch.isclose(in_psm_units.std(), psm.std(), rtol=1e-3)
-    with torch.no_grad():
-        fused, score = fitted(images[6:].float() / 255)
-    torch.testing.assert_close(fused, 0.5 * psm.float() + 0.5 * in_psm_units.float())
+        fused, score = fitted(x)
+    want = 1 - 2.0 ** (-(prior / memory.stats[2]) * (1 + 2 * psm))
+    torch.testing.assert_close(fused, want)
     torch.testing.assert_close(score, fitted.score(fused))
+    # the pixel threshold 0.5 means "farther than the normal 99.9th percentile" where the PSM
+    # is silent
+    assert torch.equal(fused[psm < 1e-6] > 0.5, prior[psm < 1e-6] > memory.stats[2])
 
 
 def test_leave_one_out_statistics_do_not_see_an_image_s_own_features(images):
-    """Without a held-out split each training image is scored against the others' features:
-    the prior's mean is then that of a new image, not the near-zero self-match."""
+    """Without a held-out split each training image is scored against the bank without its
+    own features: the statistics are those of a new image, not the near-zero self-match."""
     torch.manual_seed(0)
     model = ADPS(ModelConfig(**SMALL, prior="memory", memory_size=10_000), pretrained=False)
     fit = fit_prior(model, images[:6])
@@ -145,15 +166,10 @@ def test_leave_one_out_statistics_do_not_see_an_image_s_own_features(images):
         _, teacher = model.eval().psm_map(images[:6].float() / 255)
         self_match = model.memory(teacher, (64, 64))
     # every feature is in the bank (a self-match is 0 up to float32 round-off) ...
-    assert self_match.max() < 0.01 * model.memory.stats[2]
+    assert self_match.max() < 0.01 * model.memory.stats[0]
     # ... but the statistics are those of each image against the other images' features
-    feats = embed(teacher).permute(0, 2, 3, 1).reshape(6, 64, 152).numpy()
-    loo = np.stack([cdist(feats[i], np.concatenate([feats[j] for j in range(6) if j != i]))
-                    .min(axis=1) for i in range(6)]).reshape(6, 1, 8, 8)
-    want = torch.nn.functional.interpolate(torch.from_numpy(loo), size=(64, 64),
-                                           mode="bilinear", align_corners=False)
-    assert torch.isclose(model.memory.stats[2].double(), want.mean(), rtol=1e-4)
-    assert torch.isclose(model.memory.stats[3].double(), want.std(), rtol=1e-3)
+    want = _statistics(_loo_prior(_features(model, images[:6])))
+    np.testing.assert_allclose(model.memory.stats.numpy(), want, rtol=1e-4)
 
 
 def test_bank_round_trips_through_the_checkpoint(fitted, images):
@@ -169,16 +185,17 @@ def test_bank_round_trips_through_the_checkpoint(fitted, images):
 
 def test_bank_travels_inside_the_exports(fitted, images, tmp_path):
     """Export parity within 1e-3 with the bank as a constant of the graph (a batch size that was
-    not traced, too)."""
+    not traced, too), on images the bank does not hold: an exact self-match is a distance of 0
+    whose round-off, through the square root, differs between backends."""
     with torch.no_grad():
-        want = [t.numpy() for t in fitted(images[:3].float() / 255)]
+        want = [t.numpy() for t in fitted(images[6:9].float() / 255)]
     runner = OnnxRunner(export_onnx(fitted, tmp_path / "m.onnx"))
     assert runner.metadata["model_config"]["prior"] == "memory"
-    for got, ref in zip(runner(images[:3].numpy()), want):
+    for got, ref in zip(runner(images[6:9].numpy()), want):
         assert np.abs(got - ref).max() < 1e-3
     scripted, _ = load_torchscript(export_torchscript(fitted, tmp_path / "m.ts"))
     with torch.no_grad():
-        for got, ref in zip(scripted(images[:3]), want):
+        for got, ref in zip(scripted(images[6:9]), want):
             assert np.abs(got.numpy() - ref).max() < 1e-3
 
 
@@ -189,21 +206,19 @@ def test_unfitted_bank_is_a_clear_error(images):
 
 
 def test_without_the_prior_the_model_is_exactly_as_before(fitted, images):
-    """Same weights: the paper's model has no memory entries, and its maps and scores equal the
-    fused model's at prior weight 0 bit for bit."""
+    """Same weights: the paper's model has no memory entries, and its maps and scores are the
+    PSM's, bit for bit, as the prior model's before fusion."""
     plain = ADPS(ModelConfig(**SMALL), pretrained=False)
     state = {k: v for k, v in fitted.state_dict().items() if not k.startswith("memory.")}
     plain.load_state_dict(state, strict=True)
     assert plain.memory is None and not any(k.startswith("memory.")
                                             for k in plain.state_dict())
     x = images[:4].float() / 255
-    fitted.memory.weight = 0.0
-    try:
-        with torch.no_grad():
-            for got, want in zip(plain.eval()(x), fitted(x)):
-                torch.testing.assert_close(got, want, rtol=0, atol=0)
-    finally:
-        fitted.memory.weight = 0.5
+    with torch.no_grad():
+        psm, _ = fitted.psm_map(x)
+        got_map, got_score = plain.eval()(x)
+    torch.testing.assert_close(got_map, psm, rtol=0, atol=0)
+    torch.testing.assert_close(got_score, plain.score(psm), rtol=0, atol=0)
 
 
 def test_the_memory_needs_the_teacher():
@@ -235,12 +250,8 @@ def test_early_fusion_feeds_the_leave_one_out_prior_to_the_psm(early, images):
         hook.remove()
     c = captured["c"]
     assert [f.shape[1] for f in c] == [24, 41, 113]
-    with torch.no_grad():
-        teacher = early.teacher(early.normalize(x))
-    feats = embed(teacher).permute(0, 2, 3, 1).reshape(6, 64, 152).numpy()
-    loo = np.stack([cdist(feats[i], np.concatenate([feats[j] for j in range(6) if j != i]))
-                    .min(axis=1) for i in range(6)]).reshape(6, 1, 8, 8)
-    mean, std = early.memory.stats[2].item(), early.memory.stats[3].item()
+    loo = _loo_prior(_features(early, images[:6])).reshape(6, 1, 8, 8)
+    mean, std = early.memory.stats[0].item(), early.memory.stats[1].item()
     want = (loo - mean) / std
     np.testing.assert_allclose(c[1][:, 40:].detach().numpy(), want, rtol=1e-4, atol=1e-4)
     pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(want), 2).numpy()
@@ -252,12 +263,12 @@ def test_early_fusion_feeds_the_leave_one_out_prior_to_the_psm(early, images):
 
 def test_early_fusion_map_is_the_psm_probability_and_exports(early, images, tmp_path):
     early.eval()
-    x = images[:3].float() / 255
+    x = images[6:9].float() / 255
     with torch.no_grad():
         fused, score = early(x)
         psm, _ = early.psm_map(x)
     torch.testing.assert_close(fused, psm, rtol=0, atol=0)  # no late mixing
     assert 0 <= fused.min() and fused.max() <= 1
     runner = OnnxRunner(export_onnx(early, tmp_path / "early.onnx"))
-    for got, ref in zip(runner(images[:3].numpy()), (fused.numpy(), score.numpy())):
+    for got, ref in zip(runner(images[6:9].numpy()), (fused.numpy(), score.numpy())):
         assert np.abs(got - ref).max() < 1e-3

@@ -210,16 +210,16 @@ class ModelConfig:
     score_top_share: float = 0.01
     # OUR CHOICE (not in the paper): "memory" adds a memory of the teacher's features of the
     # normal training images (PatchCore's idea); each position's distance to its nearest normal
-    # features is a prior map, mixed with the PSM's map after both are put on the same scale by
-    # their statistics on normal images. "none" is the paper's model.
+    # features is a prior map, fused with the PSM as `prior_fusion` says. "none" is the paper's
+    # model.
     prior: Prior = "none"
     memory_size: int = 4096  # the bank's size after greedy coreset selection
     memory_neighbors: int = 1  # the prior is the mean distance to this many nearest features
-    prior_weight: float = 0.5  # the prior's share of the fused map (0 = the PSM's map alone)
-    # "late": the prior map and the PSM's map are mixed after both are put on one scale (the
-    # PSM is trained as in the paper); "early": the standardised prior is an extra input of the
-    # PSM at strides 8 and 16, trained with the synthetic defects (prior_weight is unused).
+    # "late": the prior map is multiplied by (1 + psm_boost * the PSM's probability), and the PSM
+    # trains as in the paper; "early": the standardised prior is an extra input of the PSM at
+    # strides 8 and 16, trained with the synthetic defects (psm_boost is unused).
     prior_fusion: Literal["late", "early"] = "late"
+    psm_boost: float = 2.0  # late fusion; 0 = the prior alone (PatchCore with k = 1)
 
     _SECTION: ClassVar[str] = "model"
 
@@ -238,7 +238,7 @@ class ModelConfig:
         _number(self, "score_top_share", gt=0, le=1)
         _number(self, "memory_size", integer=True, ge=1)
         _number(self, "memory_neighbors", integer=True, ge=1)
-        _number(self, "prior_weight", ge=0, le=1)
+        _number(self, "psm_boost", ge=0)
         if self.prior == "memory" and self.variant == "no_teacher":
             _fail(_where(self, "prior"), self.prior, "'none' with variant 'no_teacher'",
                   " (the memory holds teacher features)")

@@ -77,7 +77,7 @@ def describe_checkpoint(path: Path) -> list[str]:
     else:
         lines.append(f"  memory prior: {bank.shape[0]} features x {bank.shape[1]} channels "
                      f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
-                     f"{m.memory_neighbors} neighbour(s), weight {m.prior_weight:g}")
+                     f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion")
     lines.append(f"  decision: {checkpoint_thresholds(ckpt).rule()}")
     return lines
 

@@ -41,7 +41,7 @@ _FIELDS = {
     "lr_schedule": ("train", "lr_schedule"), "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"), "amp": ("train", "amp"),
     "prior": ("model", "prior"), "memory_size": ("model", "memory_size"),
-    "prior_weight": ("model", "prior_weight"), "prior_fusion": ("model", "prior_fusion"),
+    "psm_boost": ("model", "psm_boost"), "prior_fusion": ("model", "prior_fusion"),
 }
 
 
@@ -130,8 +130,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         "robust on real defects unlike the synthetic ones); none: the paper")
     m.add_argument("--memory-size", type=int, metavar="N",
                    help="features kept in the memory after coreset selection (default 4096)")
-    m.add_argument("--prior-weight", type=float, metavar="SHARE",
-                   help="late fusion: the memory prior's share of the fused map (default 0.5)")
+    m.add_argument("--psm-boost", type=float, metavar="A",
+                   help="late fusion: the prior is multiplied by 1 + A x the PSM's probability "
+                        "(default 2; 0 = the prior alone)")
     m.add_argument("--prior-fusion", choices=("late", "early"),
                    help="late (default): mix the prior map with the trained PSM's map; early: "
                         "the PSM takes the prior as an input and learns to use it")

@@ -1,22 +1,20 @@
-"""Fitting the memory prior: the bank from the normal training images, then the statistics that
-put its map on a known scale.
+"""Fitting the memory prior: the bank from the normal training images, then the prior's
+statistics on normal images (its scale for late fusion, its standardisation for early fusion).
 
 The statistics must come from normal images the bank does not hold, or the prior is near zero
 on them and its spread is underestimated. With a held-out split (``--calibrate-holdout``) those
 images are used; otherwise each training image is scored against the bank without its own
-entries (leave-one-image-out), which is what a new normal image sees.
-
-Late fusion fits after training (it also needs the trained PSM's statistics); early fusion
-fits before, since the PSM trains on the prior.
+entries (leave-one-image-out), which is what a new normal image sees. Nothing here depends on
+the PSM, so the trainer fits the prior before training, for either fusion.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from adps.engine.device import inference_batch_size
@@ -24,6 +22,7 @@ from adps.models.adps import ADPS
 from adps.models.memory import embed, greedy_coreset, nearest_distances
 
 _QUERY_CHUNK = 8192  # query rows per distance block when scoring the training set
+_SCALE_QUANTILE = 0.999  # late fusion: 0.5 is "farther from normal than this share of normal"
 
 
 @dataclass
@@ -44,9 +43,11 @@ def _batches(images: torch.Tensor, device: torch.device, batch_size: int | None,
             memory_format=torch.channels_last)
 
 
-def _mean_std(maps: list[torch.Tensor]) -> list[torch.Tensor]:
-    values = torch.cat(maps).double()
-    return [values.mean(), values.std().clamp_min(1e-12)]
+def _statistics(prior: torch.Tensor) -> torch.Tensor:
+    """Mean, standard deviation and 99.9th percentile of normal prior values."""
+    values = prior.flatten().double()
+    top = values.kthvalue(max(1, math.ceil(_SCALE_QUANTILE * len(values)))).values
+    return torch.stack([values.mean(), values.std(), top]).clamp_min(1e-12).float()
 
 
 @torch.no_grad()
@@ -55,19 +56,15 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     """Fills ``model.memory`` from ``images`` (N, 3, H, W) uint8 normal training images.
 
     The bank is the greedy coreset of their embedded teacher features, of at most
-    ``config.memory_size`` rows, each tagged with its image. Then prior maps of normal images the
-    bank does not hold (``holdout``, else the training images leave-one-image-out) give the
-    prior's mean and standard deviation over pixels; for late fusion the PSM's maps of the same
-    images give the PSM's, with which :meth:`MemoryPrior.fuse` mixes the two.
+    ``config.memory_size`` rows, each tagged with its image. The prior's values on normal images
+    the bank does not hold (``holdout``, else the training images leave-one-image-out), at the
+    embedding's stride, give its statistics.
     """
     start = time.perf_counter()
     memory = model.memory
     if memory is None:
         raise ValueError("the model has no memory prior (config.prior is 'none')")
-    was_training = model.training
-    model.eval()
     device = model.mean.device
-    size = tuple(images.shape[-2:])
 
     embedding = torch.cat([embed(model.teacher(model.normalize(batch)))
                            for batch in _batches(images, device, batch_size, "memory", progress)])
@@ -77,24 +74,17 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     chosen = greedy_coreset(features, min(model.config.memory_size, len(features)), seed)
     memory.set_bank(features[chosen], sources[chosen])
 
-    normal = images if holdout is None else holdout
     if holdout is None:  # leave-one-image-out: no image matches its own features
         prior = torch.cat([nearest_distances(features[i:i + _QUERY_CHUNK], memory.bank,
                                              memory.neighbors,
                                              query_groups=sources[i:i + _QUERY_CHUNK],
-                                             bank_groups=memory.sources)
+                                             bank_groups=memory.sources).mean(dim=1)
                            for i in range(0, len(features), _QUERY_CHUNK)])
-        prior_maps = [F.interpolate(prior.mean(dim=1).view(n, 1, h, w), size=size,
-                                    mode="bilinear", align_corners=False)]
     else:
-        prior_maps = [memory(model.teacher(model.normalize(batch)), size)
-                      for batch in _batches(holdout, device, batch_size, "memory stats", progress)]
-    psm_stats = [torch.tensor(0.0), torch.tensor(1.0)]
-    if not model.early_prior:
-        psm_stats = _mean_std([model.psm_map(batch)[0] for batch in
-                               _batches(normal, device, batch_size, "PSM stats", progress)])
-    memory.stats = torch.stack(psm_stats + _mean_std(prior_maps)).float().to(device)
-    model.train(was_training)
+        prior = torch.cat([memory.distances(embed(model.teacher(model.normalize(batch))))
+                           for batch in _batches(holdout, device, batch_size, "memory stats",
+                                                 progress)])
+    memory.stats = _statistics(prior).to(device)
     return PriorFit(len(chosen), len(features), "leave-one-out" if holdout is None else "holdout",
                     time.perf_counter() - start)
 

@@ -273,11 +273,10 @@ class Trainer:
         tqdm.write(message)
 
     def fit_prior(self) -> None:
-        """The memory prior from the training images: before training for early fusion (the
-        PSM learns from it), after it for late fusion (which needs the trained PSM's maps)."""
+        """The memory prior from the training images, before training: early fusion trains the
+        PSM on it, and either way it is then in every checkpoint, last.pt included."""
         fit = fit_prior(self.model, self.images, self.holdout, self.config.batch_size,
                         self.progress, self.config.seed)
-        self.model.train()
         if self.dist.is_main:
             tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal features kept, "
                        f"scaled by {fit.statistics} statistics ({fit.seconds:.0f} s)")
@@ -286,7 +285,7 @@ class Trainer:
         """Trains until ``epochs`` are done or the time budget is spent (checked before every
         step, so training ends within one step of it), then writes ``model.pt``."""
         cfg = self.config
-        if self.model.early_prior and not self.model.memory.fitted:  # resumed: in last.pt
+        if self.model.memory is not None and not self.model.memory.fitted:  # resumed: last.pt
             self.fit_prior()
         budget = cfg.time_budget
         self.model.train()
@@ -341,8 +340,6 @@ class Trainer:
         seconds = self.clock() - session_start
         final = self.out_dir / FINAL
         if self.dist.is_main:
-            if self.model.memory is not None and not self.model.early_prior:
-                self.fit_prior()
             atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=epoch,
                                         history=list(self.history), step=self.step,
                                         elapsed=self.elapsed), final)

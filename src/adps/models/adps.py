@@ -164,7 +164,7 @@ class ADPS(nn.Module):
         self.memory = None
         if config.prior == "memory":
             self.memory = MemoryPrior(sum(channels[i] for i in MEMORY_LEVELS),
-                                      config.memory_neighbors, config.prior_weight)
+                                      config.memory_neighbors, config.psm_boost)
 
     def train(self, mode: bool = True) -> "ADPS":
         super().train(mode)

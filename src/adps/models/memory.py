@@ -94,25 +94,29 @@ class MemoryPrior(nn.Module):
 
     ``forward(teacher_features, size)`` gives the prior map (B, 1, H, W): per position, the mean
     distance to the ``neighbors`` nearest bank features, upsampled to the image size.
-    Late fusion, :meth:`fuse`, re-expresses it in the PSM map's units (the same mean and spread
-    on held-out normal pixels) and mixes the two, so neither map dominates by its scale alone
-    and the fused map stays comparable with the PSM's pixel threshold. Early fusion,
-    :meth:`standardized`, gives the PSM the prior as an input, in units of its spread on normal
-    images; in training each image is scored without its own bank entries (``groups``), as a
-    new image would be.
 
-    The bank is empty until :func:`adps.engine.prior.fit_prior` fills it; its size comes from
-    the checkpoint on load.
-    """
+    Late fusion, :meth:`fuse`, multiplies the prior by ``1 + boost * p`` (p the PSM's
+    probability): the memory says where the part looks unlike any normal one, the PSM sharpens
+    and confirms it. A product, unlike a sum, needs no common scale for the two maps, and it
+    keeps the prior's ranking where the PSM is silent, which matters where the synthetic defects
+    taught the PSM little (measured in the README). The result is squashed to [0, 1) by
+    ``1 - 2^(-r)``, with ``r`` the boosted prior over the prior's 99.9th percentile on normal
+    images, so the pixel threshold 0.5 keeps a meaning: farther from normal than almost every
+    normal pixel.
 
-    def __init__(self, channels: int, neighbors: int = 1, weight: float = 0.5):
+    Early fusion, :meth:`standardized`, gives the PSM the prior as an input, in units of its
+    spread on normal images; in training each image is scored without its own bank entries
+    (``groups``), as a new image would be.
+"""
+
+    def __init__(self, channels: int, neighbors: int = 1, boost: float = 2.0):
         super().__init__()
         self.neighbors = neighbors
-        self.weight = weight
+        self.boost = boost
         self.register_buffer("bank", torch.zeros(0, channels))
         self.register_buffer("sources", torch.zeros(0, dtype=torch.long))  # each row's image
-        # (psm mean, psm std, prior mean, prior std) over held-out normal pixels
-        self.register_buffer("stats", torch.tensor([0.0, 1.0, 0.0, 1.0]))
+        # the prior's mean, standard deviation and 99.9th percentile on normal images
+        self.register_buffer("stats", torch.tensor([0.0, 1.0, 1.0]))
 
     @property
     def fitted(self) -> bool:
@@ -146,17 +150,16 @@ class MemoryPrior(nn.Module):
                      groups: torch.Tensor | None = None) -> torch.Tensor:
         """The prior at the embedding's stride (B, 1, h, w), as (distance - mean) / std of
         normal images: the PSM's extra input under early fusion."""
-        _, _, prior_mean, prior_std = self.stats
-        return (self.distances(embed(teacher_features), groups) - prior_mean) / prior_std
+        mean, std, _ = self.stats
+        return (self.distances(embed(teacher_features), groups) - mean) / std
 
     def forward(self, teacher_features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         prior = self.distances(embed(teacher_features))
         return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
 
     def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor) -> torch.Tensor:
-        psm_mean, psm_std, prior_mean, prior_std = self.stats
-        prior_in_psm_units = psm_mean + psm_std * (prior_map - prior_mean) / prior_std
-        return (1 - self.weight) * psm_map + self.weight * prior_in_psm_units
+        ratio = prior_map / self.stats[2] * (1 + self.boost * psm_map)
+        return 1 - torch.exp2(-ratio)
 
 
 __all__ = ["MemoryPrior", "embed", "greedy_coreset", "nearest_distances", "MEMORY_LEVELS"]
