@@ -1,10 +1,10 @@
 """The memory prior measured on one trained model: the PSM's map alone (the paper), the prior
-alone, and late fusions of the two, at several memory sizes and prior weights.
+alone, and late fusions of the two, at several memory sizes and PSM boosts.
 
 The checkpoint's weights are kept; for each memory size the prior is fitted on the dataset's
-normal training images exactly as ``adps train --prior memory`` does at the end of training
-(leave-one-image-out statistics), and the PSM and prior maps of the test images are computed
-once, so every weight is a function of the same maps. Prints a markdown table (image AUROC, AP,
+normal training images exactly as ``adps train --prior memory`` does (leave-one-image-out
+statistics), and the PSM and prior maps of the test images are computed once, so every boost is
+a function of the same maps. Prints a markdown table (image AUROC, AP,
 F1-max, pixel AUROC, AP, AUPRO, fit seconds, batch-1 latency, peak memory) and writes it as JSON.
 
     python benchmarks/bench_prior.py --model runs/recipes/weld-C-30m/welding/model.pt \\
@@ -47,7 +47,7 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--category", default=None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096])
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--boosts", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     parser.add_argument("--neighbors", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the rows")
     args = parser.parse_args()
@@ -101,13 +101,13 @@ def main() -> None:
                    latency_ms=latency_ms(plain.eval(), images[0]))
         latency = latency_ms(model, images[0])
         peak, _ = _peak_memory(torch.device("cpu"))
-        for weight in [1.0] + args.weights:
-            model.memory.weight = weight
+        for boost in [0.0] + args.boosts:
+            model.memory.boost = boost
             fused = model.memory.fuse(psm_map, prior_map)
-            name = (f"prior alone, memory {fit.bank_size}" if weight == 1.0 else
-                    f"fused, weight {weight:g}, memory {fit.bank_size}")
+            name = (f"prior alone, memory {fit.bank_size}" if boost == 0 else
+                    f"fused, boost {boost:g}, memory {fit.bank_size}")
             record(name, fused, model, fit_s=fit.seconds, latency_ms=latency,
-                   memory=fit.bank_size, weight=weight, peak_rss_mb=peak)
+                   memory=fit.bank_size, boost=boost, peak_rss_mb=peak)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "benchmarks" / "peers" / "out" / "patchcore.json"
 RECORDED_PEERS = ROOT / "benchmarks" / "peers" / "measured.json"
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
-PRIOR_ROW = "fused, weight 0.5, memory 4096"  # bench_prior's row for the default prior
+PRIOR_ROW = "fused, boost 2, memory 4096"  # bench_prior's row for the default prior
 
 
 def load_runs(runs: Path) -> list[dict]:
