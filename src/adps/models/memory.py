@@ -107,7 +107,7 @@ class MemoryPrior(nn.Module):
     Early fusion, :meth:`standardized`, gives the PSM the prior as an input, in units of its
     spread on normal images; in training each image is scored without its own bank entries
     (``groups``), as a new image would be.
-"""
+    """
 
     def __init__(self, channels: int, neighbors: int = 1, boost: float = 2.0):
         super().__init__()
