@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recipe comparison behind the README's "fast training" table, at 256 px, k = 8, DTD
 # textures, on the 2-core CPU:
-#   weld-A/B/C  battery weld, the same 16 epochs (images seen) at batch 16:
+#   weld-A/B/C[-s<seed>]  battery weld, the same 16 epochs (images seen) at batch 16:
 #     A the paper's recipe in float32 with the full-resolution PSM (the reference),
 #     B the paper's recipe with bf16 autocast and the PSM at stride 2 (cheaper steps only),
 #     C the fast recipe (cheaper steps + warm-up, cosine decay, Adam 4e-4);
@@ -22,13 +22,16 @@ COMMON=(--image-size 256 -k 8 --textures "$DATA/dtd/images" --checkpoint-every 1
 run() { local name=$1; shift; echo "== $name: $*"; adps benchmark "${COMMON[@]}" --out "runs/recipes/$name" "$@"; }
 PAPER16=(--recipe paper --batch-size 16)
 for what in "$@"; do
+  seed=0; [[ $what == *-s[0-9]* ]] && seed=${what##*-s}
   case $what in
-    weld-A) run weld-A "${WELD[@]}" "${PAPER16[@]}" --epochs 16 --no-amp ;;
-    weld-B) run weld-B "${WELD[@]}" "${PAPER16[@]}" --epochs 16 --psm-output-stride 2 ;;
-    weld-C) run weld-C "${WELD[@]}" --recipe fast --epochs 16 ;;
+    weld-A|weld-A-s*) run "$what" "${WELD[@]}" "${PAPER16[@]}" --epochs 16 --no-amp \
+        --seed "$seed" ;;
+    weld-B|weld-B-s*) run "$what" "${WELD[@]}" "${PAPER16[@]}" --epochs 16 \
+        --psm-output-stride 2 --seed "$seed" ;;
+    weld-C|weld-C-s*) run "$what" "${WELD[@]}" --recipe fast --prior none --epochs 16 \
+        --seed "$seed" ;;
     bottle-*-*|weld-*-*)
-      IFS=- read -r set recipe budget seed <<<"$what-s0"
-      seed=${seed%%-*}
+      IFS=- read -r set recipe budget _ <<<"$what"
       data=BOTTLE; [ "$set" = weld ] && data=WELD
       data="$data[@]"
       case $recipe in
@@ -38,7 +41,7 @@ for what in "$@"; do
         E) settings=(--recipe fast --prior memory --prior-fusion early) ;;
         *) echo "unknown recipe in $what" >&2; exit 2 ;;
       esac
-      run "$what" "${!data}" "${settings[@]}" --time-budget "$budget" --seed "${seed#s}" ;;
+      run "$what" "${!data}" "${settings[@]}" --time-budget "$budget" --seed "$seed" ;;
     *) echo "unknown run $what" >&2; exit 2 ;;
   esac
 done
