@@ -45,9 +45,11 @@ def describe(model: dict, train: dict) -> str:
     budget = train.get("time_budget")
     length = f"budget {budget / 60:g} min" if budget else f"{train['epochs']} epochs"
     precision = "bf16" if train.get("amp") else "fp32"
+    prior = (f", {model.get('prior_fusion', 'late')} memory prior"
+             if model.get("prior") == "memory" else "")
     return (f"{train.get('lr_schedule', 'multistep')} lr {train['lr']:g}, batch "
-            f"{train['batch_size']}, {precision}, PSM stride {model.get('psm_output_stride', 1)}, "
-            f"{length}")
+            f"{train['batch_size']}, {precision}, PSM stride {model.get('psm_output_stride', 1)}"
+            f"{prior}, {length}")
 
 
 def main() -> None:
@@ -83,6 +85,8 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
         ax = fig.add_subplot(1, len(datasets), i + 1)
         for key, colour in (("pixel_ap", "#d1495b"), ("aupro", "#1f6fb4")):
             for r in (r for r in timed if r["dataset"] == name):
+                if "early" in r["recipe"]:
+                    continue  # one early-fusion run: in the table, not the plot
                 kind = ("fast recipe + prior" if "prior" in r["recipe"] else
                         "fast recipe" if "cosine" in r["recipe"] else "paper recipe")
                 marker, alpha = {"fast recipe + prior": ("D", 1.0), "fast recipe": ("o", 0.75),
