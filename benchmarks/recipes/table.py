@@ -2,7 +2,8 @@
 and AUPRO against training minutes with PatchCore's point (benchmarks/peers/out/patchcore.json
 when the peer script ran here, else the figures recorded in benchmarks/peers/measured.json).
 A run whose folder also holds prior.json (benchmarks/bench_prior.py --out) gains a row for the
-same model with the late-fusion memory prior.
+same model with the late-fusion memory prior. earlier.json holds the rows of runs whose folders
+an earlier session did not keep (their figures as that session's README recorded them).
 
     python benchmarks/recipes/table.py [--runs runs/recipes] [--plot benchmarks/recipes/minutes.png]
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "benchmarks" / "peers" / "out" / "patchcore.json"
 RECORDED_PEERS = ROOT / "benchmarks" / "peers" / "measured.json"
+EARLIER = Path(__file__).resolve().parent / "earlier.json"
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 PRIOR_ROW = "fused, boost 2, memory 4096"  # bench_prior's row for the default prior
 
@@ -57,7 +59,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipes")
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
-    rows = load_runs(args.runs)
+    rows = json.loads(EARLIER.read_text()) + load_runs(args.runs)
     print("| run | dataset | settings | train min | " + " | ".join(COLUMNS) + " |")
     print("|---|---|---|---|" + "---|" * len(COLUMNS))
     for r in rows:
