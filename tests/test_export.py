@@ -27,13 +27,7 @@ SIZE, K = 128, 4
 TOL = 1e-3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    # one thread: on a busy 2-core machine OpenMP's spinning makes 2 threads up to 10x slower
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from adps.models.memory import embed, greedy_coreset, nearest_distances
 SMALL = dict(image_size=64, k=4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def brute_force_greedy(x: np.ndarray, size: int) -> list[int]:

@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from adps.engine.device import inference_batch_size
 from adps.models.adps import ADPS
-from adps.models.memory import embed, greedy_coreset, nearest_distances
+from adps.models.memory import embed, greedy_coreset
 
-_QUERY_CHUNK = 8192  # query rows per distance block when scoring the training set
+_IMAGE_CHUNK = 8  # training images per distance block when scoring them leave-one-out
 _SCALE_QUANTILE = 0.999  # late fusion: 0.5 is "farther from normal than this share of normal"
 
 
@@ -75,11 +75,10 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     memory.set_bank(features[chosen], sources[chosen])
 
     if holdout is None:  # leave-one-image-out: no image matches its own features
-        prior = torch.cat([nearest_distances(features[i:i + _QUERY_CHUNK], memory.bank,
-                                             memory.neighbors,
-                                             query_groups=sources[i:i + _QUERY_CHUNK],
-                                             bank_groups=memory.sources).mean(dim=1)
-                           for i in range(0, len(features), _QUERY_CHUNK)])
+        prior = torch.cat([memory.distances(embedding[i:i + _IMAGE_CHUNK],
+                                            torch.arange(i, min(i + _IMAGE_CHUNK, n),
+                                                         device=device))
+                           for i in range(0, n, _IMAGE_CHUNK)])
     else:
         prior = torch.cat([memory.distances(embed(model.teacher(model.normalize(batch))))
                            for batch in _batches(holdout, device, batch_size, "memory stats",

@@ -7,8 +7,8 @@ nearest normal features is high wherever the part looks unlike every training im
 is a buffer of the module, so it travels inside the checkpoint and every export as a constant.
 
 The pieces are plain functions (feature embedding, greedy coreset, chunked nearest-neighbour
-distances) so that each can be tested against brute force; :class:`MemoryPrior` holds the bank
-and the statistics that put the prior map into the PSM map's units.
+distances) so that each can be tested against brute force; :class:`MemoryPrior` holds the bank,
+the prior's statistics on normal images, and the fusion with the PSM.
 """
 
 from __future__ import annotations
