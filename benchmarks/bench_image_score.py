@@ -17,6 +17,7 @@ import torch
 from adps.data.spec import DataSpec
 from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
 from adps.engine.evaluate import evaluate
+from adps.engine.tiling import open_split
 from adps.metrics import image_metrics
 from adps.models.adps import image_score
 
@@ -34,7 +35,7 @@ def main() -> None:
 
     model = model_from_checkpoint(load_checkpoint(args.model))
     spec = DataSpec(args.data, category=args.category)
-    result = evaluate(model, spec.open("test", model.config.image_size), "cpu", progress=False)
+    result = evaluate(model, open_split(spec, "test", model.config), "cpu", progress=False)
     maps = result.maps[:, None]
     print(f"{spec.name}: {len(result.labels)} test images, model {args.model}")
     print("| image score | image AUROC | image AP | image F1-max |\n|---|---|---|---|")

@@ -10,9 +10,10 @@ memory (onnxruntime: numpy input on the host, outputs copied back to the host).
 A cell stops early once its timed runs exceed --max-seconds (at least one timed run), so the
 number of runs is printed with every figure. Backends:
 
-* CPU: torch eager fp32; eager fp32 channels_last; torch.compile (inductor, default mode);
-  onnxruntime CPUExecutionProvider (graph from adps.export, float32 input). torch and
-  onnxruntime use the same thread count (--threads, default torch's).
+* CPU: torch eager fp32; eager fp32 channels_last; eager bf16 autocast channels_last;
+  torch.compile (inductor, default mode); OpenVINO (adps.export's graph, float32 input);
+  onnxruntime CPUExecutionProvider (the same graph). torch, OpenVINO and onnxruntime use the
+  same thread count (--threads, default torch's).
 * CUDA (when available): torch eager fp32 (cuDNN defaults, TF32 convolutions allowed); eager
   bf16 autocast; bf16 autocast + channels_last; torch.compile mode="reduce-overhead" (CUDA graphs)
   with bf16 autocast + channels_last; onnxruntime CUDAExecutionProvider when installed.
@@ -79,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="all = CPU, plus CUDA when available (default)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--skip", default="", help="comma list of backends to skip: eager,"
-                   "channels_last,bf16,compile,onnxruntime")
+                   "channels_last,bf16,compile,onnxruntime,openvino")
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     return p.parse_args(argv)
 
@@ -189,6 +190,24 @@ def onnx_backend(model: ADPS, provider: str, threads: int | None, workdir: Path)
     return make_run
 
 
+def openvino_backend(model: ADPS, threads: int | None, workdir: Path):
+    from adps.engine.runtime import OpenVinoRunner
+    from adps.export import export_openvino
+
+    path = workdir / "model_f32.xml"
+    if not path.exists():
+        export_openvino(model, path, input_dtype="float32", verify=False)
+    runner = OpenVinoRunner(path, "CPU", threads)
+    h, w = model.config.size
+    rng = np.random.default_rng(0)
+
+    def make_run(batch: int) -> Callable[[], object]:
+        x = rng.random((batch, 3, h, w), dtype=np.float32)
+        return lambda: runner(x)
+
+    return make_run
+
+
 def run_backend(results: list[Result], result: Result, factory: Callable[[], Callable],
                 sync: Callable[[], None], args: argparse.Namespace,
                 batch_sizes: list[int]) -> None:
@@ -266,8 +285,13 @@ def main(argv: list[str] | None = None) -> None:
             if dev == "cpu":
                 add("torch eager", "fp32", "channels_last",
                     lambda: torch_backend(model, device, channels_last=True), "channels_last")
+                add("torch eager autocast", "bf16", "channels_last",
+                    lambda: torch_backend(model, device, bf16=True, channels_last=True),
+                    "bf16")
                 add("torch.compile (inductor)", "fp32", "NCHW",
                     lambda: torch_backend(model, device, compile_mode="default"), "compile")
+                add("OpenVINO CPU", "fp32", "NCHW",
+                    lambda: openvino_backend(model, threads, workdir), "openvino")
             else:
                 add("torch eager autocast", "bf16", "NCHW",
                     lambda: torch_backend(model, device, bf16=True), "bf16")

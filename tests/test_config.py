@@ -18,6 +18,8 @@ from adps.config import (
     TrainConfig,
     from_dict,
     load_config_file,
+    parse_size,
+    size_text,
     to_dict,
 )
 from adps.errors import AdpsError
@@ -63,6 +65,13 @@ BAD = [
     ("model", "memory_size", 0),
     ("model", "memory_neighbors", 0),
     ("model", "psm_boost", -1.0),
+    ("model", "image_size", (256, 0)),
+    ("model", "image_size", (256, 256, 256)),
+    ("model", "image_size", (256.0, 128)),
+    ("model", "tiling", 1),
+    ("model", "tile_overlap", 1.0),
+    ("model", "tile_overlap", -0.1),
+    ("model", "tile_scale", 0),
     ("model", "prior_fusion", "middle"),
     ("train", "epochs", 0),
     ("train", "epochs", 1.5),
@@ -177,6 +186,30 @@ def test_geometry_error_names_the_nearest_valid_sizes(size, k, splits, step, nea
     assert message.endswith(f"nearest valid sizes: {nearest}")
     for valid in nearest.split(", "):
         ModelConfig(image_size=int(valid), k=k, split_after_stages=splits)
+
+
+def test_non_square_geometry_names_the_nearest_valid_sizes_per_side():
+    with pytest.raises(AdpsError) as info:
+        ModelConfig(image_size=(640, 250), k=8)
+    assert str(info.value).startswith("model.image_size: 640x250 must be divisible by 128 on "
+                                      "each side ")
+    assert str(info.value).endswith("nearest valid sizes: 640x128, 640x256")
+    assert ModelConfig(image_size=(640, 256)).size == (640, 256)
+    assert ModelConfig(image_size=(256, 256)).image_size == 256  # one spelling per size
+    assert from_dict(ModelConfig, {"image_size": [384, 128]}).size == (384, 128)  # YAML list
+
+
+@pytest.mark.parametrize("text, size", [("256", 256), ("640x256", (640, 256)),
+                                        ("128X128", 128), ("96 x 64", (96, 64))])
+def test_parse_size(text, size):
+    assert parse_size(text) == size
+    assert parse_size(size_text(size)) == size
+
+
+@pytest.mark.parametrize("text", ["", "256x", "x256", "0", "2x3x4", "-5", "25.6"])
+def test_parse_size_refuses_bad_text(text):
+    with pytest.raises(AdpsError, match="HEIGHTxWIDTH"):
+        parse_size(text)
 
 
 # ------------------------------------------------------------------------------ dict round trip

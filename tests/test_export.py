@@ -242,3 +242,55 @@ def test_the_image_score_and_psm_stride_travel_inside_the_graph(images, tmp_path
     maps, scores = runner(images.numpy())
     assert np.abs(maps - want[0].numpy()).max() < TOL
     assert np.abs(scores - want[1].numpy()).max() < TOL
+
+
+# ------------------------------------------------------------------------------------ OpenVINO
+
+
+@pytest.fixture(scope="module")
+def openvino_uint8(checkpoint_path, tmp_path_factory) -> Path:
+    pytest.importorskip("openvino")
+    from adps.export import export_openvino
+
+    return export_openvino(checkpoint_path, tmp_path_factory.mktemp("ov") / "model.xml")
+
+
+def test_openvino_parity_batch_and_metadata(openvino_uint8, images, reference):
+    from adps.engine.runtime import OpenVinoRunner
+
+    assert openvino_uint8.with_suffix(".bin").is_file()
+    runner = OpenVinoRunner(openvino_uint8)
+    assert runner.metadata["kind"] == "openvino" and runner.input_dtype == "uint8"
+    assert runner.metadata["model_config"]["k"] == K and runner.size == (SIZE, SIZE)
+    assert runner.thresholds == Thresholds(image=0.625)
+    x = images.numpy()
+    _assert_parity(*runner(x), reference)  # batch 5
+    _assert_parity(*runner(x[:1]), reference, slice(0, 1))
+    _assert_parity(*runner(x[1:4].astype(np.float32) / 255), reference, slice(1, 4))
+
+
+def test_openvino_predictor_equals_the_checkpoints(openvino_uint8, checkpoint_path):
+    from adps.engine.predict import load
+
+    files = sorted((WELD / "test/defective").glob("*.png"))[:2]
+    for ov_pred, pt_pred in zip(load(openvino_uint8, "cpu")(files),
+                                load(checkpoint_path, "cpu")(files)):
+        assert abs(ov_pred.score - pt_pred.score) < TOL
+        assert np.abs(ov_pred.anomaly_map - pt_pred.anomaly_map).max() < TOL
+
+
+def test_openvino_errors_name_the_file(tmp_path, onnx_uint8):
+    pytest.importorskip("openvino")
+    from adps.engine.runtime import OpenVinoRunner
+    from adps.export import export_openvino
+
+    with pytest.raises(AdpsError, match="missing.xml"):
+        OpenVinoRunner(tmp_path / "missing.xml")
+    with pytest.raises(AdpsError, match=r"\.xml"):
+        export_openvino(onnx_uint8, tmp_path / "model.onnx")
+    import openvino as ov
+
+    plain = ov.convert_model(str(onnx_uint8))  # no adps metadata in its rt_info
+    ov.save_model(plain, str(tmp_path / "plain.xml"))
+    with pytest.raises(AdpsError, match="not an adps OpenVINO export"):
+        OpenVinoRunner(tmp_path / "plain.xml")

@@ -1,7 +1,7 @@
 """The package's layers point one way: a module imports only from its own layer or below.
 
     base (errors, version, fileio, config, metrics) < data < models < engine
-        < report, export < cli < the package's public API (adps/__init__.py, __main__)
+        < report, export, serve < cli < the package's public API (adps/__init__.py, __main__)
 
 Every import statement counts, including those inside functions and TYPE_CHECKING blocks, since
 each one is a dependency a reader must follow. argparse belongs to the CLI alone.
@@ -21,7 +21,7 @@ LAYERS = {  # module prefix -> layer; the longest matching prefix wins
     "adps.data": 1,
     "adps.models": 2,
     "adps.engine": 3,
-    "adps.report": 4, "adps.export": 4,
+    "adps.report": 4, "adps.export": 4, "adps.serve": 4,
     "adps.cli": 5,
     "adps.__main__": 6, "adps": 6,
 }

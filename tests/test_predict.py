@@ -220,3 +220,41 @@ def test_default_inference_batch_size():
     assert inference_batch_size(cpu, 7) == 7
     with pytest.raises(AdpsError, match="at least 1"):
         inference_batch_size(cpu, 0)
+
+
+def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_path):
+    """`torchrun --nproc-per-node 2 adps predict`: each rank scores a disjoint half, rank 0
+    writes one CSV/JSON in input order, equal to the single-process one, and reports a failed
+    input once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    checkpoint, category = trained
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    sources = sorted((category / "test").rglob("*.png"))
+    for i, src in enumerate(sources):
+        (folder / f"{i:02d}_{src.name}").write_bytes(src.read_bytes())
+    (folder / "99_broken.png").write_bytes(b"not an image")
+    single, shared = tmp_path / "single", tmp_path / "sharded"
+    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(single),
+                 "--device", "cpu", "--no-progress"]) == 1
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", str(port), "-m", "adps", "predict", str(folder), "--model",
+           str(checkpoint), "--out", str(shared), "--device", "cpu", "--no-progress"]
+    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode != 0 and "99_broken.png" in proc.stderr  # exit 1: an input failed
+    assert proc.stderr.count("failed 99_broken") + proc.stderr.count(
+        f"failed {folder / '99_broken.png'}") == 1
+    want = (single / "predictions.csv").read_text()
+    assert (shared / "predictions.csv").read_text() == want
+    payload = json.loads((shared / "predictions.json").read_text())
+    assert [f["path"] for f in payload["failures"]] == [str(folder / "99_broken.png")]
+    assert sorted(p.name for p in (shared / "masks").iterdir()) == sorted(
+        p.name for p in (single / "masks").iterdir())

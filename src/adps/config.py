@@ -186,7 +186,9 @@ class SynthesisConfig:
 @dataclass
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
-    image_size: int = 256  # [P] 256 x 256 for every dataset
+    # [P] 256 x 256 for every dataset; OUR CHOICE: (height, width) for elongated parts. The
+    # image is resized to it, or, with ``tiling``, cut into tiles of this size.
+    image_size: int | tuple[int, int] = 256
     k: int = 8  # [P] patches per side for the student; 1 = symmetric baseline
     # OUR CHOICE: the paper's default splits at the input only; (1,) also re-cuts every patch's
     # stage-1 features into k x k pieces (the "asymmetric layers" ablation).
@@ -220,13 +222,20 @@ class ModelConfig:
     # strides 8 and 16, trained with the synthetic defects (psm_boost is unused).
     prior_fusion: Literal["late", "early"] = "late"
     psm_boost: float = 2.0  # late fusion; 0 = the prior alone (PatchCore with k = 1)
+    # OUR CHOICE (not in the paper), for parts whose defects vanish when the whole image is
+    # resized to image_size: the image is scaled by ``tile_scale`` (1 = native pixels) and cut
+    # into image_size tiles overlapping by ``tile_overlap`` of a tile; training draws random
+    # tiles, inference blends the tile maps into one map (engine/tiling.py).
+    tiling: bool = False
+    tile_overlap: float = 0.25
+    tile_scale: float = 1.0
 
     _SECTION: ClassVar[str] = "model"
 
     def __post_init__(self) -> None:
         _literals(self)
         _text(self, "backbone")  # whether it is a known one: adps.models.backbones.get_backbone
-        _number(self, "image_size", integer=True, gt=0)
+        self._check_image_size()
         _number(self, "k", integer=True, ge=1)
         _items(self, "split_after_stages", "a tuple of distinct stages out of (1, 2)",
                functools.partial(_number_at, integer=True, ge=1, le=2), distinct=True)
@@ -239,25 +248,73 @@ class ModelConfig:
         _number(self, "memory_size", integer=True, ge=1)
         _number(self, "memory_neighbors", integer=True, ge=1)
         _number(self, "psm_boost", ge=0)
+        _instance(self, "tiling", bool, "true or false")
+        _number(self, "tile_overlap", ge=0, lt=1)
+        _number(self, "tile_scale", gt=0)
         if self.prior == "memory" and self.variant == "no_teacher":
             _fail(_where(self, "prior"), self.prior, "'none' with variant 'no_teacher'",
                   " (the memory holds teacher features)")
         if self.prior_fusion == "early" and self.variant == "no_psm_wmb":
             _fail(_where(self, "prior_fusion"), self.prior_fusion, "'late' without a PSM")
+        if self.prior_fusion == "early" and self.prior == "memory" and self.tiling:
+            _fail(_where(self, "prior_fusion"), self.prior_fusion, "'late' with tiling",
+                  " (early fusion leaves each training image's own features out of its prior, "
+                  "and tiles are not images)")
         self._check_geometry()
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The working size (or tile size) as (height, width)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    def _check_image_size(self) -> None:
+        where, value = _where(self, "image_size"), self.image_size
+        if isinstance(value, tuple):
+            _items(self, "image_size", "an integer > 0 or (height, width)",
+                   functools.partial(_number_at, integer=True, gt=0), length=2)
+            if value[0] == value[1]:
+                self.image_size = value[0]  # one spelling per size: checkpoints compare equal
+        else:
+            _number_at(where, value, integer=True, gt=0)
 
     def _check_geometry(self) -> None:
         """The student sees k x k patches of the input (and, after each split stage, k x k
         pieces of every patch's features); each piece must still be a whole number of cells at
-        the backbone's stride 16, so the size must be a multiple of 16 * k^(1 + splits)."""
-        size, step = self.image_size, 16 * self.k ** (1 + len(self.split_after_stages))
-        if size % step:
-            below = size // step * step
-            nearest = [n for n in (below, below + step) if n > 0]
-            raise AdpsError(
-                f"{_where(self, 'image_size')}: {size} must be divisible by {step} "
-                f"(16 x k^(1+splits), k = {self.k}, splits = {len(self.split_after_stages)}); "
-                f"nearest valid sizes: {', '.join(map(str, nearest))}")
+        the backbone's stride 16, so each side must be a multiple of 16 * k^(1 + splits)."""
+        step = 16 * self.k ** (1 + len(self.split_after_stages))
+        sides = self.size
+        if all(side % step == 0 for side in sides):
+            return
+
+        def near(side: int) -> list[int]:
+            below = side // step * step
+            return [below] if side % step == 0 else [n for n in (below, below + step) if n > 0]
+
+        if isinstance(self.image_size, int):
+            nearest = [str(n) for n in near(self.image_size)]
+        else:
+            nearest = [size_text((h, w)) for h in near(sides[0]) for w in near(sides[1])]
+        raise AdpsError(
+            f"{_where(self, 'image_size')}: {size_text(self.image_size)} must be divisible by "
+            f"{step}{'' if isinstance(self.image_size, int) else ' on each side'} "
+            f"(16 x k^(1+splits), k = {self.k}, "
+            f"splits = {len(self.split_after_stages)}); nearest valid sizes: {', '.join(nearest)}")
+
+
+def size_text(size: int | tuple[int, int]) -> str:
+    """``256`` or ``640x256`` (height x width), as the ``--image-size`` flag spells it."""
+    return str(size) if isinstance(size, int) else f"{size[0]}x{size[1]}"
+
+
+def parse_size(text: str) -> int | tuple[int, int]:
+    """``"256"`` -> 256, ``"640x256"`` -> (640, 256) (height x width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise AdpsError(f"a size is N or HEIGHTxWIDTH in pixels (e.g. 256 or 640x256), "
+                        f"got {text!r}")
+    values = [int(p) for p in parts]
+    return values[0] if len(values) == 1 or values[0] == values[1] else (values[0], values[1])
 
 
 @dataclass

@@ -26,6 +26,8 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -37,6 +39,7 @@ from adps.version import __version__
 from adps.config import to_dict
 from adps.engine.calibrate import Thresholds
 from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
+from adps.engine.tiling import Tiling
 from adps.engine.runtime import (
     EXPORT_FORMAT,
     INPUT_DTYPES,
@@ -111,16 +114,17 @@ def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: Thresholds
                     kind: str, **extra: Any) -> dict:
     """The JSON-able description every export carries."""
     spec = get_backbone(model.config.backbone)
-    size = model.config.image_size
+    height, width = model.config.size
+    tiling = Tiling.of(model.config)
     return {
         "format": EXPORT_FORMAT,
         "kind": kind,
         "adps_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
-        "image_size": size,
+        "image_size": model.config.image_size,  # N or [height, width]
         "input_name": INPUT_NAME,
         "input_dtype": input_dtype,
-        "input_shape": ["batch", 3, size, size],
+        "input_shape": ["batch", 3, height, width],
         "input_range": [0, 255] if input_dtype == "uint8" else [0.0, 1.0],
         "channel_order": "RGB",
         "output_names": list(OUTPUT_NAMES),
@@ -129,15 +133,17 @@ def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: Thresholds
         "std": list(spec.std),
         "thresholds": thresholds.to_dict(),
         "model_config": to_dict(model.config),
+        # the graph runs one tile; the caller tiles each image like this (engine/tiling.py)
+        "tiling": None if tiling is None else tiling.to_dict(),
         **extra,
     }
 
 
-def _example(input_dtype: str, batch: int, size: int, seed: int) -> torch.Tensor:
+def _example(input_dtype: str, batch: int, size: tuple[int, int], seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     if input_dtype == "uint8":
-        return torch.randint(0, 256, (batch, 3, size, size), generator=gen, dtype=torch.uint8)
-    return torch.rand((batch, 3, size, size), generator=gen)
+        return torch.randint(0, 256, (batch, 3, *size), generator=gen, dtype=torch.uint8)
+    return torch.rand((batch, 3, *size), generator=gen)
 
 
 def _check_close(name: str, batch: int, got: Sequence[np.ndarray],
@@ -175,7 +181,7 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
         raise AdpsError(f"unknown exporter '{exporter}' (use auto, torchscript or dynamo)")
     model, thresholds = _resolve(model_or_checkpoint, thresholds)
     deploy = DeployModule(model, input_dtype).eval()
-    size = model.config.image_size
+    size = model.config.size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
 
     proto, used, first_error = None, exporter, None
@@ -214,6 +220,43 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
     return atomic_write(out_path, lambda handle: handle.write(data))
 
 
+def export_openvino(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
+                    input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
+                    verify: bool = True) -> Path:
+    """Writes ``out_path`` (``.xml``, with its ``.bin`` beside it): the ONNX graph of
+    :func:`export_onnx` converted by OpenVINO, the same metadata in its ``rt_info``. With
+    ``verify`` the compiled model is run at batch 3 and compared with the eager model first.
+    """
+    import openvino as ov
+
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".xml":
+        raise AdpsError("an OpenVINO model is written as .xml (plus .bin)", out_path)
+    model, thresholds = _resolve(model_or_checkpoint, thresholds)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_dtype, verify=False,
+                                thresholds=thresholds)
+        ov_model = ov.convert_model(str(onnx_path))
+        meta = export_metadata(model, input_dtype, thresholds, "openvino",
+                               openvino_version=ov.get_version())
+        ov_model.set_rt_info(json.dumps(meta), [METADATA_KEY])
+        staged = Path(tmp) / "model.xml"
+        ov.save_model(ov_model, str(staged), compress_to_fp16=False)
+        if verify:
+            deploy = DeployModule(model, input_dtype).eval()
+            x = _example(input_dtype, _VERIFY_BATCH, model.config.size, seed=1)
+            with torch.no_grad():
+                want = deploy(x)
+            compiled = ov.Core().compile_model(str(staged), "CPU",
+                                               {"INFERENCE_PRECISION_HINT": "f32"})
+            result = compiled(x.numpy())
+            _check_close("OpenVINO", _VERIFY_BATCH,
+                         [result[compiled.output(i)] for i in range(2)], want)
+        os.replace(staged.with_suffix(".bin"), out_path.with_suffix(".bin"))
+        os.replace(staged, out_path)  # the .xml last: it names the .bin it needs
+    return out_path
+
+
 def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset: int):
     import onnx
 
@@ -238,7 +281,8 @@ def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int)
     return program.model_proto
 
 
-def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str, size: int) -> None:
+def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str,
+                 size: tuple[int, int]) -> None:
     try:
         import onnxruntime as ort
     except ImportError:  # checker passed; nothing to run the graph with
@@ -264,7 +308,7 @@ def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: 
     """
     model, thresholds = _resolve(model_or_checkpoint, thresholds)
     deploy = DeployModule(model, input_dtype).eval()
-    size = model.config.image_size
+    size = model.config.size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
     with torch.no_grad(), quiet_export():
         traced = torch.jit.trace(deploy, (example,), check_trace=False)

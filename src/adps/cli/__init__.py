@@ -15,7 +15,7 @@ from adps.version import __version__
 from adps.errors import AdpsError
 
 COMMANDS = ("info", "demo", "train", "test", "benchmark", "predict", "calibrate", "report",
-            "export")
+            "export", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,20 +61,21 @@ def run_entry(args: argparse.Namespace, name: str, spec, model_config, train_con
     """Train (resuming an interrupted run) and test one entry; its metrics.json payload."""
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from adps.engine.evaluate import evaluate
+    from adps.engine.tiling import open_split
     from adps.engine.train import LAST, train
     from adps.report.tables import markdown_row, write_evaluation
 
     out = args.out / name
     print(f"== {name}")
     t0 = time.perf_counter()
-    result = train(model_config, train_config, spec.open("train", model_config.image_size), out,
+    result = train(model_config, train_config, open_split(spec, "train", model_config), out,
                    resume=(out / LAST).is_file(), device=args.device,
                    weights_file=args.teacher_weights, allow_download=args.allow_download,
                    cache_dir=spec.cache_dir, progress=not args.no_progress)
     train_wall = time.perf_counter() - t0
     model = model_from_checkpoint(load_checkpoint(result.checkpoint))
     t1 = time.perf_counter()
-    evaluation = evaluate(model, spec.open("test", model_config.image_size), args.device,
+    evaluation = evaluate(model, open_split(spec, "test", model_config), args.device,
                           eval_resolution=args.eval_resolution, progress=not args.no_progress,
                           cache_dir=spec.cache_dir)
     extra = {"train_seconds": train_wall, "test_seconds": time.perf_counter() - t1,

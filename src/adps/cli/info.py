@@ -60,14 +60,17 @@ def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:
 
 def describe_checkpoint(path: Path) -> list[str]:
     """Lines that say what a checkpoint holds, read from it without building the model."""
-    from adps.config import ModelConfig, from_dict
+    from adps.config import ModelConfig, from_dict, size_text
     from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint
 
     ckpt = load_checkpoint(path)
     m = from_dict(ModelConfig, ckpt["model_config"])  # older checkpoints: defaults filled in
     lines = [f"{path}: adps {ckpt.get('adps_version', '?')} checkpoint",
-             f"  model: {m.backbone}, {m.image_size} px, k = {m.k}, fusion {m.fusion}, PSM "
-             f"output stride {m.psm_output_stride}, image score {m.image_score}"]
+             f"  model: {m.backbone}, {size_text(m.image_size)} px, k = {m.k}, fusion "
+             f"{m.fusion}, PSM output stride {m.psm_output_stride}, image score {m.image_score}"]
+    if m.tiling:
+        lines.append(f"  tiling: images scaled by {m.tile_scale:g}, cut into "
+                     f"{size_text(m.image_size)} tiles overlapping by {m.tile_overlap:g}")
     if "step" in ckpt:
         lines.append(f"  training: {ckpt.get('epoch', '?')} epochs, {ckpt['step']} steps, "
                      f"{ckpt.get('elapsed', 0.0) / 60:.1f} min")

@@ -18,6 +18,7 @@ from adps.config import (
     TrainConfig,
     from_dict,
     load_config_file,
+    parse_size,
     to_dict,
 )
 from adps.data.spec import FORMATS, DataSpec
@@ -41,6 +42,7 @@ _FIELDS = {
     "lr_schedule": ("train", "lr_schedule"), "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"), "amp": ("train", "amp"),
     "prior": ("model", "prior"), "memory_size": ("model", "memory_size"),
+    "tile_overlap": ("model", "tile_overlap"), "tile_scale": ("model", "tile_scale"),
     "psm_boost": ("model", "psm_boost"), "prior_fusion": ("model", "prior_fusion"),
 }
 
@@ -49,6 +51,13 @@ def _duration(text: str) -> float:
     try:
         return parse_duration(text)
     except AdpsError as exc:  # argparse reports ArgumentTypeError as a usage error
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    try:
+        return parse_size(text)
+    except AdpsError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
@@ -110,7 +119,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                    help="state-dict file for the teacher (needed for resnet18/wide_resnet50_2)")
     m.add_argument("--allow-download", action="store_true",
                    help="let torchvision download the teacher's ImageNet weights once")
-    m.add_argument("--image-size", type=int, help="working size in pixels (default 256)")
+    m.add_argument("--image-size", type=_size, metavar="N|HxW",
+                   help="working size in pixels: 256, or height x width such as 640x256 for "
+                        "elongated parts (each side a multiple of 16 x k; default 256)")
     m.add_argument("-k", type=int, help="student patches per side (default 8; 1 = symmetric)")
     m.add_argument("--fusion", choices=("wmb", "diff", "conv"), help="WMB or an ablation")
     m.add_argument("--variant", choices=("full", "no_psm_wmb", "no_student", "no_teacher"),
@@ -136,6 +147,16 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--prior-fusion", choices=("late", "early"),
                    help="late (default): mix the prior map with the trained PSM's map; early: "
                         "the PSM takes the prior as an input and learns to use it")
+    m.add_argument("--tile", type=_size, metavar="N|HxW",
+                   help="cut each image into tiles of this size instead of resizing it to "
+                        "--image-size, so small defects on large images stay visible: training "
+                        "draws random tiles, inference blends overlapping tile maps into one "
+                        "map at the image's size (sets --image-size; stored in the model)")
+    m.add_argument("--tile-overlap", type=float, metavar="SHARE",
+                   help="with --tile: share of a tile shared with its neighbour (default 0.25)")
+    m.add_argument("--tile-scale", type=float, metavar="FACTOR",
+                   help="with --tile: resize images by this factor before tiling (default 1 = "
+                        "native pixels; 0.5 halves each side)")
     t = parser.add_argument_group("training")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help=f"a set of training settings to start from (default {DEFAULT_RECIPE}): "
@@ -183,6 +204,11 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
         value = getattr(args, dest, None)
         if value is not None:
             sections[section][name] = value
+    if getattr(args, "tile", None) is not None:
+        if getattr(args, "image_size", None) is not None:
+            raise AdpsError("give --tile or --image-size, not both (--tile N sets the working "
+                            "size to the tile)")
+        sections["model"].update(image_size=args.tile, tiling=True)
     model = from_dict(ModelConfig, {**to_dict(ModelConfig()), **sections["model"]})
     train = from_dict(TrainConfig, {**to_dict(TrainConfig()), **sections["train"]})
     return model, train

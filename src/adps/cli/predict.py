@@ -22,7 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "image), masks/ (binary mask PNG at the original resolution), "
                     "predictions.csv (path, score, decision, defect area in pixels) and "
                     "predictions.json. Unreadable inputs are reported and skipped; the exit "
-                    f"code is {EXIT_SOME_FAILED} when any input failed.")
+                    f"code is {EXIT_SOME_FAILED} when any input failed. Under torchrun "
+                    "(torchrun --nproc-per-node N adps predict ..., also across nodes) each "
+                    "process scores a disjoint share of the inputs and rank 0 writes one "
+                    "merged CSV/JSON in input order.")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     add_inference_arguments(p, "model.pt, model.onnx or model.ts")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
@@ -97,11 +100,25 @@ def _write_outputs(pred, name: Path, args: argparse.Namespace) -> dict:
     return row
 
 
+def _gather(ctx, rows: list[dict], failures: list, order: dict[str, int]
+            ) -> tuple[list[dict], list]:
+    """Every rank's rows and failures on every rank, rows back in input order."""
+    import torch.distributed as dist
+
+    shards: list = [None] * ctx.world_size
+    dist.all_gather_object(shards, (rows, failures))
+    rows = sorted((r for shard_rows, _ in shards for r in shard_rows),
+                  key=lambda r: order[r["path"]])
+    return rows, [f for _, shard_failures in shards for f in shard_failures]
+
+
 def run(args: argparse.Namespace) -> int:
     import sys
 
     from tqdm import tqdm
 
+    from adps.engine.device import resolve_device
+    from adps.engine.distributed import init_distributed, shutdown_distributed
     from adps.engine.predict import load
     from adps.errors import AdpsError
     from adps.fileio import atomic_write_text
@@ -111,15 +128,30 @@ def run(args: argparse.Namespace) -> int:
         for item, reason in failures:
             print(f"skipped {item}: {reason}", file=sys.stderr)
         raise AdpsError("no input images found")
-    predictor = load(args.model, args.device, args.batch_size)
-    out_name = {str(path): name for path, name in files}
-    rows = []
-    with tqdm(total=len(files), unit="img", desc="predict", disable=args.no_progress) as bar:
-        for batch, failed in predictor.iter_files([p for p, _ in files]):
-            failures += failed
-            for pred in batch:  # written as they come: memory stays at one batch
-                rows.append(_write_outputs(pred, Path(out_name[pred.path]), args))
-            bar.update(len(batch) + len(failed))
+    ctx = init_distributed("cpu")  # gloo carries the rows between ranks, whatever the device
+    try:
+        device = args.device
+        if ctx.enabled and resolve_device(device).type == "cuda":
+            device = f"cuda:{ctx.local_rank}"
+        predictor = load(args.model, device, args.batch_size)
+        out_name = {str(path): name for path, name in files}
+        shard = [p for p, _ in files][ctx.rank::ctx.world_size]
+        rows, shard_failures = [], []
+        with tqdm(total=len(shard), unit="img", desc="predict",
+                  disable=args.no_progress or not ctx.is_main) as bar:
+            for batch, failed in predictor.iter_files(shard):
+                shard_failures += failed
+                for pred in batch:  # written as they come: memory stays at one batch
+                    rows.append(_write_outputs(pred, Path(out_name[pred.path]), args))
+                bar.update(len(batch) + len(failed))
+        if ctx.enabled:
+            order = {str(path): i for i, (path, _) in enumerate(files)}
+            rows, shard_failures = _gather(ctx, rows, shard_failures, order)
+        failures += shard_failures
+    finally:
+        shutdown_distributed(ctx)
+    if not ctx.is_main:  # rank 0 writes the table and reports the failures once
+        return 0
 
     args.out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()

@@ -48,10 +48,11 @@ def evaluate_checkpoint(args: argparse.Namespace, spec: DataSpec) -> tuple[dict,
     flags (shared with `test`)."""
     from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from adps.engine.evaluate import evaluate
+    from adps.engine.tiling import open_split
 
     ckpt = load_checkpoint(args.model)
     model = model_from_checkpoint(ckpt)
-    dataset = spec.open("test", model.config.image_size)
+    dataset = open_split(spec, "test", model.config)
     return ckpt, evaluate(model, dataset, args.device, args.batch_size, args.eval_resolution,
                           progress=not args.no_progress, cache_dir=spec.cache_dir)
 

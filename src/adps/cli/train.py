@@ -24,11 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adps.engine.tiling import open_split
     from adps.engine.train import train
 
     model_config, train_config = configs_from_args(args)
     spec = data_spec(args)
-    dataset = spec.open("train", model_config.image_size)
+    dataset = open_split(spec, "train", model_config)
     try:
         result = train(model_config, train_config, dataset, args.out, resume=args.resume,
                        device=args.device, weights_file=args.teacher_weights,

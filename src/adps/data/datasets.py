@@ -21,6 +21,8 @@ Rules shared by all datasets (kept strict so that wrong data never trains silent
 
 from __future__ import annotations
 
+import copy
+import io
 import struct
 import warnings
 import zlib
@@ -122,20 +124,24 @@ class Decoded(NamedTuple):
 # --------------------------------------------------------------------------- file decoding
 
 
-def _decode(path: Path, convert: Callable[[Image.Image], np.ndarray]) -> np.ndarray:
-    """Open, fully decode and convert ``path``; every failure becomes an AdpsError naming it."""
+def _decode(source: Path | io.BytesIO, convert: Callable[[Image.Image], np.ndarray],
+            name: str | Path | None = None) -> np.ndarray:
+    """Open, fully decode and convert ``source``; every failure becomes an AdpsError naming
+    it (or ``name``)."""
+    name = source if name is None else name
     try:
-        with Image.open(path) as img:
-            img.load()  # forces full decoding so truncation is detected here, not later
+        with Image.open(source) as img:
+            if isinstance(source, Path):
+                img.load()  # forces full decoding so truncation is detected here, not later
             return convert(img)
     except AdpsError:
         raise
     except FileNotFoundError as exc:
-        raise AdpsError("file not found", path) from exc
+        raise AdpsError("file not found", name) from exc
     except Image.UnidentifiedImageError as exc:
-        raise AdpsError("not an image file (or an unsupported image format)", path) from exc
+        raise AdpsError("not an image file (or an unsupported image format)", name) from exc
     except _DECODE_ERRORS as exc:
-        raise AdpsError(f"corrupt or truncated image ({exc})", path) from exc
+        raise AdpsError(f"corrupt or truncated image ({exc})", name) from exc
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
@@ -167,6 +173,26 @@ def read_image(path: str | Path) -> np.ndarray:
     palettes are expanded. 16-bit grey is scaled from the full 0..65535 range to 0..255.
     """
     return _decode(Path(path), _to_rgb)
+
+
+def read_image_bytes(data: bytes, name: str = "upload",
+                     max_pixels: int | None = None) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload) like :func:`read_image`.
+
+    ``max_pixels`` is checked from the header, before the pixels are decoded, so an oversized
+    image costs no memory; errors name ``name``.
+    """
+    if not data:
+        raise AdpsError("empty file: no image data", name)
+
+    def convert(img: Image.Image) -> np.ndarray:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise AdpsError(f"{img.width} x {img.height} = {img.width * img.height} pixels is "
+                            f"over the limit of {max_pixels}", name)
+        img.load()
+        return _to_rgb(img)
+
+    return _decode(io.BytesIO(data), convert, name)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -242,6 +268,13 @@ class AnomalyDataset(Dataset[Sample]):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def resized(self, size: int | Sequence[int] | None) -> "AnomalyDataset":
+        """The same records decoded at another size."""
+        other = copy.copy(self)
+        other.size = normalize_size(size)
+        other.resize = Resize(other.size)
+        return other
 
     @property
     def labels(self) -> list[int]:

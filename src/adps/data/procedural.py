@@ -55,6 +55,8 @@ __all__ = [
     "MIN_DEFECT_AREA",
     "draw_defect",
     "make_demo_dataset",
+    "draw_spots",
+    "render_large_surface",
     "render_surface",
 ]
 
@@ -104,6 +106,29 @@ def render_surface(size: int, rng: np.random.Generator) -> np.ndarray:
     )
     tint = np.array([0.97, 1.0, 1.05]) * (1.0 + rng.normal(0.0, 0.012, 3))  # cool steel grey
     return np.clip(255.0 * lum[:, :, None] * tint, 0.0, 255.0).astype(np.float32)
+
+
+def render_large_surface(size: int, rng: np.random.Generator, base: int = 256) -> np.ndarray:
+    """A high-resolution brushed surface, float32 ``(size, size, 3)``: :func:`render_surface`
+    at ``base`` px upsampled bicubically (its streaks and bands become ``size / base`` times
+    wider), plus grain at the native pixel. Fast at any size, unlike rendering the streaks at
+    ``size`` directly, for tiling tests and benchmarks."""
+    small = render_surface(base, rng)
+    big = np.stack([np.asarray(Image.fromarray(small[..., c]).resize((size, size), Image.BICUBIC))
+                    for c in range(3)], axis=-1)
+    return np.clip(big + rng.normal(0.0, 3.0, (size, size, 1)), 0.0, 255.0).astype(np.float32)
+
+
+def draw_spots(image: np.ndarray, n: int, spot: int, rng: np.random.Generator,
+               depth: float = 70.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` dark square pits of ``spot`` x ``spot`` pixels at random places (away from the
+    border by 4 spots): the small defect that vanishes when a large image is resized."""
+    out, mask = image.astype(np.float32), np.zeros(image.shape[:2], bool)
+    margin = 4 * spot
+    for y, x in rng.integers(margin, np.array(image.shape[:2]) - margin - spot, (n, 2)):
+        mask[y:y + spot, x:x + spot] = True
+        out[y:y + spot, x:x + spot] -= depth
+    return np.clip(out, 0.0, 255.0), mask
 
 
 # --------------------------------------------------------------------------- defects

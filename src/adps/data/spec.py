@@ -49,7 +49,7 @@ class DataSpec:
         """The category, else the dataset folder's name: how tables and reports call it."""
         return self.category or Path(self.data).resolve().name
 
-    def open(self, split: str, size: int) -> AnomalyDataset:
+    def open(self, split: str, size: int | tuple[int, int] | None) -> AnomalyDataset:
         root = Path(self.data)
         if not root.is_dir():
             raise AdpsError("dataset folder not found", root)

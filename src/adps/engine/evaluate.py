@@ -16,8 +16,9 @@ import torch
 
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
-from adps.engine.device import resolve_device
+from adps.engine.device import inference_batch_size, resolve_device
 from adps.engine.inference import TorchForward, infer
+from adps.engine.tiling import tiled
 from adps.errors import AdpsError
 from adps.metrics import compute_metrics, compute_metrics_original_resolution
 from adps.models.adps import ADPS
@@ -55,19 +56,23 @@ def evaluate(model: ADPS, dataset: AnomalyDataset, device: str = "auto",
 
     ``eval_resolution="working"`` scores maps against masks at the model's size (nearest-resized
     GT, DRAEM/ADPS convention); ``"original"`` upsamples each map bilinearly to its image's
-    original size (MVTec's official protocol).
+    original size (MVTec's official protocol). A tiled model's working size is its frame (the
+    split's size scaled by ``tile_scale``, see :func:`adps.engine.tiling.open_split`), and its
+    maps are blended from tiles there.
     """
     if eval_resolution not in ("working", "original"):
         raise AdpsError(f"eval_resolution must be 'working' or 'original', not '{eval_resolution}'")
-    size = model.config.image_size
-    if dataset.size != (size, size):
-        raise AdpsError(f"the test dataset must be resized to the model's {size} x {size} "
-                        f"(got {dataset.size})")
+    size = model.config.size
+    if dataset.size is None or (not model.config.tiling and dataset.size != size):
+        raise AdpsError(f"the test dataset must be resized to the model's {size[0]} x {size[1]} "
+                        f"(got {dataset.size}); open it with adps.engine.tiling.open_split")
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     images, masks, labels = load_tensor_stack(dataset, cache_dir=cache_dir, progress=progress)
-    maps, scores, seconds = infer(TorchForward(model, dev), images, dev, batch_size, progress)
+    forward = tiled(TorchForward(model, dev), model.config, inference_batch_size(dev, batch_size))
+    maps, scores, seconds = infer(forward, images, dev, 1 if model.config.tiling else batch_size,
+                                  progress)
     has_mask = np.array([r.has_mask for r in dataset.records])
     labels_np = labels.numpy()
     scores_np = scores.numpy()

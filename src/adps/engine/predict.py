@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from adps.config import ModelConfig, from_dict
 from adps.data.datasets import Resize, read_image
 from adps.engine.calibrate import Thresholds
 from adps.engine.device import inference_batch_size, resolve_device
 from adps.engine.inference import Forward, TorchForward
+from adps.engine.tiling import Tiling, tiled
 from adps.errors import AdpsError
 
 ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
@@ -76,14 +78,18 @@ class Predictor:
     """Callable on one image (returns a :class:`Prediction`) or many (returns a list).
 
     A (B, 3, H, W) tensor counts as many images. Batches of ``batch_size`` go through the model
-    at once; maps are resized back to every image's original size.
+    at once; maps are resized back to every image's original size. With ``config.tiling`` each
+    image is scaled by ``tile_scale`` and cut into tiles instead (batches of ``batch_size``
+    tiles), whatever its size.
     """
 
-    def __init__(self, forward: Forward, image_size: int, thresholds: Thresholds,
+    def __init__(self, forward: Forward, config: ModelConfig, thresholds: Thresholds,
                  device: torch.device, batch_size: int = 32, metadata: dict | None = None):
-        self.forward = forward
-        self.image_size = image_size
-        self.resize = Resize(image_size)
+        self.config = config
+        self.tiling = Tiling.of(config)
+        self.forward = tiled(forward, config, batch_size)
+        self.image_size = config.image_size
+        self.resize = Resize(config.image_size)
         self.thresholds = thresholds
         self.device = device
         self.batch_size = batch_size
@@ -97,9 +103,14 @@ class Predictor:
                         paths: Sequence[str | None] | None = None) -> list[Prediction]:
         results: list[Prediction] = []
         paths = list(paths) if paths is not None else [None] * len(images)
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            maps, scores = self.forward(self.preprocess(chunk))
+        step = 1 if self.tiling else self.batch_size  # tiled: a batch is one image's tiles
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            if self.tiling:
+                frame = Resize(self.tiling.frame(*chunk[0].shape[-2:])).image(chunk[0])
+                maps, scores = self.forward(frame[None])
+            else:
+                maps, scores = self.forward(self.preprocess(chunk))
             maps, scores = maps.float().cpu(), scores.float().cpu()
             for i, img in enumerate(chunk):
                 h, w = img.shape[-2:]
@@ -165,8 +176,9 @@ class Predictor:
 
 
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
-    """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``) or TorchScript
-    (``.ts``/``.torchscript``); thresholds and pre-processing come from the file itself.
+    """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``), an OpenVINO export
+    (``.xml``) or TorchScript (``.ts``/``.torchscript``); thresholds and pre-processing come
+    from the file itself.
     ``batch_size=None`` picks what runs fastest on the device (:func:`inference_batch_size`)."""
     path = Path(path)
     dev = resolve_device(device)
@@ -181,19 +193,34 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
             maps, scores = runner(batch.numpy())  # the runner converts to the graph's dtype
             return torch.from_numpy(maps), torch.from_numpy(scores)
 
-        return Predictor(onnx_forward, runner.image_size, runner.thresholds, torch.device("cpu"),
+        return Predictor(onnx_forward, from_dict(ModelConfig, runner.metadata["model_config"]),
+                         runner.thresholds, torch.device("cpu"),
                          inference_batch_size(dev, batch_size, "onnx"), runner.metadata)
+    if suffix == ".xml":
+        from adps.engine.runtime import OpenVinoRunner
+
+        ov_runner = OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU")
+
+        def openvino_forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            maps, scores = ov_runner(batch.numpy())
+            return torch.from_numpy(maps), torch.from_numpy(scores)
+
+        return Predictor(openvino_forward,
+                         from_dict(ModelConfig, ov_runner.metadata["model_config"]),
+                         ov_runner.thresholds, torch.device("cpu"),
+                         inference_batch_size(dev, batch_size), ov_runner.metadata)
     if suffix in (".ts", ".torchscript"):
         from adps.engine.runtime import load_torchscript
 
         module, meta = load_torchscript(path, dev)
         forward = TorchForward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
-        return Predictor(forward, int(meta["image_size"]), Thresholds.from_dict(meta.get("thresholds")),
-                         dev, inference_batch_size(dev, batch_size), meta)
+        return Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
+                         Thresholds.from_dict(meta.get("thresholds")), dev,
+                         inference_batch_size(dev, batch_size), meta)
     from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
     meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
-    return Predictor(TorchForward(model, dev), model.config.image_size, checkpoint_thresholds(ckpt),
+    return Predictor(TorchForward(model, dev), model.config, checkpoint_thresholds(ckpt),
                      dev, inference_batch_size(dev, batch_size), meta)

@@ -19,11 +19,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from adps.data.datasets import normalize_size
 from adps.engine.calibrate import Thresholds
 from adps.errors import AdpsError
 
 __all__ = ["EXPORT_FORMAT", "METADATA_KEY", "TORCHSCRIPT_EXTRA", "INPUT_NAME", "OUTPUT_NAMES",
-           "INPUT_DTYPES", "OnnxRunner", "load_torchscript", "read_onnx_metadata",
+           "INPUT_DTYPES", "OnnxRunner", "OpenVinoRunner", "load_torchscript", "read_onnx_metadata",
            "quiet_export"]
 
 EXPORT_FORMAT = "adps-export-v1"
@@ -63,8 +64,13 @@ def parse_metadata(props: dict[str, str], path: Path, what: str = "ONNX") -> dic
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise AdpsError(f"is not an adps export of a known format (expected {EXPORT_FORMAT})",
                         path)
-    if meta.get("input_dtype") not in INPUT_DTYPES or not isinstance(meta.get("image_size"), int):
+    size = meta.get("image_size")
+    if meta.get("input_dtype") not in INPUT_DTYPES or not (
+            isinstance(size, int) or (isinstance(size, list) and len(size) == 2
+                                      and all(isinstance(side, int) for side in size))):
         raise AdpsError("has incomplete adps metadata (input_dtype, image_size)", path)
+    if isinstance(size, list):
+        meta["image_size"] = tuple(size)
     return meta
 
 
@@ -91,13 +97,14 @@ def _default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _to_input_dtype(images: Any, input_dtype: str, size: int, path: Path | None) -> np.ndarray:
+def _to_input_dtype(images: Any, input_dtype: str, size: tuple[int, int],
+                    path: Path | None) -> np.ndarray:
     """(B,3,H,W) uint8 or float array -> what the graph takes (uint8 0..255 / float32 [0,1])."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != (size, size):
-        raise AdpsError(f"images must be (B, 3, {size}, {size}) (RGB, channels first, at the "
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != size:
+        raise AdpsError(f"images must be (B, 3, {size[0]}, {size[1]}) (RGB, channels first, at the "
                         f"exported size), got {images.shape}", path)
     if images.dtype == np.uint8:
         if input_dtype == "uint8":
@@ -137,7 +144,8 @@ class OnnxRunner:
         except Exception as exc:
             raise AdpsError(f"cannot be loaded as an ONNX model ({exc})", path) from exc
         self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        self.image_size: int = self.metadata["image_size"]
+        self.image_size: int | tuple[int, int] = self.metadata["image_size"]
+        self.size = normalize_size(self.image_size)  # (height, width)
         self.input_dtype: str = self.metadata["input_dtype"]
         self.thresholds = Thresholds.from_dict(self.metadata.get("thresholds"))
         self.input_name = self.session.get_inputs()[0].name
@@ -149,13 +157,61 @@ class OnnxRunner:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
-        x = _to_input_dtype(images, self.input_dtype, self.image_size, self.path)
+        x = _to_input_dtype(images, self.input_dtype, self.size, self.path)
         maps, scores = self.session.run(self.output_names, {self.input_name: x})
         return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
         return (f"OnnxRunner({str(self.path)!r}, image_size={self.image_size}, "
                 f"input_dtype={self.input_dtype!r}, providers={self.providers})")
+
+
+class OpenVinoRunner:
+    """Runs an adps OpenVINO export (``model.xml`` + ``model.bin``) with the OpenVINO runtime,
+    with the same call and attributes as :class:`OnnxRunner`. ``device`` is OpenVINO's
+    ("CPU", "GPU", ...); ``threads`` its inference thread count (None = its default)."""
+
+    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise AdpsError("running an OpenVINO model needs the openvino package (pip install "
+                            "'adps[openvino]')", path) from exc
+        self.path = path = Path(path)
+        if not path.is_file() or not path.with_suffix(".bin").is_file():
+            raise AdpsError("OpenVINO model not found (needs the .xml and its .bin)", path)
+        core = ov.Core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as exc:
+            raise AdpsError(f"cannot be read as an OpenVINO model ({exc})", path) from exc
+        raw = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info(
+            [METADATA_KEY]) else None
+        self.metadata = parse_metadata({} if raw is None else {METADATA_KEY: raw}, path,
+                                       "OpenVINO")
+        self.image_size: int | tuple[int, int] = self.metadata["image_size"]
+        self.size = normalize_size(self.image_size)
+        self.input_dtype: str = self.metadata["input_dtype"]
+        self.thresholds = Thresholds.from_dict(self.metadata.get("thresholds"))
+        # float32 like the other backends: on CPUs with native bf16 OpenVINO would otherwise
+        # run in bf16 and move maps by up to 0.1
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        self.device = device
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
+        x = _to_input_dtype(images, self.input_dtype, self.size, self.path)
+        results = self.request.infer({0: x})
+        maps, scores = (results[self.compiled.output(i)] for i in range(2))
+        return (np.array(maps, dtype=np.float32, copy=True),
+                np.array(scores, dtype=np.float32, copy=True))
+
+    def __repr__(self) -> str:
+        return f"OpenVinoRunner({str(self.path)!r}, device={self.device!r})"
 
 
 def load_torchscript(path: str | Path, device: str | torch.device = "cpu"

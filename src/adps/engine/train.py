@@ -31,10 +31,12 @@ from adps.engine.inference import TorchForward, infer
 from adps.engine.losses import adps_loss
 from adps.engine.prior import fit_prior
 from adps.engine.schedule import format_duration, lr_factor
+from adps.engine.tiling import Tiling, grid_tiles, tiled
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
 from adps.models.adps import ADPS
 
+_PRIOR_TILES = 1024  # tiling: at most this many tiles of the frames go into the memory's fit
 _ANNOUNCE_AFTER = 3  # steps before the duration estimate (the first one includes warm-up)
 LAST = "last.pt"  # the resumable checkpoint (optimiser, progress, RNG states)
 FINAL = "model.pt"  # the deployable checkpoint (weights, configs, thresholds)
@@ -63,6 +65,22 @@ def random_rotate(images: torch.Tensor, prob: float, max_degrees: float,
     degrees = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * max_degrees
     rotated = rotate(images, torch.where(chosen, degrees, torch.zeros_like(degrees)), "zeros")
     return torch.where(chosen.view(b, 1, 1, 1), rotated, images)
+
+
+def random_crops(images: torch.Tensor, index: torch.Tensor, size: tuple[int, int],
+                 generator: torch.Generator) -> torch.Tensor:
+    """One random ``size`` crop of each ``images[index]``, gathered in one indexing operation
+    (the frames themselves are never copied whole)."""
+    _, c, h, w = images.shape
+    th, tw = size
+    dev = images.device
+    b = len(index)
+    ys = torch.randint(0, h - th + 1, (b,), generator=generator, device=dev)
+    xs = torch.randint(0, w - tw + 1, (b,), generator=generator, device=dev)
+    rows = (ys[:, None] + torch.arange(th, device=dev))[:, None, :, None]
+    cols = (xs[:, None] + torch.arange(tw, device=dev))[:, None, None, :]
+    channels = torch.arange(c, device=dev)[None, :, None, None]
+    return images[index.view(b, 1, 1, 1), channels, rows, cols]
 
 
 def split_holdout(images: torch.Tensor, config: TrainConfig
@@ -126,10 +144,18 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes every step: tune once
 
     def _check_dataset(self, dataset: AnomalyDataset) -> None:
-        size = self.model_config.image_size
-        if dataset.size is None or dataset.size != (size, size):
+        size = self.model_config.size
+        self.tiling = Tiling.of(self.model_config)
+        if self.tiling is not None:  # any frame size that holds a tile
+            if dataset.size is None or any(f < t for f, t in zip(dataset.size, size)):
+                raise AdpsError(
+                    f"tiling: the training images, scaled by tile_scale "
+                    f"{self.tiling.scale:g}, are {dataset.size} (height, width), smaller than "
+                    f"the {size[0]} x {size[1]} tile; raise --tile-scale or choose a smaller "
+                    f"--tile", dataset.records[0].image)
+        elif dataset.size is None or dataset.size != size:
             raise AdpsError(f"the training dataset must be resized to the model's "
-                            f"{size} x {size} (got {dataset.size})")
+                            f"{size[0]} x {size[1]} (got {dataset.size})")
         if sum(dataset.labels):
             raise AdpsError("the training set contains anomalous images; ADPS trains on normal "
                             "images only")
@@ -209,7 +235,11 @@ class Trainer:
     # --- loop -------------------------------------------------------------------------------
     def train_step(self, index: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        images = self.images[index].float().div_(255.0)
+        if self.tiling is None:
+            images = self.images[index]
+        else:
+            images = random_crops(self.images, index, self.model_config.size, self.generator)
+        images = images.float().div_(255.0)
         images = random_rotate(images, cfg.rotate_prob, 90.0, self.generator)
         images, masks = self.synthesizer(images, self.generator)
         images = images.contiguous(memory_format=self.memory_format)
@@ -232,8 +262,10 @@ class Trainer:
         """Image threshold from the held-out normal images (none held out: uncalibrated)."""
         if self.holdout is None:
             return Thresholds()
-        _, scores, _ = infer(TorchForward(self.model, self.device), self.holdout, self.device,
-                             self.config.batch_size)
+        forward = tiled(TorchForward(self.model, self.device), self.model_config,
+                        self.config.batch_size)
+        _, scores, _ = infer(forward, self.holdout, self.device,
+                             1 if self.tiling else self.config.batch_size)
         self.model.train()
         calibration = threshold_for_false_alarm_rate(scores.numpy(),
                                                      self.config.target_false_alarm_rate)
@@ -275,11 +307,22 @@ class Trainer:
     def fit_prior(self) -> None:
         """The memory prior from the training images, before training: early fusion trains the
         PSM on it, and either way it is then in every checkpoint, last.pt included."""
-        fit = fit_prior(self.model, self.images, self.holdout, self.config.batch_size,
+        images, holdout = self.images, self.holdout
+        if self.tiling is not None:  # the memory holds tile features, at the tiles' scale
+            images = self._some(grid_tiles(images.cpu(), self.tiling)).to(self.device)
+            holdout = None if holdout is None else self._some(grid_tiles(holdout, self.tiling))
+        fit = fit_prior(self.model, images, holdout, self.config.batch_size,
                         self.progress, self.config.seed)
         if self.dist.is_main:
             tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal features kept, "
                        f"scaled by {fit.statistics} statistics ({fit.seconds:.0f} s)")
+
+    def _some(self, tiles: torch.Tensor) -> torch.Tensor:
+        """At most ``_PRIOR_TILES`` of ``tiles``, a fixed draw from the seed."""
+        if len(tiles) <= _PRIOR_TILES:
+            return tiles
+        generator = torch.Generator().manual_seed(self.config.seed)
+        return tiles[torch.randperm(len(tiles), generator=generator)[:_PRIOR_TILES].sort().values]
 
     def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
         """Trains until ``epochs`` are done or the time budget is spent (checked before every
