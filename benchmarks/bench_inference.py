@@ -11,7 +11,8 @@ A cell stops early once its timed runs exceed --max-seconds (at least one timed 
 number of runs is printed with every figure. Backends:
 
 * CPU: torch eager fp32; eager fp32 channels_last; eager bf16 autocast channels_last;
-  torch.compile (inductor, default mode); OpenVINO (adps.export's graph, float32 input);
+  torch.compile (inductor, default mode); OpenVINO (adps.export's graph, float32 input) at
+  f32 and at bf16 inference precision;
   onnxruntime CPUExecutionProvider (the same graph). torch, OpenVINO and onnxruntime use the
   same thread count (--threads, default torch's).
 * CUDA (when available): torch eager fp32 (cuDNN defaults, TF32 convolutions allowed); eager
@@ -190,14 +191,14 @@ def onnx_backend(model: ADPS, provider: str, threads: int | None, workdir: Path)
     return make_run
 
 
-def openvino_backend(model: ADPS, threads: int | None, workdir: Path):
+def openvino_backend(model: ADPS, threads: int | None, workdir: Path, precision: str = "f32"):
     from adps.engine.runtime import OpenVinoRunner
     from adps.export import export_openvino
 
     path = workdir / "model_f32.xml"
     if not path.exists():
         export_openvino(model, path, input_dtype="float32", verify=False)
-    runner = OpenVinoRunner(path, "CPU", threads)
+    runner = OpenVinoRunner(path, "CPU", threads, precision)
     h, w = model.config.size
     rng = np.random.default_rng(0)
 
@@ -292,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
                     lambda: torch_backend(model, device, compile_mode="default"), "compile")
                 add("OpenVINO CPU", "fp32", "NCHW",
                     lambda: openvino_backend(model, threads, workdir), "openvino")
+                add("OpenVINO CPU", "bf16", "NCHW",
+                    lambda: openvino_backend(model, threads, workdir, "bf16"), "openvino")
             else:
                 add("torch eager autocast", "bf16", "NCHW",
                     lambda: torch_backend(model, device, bf16=True), "bf16")

@@ -13,7 +13,7 @@ TEXTURES=../shared/datasets/dtd/images
 [ -d "$DATA" ] || python benchmarks/highres/make_data.py --out $OUT/data
 COMMON=(--data "$DATA" --textures "$TEXTURES" --time-budget "$BUDGET" --no-progress --device cpu)
 adps train "${COMMON[@]}" --tile 256 -k 8 --out $OUT/tiled
-adps test --model $OUT/tiled/model.pt --data "$DATA" --no-progress --out $OUT/tiled
+adps test --model $OUT/tiled/model.pt --data "$DATA" --no-progress --eval-resolution original --out $OUT/tiled
 python - <<'PY'
 import torch
 ckpt = torch.load("runs/highres/tiled/model.pt", weights_only=True)
@@ -21,6 +21,6 @@ ckpt["model_config"]["tiling"] = False  # the same weights on the whole image re
 torch.save(ckpt, "runs/highres/tiled-resized.pt")
 PY
 mkdir -p $OUT/tiled-resized
-adps test --model $OUT/tiled-resized.pt --data "$DATA" --no-progress --out $OUT/tiled-resized
+adps test --model $OUT/tiled-resized.pt --data "$DATA" --no-progress --eval-resolution original --out $OUT/tiled-resized
 adps train "${COMMON[@]}" --image-size 256 -k 8 --out $OUT/resized
-adps test --model $OUT/resized/model.pt --data "$DATA" --no-progress --out $OUT/resized
+adps test --model $OUT/resized/model.pt --data "$DATA" --no-progress --eval-resolution original --out $OUT/resized

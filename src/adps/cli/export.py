@@ -1,4 +1,5 @@
-"""adps export: one deployable graph (ONNX or TorchScript) from images to map and score."""
+"""adps export: one deployable graph (ONNX, TorchScript or OpenVINO) from images to map and
+score."""
 
 from __future__ import annotations
 
@@ -8,17 +9,17 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a model to ONNX or TorchScript",
-        description="Export a checkpoint as one graph: (B, 3, S, S) RGB images (uint8 0..255 or "
-                    "float32 0..1) at the model's size S -> anomaly map (B, 1, S, S) and score "
-                    "(B,), normalisation included, dynamic batch size. The image size, input "
-                    "type and thresholds travel inside the file, so `adps predict --model "
-                    "model.onnx` needs nothing else. The export is checked against the torch "
-                    "model before it is written.")
+        "export", help="export a model to ONNX, TorchScript or OpenVINO",
+        description="Export a checkpoint as one graph: (B, 3, H, W) RGB images (uint8 0..255 "
+                    "or float32 0..1) at the model's size H x W (one tile of a tiled model) -> "
+                    "anomaly map (B, 1, H, W) and score (B,), normalisation included, dynamic "
+                    "batch size. The image size, tiling, input type and thresholds travel "
+                    "inside the file, so `adps predict --model model.onnx` needs nothing else. "
+                    "The export is checked against the torch model before it is written.")
     p.add_argument("--model", required=True, type=Path, help="checkpoint (model.pt)")
     p.add_argument("--format", choices=("onnx", "torchscript", "openvino"), default="onnx",
-                   help="onnx (onnxruntime), torchscript, or openvino (model.xml + model.bin, "
-                        "the fastest on Intel/AMD CPUs; needs pip install 'adps[openvino]')")
+                   help="onnx (onnxruntime), torchscript, or openvino (model.xml + model.bin; "
+                        "needs pip install 'adps[openvino]')")
     p.add_argument("--input-dtype", choices=("uint8", "float32"), default="uint8",
                    help="what the graph takes (default uint8, as images come from a camera)")
     p.add_argument("--out", type=Path, help="output file (default: next to the checkpoint, "

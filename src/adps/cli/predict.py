@@ -17,8 +17,8 @@ EXIT_SOME_FAILED = 1
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict", help="predict anomaly maps and decisions for images",
-        description="Run a model (checkpoint .pt, ONNX .onnx or TorchScript .ts) on files, "
-                    "folders or glob patterns. Writes into --out: overlays/ (heatmap over the "
+        description="Run a model (checkpoint .pt, ONNX .onnx, OpenVINO .xml or TorchScript "
+                    ".ts) on files, folders or glob patterns. Writes into --out: overlays/ (heatmap over the "
                     "image), masks/ (binary mask PNG at the original resolution), "
                     "predictions.csv (path, score, decision, defect area in pixels) and "
                     "predictions.json. Unreadable inputs are reported and skipped; the exit "
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "process scores a disjoint share of the inputs and rank 0 writes one "
                     "merged CSV/JSON in input order.")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
-    add_inference_arguments(p, "model.pt, model.onnx or model.ts")
+    add_inference_arguments(p, "model.pt, model.onnx, model.xml or model.ts")
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
     p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")

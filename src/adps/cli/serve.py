@@ -12,14 +12,15 @@ from adps.cli.options import add_device_argument
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve a model over HTTP (JSON API and a page)",
-        description="Serve a model (model.pt, model.onnx or model.ts) over HTTP: POST "
+        description="Serve a model (model.pt, .onnx, .xml or .ts) over HTTP: POST "
                     "/v1/predict (an image body or multipart files) answers score, decision, "
                     "thresholds, defect area and, with ?outputs=mask,overlay, PNGs; GET "
                     "/v1/health, GET /v1/model, the page at / and API docs at /docs. "
                     "Concurrent requests share model batches (--max-batch, --max-wait-ms); a "
                     "full queue answers 503 with Retry-After. Needs the serve extra: "
                     "pip install 'adps[serve]'.")
-    p.add_argument("--model", required=True, type=Path, help="model.pt, model.onnx or model.ts")
+    p.add_argument("--model", required=True, type=Path,
+                   help="model.pt, model.onnx, model.xml (OpenVINO) or model.ts")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 "
                         "opens it to the network, so set a token)")

@@ -169,9 +169,14 @@ class OnnxRunner:
 class OpenVinoRunner:
     """Runs an adps OpenVINO export (``model.xml`` + ``model.bin``) with the OpenVINO runtime,
     with the same call and attributes as :class:`OnnxRunner`. ``device`` is OpenVINO's
-    ("CPU", "GPU", ...); ``threads`` its inference thread count (None = its default)."""
+    ("CPU", "GPU", ...); ``threads`` its inference thread count (None = its default);
+    ``precision`` "f32" (default: the same maps as torch) or "bf16" (faster on CPUs with native
+    bf16; maps move by up to ~0.1, see the README)."""
 
-    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None):
+    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
+                 precision: str = "f32"):
+        if precision not in ("f32", "bf16"):
+            raise AdpsError(f"OpenVINO precision must be 'f32' or 'bf16', got {precision!r}")
         try:
             import openvino as ov
         except ImportError as exc:
@@ -193,9 +198,9 @@ class OpenVinoRunner:
         self.size = normalize_size(self.image_size)
         self.input_dtype: str = self.metadata["input_dtype"]
         self.thresholds = Thresholds.from_dict(self.metadata.get("thresholds"))
-        # float32 like the other backends: on CPUs with native bf16 OpenVINO would otherwise
-        # run in bf16 and move maps by up to 0.1
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+        # float32 by default, like the other backends: on CPUs with native bf16 OpenVINO would
+        # otherwise pick bf16 itself
+        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, device, config)

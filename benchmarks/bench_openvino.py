@@ -1,0 +1,78 @@
+"""OpenVINO at f32 and bf16 inference precision against torch, on a trained model's test split:
+batch-1 latency, and what bf16 costs in accuracy (map differences and every metric).
+
+    .venv/bin/python benchmarks/bench_openvino.py --model runs/recipes/weld-C-20m/welding/model.pt \
+        --data ../shared/datasets/battery_weld/welding
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adps.data.cache import load_tensor_stack
+from adps.data.spec import DataSpec
+from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.engine.inference import TorchForward
+from adps.engine.runtime import OpenVinoRunner
+from adps.export import export_openvino
+from adps.metrics import compute_metrics
+
+
+def latency(run, x, repeats: int) -> float:
+    run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--category")
+    p.add_argument("--repeats", type=int, default=20)
+    args = p.parse_args()
+    model = model_from_checkpoint(load_checkpoint(args.model))
+    dataset = DataSpec(args.data, category=args.category).open("test", model.config.image_size)
+    images, masks, labels = load_tensor_stack(dataset, progress=False)
+    has_mask = np.array([r.has_mask for r in dataset.records])
+    cpu = torch.device("cpu")
+    torch_forward = TorchForward(model, cpu)
+    runs = {"torch fp32 (channels-last)": lambda x: torch_forward(torch.from_numpy(x))}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_openvino(args.model, Path(tmp) / "model.xml")
+        for precision in ("f32", "bf16"):
+            runs[f"OpenVINO {precision}"] = OpenVinoRunner(path, precision=precision)
+        x1 = images[:1].numpy()
+        results = {}
+        for name, run in runs.items():
+            maps, scores = zip(*(run(images[i:i + 1].numpy()) for i in range(len(images))))
+            maps = np.concatenate([np.asarray(m) for m in maps])[:, 0]
+            scores = np.concatenate([np.asarray(s) for s in scores])
+            metrics = compute_metrics(labels.numpy(), scores, masks[:, 0].numpy(), maps,
+                                      mask_available=has_mask)
+            results[name] = (maps, scores, metrics, latency(run, x1, args.repeats))
+    ref_maps, ref_scores = results["torch fp32 (channels-last)"][:2]
+    keys = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
+    print(f"{args.model}: {len(images)} test images, torch threads {torch.get_num_threads()}")
+    print("| runtime | batch-1 ms | max map diff | mean map diff | max score diff | "
+          + " | ".join(keys) + " |")
+    print("|---|---|---|---|---|" + "---|" * len(keys))
+    for name, (maps, scores, metrics, ms) in results.items():
+        print(f"| {name} | {ms:.1f} | {np.abs(maps - ref_maps).max():.4f} | "
+              f"{np.abs(maps - ref_maps).mean():.5f} | {np.abs(scores - ref_scores).max():.4f} | "
+              + " | ".join(f"{100 * metrics[k]:.1f}" for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    main()
