@@ -4,7 +4,9 @@ Starts the server (a subprocess on 127.0.0.1), waits for /v1/health, then runs `
 asyncio clients (httpx) that POST one real image in a loop for ``--seconds``, and prints
 requests/s, p50/p95/p99 latency and the error count per setting. The offline row is the same
 model through ``adps.load`` in this process, images/s at each ``--offline-batches`` size, the
-best of which is the target (the service should reach 90% of it).
+best of which is the target (the service should reach 90% of it); it decodes the same image
+bytes for every prediction, as the server does. The clients run on the same machine and take
+their share of its cores.
 
     .venv/bin/python benchmarks/bench_serve.py --model runs/demo/model.pt --image part.png
     .venv/bin/python benchmarks/bench_serve.py --model model.onnx --clients 16 --seconds 60
@@ -55,12 +57,13 @@ async def load_test(base: str, body: bytes, clients: int, seconds: float) -> dic
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(client(http) for _ in range(clients)))
         wall = time.perf_counter() - begin
+        client_cores = (time.process_time() - cpu) / wall  # what the load generator itself used
     ms = np.array(latencies) * 1000
     return {"requests": len(latencies), "errors": errors, "statuses": statuses,
-            "requests_per_s": len(latencies) / wall,
+            "requests_per_s": len(latencies) / wall, "client_cores": client_cores,
             **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None
                for q in (50, 95, 99)}}
 
@@ -89,21 +92,29 @@ def serve(args, max_batch: int) -> dict:
 
 
 def offline(args) -> list[tuple[int, float]]:
+    """images/s of the predictor in this process doing the server's work without HTTP: decode
+    the same encoded image, predict, at each batch size."""
     from adps import load
-    from adps.engine.predict import to_uint8_chw
+    from adps.data.datasets import read_image_bytes
 
-    image, _ = to_uint8_chw(args.image)
+    body = args.image.read_bytes()
     rows = []
     for batch in args.offline_batches:
         predictor = load(args.model, args.device, batch)
-        images = [image] * max(batch, 8)
-        predictor.predict_tensors(images[:batch])  # warm-up
+        n = max(batch, 8)
+
+        def work():
+            images = [torch.from_numpy(read_image_bytes(body)).permute(2, 0, 1)
+                      for _ in range(n)]
+            predictor.predict_tensors(images)
+
+        work()  # warm-up
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            predictor.predict_tensors(images)
+            work()
             times.append(time.perf_counter() - start)
-        rows.append((batch, len(images) / statistics.median(times)))
+        rows.append((batch, n / statistics.median(times)))
     return rows
 
 
@@ -128,14 +139,15 @@ def main() -> None:
     best = max(rate for _, rate in rows["offline"])
     for batch, rate in rows["offline"]:
         print(f"offline predictor, batch {batch}: {rate:.1f} images/s")
-    print("| server --max-batch | requests/s | of offline best | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| server --max-batch | requests/s | of offline best | p50 ms | p95 ms | p99 ms | errors "
+          "| cores used by the clients |")
+    print("|---|---|---|---|---|---|---|---|")
     for max_batch in args.max_batches:
         r = serve(args, max_batch)
         rows["serve"][max_batch] = r
         print(f"| {max_batch} | {r['requests_per_s']:.1f} | {100 * r['requests_per_s'] / best:.0f}% "
               f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} "
-              f"{r['statuses']} |", flush=True)
+              f"{r['statuses']} | {r['client_cores']:.2f} |", flush=True)
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

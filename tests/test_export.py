@@ -294,3 +294,20 @@ def test_openvino_errors_name_the_file(tmp_path, onnx_uint8):
     ov.save_model(plain, str(tmp_path / "plain.xml"))
     with pytest.raises(AdpsError, match="not an adps OpenVINO export"):
         OpenVinoRunner(tmp_path / "plain.xml")
+
+
+def test_openvino_bf16_precision_travels_in_the_file(checkpoint_path, images, reference,
+                                                     tmp_path):
+    pytest.importorskip("openvino")
+    from adps.engine.runtime import OpenVinoRunner
+    from adps.export import export_openvino
+
+    path = export_openvino(checkpoint_path, tmp_path / "bf16.xml", precision="bf16")
+    runner = OpenVinoRunner(path)
+    assert runner.precision == "bf16" and runner.metadata["inference_precision"] == "bf16"
+    maps, scores = runner(images.numpy())
+    assert np.abs(maps - reference[0]).mean() < 0.05  # close on average, not bit-exact
+    exact = OpenVinoRunner(path, precision="f32")  # the caller can still ask for float32
+    _assert_parity(*exact(images.numpy()), reference)
+    with pytest.raises(AdpsError, match="precision"):
+        OpenVinoRunner(path, precision="fp8")

@@ -222,11 +222,15 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
 
 def export_openvino(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
                     input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
-                    verify: bool = True) -> Path:
+                    verify: bool = True, precision: Literal["f32", "bf16"] = "f32") -> Path:
     """Writes ``out_path`` (``.xml``, with its ``.bin`` beside it): the ONNX graph of
     :func:`export_onnx` converted by OpenVINO, the same metadata in its ``rt_info``. With
-    ``verify`` the compiled model is run at batch 3 and compared with the eager model first.
+    ``verify`` the compiled model is run at batch 3 in f32 and compared with the eager model
+    first. ``precision`` is the inference precision runners use by default (``bf16``: faster
+    on CPUs with native bf16, at the accuracy cost the README measures).
     """
+    if precision not in ("f32", "bf16"):
+        raise AdpsError(f"precision must be 'f32' or 'bf16', got {precision!r}")
     import openvino as ov
 
     out_path = Path(out_path)
@@ -238,7 +242,7 @@ def export_openvino(model_or_checkpoint: ADPS | dict | str | Path, out_path: str
                                 thresholds=thresholds)
         ov_model = ov.convert_model(str(onnx_path))
         meta = export_metadata(model, input_dtype, thresholds, "openvino",
-                               openvino_version=ov.get_version())
+                               openvino_version=ov.get_version(), inference_precision=precision)
         ov_model.set_rt_info(json.dumps(meta), [METADATA_KEY])
         staged = Path(tmp) / "model.xml"
         ov.save_model(ov_model, str(staged), compress_to_fp16=False)

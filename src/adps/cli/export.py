@@ -25,6 +25,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, help="output file (default: next to the checkpoint, "
                                             "model.onnx / model.ts)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    p.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                   help="openvino: the inference precision stored in the file (default f32, "
+                        "the torch model's maps; bf16 is ~2.5x faster on CPUs with native bf16, "
+                        "maps within ~0.1, see the README)")
     p.set_defaults(func=run)
 
 
@@ -38,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
         path = export_onnx(args.model, out, input_dtype=args.input_dtype, opset=args.opset)
     elif args.format == "openvino":
         try:
-            path = export_openvino(args.model, out, input_dtype=args.input_dtype)
+            path = export_openvino(args.model, out, input_dtype=args.input_dtype,
+                                   precision=args.precision)
         except ImportError as exc:
             raise AdpsError(f"--format openvino needs the openvino package ({exc}); install "
                             "it with pip install 'adps[openvino]'") from exc

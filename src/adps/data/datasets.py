@@ -175,13 +175,14 @@ def read_image(path: str | Path) -> np.ndarray:
     return _decode(Path(path), _to_rgb)
 
 
-def read_image_bytes(data: bytes, name: str = "upload",
+def read_image_bytes(data: bytes, name: str | None = "upload",
                      max_pixels: int | None = None) -> np.ndarray:
     """Decode an encoded image held in memory (an upload) like :func:`read_image`.
 
     ``max_pixels`` is checked from the header, before the pixels are decoded, so an oversized
     image costs no memory; errors name ``name``.
     """
+    name = name or "upload"
     if not data:
         raise AdpsError("empty file: no image data", name)
 

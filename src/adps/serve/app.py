@@ -32,9 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adps.data.datasets import read_image_bytes
@@ -134,7 +136,18 @@ def create_app(predictor: Predictor, model_path: str | Path,
             warming.cancel()
             await batcher.stop()
 
-    app = FastAPI(title="adps", version=__version__, lifespan=lifespan,
+    def authenticate(request: Request) -> None:
+        """With a token set, every route but health and the page needs it (constant time)."""
+        if settings.token is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {settings.token}".encode()):
+            raise ServeError(401, "missing or wrong token (send Authorization: Bearer <token>)",
+                             {"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authenticate)]
+    app = FastAPI(title="adps", version=__version__, lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None,
                   description="Anomaly maps, scores and decisions from an adps model.")
 
     @app.exception_handler(ServeError)
@@ -151,17 +164,13 @@ def create_app(predictor: Predictor, model_path: str | Path,
         log.exception("unexpected error on %s", request.url.path)  # the trace stays here
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
-    @app.middleware("http")
-    async def authenticate(request: Request, call_next):
-        if settings.token is not None and request.url.path not in ("/v1/health", "/",
-                                                                     "/favicon.ico"):
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {settings.token}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return JSONResponse({"error": "missing or wrong token (send Authorization: "
-                                              "Bearer <token>)"}, 401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
+    @app.get("/openapi.json", dependencies=guarded, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=guarded, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="adps API")
 
     @app.get("/v1/health")
     async def health(request: Request) -> JSONResponse:
@@ -169,7 +178,7 @@ def create_app(predictor: Predictor, model_path: str | Path,
             return JSONResponse({"status": "ready", "model_id": ident})
         return JSONResponse({"status": "starting"}, 503, headers={"Retry-After": "1"})
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", dependencies=guarded)
     async def model_info(request: Request) -> dict:
         meta = predictor.metadata
         return {"model_id": ident, "adps_version": __version__,
@@ -187,7 +196,7 @@ def create_app(predictor: Predictor, model_path: str | Path,
                            "max_body_bytes": settings.max_body_bytes,
                            "max_files": settings.max_files}}
 
-    @app.post("/v1/predict")
+    @app.post("/v1/predict", dependencies=guarded)
     async def predict(request: Request, outputs: str = "") -> JSONResponse:
         start = time.perf_counter()
         wanted = {o for o in outputs.split(",") if o}
@@ -196,13 +205,15 @@ def create_app(predictor: Predictor, model_path: str | Path,
             raise ServeError(400, f"unknown outputs {sorted(unknown)}; choose from "
                                   f"{list(OUTPUTS)}")
         uploads, single = await _read_uploads(request, settings)
-        images = []
-        for name, data in uploads:
-            try:
-                images.append(read_image_bytes(data, name, settings.max_pixels))
-            except AdpsError as exc:
-                status = 413 if "over the limit" in str(exc) else 400
-                raise ServeError(status, str(exc)) from None
+
+        def decode() -> list[np.ndarray]:  # in a worker thread: PIL releases the GIL
+            return [read_image_bytes(data, name or "the request body", settings.max_pixels)
+                    for name, data in uploads]
+
+        try:
+            images = await run_in_threadpool(decode)
+        except AdpsError as exc:
+            raise ServeError(413 if "over the limit" in str(exc) else 400, str(exc)) from None
         try:
             predictions = await request.app.state.batcher.submit(images)
         except Busy:
