@@ -300,3 +300,31 @@ def test_non_square_training_end_to_end(big_demo, tmp_path):
     assert model.config.size == (64, 128)
     prediction = load(result.checkpoint, "cpu")(np.zeros((100, 150, 3), np.uint8))
     assert prediction.anomaly_map.shape == (100, 150)
+
+
+def test_kolektor_sdd2_trains_and_tests_at_its_natural_aspect(tmp_path):
+    """KolektorSDD2 parts are tall (about 230 x 630 px): a (height, width) working size keeps
+    their aspect through the auto-detected layout, training, evaluation and prediction."""
+    from adps.data.spec import DataSpec
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 4)):
+        for i in range(n):
+            image = rng.integers(90, 160, (160, 58, 3), dtype=np.uint8)  # 58 x 160 px, tall
+            mask = np.zeros((160, 58), np.uint8)
+            if split == "test" and i >= 2:
+                mask[60:80, 20:35] = 255
+                image[60:80, 20:35] = 20
+            (tmp_path / split).mkdir(exist_ok=True)
+            Image.fromarray(image).save(tmp_path / split / f"{i}.png")
+            Image.fromarray(mask).save(tmp_path / split / f"{i}_GT.png")
+    config = ModelConfig(image_size=(128, 64), k=4, psm_output_stride=2)
+    spec = DataSpec(str(tmp_path))
+    result = train(config, TrainConfig(epochs=1, batch_size=3, steps_per_epoch=2),
+                   open_split(spec, "train", config), tmp_path / "run", device="cpu",
+                   progress=False)
+    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    evaluation = evaluate(model, open_split(spec, "test", config), "cpu", progress=False)
+    assert evaluation.maps.shape == (4, 128, 64) and list(evaluation.labels) == [0, 0, 1, 1]
+    prediction = load(result.checkpoint, "cpu")(tmp_path / "test" / "3.png")
+    assert prediction.anomaly_map.shape == (160, 58)
