@@ -1,6 +1,7 @@
 """The inference service: a FastAPI application around one :class:`~adps.engine.predict.Predictor`.
 
-Endpoints (every one but health needs ``Authorization: Bearer <token>`` when a token is set):
+Endpoints (all but health and the page need ``Authorization: Bearer <token>`` when a token is
+set):
 
 * ``POST /v1/predict``: one image as the raw body (``Content-Type: image/*`` or
   ``application/octet-stream``) or one or more multipart files; JSON back per image: score,
@@ -244,11 +245,10 @@ async def _read_uploads(request: Request, settings: ServeSettings
                               f"{settings.max_body_bytes}")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        body = await _body(request, settings)
+        await _body(request, settings)  # the size limit; the form parser reads it from cache
         form = await request.form(max_files=settings.max_files, max_fields=16)
         files = [(getattr(v, "filename", None) or key, await v.read())
                  for key, v in form.multi_items() if hasattr(v, "read")]
-        del body
         if not files:
             raise ServeError(400, "the multipart request holds no file (send the image as a "
                                   "file field, e.g. curl -F file=@part.png)")
