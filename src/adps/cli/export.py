@@ -27,8 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, help="ONNX opset (default 17)")
     p.add_argument("--precision", choices=("f32", "bf16"), default="f32",
                    help="openvino: the inference precision stored in the file (default f32, "
-                        "the torch model's maps; bf16 is ~2.5x faster on CPUs with native bf16, "
-                        "maps within ~0.1, see the README)")
+                        "the torch model's maps; bf16 is 2-3x faster on CPUs with native bf16, "
+                        "maps within ~0.14, see the README)")
     p.set_defaults(func=run)
 
 

@@ -170,8 +170,8 @@ class OpenVinoRunner:
     """Runs an adps OpenVINO export (``model.xml`` + ``model.bin``) with the OpenVINO runtime,
     with the same call and attributes as :class:`OnnxRunner`. ``device`` is OpenVINO's
     ("CPU", "GPU", ...); ``threads`` its inference thread count (None = its default);
-    ``precision`` "f32" (the same maps as torch) or "bf16" (about 2.5x faster on CPUs with
-    native bf16; maps move by up to ~0.1, see the README); None = what the export says."""
+    ``precision`` "f32" (the same maps as torch) or "bf16" (2-3x faster on CPUs with native
+    bf16; maps move by up to ~0.14, see the README); None = what the export says."""
 
     def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
                  precision: str | None = None):
