@@ -2,7 +2,10 @@
 batch-1 latency, and what bf16 costs in accuracy (map differences and every metric).
 
     .venv/bin/python benchmarks/bench_openvino.py --model runs/recipes/weld-C-20m/welding/model.pt \
-        --data ../shared/datasets/battery_weld/welding
+        --data ../shared/datasets/battery_weld/welding [--fit-prior]
+
+``--fit-prior`` first adds the late-fused memory prior to a model trained without it, fitted on
+the training split as ``--recipe fast`` does, so the default recipe's graph is what is timed.
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ import torch
 
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
-from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.config import ModelConfig, from_dict
+from adps.engine.checkpoint import (
+    checkpoint_thresholds,
+    load_checkpoint,
+    make_checkpoint,
+    model_from_checkpoint,
+)
+from adps.engine.prior import fit_prior
 from adps.engine.inference import TorchForward
 from adps.engine.runtime import OpenVinoRunner
 from adps.export import export_openvino
 from adps.metrics import compute_metrics
+from adps.models.adps import ADPS
 
 
 def latency(run, x, repeats: int) -> float:
@@ -41,16 +52,28 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--category")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--fit-prior", action="store_true",
+                   help="add the memory prior (fitted on the training split) before timing")
     args = p.parse_args()
-    model = model_from_checkpoint(load_checkpoint(args.model))
-    dataset = DataSpec(args.data, category=args.category).open("test", model.config.image_size)
+    ckpt = load_checkpoint(args.model)
+    spec = DataSpec(args.data, category=args.category)
+    if args.fit_prior:
+        config = from_dict(ModelConfig, {**ckpt["model_config"], "prior": "memory"})
+        model = ADPS(config, pretrained=False)
+        model.load_state_dict(ckpt["model"], strict=False)  # the bank is fitted next
+        train_images, _, _ = load_tensor_stack(spec.open("train", config.image_size),
+                                               progress=False)
+        fit_prior(model, train_images)
+        ckpt = make_checkpoint(model.eval(), None, checkpoint_thresholds(ckpt))
+    model = model_from_checkpoint(ckpt)
+    dataset = spec.open("test", model.config.image_size)
     images, masks, labels = load_tensor_stack(dataset, progress=False)
     has_mask = np.array([r.has_mask for r in dataset.records])
     cpu = torch.device("cpu")
     torch_forward = TorchForward(model, cpu)
     runs = {"torch fp32 (channels-last)": lambda x: torch_forward(torch.from_numpy(x))}
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_openvino(args.model, Path(tmp) / "model.xml")
+        path = export_openvino(ckpt, Path(tmp) / "model.xml")
         for precision in ("f32", "bf16"):
             runs[f"OpenVINO {precision}"] = OpenVinoRunner(path, precision=precision)
         x1 = images[:1].numpy()
@@ -64,7 +87,8 @@ def main() -> None:
             results[name] = (maps, scores, metrics, latency(run, x1, args.repeats))
     ref_maps, ref_scores = results["torch fp32 (channels-last)"][:2]
     keys = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
-    print(f"{args.model}: {len(images)} test images, torch threads {torch.get_num_threads()}")
+    print(f"{args.model}{' + memory prior' if args.fit_prior else ''}: {len(images)} test "
+          f"images, torch threads {torch.get_num_threads()}")
     print("| runtime | batch-1 ms | max map diff | mean map diff | max score diff | "
           + " | ".join(keys) + " |")
     print("|---|---|---|---|---|" + "---|" * len(keys))
