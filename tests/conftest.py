@@ -2,6 +2,7 @@
 (CI=true), so a landing never depends on the luck of one run."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -10,6 +11,15 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on now (a test server, torch.distributed's rendezvous), so
+    parallel test runs do not collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -222,12 +222,11 @@ def test_default_inference_batch_size():
         inference_batch_size(cpu, 0)
 
 
-def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_path):
+def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_path, free_port):
     """`torchrun --nproc-per-node 2 adps predict`: each rank scores a disjoint half, rank 0
     writes one CSV/JSON in input order, equal to the single-process one, and reports a failed
     input once."""
     import os
-    import socket
     import subprocess
     import sys
 
@@ -241,11 +240,8 @@ def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_pat
     single, shared = tmp_path / "single", tmp_path / "sharded"
     assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(single),
                  "--device", "cpu", "--no-progress"]) == 1
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(port), "-m", "adps", "predict", str(folder), "--model",
+           "--master-port", str(free_port), "-m", "adps", "predict", str(folder), "--model",
            str(checkpoint), "--out", str(shared), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
                           text=True, timeout=300)

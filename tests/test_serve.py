@@ -11,7 +11,6 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -290,16 +289,10 @@ def test_stop_finishes_what_is_queued():
 # ------------------------------------------------------------------ the real server, the page
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_path):
+def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_path, free_port):
     import httpx
 
-    port = free_port()
+    port = free_port
     server = subprocess.Popen([sys.executable, "-m", "adps", "serve", "--model", str(model_path),
                                "--port", str(port), "--device", "cpu"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -364,7 +357,7 @@ window.addEventListener("load", async () => {
 
 @pytest.mark.skipif(_CHROMIUM is None, reason="chromium is not installed (apt-get install "
                                               "chromium); CI installs it to check the page")
-def test_the_page_uploads_an_image_and_shows_the_decision(model_path, tmp_path):
+def test_the_page_uploads_an_image_and_shows_the_decision(model_path, tmp_path, free_port):
     import uvicorn
     from fastapi.responses import HTMLResponse, Response
 
@@ -375,7 +368,7 @@ def test_the_page_uploads_an_image_and_shows_the_decision(model_path, tmp_path):
                                                                     _HARNESS + "</body>")))
     app.add_api_route("/harness/image.png",
                       lambda: Response(png(FILES[0]), media_type="image/png"))
-    port = free_port()
+    port = free_port
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

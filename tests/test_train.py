@@ -176,16 +176,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def free_port() -> int:
-    """A port nothing listens on now, so parallel test runs do not collide."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_ddp_two_processes_on_gloo(data, tmp_path):
+def test_ddp_two_processes_on_gloo(data, tmp_path, free_port):
     """`torchrun --nproc-per-node 2 adps train` runs DDP on CPU (gloo); rank 0 alone writes, and
     both ranks end with identical weights (gradients were averaged every step)."""
     out, ranks = tmp_path / "ddp", tmp_path / "ranks"
@@ -194,7 +185,7 @@ def test_ddp_two_processes_on_gloo(data, tmp_path):
     script.write_text(_KEEP_EVERY_RANK)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(free_port()), str(script), str(ranks), "train", "--data", str(data),
+           "--master-port", str(free_port), str(script), str(ranks), "train", "--data", str(data),
            "--image-size", str(SIZE), "-k", "4", "--epochs", "2", "--batch-size", "4",
            "--steps-per-epoch", "2", "--out", str(out), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

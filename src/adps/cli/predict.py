@@ -88,9 +88,7 @@ def _write_outputs(pred, name: Path, args: argparse.Namespace) -> dict:
     from adps.data.datasets import read_image
     from adps.report.plots import overlay
 
-    row = {"path": pred.path, "score": round(pred.score, 6),
-           "decision": "anomalous" if pred.is_anomalous else "normal",
-           "defect_area": pred.defect_area}
+    row = {"path": pred.path, **pred.summary()}
     if not args.no_images:
         mask_path = args.out / "masks" / name.with_suffix(".png")
         overlay_path = args.out / "overlays" / name.with_suffix(".png")

@@ -41,6 +41,16 @@ class Prediction:
         """Pixels of the predicted mask, at the original resolution."""
         return int(self.mask.sum())
 
+    @property
+    def decision(self) -> str:
+        return "anomalous" if self.is_anomalous else "normal"
+
+    def summary(self) -> dict[str, Any]:
+        """Score (6 digits), decision and defect area: what `adps predict` writes and
+        `adps serve` answers, from this one place so that the two agree digit for digit."""
+        return {"score": round(self.score, 6), "decision": self.decision,
+                "defect_area": self.defect_area}
+
 
 def to_uint8_chw(item: ImageInput) -> tuple[torch.Tensor, str | None]:
     """One image as a uint8 (3, H, W) tensor, plus its path when it came from a file.
@@ -175,6 +185,17 @@ class Predictor:
         return predictions, failures
 
 
+def _runner_predictor(runner, batch_size: int) -> Predictor:
+    """A predictor around an ONNX or OpenVINO runner (numpy in and out, on the host)."""
+
+    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores = runner(batch.numpy())  # the runner converts to the graph's dtype
+        return torch.from_numpy(maps), torch.from_numpy(scores)
+
+    return Predictor(forward, from_dict(ModelConfig, runner.metadata["model_config"]),
+                     runner.thresholds, torch.device("cpu"), batch_size, runner.metadata)
+
+
 def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
     """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``), an OpenVINO export
     (``.xml``) or TorchScript (``.ts``/``.torchscript``); thresholds and pre-processing come
@@ -187,28 +208,13 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
         from adps.engine.runtime import OnnxRunner
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
-        runner = OnnxRunner(path, providers=providers)
-
-        def onnx_forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            maps, scores = runner(batch.numpy())  # the runner converts to the graph's dtype
-            return torch.from_numpy(maps), torch.from_numpy(scores)
-
-        return Predictor(onnx_forward, from_dict(ModelConfig, runner.metadata["model_config"]),
-                         runner.thresholds, torch.device("cpu"),
-                         inference_batch_size(dev, batch_size, "onnx"), runner.metadata)
+        return _runner_predictor(OnnxRunner(path, providers=providers),
+                                 inference_batch_size(dev, batch_size, "onnx"))
     if suffix == ".xml":
         from adps.engine.runtime import OpenVinoRunner
 
-        ov_runner = OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU")
-
-        def openvino_forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            maps, scores = ov_runner(batch.numpy())
-            return torch.from_numpy(maps), torch.from_numpy(scores)
-
-        return Predictor(openvino_forward,
-                         from_dict(ModelConfig, ov_runner.metadata["model_config"]),
-                         ov_runner.thresholds, torch.device("cpu"),
-                         inference_batch_size(dev, batch_size), ov_runner.metadata)
+        return _runner_predictor(OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU"),
+                                 inference_batch_size(dev, batch_size))
     if suffix in (".ts", ".torchscript"):
         from adps.engine.runtime import load_torchscript
 

@@ -118,7 +118,23 @@ def _to_input_dtype(images: Any, input_dtype: str, size: tuple[int, int],
     raise AdpsError(f"images must be uint8 (0..255) or float (0..1), got {images.dtype}", path)
 
 
-class OnnxRunner:
+class _GraphRunner:
+    """What the ONNX and OpenVINO runners share: the metadata's fields and the input check."""
+
+    path: Path
+
+    def _read_metadata(self, metadata: dict) -> None:
+        self.metadata = metadata
+        self.image_size: int | tuple[int, int] = metadata["image_size"]
+        self.size = normalize_size(self.image_size)  # (height, width)
+        self.input_dtype: str = metadata["input_dtype"]
+        self.thresholds = Thresholds.from_dict(metadata.get("thresholds"))
+
+    def _input(self, images: Any) -> np.ndarray:
+        return _to_input_dtype(images, self.input_dtype, self.size, self.path)
+
+
+class OnnxRunner(_GraphRunner):
     """Runs an adps ONNX export with onnxruntime.
 
     ``providers`` defaults to CUDA when onnxruntime has it, else CPU. ``threads`` sets
@@ -143,11 +159,8 @@ class OnnxRunner:
                 providers=list(providers) if providers else _default_providers())
         except Exception as exc:
             raise AdpsError(f"cannot be loaded as an ONNX model ({exc})", path) from exc
-        self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map, path)
-        self.image_size: int | tuple[int, int] = self.metadata["image_size"]
-        self.size = normalize_size(self.image_size)  # (height, width)
-        self.input_dtype: str = self.metadata["input_dtype"]
-        self.thresholds = Thresholds.from_dict(self.metadata.get("thresholds"))
+        self._read_metadata(parse_metadata(self.session.get_modelmeta().custom_metadata_map,
+                                           path))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if len(self.output_names) != 2:
@@ -157,7 +170,7 @@ class OnnxRunner:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
-        x = _to_input_dtype(images, self.input_dtype, self.size, self.path)
+        x = self._input(images)
         maps, scores = self.session.run(self.output_names, {self.input_name: x})
         return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
 
@@ -166,7 +179,7 @@ class OnnxRunner:
                 f"input_dtype={self.input_dtype!r}, providers={self.providers})")
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(_GraphRunner):
     """Runs an adps OpenVINO export (``model.xml`` + ``model.bin``) with the OpenVINO runtime,
     with the same call and attributes as :class:`OnnxRunner`. ``device`` is OpenVINO's
     ("CPU", "GPU", ...); ``threads`` its inference thread count (None = its default);
@@ -190,12 +203,8 @@ class OpenVinoRunner:
             raise AdpsError(f"cannot be read as an OpenVINO model ({exc})", path) from exc
         raw = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info(
             [METADATA_KEY]) else None
-        self.metadata = parse_metadata({} if raw is None else {METADATA_KEY: raw}, path,
-                                       "OpenVINO")
-        self.image_size: int | tuple[int, int] = self.metadata["image_size"]
-        self.size = normalize_size(self.image_size)
-        self.input_dtype: str = self.metadata["input_dtype"]
-        self.thresholds = Thresholds.from_dict(self.metadata.get("thresholds"))
+        self._read_metadata(parse_metadata({} if raw is None else {METADATA_KEY: raw}, path,
+                                           "OpenVINO"))
         # float32 unless asked, like the other backends: on CPUs with native bf16 OpenVINO
         # would otherwise pick bf16 itself
         precision = precision or self.metadata.get("inference_precision", "f32")
@@ -212,8 +221,7 @@ class OpenVinoRunner:
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B,3,H,W) uint8 or float32 images -> (maps float32 (B,1,H,W), scores float32 (B,))."""
-        x = _to_input_dtype(images, self.input_dtype, self.size, self.path)
-        results = self.request.infer({0: x})
+        results = self.request.infer({0: self._input(images)})
         maps, scores = (results[self.compiled.output(i)] for i in range(2))
         return (np.array(maps, dtype=np.float32, copy=True),
                 np.array(scores, dtype=np.float32, copy=True))

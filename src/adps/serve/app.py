@@ -87,17 +87,15 @@ def _png_base64(array: np.ndarray) -> str:
 
 def prediction_json(pred: Prediction, image: np.ndarray, predictor: Predictor, ident: str,
                     milliseconds: float, outputs: set[str], name: str | None) -> dict[str, Any]:
-    """One image's answer; the score is rounded as `adps predict` writes it."""
+    """One image's answer: `adps predict`'s row (:meth:`Prediction.summary`) and more."""
     t = predictor.thresholds
     answer = {
         "filename": name,
-        "score": round(pred.score, 6),
-        "decision": "anomalous" if pred.is_anomalous else "normal",
+        **pred.summary(),
         "is_anomalous": bool(pred.is_anomalous),
         "threshold": {"image": t.decision, "pixel": t.pixel, "rule": t.rule(),
                       "source": "calibrated" if t.image is not None
                       else "uncalibrated: the pixel threshold decides"},
-        "defect_area": pred.defect_area,
         "image_size": [int(image.shape[0]), int(image.shape[1])],
         "model_id": ident,
         "milliseconds": round(milliseconds, 2),
