@@ -28,6 +28,7 @@ from adps.engine.checkpoint import (
     make_checkpoint,
     model_from_checkpoint,
 )
+from adps.engine.calibrate import f1_optimal_threshold
 from adps.engine.prior import fit_prior
 from adps.engine.inference import TorchForward
 from adps.engine.runtime import OpenVinoRunner
@@ -86,15 +87,20 @@ def main() -> None:
                                       mask_available=has_mask)
             results[name] = (maps, scores, metrics, latency(run, x1, args.repeats))
     ref_maps, ref_scores = results["torch fp32 (channels-last)"][:2]
+    # decisions compared at torch's F1-optimal image threshold on these images (the stored one
+    # belongs to the model before --fit-prior)
+    cut = f1_optimal_threshold(labels.numpy(), ref_scores).threshold
     keys = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
     print(f"{args.model}{' + memory prior' if args.fit_prior else ''}: {len(images)} test "
           f"images, torch threads {torch.get_num_threads()}")
     print("| runtime | batch-1 ms | max map diff | mean map diff | max score diff | "
+          f"decisions changed (score >= {cut:.4f}) | "
           + " | ".join(keys) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(keys))
+    print("|---|---|---|---|---|---|" + "---|" * len(keys))
     for name, (maps, scores, metrics, ms) in results.items():
         print(f"| {name} | {ms:.1f} | {np.abs(maps - ref_maps).max():.4f} | "
               f"{np.abs(maps - ref_maps).mean():.5f} | {np.abs(scores - ref_scores).max():.4f} | "
+              f"{int(((scores >= cut) != (ref_scores >= cut)).sum())} of {len(scores)} | "
               + " | ".join(f"{100 * metrics[k]:.1f}" for k in keys) + " |")
 
 

@@ -58,26 +58,38 @@ def test_coreset_projects_wide_features_and_rejects_bad_sizes():
         greedy_coreset(x, 301)
 
 
+def _as_maps(rows: np.ndarray, batch: int, h: int, w: int) -> torch.Tensor:
+    """(batch * h * w, C) rows, image-major then row-major, as a (batch, C, h, w) map."""
+    return torch.from_numpy(rows).reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _as_rows(maps: torch.Tensor) -> np.ndarray:
+    return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).numpy()
+
+
 @pytest.mark.parametrize("neighbors, chunk", [(1, 4096), (1, 7), (3, 7), (5, 64)])
 def test_nearest_distances_equal_brute_force(neighbors, chunk):
     rng = np.random.default_rng(neighbors * chunk)
-    queries, bank = rng.normal(size=(40, 6)), rng.normal(size=(50, 6))
+    queries, bank = rng.normal(size=(2 * 4 * 5, 6)), rng.normal(size=(50, 6))
     want = np.sort(cdist(queries, bank), axis=1)[:, :neighbors]
-    got = nearest_distances(torch.from_numpy(queries), torch.from_numpy(bank), neighbors, chunk)
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+    got = nearest_distances(_as_maps(queries, 2, 4, 5), torch.from_numpy(bank), neighbors,
+                            chunk)
+    assert got.shape == (2, neighbors, 4, 5)
+    np.testing.assert_allclose(_as_rows(got), want, rtol=1e-9, atol=1e-9)
 
 
 def test_nearest_distances_leave_own_group_out():
     rng = np.random.default_rng(3)
-    queries, bank = rng.normal(size=(30, 5)), rng.normal(size=(45, 5))
-    q_groups, b_groups = rng.integers(0, 4, 30), rng.integers(0, 4, 45)
+    queries, bank = rng.normal(size=(3 * 2 * 5, 5)), rng.normal(size=(45, 5))
+    image_groups, b_groups = np.array([2, 0, 3]), rng.integers(0, 4, 45)
+    q_groups = np.repeat(image_groups, 2 * 5)  # every position of an image is in its group
     d = cdist(queries, bank)
     d[q_groups[:, None] == b_groups[None, :]] = np.inf
     want = np.sort(d, axis=1)[:, :2]
-    got = nearest_distances(torch.from_numpy(queries), torch.from_numpy(bank), 2, chunk=10,
-                            query_groups=torch.from_numpy(q_groups),
+    got = nearest_distances(_as_maps(queries, 3, 2, 5), torch.from_numpy(bank), 2, chunk=10,
+                            query_groups=torch.from_numpy(image_groups),
                             bank_groups=torch.from_numpy(b_groups))
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(_as_rows(got), want, rtol=1e-9, atol=1e-9)
 
 
 def test_embedding_is_3x3_mean_and_upsampled_concatenation():

@@ -13,6 +13,8 @@ the prior's statistics on normal images, and the fusion with the PSM.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,26 +67,29 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Te
 def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int = 1,
                       chunk: int = 4096, query_groups: torch.Tensor | None = None,
                       bank_groups: torch.Tensor | None = None) -> torch.Tensor:
-    """(Q, neighbors) Euclidean distances from each query row to its nearest bank rows, ascending.
+    """(B, neighbors, h, w) Euclidean distances from each position of a (B, C, h, w) map to its
+    nearest rows of the (N, C) bank, ascending along dim 1.
 
-    The bank is searched in fixed chunks with a running top-k, so memory stays at
-    Q x ``chunk`` distances whatever the bank's size (the loop unrolls into a static graph on
-    export). With ``query_groups`` and ``bank_groups`` (say, the image each row came from), a
-    query never matches a bank row of its own group: leave-one-image-out distances.
+    Each chunk of the bank is one 1 x 1 convolution (|b|^2 - 2 q.b, with |b|^2 as its bias) and
+    a running top-k, so memory stays at ``chunk`` distances per position whatever the bank's
+    size (the loop unrolls into a static graph on export). A convolution keeps the batch a
+    dimension of its own: with the positions flattened into rows, an exported graph's batch
+    went through a reshape, and OpenVINO ran everything after it 3x slower. With
+    ``query_groups`` (B,) and ``bank_groups`` (N,) (say, the image each row came from), a
+    position never matches a bank row of its own group: leave-one-image-out distances.
     """
     best = None
     for start in range(0, bank.shape[0], chunk):
         part = bank[start:start + chunk]
-        # |b|^2 - 2 q.b in one fused multiply-add; |q|^2 is the same for a whole row, so it is
-        # added after the search, on Q x neighbors values only
-        d2 = torch.addmm(part.pow(2).sum(dim=1)[None], queries, part.T, alpha=-2)
+        d2 = F.conv2d(queries, (-2 * part)[:, :, None, None], part.pow(2).sum(dim=1))
         if query_groups is not None and bank_groups is not None:
             same = query_groups[:, None] == bank_groups[None, start:start + chunk]
-            d2 = d2.masked_fill(same, float("inf"))
+            d2 = d2.masked_fill(same[:, :, None, None], float("inf"))
         if best is not None:
             d2 = torch.cat([best, d2], dim=1)
         best = (d2.amin(dim=1, keepdim=True) if neighbors == 1 else
                 d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values)
+    # |q|^2 is the same for every bank row, so it is added after the search
     best = best + queries.pow(2).sum(dim=1, keepdim=True)
     return best.clamp_min(0).sqrt()
 
@@ -139,12 +144,9 @@ class MemoryPrior(nn.Module):
         bank features; with ``groups`` (B,), never to rows that came from that image."""
         if not self.fitted:
             raise RuntimeError("the memory bank is empty: fit it with adps.engine.prior.fit_prior")
-        b, c, h, w = embedding.shape
-        queries = embedding.permute(0, 2, 3, 1).reshape(-1, c)
-        query_groups = None if groups is None else groups.repeat_interleave(h * w)
-        nearest = nearest_distances(queries, self.bank, self.neighbors,
-                                    query_groups=query_groups, bank_groups=self.sources)
-        return nearest.mean(dim=1).view(b, 1, h, w)
+        nearest = nearest_distances(embedding, self.bank, self.neighbors,
+                                    query_groups=groups, bank_groups=self.sources)
+        return nearest.mean(dim=1, keepdim=True)
 
     def standardized(self, teacher_features: list[torch.Tensor],
                      groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -159,7 +161,9 @@ class MemoryPrior(nn.Module):
 
     def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor) -> torch.Tensor:
         ratio = prior_map / self.stats[2] * (1 + self.boost * psm_map)
-        return 1 - torch.exp2(-ratio)
+        # 2^(-r) as exp(-r ln 2): the TorchScript-based ONNX exporter has no exp2 (the dynamo
+        # exporter it then falls back to gave OpenVINO a slower graph)
+        return 1 - torch.exp(ratio * -math.log(2))
 
 
 __all__ = ["MemoryPrior", "embed", "greedy_coreset", "nearest_distances", "MEMORY_LEVELS"]
