@@ -3,6 +3,7 @@
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,19 @@ from hypothesis import settings
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def conversion_cache(tmp_path_factory):
+    """Converted models (OpenVINO) go to a folder of this test session, not ~/.cache; the
+    variable reaches the servers and torchrun ranks the tests start."""
+    old = os.environ.get("ADPS_CACHE_DIR")
+    os.environ["ADPS_CACHE_DIR"] = str(tmp_path_factory.mktemp("adps-cache"))
+    yield Path(os.environ["ADPS_CACHE_DIR"])
+    if old is None:
+        del os.environ["ADPS_CACHE_DIR"]
+    else:
+        os.environ["ADPS_CACHE_DIR"] = old
 
 
 @pytest.fixture

@@ -147,15 +147,11 @@ def test_focal_loss_by_hand():
 
 
 def test_gaussian_blur_matches_scipy():
-    """Both forms: shifted views in eager torch, two 1-D convolutions in a traced graph."""
     x = np.random.default_rng(0).random((2, 1, 48, 40)).astype(np.float32)
+    got = gaussian_blur(torch.from_numpy(x), 4.0).numpy()
     expected = np.stack([gaussian_filter(x[i, 0], 4.0, mode="mirror", truncate=4.0)
                          for i in range(2)])[:, None]
-    eager = gaussian_blur(torch.from_numpy(x), 4.0)
-    traced = torch.jit.trace(lambda m: gaussian_blur(m, 4.0), torch.rand(1, 1, 48, 40))
-    assert "aten::_convolution" in str(traced.graph)
-    for got in (eager, traced(torch.from_numpy(x))):
-        np.testing.assert_allclose(got.numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_score_is_max_of_smoothed_map(model):

@@ -81,7 +81,8 @@ def test_preprocessing_matches_the_dataset_path(trained):
     model = model_from_checkpoint(load_checkpoint(checkpoint))
     with torch.no_grad():
         _, expected = model(torch.stack([test[i].image for i in range(len(test))]))
-    predictions = adps.load(checkpoint, device="cpu")([r.image for r in test.records])
+    predictions = adps.load(checkpoint, device="cpu", backend="torch")(
+        [r.image for r in test.records])
     np.testing.assert_allclose([p.score for p in predictions], expected.numpy(), atol=1e-5)
 
 
@@ -254,3 +255,102 @@ def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_pat
     assert [f["path"] for f in payload["failures"]] == [str(folder / "99_broken.png")]
     assert sorted(p.name for p in (shared / "masks").iterdir()) == sorted(
         p.name for p in (single / "masks").iterdir())
+
+
+# ------------------------------------------------------------------ the runtime a checkpoint gets
+
+def _weld_files(n: int = 3) -> list:
+    from datapaths import WELD
+
+    return sorted((WELD / "test/defective").glob("*.png"))[:n]
+
+
+def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkeypatch,
+                                                                  conversion_cache):
+    pytest.importorskip("openvino")
+    import adps.export
+    from adps.engine import runtime
+
+    checkpoint, _ = trained
+    files = _weld_files()
+    torch_run = adps.load(checkpoint, device="cpu", backend="torch")
+    assert torch_run.runtime == "torch cpu"
+    exact = adps.load(checkpoint, device="cpu", precision="f32")
+    assert exact.runtime.startswith("openvino CPU f32 (converted from")
+    for a, b in zip(exact(files), torch_run(files)):  # real images: torch's maps within 1e-3
+        np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-3)
+        assert a.score == pytest.approx(b.score, abs=1e-3)
+    converted = sorted(conversion_cache.glob(f"openvino/{checkpoint.stem}-*.xml"))
+    assert len(converted) == 1 and str(converted[0]) in exact.runtime
+
+    # "auto" precision: bf16 exactly where the CPU has it natively
+    for native in (True, False):
+        monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
+        assert adps.load(checkpoint, device="cpu").runtime.startswith(
+            f"openvino CPU {'bf16' if native else 'f32'}")
+
+    # a cached conversion is used as is ...
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(adps.export, "export_openvino", no_conversion)
+    adps.load(checkpoint, device="cpu")
+    monkeypatch.undo()
+    # ... until its files are damaged: then it is converted again, and runs
+    converted[0].with_suffix(".bin").write_bytes(b"\0" * 10)
+    again = adps.load(checkpoint, device="cpu", precision="f32")
+    assert again(files[0]).score == pytest.approx(torch_run(files[0]).score, abs=1e-3)
+
+
+def test_a_changed_checkpoint_is_converted_again(trained, tmp_path, conversion_cache):
+    pytest.importorskip("openvino")
+    checkpoint, _ = trained
+    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt["thresholds"] = Thresholds(image=0.25).to_dict()
+    edited = tmp_path / checkpoint.name
+    torch.save(ckpt, edited)
+    before = set(conversion_cache.glob("openvino/*.xml"))
+    predictor = adps.load(edited, device="cpu")
+    new = set(conversion_cache.glob("openvino/*.xml")) - before
+    assert len(new) == 1 and predictor.thresholds.image == 0.25
+
+
+def test_without_openvino_a_checkpoint_runs_in_torch(trained, monkeypatch):
+    import sys
+
+    checkpoint, _ = trained
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now fails
+    assert adps.load(checkpoint, device="cpu").runtime == "torch cpu"
+    with pytest.raises(AdpsError, match="openvino package"):
+        adps.load(checkpoint, device="cpu", backend="openvino")
+    with pytest.raises(AdpsError, match="backend must be one of auto, torch, openvino"):
+        adps.load(checkpoint, device="cpu", backend="onnx")
+
+
+def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(trained, tmp_path,
+                                                                monkeypatch):
+    pytest.importorskip("openvino")
+    checkpoint, _ = trained
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    monkeypatch.setenv("ADPS_CACHE_DIR", str(blocker))
+    with pytest.warns(UserWarning, match="cannot run it with OpenVINO"):
+        assert adps.load(checkpoint, device="cpu").runtime == "torch cpu"
+    with pytest.raises(OSError):
+        adps.load(checkpoint, device="cpu", backend="openvino")
+
+
+def test_predict_command_takes_the_backend_and_says_which_ran(trained, tmp_path):
+    pytest.importorskip("openvino")
+    checkpoint, _ = trained
+    files = [str(p) for p in _weld_files(2)]
+    tables = {}
+    for backend in ("torch", "openvino"):
+        out = tmp_path / backend
+        assert main(["predict", *files, "--model", str(checkpoint), "--out", str(out),
+                     "--backend", backend, "--precision", "f32", "--no-progress"]) == 0
+        report = json.loads((out / "predictions.json").read_text())
+        assert report["runtime"].startswith({"torch": "torch cpu", "openvino": "openvino CPU f32"}[
+            backend])
+        tables[backend] = [r["score"] for r in report["predictions"]]
+    np.testing.assert_allclose(tables["openvino"], tables["torch"], atol=1e-3)

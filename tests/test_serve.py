@@ -30,7 +30,7 @@ from adps.cli import main as cli_main  # noqa: E402
 from adps.config import ModelConfig  # noqa: E402
 from adps.engine.calibrate import Thresholds  # noqa: E402
 from adps.engine.checkpoint import make_checkpoint  # noqa: E402
-from adps.engine.predict import load  # noqa: E402
+from adps import load  # noqa: E402  (the default runtime, as adps predict and serve use)
 from adps.fileio import atomic_save  # noqa: E402
 from adps.models.adps import ADPS  # noqa: E402
 from adps.serve.app import ServeSettings, create_app  # noqa: E402
@@ -174,18 +174,19 @@ def test_limits_on_pixels_size_files_and_outputs(model_path):
 
 def test_a_model_failure_is_a_500_and_the_next_request_succeeds(model_path):
     predictor = load(model_path, "cpu")
-    calls = {"n": 0}
+    armed = threading.Event()  # set once the warm-up is over
     forward = predictor.forward
 
     def failing_once(batch):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the first call is the warm-up
+        if armed.is_set():
+            armed.clear()
             raise RuntimeError("simulated device error")
         return forward(batch)
 
     predictor.forward = failing_once
     with TestClient(create_app(predictor, model_path), raise_server_exceptions=False) as c:
         wait_ready(c)
+        armed.set()
         bad = c.post("/v1/predict", content=png(FILES[0]), headers={"Content-Type": "image/png"})
         assert bad.status_code == 500
         assert bad.json() == {"error": "model failure: simulated device error"}

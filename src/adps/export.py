@@ -24,6 +24,7 @@ traced at batch 2, is run at batch 3 and compared with the eager model.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import os
@@ -54,7 +55,8 @@ from adps.fileio import atomic_write
 from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
 
-__all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_metadata"]
+__all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_openvino", "export_metadata",
+           "cache_dir", "cached_openvino"]
 
 InputDtype = Literal["uint8", "float32"]
 Exporter = Literal["auto", "torchscript", "dynamo"]
@@ -327,3 +329,41 @@ def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: 
     with quiet_export():
         return atomic_write(out_path, lambda handle: torch.jit.save(traced, handle,
                                                                     _extra_files=extra))
+
+
+# ------------------------------------------------------------------ conversion cache (OpenVINO)
+
+def cache_dir() -> Path:
+    """Where converted models are kept: ``$ADPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/adps``,
+    else ``~/.cache/adps``."""
+    if os.environ.get("ADPS_CACHE_DIR"):
+        return Path(os.environ["ADPS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "adps"
+
+
+def cached_openvino(checkpoint: str | Path, cache: str | Path | None = None,
+                    refresh: bool = False) -> Path:
+    """The OpenVINO conversion of a checkpoint file (:func:`export_openvino`, verified like any
+    export), made on first use and kept under ``cache`` (default :func:`cache_dir`).
+
+    The name carries the checkpoint's SHA-256 and the adps and OpenVINO versions, so a retrained
+    checkpoint or an upgrade converts again, and a stale file is never used. Writes are atomic:
+    processes converting at once (torchrun ranks) at worst each convert. ``refresh`` converts
+    even when a file is there (a damaged cache).
+    """
+    import openvino as ov
+
+    checkpoint = Path(checkpoint)
+    try:
+        with open(checkpoint, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256")
+    except OSError as exc:
+        raise AdpsError(f"cannot read the checkpoint ({exc.strerror})", checkpoint) from exc
+    digest.update(f"adps {__version__} openvino {ov.get_version()}".encode())
+    name = f"{checkpoint.stem}-{digest.hexdigest()[:16]}.xml"
+    out = Path(cache or cache_dir()) / "openvino" / name
+    if refresh or not (out.is_file() and out.with_suffix(".bin").is_file()):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        export_openvino(checkpoint, out)
+    return out

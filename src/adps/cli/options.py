@@ -66,6 +66,19 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
 
 
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """--backend and --precision: how a checkpoint runs in predict and serve."""
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="runtime for a checkpoint (.pt): auto = OpenVINO on CPU when the "
+                             "openvino package is installed (converted once, kept in "
+                             "$ADPS_CACHE_DIR or ~/.cache/adps), else torch; torch = the maps "
+                             "'adps test' scored. Exports run on their own runtime")
+    parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default=None,
+                        help="OpenVINO's inference precision: auto = bf16 on CPUs with native "
+                             "bf16, else f32 (default for a checkpoint; an .xml export keeps "
+                             "its own); f32 = torch's maps within 1e-3")
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
     """--model, --device, --batch-size and --no-progress: what every command that runs a
     trained model takes."""

@@ -9,7 +9,7 @@ import io
 import json
 from pathlib import Path
 
-from adps.cli.options import add_inference_arguments
+from adps.cli.options import add_backend_arguments, add_inference_arguments
 
 EXIT_SOME_FAILED = 1
 
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "merged CSV/JSON in input order.")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     add_inference_arguments(p, "model.pt, model.onnx, model.xml or model.ts")
+    add_backend_arguments(p)
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
     p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adps.engine.device import resolve_device
     from adps.engine.distributed import init_distributed, shutdown_distributed
-    from adps.engine.predict import load
+    from adps import load
     from adps.errors import AdpsError
     from adps.fileio import atomic_write_text
 
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         device = args.device
         if ctx.enabled and resolve_device(device).type == "cuda":
             device = f"cuda:{ctx.local_rank}"
-        predictor = load(args.model, device, args.batch_size)
+        predictor = load(args.model, device, args.batch_size, args.backend, args.precision)
         out_name = {str(path): name for path, name in files}
         shard = [p for p, _ in files][ctx.rank::ctx.world_size]
         rows, shard_failures = [], []
@@ -159,12 +160,13 @@ def run(args: argparse.Namespace) -> int:
     writer.writerows(rows)
     atomic_write_text(args.out / "predictions.csv", buffer.getvalue())
     atomic_write_text(args.out / "predictions.json", json.dumps({
-        "model": str(args.model), "decision_rule": predictor.thresholds.rule(),
+        "model": str(args.model), "runtime": predictor.runtime, "decision_rule": predictor.thresholds.rule(),
         "pixel_threshold": predictor.thresholds.pixel, "predictions": rows,
         "failures": [{"path": p, "reason": r} for p, r in failures]}, indent=2))
     n_bad = sum(r["decision"] == "anomalous" for r in rows)
     print(f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
-          f"(decision: {predictor.thresholds.rule()}); results in {args.out}")
+          f"(decision: {predictor.thresholds.rule()}); results in {args.out}; runtime: "
+          f"{predictor.runtime}")
     for item, reason in failures:
         print(f"failed {item}: {reason}", file=sys.stderr)
     if failures:

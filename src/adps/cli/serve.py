@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from adps.cli.options import add_device_argument
+from adps.cli.options import add_backend_arguments, add_device_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "opens it to the network, so set a token)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     add_device_argument(p)
+    add_backend_arguments(p)
     p.add_argument("--token", default=os.environ.get("ADPS_TOKEN"),
                    help="require 'Authorization: Bearer TOKEN' on every endpoint but health "
                         "(default: the ADPS_TOKEN environment variable; none = no check)")
@@ -53,17 +54,17 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise AdpsError(f"adps serve needs the serve extra ({exc}); install it with "
                         "pip install 'adps[serve]'") from exc
-    from adps.engine.predict import load
+    from adps import load
 
     settings = ServeSettings(token=args.token or None, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                              max_pixels=args.max_pixels,
                              max_body_bytes=int(args.max_body_mb * 2**20))
-    predictor = load(args.model, args.device, args.max_batch)
+    predictor = load(args.model, args.device, args.max_batch, args.backend, args.precision)
     app = create_app(predictor, args.model, settings)
     auth = "token required" if settings.token else "no token"
     print(f"serving {args.model} on http://{args.host}:{args.port} ({auth}; page at /, API "
-          f"docs at /docs)", flush=True)
+          f"docs at /docs); runtime: {predictor.runtime}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=30)
     return 0

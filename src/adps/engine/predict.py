@@ -104,6 +104,7 @@ class Predictor:
         self.device = device
         self.batch_size = batch_size
         self.metadata = metadata or {}
+        self.runtime = "torch"  # what runs the model, in words (set by load)
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 (3, H, W) images -> uint8 (B, 3, S, S), resized exactly as the datasets do."""
@@ -196,10 +197,15 @@ def _runner_predictor(runner, batch_size: int) -> Predictor:
                      runner.thresholds, torch.device("cpu"), batch_size, runner.metadata)
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int | None = None) -> Predictor:
+EXPORT_SUFFIXES = (".onnx", ".xml", ".ts", ".torchscript")  # any other file is a checkpoint
+
+
+def load(path: str | Path, device: str = "auto", batch_size: int | None = None,
+         precision: str | None = None) -> Predictor:
     """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``), an OpenVINO export
     (``.xml``) or TorchScript (``.ts``/``.torchscript``); thresholds and pre-processing come
-    from the file itself.
+    from the file itself. Each file runs on its own runtime (``adps.load`` picks the fastest
+    for a checkpoint). ``precision``: OpenVINO's ("f32", "bf16", "auto"; None = the file's).
     ``batch_size=None`` picks what runs fastest on the device (:func:`inference_batch_size`)."""
     path = Path(path)
     dev = resolve_device(device)
@@ -208,25 +214,33 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None) 
         from adps.engine.runtime import OnnxRunner
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
-        return _runner_predictor(OnnxRunner(path, providers=providers),
-                                 inference_batch_size(dev, batch_size, "onnx"))
+        runner = OnnxRunner(path, providers=providers)
+        predictor = _runner_predictor(runner, inference_batch_size(dev, batch_size, "onnx"))
+        predictor.runtime = f"onnxruntime ({runner.providers[0]})"
+        return predictor
     if suffix == ".xml":
         from adps.engine.runtime import OpenVinoRunner
 
-        return _runner_predictor(OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU"),
-                                 inference_batch_size(dev, batch_size))
+        runner = OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU", precision=precision)
+        predictor = _runner_predictor(runner, inference_batch_size(dev, batch_size))
+        predictor.runtime = f"openvino {runner.device} {runner.precision}"
+        return predictor
     if suffix in (".ts", ".torchscript"):
         from adps.engine.runtime import load_torchscript
 
         module, meta = load_torchscript(path, dev)
         forward = TorchForward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
-        return Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
-                         Thresholds.from_dict(meta.get("thresholds")), dev,
-                         inference_batch_size(dev, batch_size), meta)
+        predictor = Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
+                              Thresholds.from_dict(meta.get("thresholds")), dev,
+                              inference_batch_size(dev, batch_size), meta)
+        predictor.runtime = f"torchscript {dev}"
+        return predictor
     from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
     meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
-    return Predictor(TorchForward(model, dev), model.config, checkpoint_thresholds(ckpt),
-                     dev, inference_batch_size(dev, batch_size), meta)
+    predictor = Predictor(TorchForward(model, dev), model.config, checkpoint_thresholds(ckpt),
+                          dev, inference_batch_size(dev, batch_size), meta)
+    predictor.runtime = f"torch {dev}"
+    return predictor

@@ -124,8 +124,13 @@ def create_app(predictor: Predictor, model_path: str | Path,
         batcher.start()
         height, width = predictor.config.size
 
+        # batch 1 (a quiet line) and a full batch (a busy one): the first call of a batch size
+        # is slow (an OpenVINO graph is compiled per size), so neither waits on a real part
+        sizes = {1} if predictor.tiling else {1, settings.max_batch}
+
         async def warm_up() -> None:
-            await batcher.call(lambda: run([np.zeros((height, width, 3), np.uint8)]))
+            for size in sorted(sizes):
+                await batcher.call(lambda n=size: run([np.zeros((height, width, 3), np.uint8)] * n))
             app.state.ready = True
 
         warming = asyncio.get_running_loop().create_task(warm_up())
@@ -180,7 +185,7 @@ def create_app(predictor: Predictor, model_path: str | Path,
     @app.get("/v1/model", dependencies=guarded)
     async def model_info(request: Request) -> dict:
         meta = predictor.metadata
-        return {"model_id": ident, "adps_version": __version__,
+        return {"model_id": ident, "adps_version": __version__, "runtime": predictor.runtime,
                 "model_config": meta.get("model_config"),
                 "preprocess": meta.get("preprocess") or {
                     k: meta[k] for k in ("image_size", "mean", "std", "input_dtype",
