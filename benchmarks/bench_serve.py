@@ -72,7 +72,7 @@ def serve(args, max_batch: int) -> dict:
     port = free_port()
     cmd = [sys.executable, "-m", "adps", "serve", "--model", str(args.model), "--port",
            str(port), "--device", args.device, "--max-batch", str(max_batch), "--max-wait-ms",
-           str(args.max_wait_ms), "--queue-size", str(args.queue_size)]
+           str(args.max_wait_ms), "--queue-size", str(args.queue_size), "--backend", args.backend]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -100,7 +100,7 @@ def offline(args) -> list[tuple[int, float]]:
     body = args.image.read_bytes()
     rows = []
     for batch in args.offline_batches:
-        predictor = load(args.model, args.device, batch)
+        predictor = load(args.model, args.device, batch, args.backend)
         n = max(batch, 8)
 
         def work():
@@ -131,6 +131,8 @@ def main() -> None:
     p.add_argument("--offline-batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", default="auto", help="auto, torch or openvino (server and "
+                   "offline alike)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     print(f"model {args.model}, image {args.image}, {args.clients} clients x {args.seconds:g} s, "

@@ -335,7 +335,7 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     _, scores = maps_and_scores(model, holdout)
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
     assert ckpt["thresholds"]["image"] == pytest.approx(want, abs=1e-6)
-    predictor = adps.load(out / "model.pt", device="cpu")
+    predictor = adps.load(out / "model.pt", device="cpu", backend="torch")
     image = datasets(data, "test").decode(0).image
     result = predictor(image.permute(1, 2, 0).numpy())
     with torch.no_grad():

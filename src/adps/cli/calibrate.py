@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adps.cli.options import add_inference_arguments
+from adps.cli.options import add_backend_arguments, add_inference_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "images) and never stores a threshold that flags every normal image. The "
                     "threshold is written into the checkpoint (atomically).")
     add_inference_arguments(p, "checkpoint (model.pt)")
+    add_backend_arguments(p)
     p.add_argument("--normal-dir", required=True, type=Path,
                    help="normal images not used in training (searched recursively)")
     p.add_argument("--defect-dir", type=Path, help="labelled defective images (optional)")
@@ -37,11 +38,15 @@ def run(args: argparse.Namespace) -> int:
     from adps.data.datasets import find_images
     from adps.engine.calibrate import f1_optimal_threshold, threshold_for_false_alarm_rate
     from adps.engine.checkpoint import load_checkpoint, store_thresholds
-    from adps.engine.predict import load
+    from adps.export import load_predictor
     from adps.errors import AdpsError
 
     ckpt = load_checkpoint(args.model)
-    predictor = load(args.model, args.device, args.batch_size)
+    # scored by the runtime adps predict and serve use by default, so that the stored
+    # threshold flags the same images there
+    predictor = load_predictor(args.model, args.device, args.batch_size, args.backend,
+                               args.precision)
+    print(f"scoring with {predictor.runtime}")
 
     def scores(folder: Path) -> np.ndarray:
         files = find_images(folder, recursive=True)

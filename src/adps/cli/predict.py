@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     from adps.engine.device import resolve_device
     from adps.engine.distributed import init_distributed, shutdown_distributed
-    from adps import load
+    from adps.export import load_predictor as load
     from adps.errors import AdpsError
     from adps.fileio import atomic_write_text
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise AdpsError(f"adps serve needs the serve extra ({exc}); install it with "
                         "pip install 'adps[serve]'") from exc
-    from adps import load
+    from adps.export import load_predictor as load
 
     settings = ServeSettings(token=args.token or None, max_batch=args.max_batch,
                              max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
