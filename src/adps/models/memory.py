@@ -72,9 +72,9 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int 
 
     Each chunk of the bank is one 1 x 1 convolution (|b|^2 - 2 q.b, with |b|^2 as its bias) and
     a running top-k, so memory stays at ``chunk`` distances per position whatever the bank's
-    size (the loop unrolls into a static graph on export). A convolution keeps the batch a
-    dimension of its own: with the positions flattened into rows, an exported graph's batch
-    went through a reshape, and OpenVINO ran everything after it 3x slower. With
+    size (the loop unrolls into a static graph on export). A convolution needs no reshape of
+    the batch into rows, and ran slightly faster than the matrix product in torch and in
+    OpenVINO (0.4-0.6 ms of 12 and 20). With
     ``query_groups`` (B,) and ``bank_groups`` (N,) (say, the image each row came from), a
     position never matches a bank row of its own group: leave-one-image-out distances.
     """
