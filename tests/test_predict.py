@@ -277,7 +277,7 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkey
     torch_run = adps.load(checkpoint, device="cpu", backend="torch")
     assert torch_run.runtime == "torch cpu"
     before = set(conversion_cache.glob("openvino/*.xml"))
-    exact = adps.load(checkpoint, device="cpu", precision="f32")
+    exact = adps.load(checkpoint, device="cpu")  # float32 unless asked
     assert exact.runtime.startswith("openvino CPU f32 (converted from")
     for a, b in zip(exact(files), torch_run(files)):  # real images: torch's maps within 1e-3
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-3)
@@ -290,7 +290,7 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkey
     # "auto" precision: bf16 exactly where the CPU has it natively
     for native in (True, False):
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
-        assert adps.load(checkpoint, device="cpu").runtime.startswith(
+        assert adps.load(checkpoint, device="cpu", precision="auto").runtime.startswith(
             f"openvino CPU {'bf16' if native else 'f32'}")
 
     # a cached conversion is used as is ...

@@ -74,9 +74,10 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
                              "$ADPS_CACHE_DIR or ~/.cache/adps), else torch; torch = the maps "
                              "'adps test' scored. Exports run on their own runtime")
     parser.add_argument("--precision", choices=("auto", "f32", "bf16"), default=None,
-                        help="OpenVINO's inference precision: auto = bf16 on CPUs with native "
-                             "bf16, else f32 (default for a checkpoint; an .xml export keeps "
-                             "its own); f32 = torch's maps within 1e-3")
+                        help="OpenVINO's inference precision: f32 = torch's maps within 1e-3 "
+                             "(default for a checkpoint; an .xml export keeps its own); auto = "
+                             "bf16 on CPUs with native bf16 (1.6x faster; scores move, so "
+                             "calibrate with the same setting), else f32")
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser, model_help: str) -> None:
