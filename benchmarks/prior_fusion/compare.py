@@ -32,3 +32,8 @@ for a in (0.5, 1, 2, 4, 10):
 for a in (1, 4):
     ev(f"prior/q99 * (1 + {a} psm_z)", (teQ / np.percentile(trQ, 99)) * (1 + a * np.clip(zs(teP, trP), 0, None)))
 ev("prior * psm", teQ * teP)
+print("--- the shipped squash 1 - 2^-r with r = (prior / q99.9)^g x (1 + a psm); g = 1, a = 2 ships")
+q999 = np.percentile(trQ, 99.9)
+for g in (1, 0.75, 0.5, 0.25):
+    for a in (2, 4):
+        ev(f"g {g}, a {a}", 1 - np.exp2(-((teQ / q999) ** g) * (1 + a * teP)))
