@@ -62,8 +62,8 @@ from adps.fileio import atomic_write
 from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
 
-__all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_openvino", "export_metadata",
-           "cache_dir", "cached_openvino", "load_predictor", "BACKENDS"]
+__all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_openvino",
+           "export_metadata", "cache_dir", "cached_openvino", "load_predictor", "BACKENDS"]
 
 InputDtype = Literal["uint8", "float32"]
 Exporter = Literal["auto", "torchscript", "dynamo"]

@@ -67,7 +67,7 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """--backend and --precision: how a checkpoint runs in predict and serve."""
+    """--backend and --precision: how a checkpoint runs in predict, serve and calibrate."""
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                         help="runtime for a checkpoint (.pt): auto = OpenVINO on CPU when the "
                              "openvino package is installed (converted once, kept in "

@@ -160,7 +160,8 @@ def run(args: argparse.Namespace) -> int:
     writer.writerows(rows)
     atomic_write_text(args.out / "predictions.csv", buffer.getvalue())
     atomic_write_text(args.out / "predictions.json", json.dumps({
-        "model": str(args.model), "runtime": predictor.runtime, "decision_rule": predictor.thresholds.rule(),
+        "model": str(args.model), "runtime": predictor.runtime,
+        "decision_rule": predictor.thresholds.rule(),
         "pixel_threshold": predictor.thresholds.pixel, "predictions": rows,
         "failures": [{"path": p, "reason": r} for p, r in failures]}, indent=2))
     n_bad = sum(r["decision"] == "anomalous" for r in rows)
