@@ -58,7 +58,7 @@ from adps.engine.runtime import (
     quiet_export,
 )
 from adps.errors import AdpsError
-from adps.fileio import atomic_write
+from adps.fileio import atomic_write, file_sha256
 from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
 
@@ -363,12 +363,11 @@ def cached_openvino(checkpoint: str | Path, cache: str | Path | None = None,
 
     checkpoint = Path(checkpoint)
     try:
-        with open(checkpoint, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256")
+        content = file_sha256(checkpoint)
     except OSError as exc:
         raise AdpsError(f"cannot read the checkpoint ({exc.strerror})", checkpoint) from exc
-    digest.update(f"adps {__version__} openvino {ov.get_version()}".encode())
-    name = f"{checkpoint.stem}-{digest.hexdigest()[:16]}.xml"
+    key = hashlib.sha256(f"{content} adps {__version__} openvino {ov.get_version()}".encode())
+    name = f"{checkpoint.stem}-{key.hexdigest()[:16]}.xml"
     out = Path(cache or cache_dir()) / "openvino" / name
     if refresh or not (out.is_file() and out.with_suffix(".bin").is_file()):
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ package writes goes through :func:`atomic_write`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -47,3 +48,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, in hex: which checkpoint a service answers with, and the
+    key of its cached conversions."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()

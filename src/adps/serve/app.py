@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import io
 import logging
@@ -43,6 +42,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adps.data.datasets import read_image_bytes
 from adps.engine.predict import Prediction, Predictor
 from adps.errors import AdpsError
+from adps.fileio import file_sha256
 from adps.report.plots import overlay
 from adps.serve.batching import Busy, MicroBatcher
 from adps.version import __version__
@@ -72,11 +72,7 @@ class ServeError(Exception):
 
 def model_id(path: Path) -> str:
     """``name@sha256-prefix``: which file answered, stable across restarts."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return f"{path.name}@{digest.hexdigest()[:12]}"
+    return f"{path.name}@{file_sha256(path)[:12]}"
 
 
 def _png_base64(array: np.ndarray) -> str:
