@@ -94,7 +94,8 @@ class Predictor:
     """
 
     def __init__(self, forward: Forward, config: ModelConfig, thresholds: Thresholds,
-                 device: torch.device, batch_size: int = 32, metadata: dict | None = None):
+                 device: torch.device, batch_size: int = 32, metadata: dict | None = None,
+                 runtime: str = "torch"):
         self.config = config
         self.tiling = Tiling.of(config)
         self.forward = tiled(forward, config, batch_size)
@@ -104,7 +105,7 @@ class Predictor:
         self.device = device
         self.batch_size = batch_size
         self.metadata = metadata or {}
-        self.runtime = "torch"  # what runs the model, in words (set by load)
+        self.runtime = runtime  # what runs the model, in words
 
     def preprocess(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 (3, H, W) images -> uint8 (B, 3, S, S), resized exactly as the datasets do."""
@@ -186,7 +187,7 @@ class Predictor:
         return predictions, failures
 
 
-def _runner_predictor(runner, batch_size: int) -> Predictor:
+def _runner_predictor(runner, batch_size: int, runtime: str) -> Predictor:
     """A predictor around an ONNX or OpenVINO runner (numpy in and out, on the host)."""
 
     def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +195,8 @@ def _runner_predictor(runner, batch_size: int) -> Predictor:
         return torch.from_numpy(maps), torch.from_numpy(scores)
 
     return Predictor(forward, from_dict(ModelConfig, runner.metadata["model_config"]),
-                     runner.thresholds, torch.device("cpu"), batch_size, runner.metadata)
+                     runner.thresholds, torch.device("cpu"), batch_size, runner.metadata,
+                     runtime)
 
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".ts", ".torchscript")  # any other file is a checkpoint
@@ -215,32 +217,26 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None,
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
         runner = OnnxRunner(path, providers=providers)
-        predictor = _runner_predictor(runner, inference_batch_size(dev, batch_size, "onnx"))
-        predictor.runtime = f"onnxruntime ({runner.providers[0]})"
-        return predictor
+        return _runner_predictor(runner, inference_batch_size(dev, batch_size, "onnx"),
+                                 f"onnxruntime ({runner.providers[0]})")
     if suffix == ".xml":
         from adps.engine.runtime import OpenVinoRunner
 
         runner = OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU", precision=precision)
-        predictor = _runner_predictor(runner, inference_batch_size(dev, batch_size))
-        predictor.runtime = f"openvino {runner.device} {runner.precision}"
-        return predictor
+        return _runner_predictor(runner, inference_batch_size(dev, batch_size),
+                                 f"openvino {runner.device} {runner.precision}")
     if suffix in (".ts", ".torchscript"):
         from adps.engine.runtime import load_torchscript
 
         module, meta = load_torchscript(path, dev)
         forward = TorchForward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
-        predictor = Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
-                              Thresholds.from_dict(meta.get("thresholds")), dev,
-                              inference_batch_size(dev, batch_size), meta)
-        predictor.runtime = f"torchscript {dev}"
-        return predictor
+        return Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
+                         Thresholds.from_dict(meta.get("thresholds")), dev,
+                         inference_batch_size(dev, batch_size), meta, f"torchscript {dev}")
     from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(path)
     model = model_from_checkpoint(ckpt)
     meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
-    predictor = Predictor(TorchForward(model, dev), model.config, checkpoint_thresholds(ckpt),
-                          dev, inference_batch_size(dev, batch_size), meta)
-    predictor.runtime = f"torch {dev}"
-    return predictor
+    return Predictor(TorchForward(model, dev), model.config, checkpoint_thresholds(ckpt),
+                     dev, inference_batch_size(dev, batch_size), meta, f"torch {dev}")
