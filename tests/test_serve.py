@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import csv
+import http.client
 import io
 import json
 import re
@@ -308,19 +309,15 @@ def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_pat
             time.sleep(0.1)
         else:
             raise AssertionError(f"no server: {server.stderr.read() if server.poll() else ''}")
-        answers = {}
-
-        def request():
-            answers["r"] = httpx.post(f"{base}/v1/predict?outputs=overlay",
-                                      content=png(FILES[0]),
-                                      headers={"Content-Type": "image/png"}, timeout=60)
-
-        thread = threading.Thread(target=request)
-        thread.start()
+        # the request is sent whole before the signal, so it is in flight when SIGTERM lands
+        # (a thread that encoded and connected after a fixed sleep sometimes came too late)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        connection.request("POST", "/v1/predict?outputs=overlay", body=png(FILES[0]),
+                           headers={"Content-Type": "image/png"})
         time.sleep(0.05)
         server.send_signal(signal.SIGTERM)
-        thread.join(60)
-        assert answers["r"].status_code == 200 and "overlay_png" in answers["r"].json()
+        response = connection.getresponse()
+        assert response.status == 200 and "overlay_png" in json.loads(response.read())
         # uvicorn exits by re-raising the signal once the requests in flight are done
         assert server.wait(60) in (0, -signal.SIGTERM)
         assert "Traceback" not in server.stderr.read()
