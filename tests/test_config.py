@@ -65,6 +65,8 @@ BAD = [
     ("model", "memory_size", 0),
     ("model", "memory_neighbors", 0),
     ("model", "psm_boost", -1.0),
+    ("model", "prior_exponent", 0.0),
+    ("model", "prior_exponent", 1.5),
     ("model", "image_size", (256, 0)),
     ("model", "image_size", (256, 256, 256)),
     ("model", "image_size", (256.0, 128)),

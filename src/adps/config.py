@@ -222,6 +222,11 @@ class ModelConfig:
     # strides 8 and 16, trained with the synthetic defects (psm_boost is unused).
     prior_fusion: Literal["late", "early"] = "late"
     psm_boost: float = 2.0  # late fusion; 0 = the prior alone (PatchCore with k = 1)
+    # late fusion: the prior (in units of its normal 99.9th percentile) is raised to this power
+    # before the product; below 1 the PSM decides more of the ranking. 1 is measured best where
+    # the synthetic defects resemble the real ones least; `adps calibrate --fit-fusion` fits
+    # both from labelled defects.
+    prior_exponent: float = 1.0
     # OUR CHOICE (not in the paper), for parts whose defects vanish when the whole image is
     # resized to image_size: the image is scaled by ``tile_scale`` (1 = native pixels) and cut
     # into image_size tiles overlapping by ``tile_overlap`` of a tile; training draws random
@@ -248,6 +253,7 @@ class ModelConfig:
         _number(self, "memory_size", integer=True, ge=1)
         _number(self, "memory_neighbors", integer=True, ge=1)
         _number(self, "psm_boost", ge=0)
+        _number(self, "prior_exponent", gt=0, le=1)
         _instance(self, "tiling", bool, "true or false")
         _number(self, "tile_overlap", ge=0, lt=1)
         _number(self, "tile_scale", gt=0)

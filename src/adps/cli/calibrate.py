@@ -1,8 +1,10 @@
-"""adps calibrate: set the image threshold from normal images, store it in the checkpoint."""
+"""adps calibrate: set the image threshold from normal images, store it in the checkpoint;
+optionally first fit the memory prior's late fusion to labelled defects."""
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from adps.cli.options import add_backend_arguments, add_inference_arguments
@@ -17,12 +19,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "F1-optimal threshold, and store it instead with --method f1. Refuses when "
                     "the images cannot support the requested rate (fewer than 1/rate normal "
                     "images) and never stores a threshold that flags every normal image. The "
-                    "threshold is written into the checkpoint (atomically).")
+                    "threshold is written into the checkpoint (atomically). With --fit-fusion "
+                    "(models trained with --prior memory), the late fusion's prior exponent and "
+                    "PSM boost are first fitted to --defect-dir and its masks (--mask-dir): the "
+                    "pair with the best mean of pixel AP and AUPRO on them is stored, and the "
+                    "threshold is set for the refitted model.")
     add_inference_arguments(p, "checkpoint (model.pt)")
     add_backend_arguments(p)
     p.add_argument("--normal-dir", required=True, type=Path,
                    help="normal images not used in training (searched recursively)")
     p.add_argument("--defect-dir", type=Path, help="labelled defective images (optional)")
+    p.add_argument("--mask-dir", type=Path,
+                   help="masks of the --defect-dir images (same file name, or name + _mask; "
+                        "sub-folders as in --defect-dir), for --fit-fusion")
+    p.add_argument("--fit-fusion", action="store_true",
+                   help="fit the prior exponent and PSM boost of the late fusion to the "
+                        "labelled defects before calibrating (a few images with masks suffice; "
+                        "use images kept out of any evaluation)")
     p.add_argument("--target-far", type=float, default=0.01,
                    help="target false-alarm rate on normal images (default 0.01)")
     p.add_argument("--method", choices=("far", "f1"), default="far",
@@ -32,19 +45,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from adps.engine.checkpoint import load_checkpoint, store_thresholds
+    from adps.fileio import atomic_save
+
+    ckpt = load_checkpoint(args.model)
+    with tempfile.TemporaryDirectory() as scratch:
+        model_path = args.model
+        if args.fit_fusion:  # the refitted model is scored from a scratch copy, so that a
+            # failed calibration leaves the checkpoint as it was
+            ckpt = fit_fusion(args, ckpt)
+            model_path = atomic_save(ckpt, Path(scratch) / args.model.name)
+        chosen = calibrate(args, model_path)
+    out = store_thresholds(ckpt, chosen, args.out or args.model)
+    print(f"stored image threshold {chosen.threshold:.6g} ({chosen.method}) in {out}")
+    return 0
+
+
+def calibrate(args: argparse.Namespace, model_path: Path):
+    """The image threshold :func:`run` stores, from the model at ``model_path``."""
     import numpy as np
     from tqdm import tqdm
 
     from adps.data.datasets import find_images
     from adps.engine.calibrate import f1_optimal_threshold, threshold_for_false_alarm_rate
-    from adps.engine.checkpoint import load_checkpoint, store_thresholds
     from adps.export import load_predictor
     from adps.errors import AdpsError
 
-    ckpt = load_checkpoint(args.model)
     # scored by the runtime adps predict and serve use by default, so that the stored
     # threshold flags the same images there
-    predictor = load_predictor(args.model, args.device, args.batch_size, args.backend,
+    predictor = load_predictor(model_path, args.device, args.batch_size, args.backend,
                                args.precision)
     print(f"scoring with {predictor.runtime}")
 
@@ -78,6 +107,34 @@ def run(args: argparse.Namespace) -> int:
             chosen = f1
     elif args.method == "f1":
         raise AdpsError("--method f1 needs labelled defective images (--defect-dir)")
-    out = store_thresholds(ckpt, chosen, args.out or args.model)
-    print(f"stored image threshold {chosen.threshold:.6g} ({chosen.method}) in {out}")
-    return 0
+    return chosen
+
+
+def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
+    """``ckpt`` with its late fusion fitted to the labelled defects."""
+    from adps.data.cache import load_tensor_stack
+    from adps.data.datasets import Folder
+    from adps.data.spec import detect_mask_suffix
+    from adps.engine.checkpoint import model_from_checkpoint, with_fusion
+    from adps.engine.device import resolve_device
+    from adps.engine.fusion import check_late_fusion, choose_fusion, component_maps
+    from adps.errors import AdpsError
+
+    if args.defect_dir is None or args.mask_dir is None:
+        raise AdpsError("--fit-fusion needs labelled defects: --defect-dir and --mask-dir")
+    device = resolve_device(args.device)
+    model = model_from_checkpoint(ckpt, device)
+    check_late_fusion(model)
+    defects = Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
+                     mask_suffix=detect_mask_suffix(args.mask_dir), split="test",
+                     recursive=True, size=model.config.image_size)
+    images, masks, _ = load_tensor_stack(defects, progress=not args.no_progress)
+    psm, prior = component_maps(model, images, device, args.batch_size or 8,
+                                progress=not args.no_progress)
+    fit = choose_fusion(masks[:, 0] > 0, psm, prior)
+    print(f"fusion fitted on {fit.n_images} defective images (mean of pixel AP and AUPRO):")
+    for s in fit.scores:
+        chosen = " <- chosen" if (s.exponent, s.boost) == (fit.exponent, fit.boost) else ""
+        print(f"  prior exponent {s.exponent:g}, boost {s.boost:g}: pixel AP {100 * s.pixel_ap:.1f}"
+              f", AUPRO {100 * s.aupro:.1f}{chosen}")
+    return with_fusion(ckpt, fit)

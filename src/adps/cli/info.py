@@ -81,6 +81,11 @@ def describe_checkpoint(path: Path) -> list[str]:
         lines.append(f"  memory prior: {bank.shape[0]} features x {bank.shape[1]} channels "
                      f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
                      f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion")
+        if m.prior_fusion == "late":
+            fitted = ckpt.get("fusion_fit")
+            source = f", fitted on {fitted['n_images']} defective images" if fitted else ""
+            lines.append(f"  late fusion: prior exponent {m.prior_exponent:g}, PSM boost "
+                         f"{m.psm_boost:g}{source}")
     lines.append(f"  decision: {checkpoint_thresholds(ckpt).rule()}")
     return lines
 

@@ -44,6 +44,7 @@ _FIELDS = {
     "prior": ("model", "prior"), "memory_size": ("model", "memory_size"),
     "tile_overlap": ("model", "tile_overlap"), "tile_scale": ("model", "tile_scale"),
     "psm_boost": ("model", "psm_boost"), "prior_fusion": ("model", "prior_fusion"),
+    "prior_exponent": ("model", "prior_exponent"),
 }
 
 
@@ -158,6 +159,10 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--psm-boost", type=float, metavar="A",
                    help="late fusion: the prior is multiplied by 1 + A x the PSM's probability "
                         "(default 2; 0 = the prior alone)")
+    m.add_argument("--prior-exponent", type=float, metavar="G",
+                   help="late fusion: the prior is raised to G in (0, 1] before that product "
+                        "(default 1; lower lets the PSM decide more; adps calibrate "
+                        "--fit-fusion fits G and A from labelled defects)")
     m.add_argument("--prior-fusion", choices=("late", "early"),
                    help="late (default): mix the prior map with the trained PSM's map; early: "
                         "the PSM takes the prior as an input and learns to use it")

@@ -62,7 +62,7 @@ class DataSpec:
             parent, category = (root, self.category) if self.category else (root.parent, root.name)
             suffix = self.mask_suffix
             if suffix is None:
-                suffix = _detect_suffix(parent / category / "ground_truth")
+                suffix = detect_mask_suffix(parent / category / "ground_truth")
             return MVTecAD(parent, category, split, size=size, mask_required=required,
                            mask_suffix=suffix)
         if fmt == "ksdd2":
@@ -75,7 +75,7 @@ class DataSpec:
                       size=size)
 
 
-def _detect_suffix(gt_root: Path) -> str:
+def detect_mask_suffix(gt_root: Path) -> str:
     """'_mask' when the ground-truth files are named like MVTec's, else '' (same name)."""
     for path in gt_root.rglob("*"):
         if path.suffix.lower() in IMAGE_EXTENSIONS:

@@ -16,6 +16,7 @@ import torch
 from adps.version import __version__
 from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
 from adps.engine.calibrate import Calibration, Thresholds
+from adps.engine.fusion import FusionFit
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
 from adps.models.adps import ADPS
@@ -69,3 +70,10 @@ def store_thresholds(ckpt: dict, calibration: Calibration, path: str | Path) -> 
     """Writes ``ckpt`` with the calibrated image threshold (and its provenance) to ``path``."""
     thresholds = checkpoint_thresholds(ckpt).calibrated(calibration)
     return atomic_save({**ckpt, "thresholds": thresholds.to_dict()}, path)
+
+
+def with_fusion(ckpt: dict, fit: FusionFit) -> dict:
+    """``ckpt`` with the fitted late fusion in its model config and the scores that chose it.
+    An image threshold set for the old fusion no longer applies: calibrate after this."""
+    config = {**ckpt["model_config"], "prior_exponent": fit.exponent, "psm_boost": fit.boost}
+    return {**ckpt, "model_config": config, "fusion_fit": fit.to_dict()}

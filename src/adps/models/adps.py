@@ -175,7 +175,8 @@ class ADPS(nn.Module):
         self.memory = None
         if config.prior == "memory":
             self.memory = MemoryPrior(sum(channels[i] for i in MEMORY_LEVELS),
-                                      config.memory_neighbors, config.psm_boost)
+                                      config.memory_neighbors, config.psm_boost,
+                                      config.prior_exponent)
 
     def train(self, mode: bool = True) -> "ADPS":
         super().train(mode)

@@ -100,24 +100,28 @@ class MemoryPrior(nn.Module):
     ``forward(teacher_features, size)`` gives the prior map (B, 1, H, W): per position, the mean
     distance to the ``neighbors`` nearest bank features, upsampled to the image size.
 
-    Late fusion, :meth:`fuse`, multiplies the prior by ``1 + boost * p`` (p the PSM's
-    probability): the memory says where the part looks unlike any normal one, the PSM sharpens
+    Late fusion, :meth:`fuse` (:func:`late_fusion`), multiplies the prior by ``1 + boost * p``
+    (p the PSM's probability): the memory says where the part looks unlike any normal one, the PSM sharpens
     and confirms it. A product, unlike a sum, needs no common scale for the two maps, and it
     keeps the prior's ranking where the PSM is silent, which matters where the synthetic defects
     taught the PSM little (measured in the README). The result is squashed to [0, 1) by
     ``1 - 2^(-r)``, with ``r`` the boosted prior over the prior's 99.9th percentile on normal
     images, so the pixel threshold 0.5 keeps a meaning: farther from normal than almost every
-    normal pixel.
+    normal pixel. ``exponent`` < 1 flattens the prior before the product, so the PSM's sharper
+    map decides more of the ranking: right where the synthetic defects resemble the real ones,
+    wrong where they do not, so it is fitted per surface on labelled defects (engine/fusion.py).
 
     Early fusion, :meth:`standardized`, gives the PSM the prior as an input, in units of its
     spread on normal images; in training each image is scored without its own bank entries
     (``groups``), as a new image would be.
     """
 
-    def __init__(self, channels: int, neighbors: int = 1, boost: float = 2.0):
+    def __init__(self, channels: int, neighbors: int = 1, boost: float = 2.0,
+                 exponent: float = 1.0):
         super().__init__()
         self.neighbors = neighbors
         self.boost = boost
+        self.exponent = exponent
         self.register_buffer("bank", torch.zeros(0, channels))
         self.register_buffer("sources", torch.zeros(0, dtype=torch.long))  # each row's image
         # the prior's mean, standard deviation and 99.9th percentile on normal images
@@ -160,10 +164,19 @@ class MemoryPrior(nn.Module):
         return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
 
     def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor) -> torch.Tensor:
-        ratio = prior_map / self.stats[2] * (1 + self.boost * psm_map)
-        # 2^(-r) as exp(-r ln 2): the TorchScript-based ONNX exporter has no exp2 (the dynamo
-        # exporter it then falls back to gave OpenVINO a slower graph)
-        return 1 - torch.exp(ratio * -math.log(2))
+        return late_fusion(psm_map, prior_map / self.stats[2], self.boost, self.exponent)
 
 
-__all__ = ["MemoryPrior", "embed", "greedy_coreset", "nearest_distances", "MEMORY_LEVELS"]
+def late_fusion(psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float,
+                exponent: float = 1.0) -> torch.Tensor:
+    """``1 - 2^-r`` with ``r = scaled_prior^exponent x (1 + boost x psm_map)``, the prior in
+    units of its 99.9th percentile on normal images (see :class:`MemoryPrior`)."""
+    if exponent != 1:  # the default graph has no Pow node
+        scaled_prior = scaled_prior.pow(exponent)
+    ratio = scaled_prior * (1 + boost * psm_map)
+    # 2^(-r) as exp(-r ln 2): the TorchScript-based ONNX exporter has no exp2 (the dynamo
+    # exporter it then falls back to gave OpenVINO a slower graph)
+    return 1 - torch.exp(ratio * -math.log(2))
+
+
+__all__ = ["MemoryPrior", "embed", "late_fusion", "greedy_coreset", "nearest_distances", "MEMORY_LEVELS"]

@@ -1,0 +1,107 @@
+"""Fitting the late fusion of the PSM and the memory prior to one surface, from labelled defects.
+
+Which map should decide the ranking depends on the surface (README, "A memory of normal
+features"): where the synthetic defects resemble the real ones, the PSM's sharp map (a low prior
+exponent, a high boost); where they do not, the prior's (exponent 1, the default). Normal images
+cannot tell the two cases apart, and one fixed fusion measured below the PSM alone on one surface
+or below PatchCore on another. A few defective images with masks can: each (exponent, boost) of
+a small grid is scored by the mean of pixel AP and AUPRO on them, from PSM and prior maps that
+are computed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm import tqdm
+
+from adps.errors import AdpsError
+from adps.metrics import pixel_metrics
+from adps.models.adps import ADPS
+from adps.models.memory import late_fusion
+
+# (prior exponent, PSM boost); the first is the shipped default, kept on ties
+FUSION_GRID = ((1.0, 2.0),) + tuple((g, a) for g in (1.0, 0.75, 0.5, 0.25)
+                                    for a in (1.0, 2.0, 4.0, 8.0) if (g, a) != (1.0, 2.0))
+
+
+@dataclass(frozen=True)
+class FusionScore:
+    exponent: float
+    boost: float
+    pixel_ap: float
+    aupro: float
+
+    @property
+    def value(self) -> float:
+        """What the fit maximises: the two map metrics the PSM alone is judged by."""
+        return (self.pixel_ap + self.aupro) / 2
+
+
+@dataclass(frozen=True)
+class FusionFit:
+    exponent: float
+    boost: float
+    n_images: int
+    scores: tuple[FusionScore, ...]  # every grid point, in grid order
+
+    def to_dict(self) -> dict:
+        return {"exponent": self.exponent, "boost": self.boost, "n_images": self.n_images,
+                "scores": [asdict(s) for s in self.scores]}
+
+
+def check_late_fusion(model: ADPS) -> None:
+    """Raises, naming the config field, unless ``model`` has a fitted, late-fused memory prior
+    on whole images (a tiled model blends fused tile maps, which the fit does not model)."""
+    c = model.config
+    if model.memory is None:
+        raise AdpsError("the model has no memory prior to fuse (model.prior is 'none'; train "
+                        "with --prior memory)")
+    if c.prior_fusion != "late":
+        raise AdpsError(f"model.prior_fusion is '{c.prior_fusion}': only late fusion has an "
+                        "exponent and a boost to fit")
+    if c.tiling:
+        raise AdpsError("model.tiling is on: fitting the fusion works on whole images only "
+                        "(tile maps are fused before they are blended)")
+    if not model.memory.fitted:
+        raise AdpsError("the model's memory bank is empty")
+
+
+@torch.no_grad()
+def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
+                   batch_size: int = 8, progress: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PSM's probability and the prior in units of its normal 99.9th percentile, each
+    (N, H, W) float32 on the CPU, for (N, 3, H, W) uint8 images."""
+    check_late_fusion(model)
+    model = model.to(device).eval()
+    size = images.shape[-2:]
+    psm, prior = [], []
+    for i in tqdm(range(0, len(images), batch_size), desc="fusion maps", unit="batch",
+                  disable=not progress):
+        x = images[i:i + batch_size].to(device).float().div_(255).contiguous(
+            memory_format=torch.channels_last)
+        p, teacher = model.psm_map(x)
+        psm.append(p[:, 0].float())
+        prior.append((model.memory(teacher, size) / model.memory.stats[2])[:, 0])
+    return torch.cat(psm).cpu(), torch.cat(prior).cpu()
+
+
+def choose_fusion(masks: torch.Tensor, psm: torch.Tensor, scaled_prior: torch.Tensor,
+                  grid: tuple[tuple[float, float], ...] = FUSION_GRID) -> FusionFit:
+    """The (exponent, boost) of ``grid`` whose fused maps score the highest mean of pixel AP
+    and AUPRO against ``masks`` (N, H, W); the earlier grid point wins a tie."""
+    if not bool(masks.any()):
+        raise AdpsError("fitting the fusion needs masks with defect pixels; every mask is empty")
+    scores = []
+    for exponent, boost in grid:
+        fused = late_fusion(psm, scaled_prior, boost, exponent)
+        m = pixel_metrics(masks.numpy(), fused.numpy())
+        scores.append(FusionScore(exponent, boost, m["pixel_ap"], m["aupro"]))
+    best = max(scores, key=lambda s: s.value)  # max keeps the first of equal values
+    return FusionFit(best.exponent, best.boost, len(masks), tuple(scores))
+
+
+__all__ = ["FUSION_GRID", "FusionFit", "FusionScore", "check_late_fusion", "choose_fusion",
+           "component_maps"]
