@@ -228,3 +228,6 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     assert main(["calibrate", "--model", str(model_path), "--normal-dir", str(normal),
                  "--defect-dir", str(defects), "--fit-fusion", "--device", "cpu"]) == 2
     assert "--mask-dir" in capsys.readouterr().err
+    assert main(["calibrate", "--model", str(model_path), "--normal-dir", str(normal),
+                 "--mask-dir", str(masks_dir), "--device", "cpu"]) == 2
+    assert "only read by --fit-fusion" in capsys.readouterr().err

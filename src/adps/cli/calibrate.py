@@ -46,8 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from adps.engine.checkpoint import load_checkpoint, store_thresholds
+    from adps.errors import AdpsError
     from adps.fileio import atomic_save
 
+    if args.mask_dir is not None and not args.fit_fusion:
+        raise AdpsError("--mask-dir is only read by --fit-fusion")
     ckpt = load_checkpoint(args.model)
     with tempfile.TemporaryDirectory() as scratch:
         model_path = args.model
