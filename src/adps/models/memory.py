@@ -101,15 +101,16 @@ class MemoryPrior(nn.Module):
     distance to the ``neighbors`` nearest bank features, upsampled to the image size.
 
     Late fusion, :meth:`fuse` (:func:`late_fusion`), multiplies the prior by ``1 + boost * p``
-    (p the PSM's probability): the memory says where the part looks unlike any normal one, the PSM sharpens
-    and confirms it. A product, unlike a sum, needs no common scale for the two maps, and it
-    keeps the prior's ranking where the PSM is silent, which matters where the synthetic defects
-    taught the PSM little (measured in the README). The result is squashed to [0, 1) by
-    ``1 - 2^(-r)``, with ``r`` the boosted prior over the prior's 99.9th percentile on normal
-    images, so the pixel threshold 0.5 keeps a meaning: farther from normal than almost every
-    normal pixel. ``exponent`` < 1 flattens the prior before the product, so the PSM's sharper
-    map decides more of the ranking: right where the synthetic defects resemble the real ones,
-    wrong where they do not, so it is fitted per surface on labelled defects (engine/fusion.py).
+    (p the PSM's probability): the memory says where the part looks unlike any normal one, the
+    PSM sharpens and confirms it. A product, unlike a sum, needs no common scale for the two
+    maps, and it keeps the prior's ranking where the PSM is silent, which matters where the
+    synthetic defects taught the PSM little (measured in the README). The result is squashed to
+    [0, 1) by ``1 - 2^(-r)``, with ``r`` the boosted prior over the prior's 99.9th percentile on
+    normal images, so the pixel threshold 0.5 keeps a meaning: farther from normal than almost
+    every normal pixel. ``exponent`` < 1 flattens the prior before the product, so the PSM's
+    sharper map decides more of the ranking: right where the synthetic defects resemble the
+    real ones, wrong where they do not, so it is fitted per surface on labelled defects
+    (engine/fusion.py).
 
     Early fusion, :meth:`standardized`, gives the PSM the prior as an input, in units of its
     spread on normal images; in training each image is scored without its own bank entries
@@ -179,4 +180,5 @@ def late_fusion(psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float,
     return 1 - torch.exp(ratio * -math.log(2))
 
 
-__all__ = ["MemoryPrior", "embed", "late_fusion", "greedy_coreset", "nearest_distances", "MEMORY_LEVELS"]
+__all__ = ["MemoryPrior", "embed", "late_fusion", "greedy_coreset", "nearest_distances",
+           "MEMORY_LEVELS"]
