@@ -20,6 +20,7 @@ from adps.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_
 from adps.engine.fusion import FUSION_GRID, check_late_fusion, choose_fusion, component_maps
 from adps.engine.prior import fit_prior
 from adps.engine.runtime import OnnxRunner, load_torchscript
+from adps.engine.tiling import Tiling, grid_tiles
 from adps.errors import AdpsError
 from adps.export import export_onnx, export_torchscript
 from adps.fileio import atomic_save
@@ -152,16 +153,13 @@ def test_the_model_fuses_with_its_configured_exponent_and_exports_it(prior_model
 
 
 def test_check_late_fusion_names_the_field(prior_model):
+    """No prior, early fusion, an empty bank: each refused, naming what is wrong."""
     with pytest.raises(AdpsError, match="model.prior is 'none'"):
         check_late_fusion(ADPS(ModelConfig(image_size=SIZE, k=4), pretrained=False))
     early = ADPS(ModelConfig(image_size=SIZE, k=4, prior="memory", prior_fusion="early"),
                  pretrained=False)
     with pytest.raises(AdpsError, match="model.prior_fusion is 'early'"):
         check_late_fusion(early)
-    tiled = ADPS(ModelConfig(image_size=SIZE, k=4, prior="memory", tiling=True),
-                 pretrained=False)
-    with pytest.raises(AdpsError, match="model.tiling"):
-        check_late_fusion(tiled)
     with pytest.raises(AdpsError, match="memory bank is empty"):
         check_late_fusion(ADPS(ModelConfig(image_size=SIZE, k=4, prior="memory"),
                                pretrained=False))
@@ -231,3 +229,49 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     assert main(["calibrate", "--model", str(model_path), "--normal-dir", str(normal),
                  "--mask-dir", str(masks_dir), "--device", "cpu"]) == 2
     assert "only read by --fit-fusion" in capsys.readouterr().err
+
+
+def test_a_tiled_model_is_fitted_on_its_tiles(tmp_path, tmp_path_factory, capsys):
+    """A tiled model fuses each tile's maps before blending them, so its fit is on the tile
+    grid of its frames (128 px frames, 64 px tiles: 4 per image); the stored pair is the best
+    of a brute force over the model's own fused tile maps."""
+    from adps.cli import main
+
+    big = make_demo_dataset(tmp_path_factory.mktemp("big"), size=2 * SIZE, n_train=4,
+                            n_test_good=2, n_test_defect=6)
+    torch.manual_seed(0)
+    config = ModelConfig(image_size=SIZE, k=4, prior="memory", memory_size=200, tiling=True)
+    model = ADPS(config, pretrained=False)
+    tiling = Tiling.of(config)
+    train, _, _ = load_tensor_stack(MVTecAD(big.parent, big.name, "train", 2 * SIZE),
+                                    progress=False)
+    fit_prior(model, grid_tiles(train, tiling))
+    model_path = atomic_save(make_checkpoint(model.eval(), None), tmp_path / "tiled.pt")
+    defects = tmp_path / "defects"
+    for kind in ("dent", "scratch", "stain"):
+        shutil.copytree(big / "test" / kind, defects / kind)
+    assert main(["calibrate", "--model", str(model_path), "--normal-dir",
+                 str(big / "test" / "good"), "--defect-dir", str(defects), "--mask-dir",
+                 str(big / "ground_truth"), "--fit-fusion", "--target-far", "0.5",
+                 "--backend", "torch", "--device", "cpu", "--no-progress"]) == 0
+    assert "fusion fitted on 6 defective images (cut into tiles)" in capsys.readouterr().out
+
+    test = MVTecAD(big.parent, big.name, "test", 2 * SIZE)
+    images, masks, labels = load_tensor_stack(test, progress=False)
+    tiles = grid_tiles(images[labels == 1], tiling)
+    truth = grid_tiles(masks[labels == 1], tiling)[:, 0].numpy() > 0
+    assert tiles.shape[0] == 6 * 4
+    values = {}
+    for exponent, boost in FUSION_GRID:
+        pair = from_dict(ModelConfig, {**vars(config), "prior_exponent": exponent,
+                                       "psm_boost": boost})
+        fused_model = ADPS(pair, pretrained=False)
+        fused_model.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            fused, _ = fused_model.eval()(tiles.float() / 255)
+        values[exponent, boost] = (average_precision_score(truth.ravel(), fused.numpy().ravel())
+                                   + aupro(truth, fused[:, 0].numpy())) / 2
+    ckpt = load_checkpoint(model_path)
+    chosen = ckpt["model_config"]["prior_exponent"], ckpt["model_config"]["psm_boost"]
+    assert values[chosen] == pytest.approx(max(values.values()), abs=1e-5)
+    assert ckpt["fusion_fit"]["n_images"] == 6

@@ -115,29 +115,32 @@ def calibrate(args: argparse.Namespace, model_path: Path):
 
 def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
     """``ckpt`` with its late fusion fitted to the labelled defects."""
-    from adps.data.cache import load_tensor_stack
     from adps.data.datasets import Folder
     from adps.data.spec import detect_mask_suffix
+    from adps.engine import fusion
     from adps.engine.checkpoint import model_from_checkpoint, with_fusion
     from adps.engine.device import resolve_device
-    from adps.engine.fusion import check_late_fusion, choose_fusion, component_maps
+    from adps.engine.tiling import working_size
     from adps.errors import AdpsError
 
     if args.defect_dir is None or args.mask_dir is None:
         raise AdpsError("--fit-fusion needs labelled defects: --defect-dir and --mask-dir")
     device = resolve_device(args.device)
     model = model_from_checkpoint(ckpt, device)
-    check_late_fusion(model)
+    fusion.check_late_fusion(model)
+    config = model.config
     defects = Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
                      mask_suffix=detect_mask_suffix(args.mask_dir), split="test",
-                     recursive=True, size=model.config.image_size)
-    images, masks, _ = load_tensor_stack(defects, progress=not args.no_progress)
-    psm, prior = component_maps(model, images, device, args.batch_size or 8,
-                                progress=not args.no_progress)
-    fit = choose_fusion(masks[:, 0] > 0, psm, prior)
-    print(f"fusion fitted on {fit.n_images} defective images (mean of pixel AP and AUPRO):")
+                     recursive=True, size=None if config.tiling else config.image_size)
+    if config.tiling:
+        defects = defects.resized(working_size(config, str(defects.records[0].image)))
+    fit = fusion.fit_fusion(model, defects, device, args.batch_size or 8,
+                            progress=not args.no_progress)
+    where = " (cut into tiles)" if config.tiling else ""
+    print(f"fusion fitted on {fit.n_images} defective images{where} (mean of pixel AP and "
+          "AUPRO):")
     for s in fit.scores:
         chosen = " <- chosen" if (s.exponent, s.boost) == (fit.exponent, fit.boost) else ""
-        print(f"  prior exponent {s.exponent:g}, boost {s.boost:g}: pixel AP {100 * s.pixel_ap:.1f}"
-              f", AUPRO {100 * s.aupro:.1f}{chosen}")
+        print(f"  prior exponent {s.exponent:g}, boost {s.boost:g}: pixel AP "
+              f"{100 * s.pixel_ap:.1f}, AUPRO {100 * s.aupro:.1f}{chosen}")
     return with_fusion(ckpt, fit)

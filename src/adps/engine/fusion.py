@@ -6,16 +6,20 @@ exponent, a high boost); where they do not, the prior's (exponent 1, the default
 cannot tell the two cases apart, and one fixed fusion measured below the PSM alone on one surface
 or below PatchCore on another. A few defective images with masks can: each (exponent, boost) of
 a small grid is scored by the mean of pixel AP and AUPRO on them, from PSM and prior maps that
-are computed once.
+are computed once. A tiled model fuses each tile's maps before blending them, so it is fitted
+on its tiles.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from tqdm import tqdm
 
+from adps.data.cache import load_tensor_stack
+from adps.data.datasets import AnomalyDataset
+from adps.engine.tiling import Tiling, grid_tiles
 from adps.errors import AdpsError
 from adps.metrics import pixel_metrics
 from adps.models.adps import ADPS
@@ -52,8 +56,8 @@ class FusionFit:
 
 
 def check_late_fusion(model: ADPS) -> None:
-    """Raises, naming the config field, unless ``model`` has a fitted, late-fused memory prior
-    on whole images (a tiled model blends fused tile maps, which the fit does not model)."""
+    """Raises, naming the config field, unless ``model`` has a fitted, late-fused memory
+    prior."""
     c = model.config
     if model.memory is None:
         raise AdpsError("the model has no memory prior to fuse (model.prior is 'none'; train "
@@ -61,9 +65,6 @@ def check_late_fusion(model: ADPS) -> None:
     if c.prior_fusion != "late":
         raise AdpsError(f"model.prior_fusion is '{c.prior_fusion}': only late fusion has an "
                         "exponent and a boost to fit")
-    if c.tiling:
-        raise AdpsError("model.tiling is on: fitting the fusion works on whole images only "
-                        "(tile maps are fused before they are blended)")
     if not model.memory.fitted:
         raise AdpsError("the model's memory bank is empty")
 
@@ -103,5 +104,20 @@ def choose_fusion(masks: torch.Tensor, psm: torch.Tensor, scaled_prior: torch.Te
     return FusionFit(best.exponent, best.boost, len(masks), tuple(scores))
 
 
+def fit_fusion(model: ADPS, defects: AnomalyDataset, device: torch.device, batch_size: int = 8,
+               progress: bool = False) -> FusionFit:
+    """The fusion :func:`choose_fusion` picks for ``defects`` (defective images with masks,
+    decoded at the model's working size: ``engine.tiling.working_size``). A tiled model's
+    images are cut into its tile grid, since its fusion acts on tile maps."""
+    check_late_fusion(model)
+    images, masks, _ = load_tensor_stack(defects, progress=progress)
+    n_images = len(images)
+    tiling = Tiling.of(model.config)
+    if tiling is not None:
+        images, masks = grid_tiles(images, tiling), grid_tiles(masks, tiling)
+    psm, prior = component_maps(model, images, device, batch_size, progress)
+    return replace(choose_fusion(masks[:, 0] > 0, psm, prior), n_images=n_images)
+
+
 __all__ = ["FUSION_GRID", "FusionFit", "FusionScore", "check_late_fusion", "choose_fusion",
-           "component_maps"]
+           "component_maps", "fit_fusion"]
