@@ -127,7 +127,6 @@ def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
         raise AdpsError("--fit-fusion needs labelled defects: --defect-dir and --mask-dir")
     device = resolve_device(args.device)
     model = model_from_checkpoint(ckpt, device)
-    fusion.check_late_fusion(model)
     config = model.config
     defects = Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
                      mask_suffix=detect_mask_suffix(args.mask_dir), split="test",

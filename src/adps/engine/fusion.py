@@ -75,7 +75,6 @@ def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PSM's probability and the prior in units of its normal 99.9th percentile, each
     (N, H, W) float32 on the CPU, for (N, 3, H, W) uint8 images."""
-    check_late_fusion(model)
     model = model.to(device).eval()
     size = images.shape[-2:]
     psm, prior = [], []
@@ -109,7 +108,7 @@ def fit_fusion(model: ADPS, defects: AnomalyDataset, device: torch.device, batch
     """The fusion :func:`choose_fusion` picks for ``defects`` (defective images with masks,
     decoded at the model's working size: ``engine.tiling.working_size``). A tiled model's
     images are cut into its tile grid, since its fusion acts on tile maps."""
-    check_late_fusion(model)
+    check_late_fusion(model)  # before decoding the images
     images, masks, _ = load_tensor_stack(defects, progress=progress)
     n_images = len(images)
     tiling = Tiling.of(model.config)
