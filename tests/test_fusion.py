@@ -71,6 +71,27 @@ def brute_force_choice(masks, psm, prior):
     return best, best_value
 
 
+def assert_stored_pair_is_best(path, model: ADPS, images: torch.Tensor, truth: np.ndarray,
+                               n_images: int) -> tuple[float, float]:
+    """The pair stored at ``path`` is the best of a brute force over the model's own fused maps
+    of ``images`` (one model per grid pair) against ``truth``; returns it."""
+    values = {}
+    for exponent, boost in FUSION_GRID:
+        config = from_dict(ModelConfig, {**vars(model.config), "prior_exponent": exponent,
+                                         "psm_boost": boost})
+        pair = ADPS(config, pretrained=False)
+        pair.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            fused, _ = pair.eval()(images.float() / 255)
+        values[exponent, boost] = (average_precision_score(truth.ravel(), fused.numpy().ravel())
+                                   + aupro(truth, fused[:, 0].numpy())) / 2
+    ckpt = load_checkpoint(path)
+    chosen = ckpt["model_config"]["prior_exponent"], ckpt["model_config"]["psm_boost"]
+    assert values[chosen] == pytest.approx(max(values.values()), abs=1e-5)
+    assert ckpt["fusion_fit"]["n_images"] == n_images
+    return chosen
+
+
 @pytest.mark.parametrize("case", ["sharp psm, halo prior", "useless psm, right prior"])
 def test_choose_fusion_against_brute_force_and_known_answers(case):
     """A PSM that marks the defect sharply beside a prior that blurs it wants the prior
@@ -163,7 +184,7 @@ def test_check_late_fusion_names_the_field(prior_model):
     with pytest.raises(AdpsError, match="memory bank is empty"):
         check_late_fusion(ADPS(ModelConfig(image_size=SIZE, k=4, prior="memory"),
                                pretrained=False))
-    check_late_fusion(prior_model)  # fitted, late, whole images: no error
+    check_late_fusion(prior_model)  # fitted and late: no error
 
 
 def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp_path, capsys):
@@ -189,21 +210,9 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     test = MVTecAD(category.parent, category.name, "test", SIZE)
     images, masks, labels = load_tensor_stack(test, progress=False)
     defective = labels == 1
-    values = {}
-    for exponent, boost in FUSION_GRID:
-        config = from_dict(ModelConfig, {**vars(prior_model.config), "prior_exponent": exponent,
-                                         "psm_boost": boost})
-        model = ADPS(config, pretrained=False)
-        model.load_state_dict(prior_model.state_dict())
-        with torch.no_grad():
-            fused, _ = model.eval()(images[defective].float() / 255)
-        truth = masks[defective, 0].numpy() > 0
-        values[exponent, boost] = (average_precision_score(truth.ravel(), fused.numpy().ravel())
-                                   + aupro(truth, fused[:, 0].numpy())) / 2
+    chosen = assert_stored_pair_is_best(out, prior_model, images[defective],
+                                        masks[defective, 0].numpy() > 0, n_images=9)
     ckpt = load_checkpoint(out)
-    chosen = ckpt["model_config"]["prior_exponent"], ckpt["model_config"]["psm_boost"]
-    assert values[chosen] == pytest.approx(max(values.values()), abs=1e-5)
-    assert ckpt["fusion_fit"]["n_images"] == 9
 
     refitted = model_from_checkpoint(ckpt)
     assert (refitted.memory.exponent, refitted.memory.boost) == chosen
@@ -261,17 +270,4 @@ def test_a_tiled_model_is_fitted_on_its_tiles(tmp_path, tmp_path_factory, capsys
     tiles = grid_tiles(images[labels == 1], tiling)
     truth = grid_tiles(masks[labels == 1], tiling)[:, 0].numpy() > 0
     assert tiles.shape[0] == 6 * 4
-    values = {}
-    for exponent, boost in FUSION_GRID:
-        pair = from_dict(ModelConfig, {**vars(config), "prior_exponent": exponent,
-                                       "psm_boost": boost})
-        fused_model = ADPS(pair, pretrained=False)
-        fused_model.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            fused, _ = fused_model.eval()(tiles.float() / 255)
-        values[exponent, boost] = (average_precision_score(truth.ravel(), fused.numpy().ravel())
-                                   + aupro(truth, fused[:, 0].numpy())) / 2
-    ckpt = load_checkpoint(model_path)
-    chosen = ckpt["model_config"]["prior_exponent"], ckpt["model_config"]["psm_boost"]
-    assert values[chosen] == pytest.approx(max(values.values()), abs=1e-5)
-    assert ckpt["fusion_fit"]["n_images"] == 6
+    assert_stored_pair_is_best(model_path, model, tiles, truth, n_images=6)
