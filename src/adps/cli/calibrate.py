@@ -120,7 +120,7 @@ def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
     from adps.engine import fusion
     from adps.engine.checkpoint import model_from_checkpoint, with_fusion
     from adps.engine.device import resolve_device
-    from adps.engine.tiling import working_size
+    from adps.engine.tiling import at_working_size
     from adps.errors import AdpsError
 
     if args.defect_dir is None or args.mask_dir is None:
@@ -128,12 +128,10 @@ def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
     device = resolve_device(args.device)
     model = model_from_checkpoint(ckpt, device)
     config = model.config
-    defects = Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
-                     mask_suffix=detect_mask_suffix(args.mask_dir), split="test",
-                     recursive=True, size=None if config.tiling else config.image_size)
-    if config.tiling:
-        defects = defects.resized(working_size(config, str(defects.records[0].image)))
-    fit = fusion.fit_fusion(model, defects, device, args.batch_size or 8,
+    defects = at_working_size(Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
+                                     mask_suffix=detect_mask_suffix(args.mask_dir),
+                                     split="test", recursive=True, size=None), config)
+    fit = fusion.fit_fusion(model, defects, device, args.batch_size,
                             progress=not args.no_progress)
     where = " (cut into tiles)" if config.tiling else ""
     print(f"fusion fitted on {fit.n_images} defective images{where} (mean of pixel AP and "

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from tqdm import tqdm
 
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
+from adps.engine.prior import image_batches
 from adps.engine.tiling import Tiling, grid_tiles
 from adps.errors import AdpsError
 from adps.metrics import pixel_metrics
@@ -71,17 +71,14 @@ def check_late_fusion(model: ADPS) -> None:
 
 @torch.no_grad()
 def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
-                   batch_size: int = 8, progress: bool = False
+                   batch_size: int | None = None, progress: bool = False
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The PSM's probability and the prior in units of its normal 99.9th percentile, each
     (N, H, W) float32 on the CPU, for (N, 3, H, W) uint8 images."""
     model = model.to(device).eval()
     size = images.shape[-2:]
     psm, prior = [], []
-    for i in tqdm(range(0, len(images), batch_size), desc="fusion maps", unit="batch",
-                  disable=not progress):
-        x = images[i:i + batch_size].to(device).float().div_(255).contiguous(
-            memory_format=torch.channels_last)
+    for x in image_batches(images, device, batch_size, "fusion maps", progress):
         p, teacher = model.psm_map(x)
         psm.append(p[:, 0].float())
         prior.append((model.memory(teacher, size) / model.memory.stats[2])[:, 0])
@@ -103,8 +100,8 @@ def choose_fusion(masks: torch.Tensor, psm: torch.Tensor, scaled_prior: torch.Te
     return FusionFit(best.exponent, best.boost, len(masks), tuple(scores))
 
 
-def fit_fusion(model: ADPS, defects: AnomalyDataset, device: torch.device, batch_size: int = 8,
-               progress: bool = False) -> FusionFit:
+def fit_fusion(model: ADPS, defects: AnomalyDataset, device: torch.device,
+               batch_size: int | None = None, progress: bool = False) -> FusionFit:
     """The fusion :func:`choose_fusion` picks for ``defects`` (defective images with masks,
     decoded at the model's working size: ``engine.tiling.working_size``). A tiled model's
     images are cut into its tile grid, since its fusion acts on tile maps."""

@@ -33,8 +33,10 @@ class PriorFit:
     seconds: float
 
 
-def _batches(images: torch.Tensor, device: torch.device, batch_size: int | None, desc: str,
-             progress: bool):
+def image_batches(images: torch.Tensor, device: torch.device, batch_size: int | None,
+                  desc: str, progress: bool):
+    """(B, 3, H, W) float batches in [0, 1], channels-last on ``device``, of a uint8 stack, with
+    a progress bar: how the memory's fit and the fusion's fit read their images."""
     batch_size = inference_batch_size(device, batch_size) if device.type == "cuda" else (
         batch_size or 8)
     for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
@@ -67,7 +69,8 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     device = model.mean.device
 
     embedding = torch.cat([embed(model.teacher(model.normalize(batch)))
-                           for batch in _batches(images, device, batch_size, "memory", progress)])
+                           for batch in image_batches(images, device, batch_size, "memory",
+                                                       progress)])
     n, c, h, w = embedding.shape
     features = embedding.permute(0, 2, 3, 1).reshape(-1, c)
     sources = torch.arange(n, device=device).repeat_interleave(h * w)
@@ -81,11 +84,11 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
                            for i in range(0, n, _IMAGE_CHUNK)])
     else:
         prior = torch.cat([memory.distances(embed(model.teacher(model.normalize(batch))))
-                           for batch in _batches(holdout, device, batch_size, "memory stats",
+                           for batch in image_batches(holdout, device, batch_size, "memory stats",
                                                  progress)])
     memory.stats = _statistics(prior).to(device)
     return PriorFit(len(chosen), len(features), "leave-one-out" if holdout is None else "holdout",
                     time.perf_counter() - start)
 
 
-__all__ = ["PriorFit", "fit_prior"]
+__all__ = ["PriorFit", "fit_prior", "image_batches"]

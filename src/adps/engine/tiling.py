@@ -170,9 +170,13 @@ def open_split(spec: DataSpec, split: str, config: ModelConfig) -> AnomalyDatase
     """A split of ``spec`` at the size ``config`` works at (:func:`working_size`)."""
     if not config.tiling:
         return spec.open(split, config.image_size)
-    dataset = spec.open(split, None)
+    return at_working_size(spec.open(split, None), config)
+
+
+def at_working_size(dataset: AnomalyDataset, config: ModelConfig) -> AnomalyDataset:
+    """``dataset`` decoded at the size ``config`` works at (:func:`working_size`)."""
     return dataset.resized(working_size(config, str(dataset.records[0].image)))
 
 
-__all__ = ["Tiling", "TiledForward", "grid_tiles", "open_split", "score_function", "tiled",
-           "working_size"]
+__all__ = ["Tiling", "TiledForward", "at_working_size", "grid_tiles", "open_split",
+           "score_function", "tiled", "working_size"]
