@@ -273,9 +273,11 @@ def test_empty_file_or_sections_give_empty_sections(tmp_path, text):
 
 
 def _args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_training_arguments(parser)
-    return parser.parse_args(list(argv))
+    return _args.parser.parse_args(list(argv))
+
+
+_args.parser = argparse.ArgumentParser()
+add_training_arguments(_args.parser)
 
 
 GOOD = """\
@@ -317,15 +319,78 @@ def test_recipes_then_file_then_flags(tmp_path):
 
     paper_model, paper_train = configs_from_args(_args("--recipe", "paper"))
     assert paper_model == ModelConfig() and paper_train == TrainConfig()  # the paper's defaults
-    model_fields, train_fields, _ = RECIPES["fast"]
+    assert (paper_model, paper_train) == (ModelConfig.from_recipe("paper"),
+                                          TrainConfig.from_recipe("paper"))
+    fast = RECIPES["fast"]
     model, train = configs_from_args(_args("--recipe", "fast"))
-    assert all(getattr(model, k) == v for k, v in model_fields.items())
-    assert all(getattr(train, k) == v for k, v in train_fields.items())
+    assert all(getattr(model, k) == v for k, v in fast.model.items())
+    assert all(getattr(train, k) == v for k, v in fast.train.items())
+    assert (model, train) == (ModelConfig.from_recipe("fast"), TrainConfig.from_recipe("fast"))
+    assert configs_from_args(_args()) == (model, train)  # the CLI's default recipe
     path = _yaml(tmp_path, "train:\n  lr: 2.0e-4\n")
     model, train = configs_from_args(_args("--recipe", "fast", "--config", str(path),
                                            "--warmup", "0.2", "--psm-output-stride", "1"))
     assert train.lr == 2e-4 and train.warmup == 0.2 and model.psm_output_stride == 1
     assert train.lr_schedule == "cosine"  # what neither the file nor a flag named
+
+
+def test_from_recipe_takes_changes_and_refuses_unknown_names():
+    assert TrainConfig.from_recipe("fast", lr=1e-3) == dataclasses.replace(
+        TrainConfig.from_recipe("fast"), lr=1e-3)
+    with pytest.raises(AdpsError, match="recipe 'quick' is not one of"):
+        ModelConfig.from_recipe("quick")
+
+
+def test_configs_are_frozen():
+    model, train = ModelConfig(), TrainConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.psm_boost = 4.0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        train.lr = 1.0
+    assert dataclasses.replace(model, psm_boost=4.0).psm_boost == 4.0 and model.psm_boost == 2.0
+
+
+def _parse_shown(text: str, like: object) -> object:
+    """A default as the help prints it, read back as a value of the config field's type."""
+    if text in ("on", "off"):
+        return text == "on"
+    if text == "none":
+        return None
+    if isinstance(like, bool):
+        raise AssertionError(f"{text!r} for a boolean field")
+    if isinstance(like, (int, tuple)) and not isinstance(like, float):
+        return parse_size(text) if "x" in text else int(text)
+    if isinstance(like, float):
+        return float(text)
+    return text
+
+
+def test_train_help_states_the_default_recipes_values():
+    """Every training flag's help names the value the command uses when the flag is absent:
+    each flag's entry of `adps train --help`, as argparse renders it, is read back and compared
+    with the configs the CLI builds from no flags at all."""
+    from adps.cli.options import _FIELDS
+
+    parser = adps.cli.build_parser()
+    train_parser = parser._subparsers._group_actions[0].choices["train"]
+    formatter = train_parser._get_formatter()
+    entries = {a.dest: " ".join(formatter._format_action(a).split())
+               for a in train_parser._actions if a.option_strings}
+    model, train = configs_from_args(_args())
+    configs = {"model": model, "train": train}
+    checked = 0
+    for dest, (section, name) in _FIELDS.items():
+        assert dest in entries, f"{dest} is not in the help"
+        if dest in ("textures", "steps_per_epoch"):  # defaults that depend on the data
+            continue
+        shown = re.search(r"default (?:bf16 autocast )?([^\s;)]+)", entries[dest])
+        assert shown, f"{dest}'s help names no default: {entries[dest]!r}"
+        value = getattr(configs[section], name)
+        assert _parse_shown(shown.group(1).rstrip(":"), value) == value, (dest, shown.group(1))
+        checked += 1
+    assert checked >= 25
+    # the paper's values, which the CLI does not use, are named in --recipe's help alone
+    assert "default 32" not in entries["batch_size"] and "1e-4" not in entries["lr"]
 
 
 def test_time_budget_and_precision_flags():

@@ -1,7 +1,14 @@
 """Typed configs. Defaults are the paper's; every "OUR CHOICE" of the method spec is a field.
 
-Configs are plain dataclasses so they serialise into checkpoints as dicts and come back exactly
-(``from_dict``); a checkpoint alone is then enough to rebuild the model and its pre-processing.
+Configs are frozen dataclasses: a model built from one cannot be told one thing and do another,
+and ``dataclasses.replace`` makes a changed copy. They serialise into checkpoints as dicts and
+come back exactly (``from_dict``); a checkpoint alone is then enough to rebuild the model and
+its pre-processing.
+
+Named recipes (:data:`RECIPES`) are the one source of defaults: ``ModelConfig.from_recipe`` and
+``TrainConfig.from_recipe`` give what the CLI starts from (:data:`DEFAULT_RECIPE`), and the
+CLI's ``--help`` prints their values, so no default is typed twice. A bare ``ModelConfig()`` /
+``TrainConfig()`` is the "paper" recipe.
 
 Every config checks every field in ``__post_init__`` (choices, types, ranges) and raises an
 ``AdpsError`` naming ``section.field``, the value and what is allowed. A typo in a YAML file or
@@ -183,7 +190,7 @@ class SynthesisConfig:
         _number(self, "texture_ops", integer=True, ge=0, le=NUM_TEXTURE_OPS)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "efficientnet_lite0"
     # [P] 256 x 256 for every dataset; OUR CHOICE: (height, width) for elongated parts. The
@@ -237,6 +244,11 @@ class ModelConfig:
 
     _SECTION: ClassVar[str] = "model"
 
+    @classmethod
+    def from_recipe(cls, name: str = "paper", **changes: Any) -> "ModelConfig":
+        """The model settings of recipe ``name`` (:data:`RECIPES`), with ``changes`` on top."""
+        return cls(**{**recipe(name).model, **changes})
+
     def __post_init__(self) -> None:
         _literals(self)
         _text(self, "backbone")  # whether it is a known one: adps.models.backbones.get_backbone
@@ -279,8 +291,8 @@ class ModelConfig:
         if isinstance(value, tuple):
             _items(self, "image_size", "an integer > 0 or (height, width)",
                    functools.partial(_number_at, integer=True, gt=0), length=2)
-            if value[0] == value[1]:
-                self.image_size = value[0]  # one spelling per size: checkpoints compare equal
+            if value[0] == value[1]:  # one spelling per size: checkpoints compare equal
+                object.__setattr__(self, "image_size", value[0])
         else:
             _number_at(where, value, integer=True, gt=0)
 
@@ -323,7 +335,7 @@ def parse_size(text: str) -> int | tuple[int, int]:
     return values[0] if len(values) == 1 or values[0] == values[1] else (values[0], values[1])
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 300  # [P]
     batch_size: int = 32  # [P]
@@ -361,6 +373,11 @@ class TrainConfig:
 
     _SECTION: ClassVar[str] = "train"
 
+    @classmethod
+    def from_recipe(cls, name: str = "paper", **changes: Any) -> "TrainConfig":
+        """The training settings of recipe ``name`` (:data:`RECIPES`), with ``changes`` on top."""
+        return cls(**{**recipe(name).train, **changes})
+
     def __post_init__(self) -> None:
         _literals(self)
         _number(self, "epochs", integer=True, ge=1)
@@ -388,20 +405,35 @@ class TrainConfig:
         _instance(self, "channels_last", bool, "true or false")
 
 
-# Named starting points for training: (model fields, train fields, what it is). The dataclass
-# defaults are the paper's; a recipe overrides some of them. The CLI starts from DEFAULT_RECIPE.
-RECIPES: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
-    "paper": ({}, {}, "the paper's settings (Adam 1e-4, batch 32, x0.2 at 80%% and 90%%, "
-                      "full-resolution PSM)"),
-    "fast": ({"psm_output_stride": 2, "prior": "memory"},
-             {"batch_size": 16, "lr": 4e-4, "lr_schedule": "cosine", "warmup": 0.05,
-              "lr_final_share": 0.02},
-             "batch 16, Adam 4e-4 with 5%% warm-up and cosine decay, PSM at stride 2, "
-             "late-fused memory prior"),
-}
+@dataclass(frozen=True)
+class Recipe:
+    """A named starting point for training: the config fields it sets on top of the dataclass
+    defaults (the paper's), and what it is, in words."""
+
+    name: str
+    description: str
+    model: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (
+    Recipe("paper", "the paper's settings (Adam 1e-4, batch 32, x0.2 at 80% and 90%, "
+                    "full-resolution PSM, no memory prior)"),
+    Recipe("fast", "batch 16, Adam 4e-4 with 5% warm-up and cosine decay, PSM at stride 2, "
+                   "late-fused memory prior",
+           model={"psm_output_stride": 2, "prior": "memory"},
+           train={"batch_size": 16, "lr": 4e-4, "lr_schedule": "cosine", "warmup": 0.05,
+                  "lr_final_share": 0.02}),
+)}
 # measured ahead of "paper" per image seen and per minute, and the prior ahead of the PSM alone
 # on bottle and battery weld (README)
 DEFAULT_RECIPE = "fast"
+
+
+def recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise AdpsError(f"recipe {name!r} is not one of {sorted(RECIPES)}")
+    return RECIPES[name]
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from adps.config import (
     from_dict,
     load_config_file,
     parse_size,
+    recipe,
+    size_text,
     to_dict,
 )
 from adps.data.spec import FORMATS, DataSpec
@@ -126,95 +128,139 @@ def data_spec(args: argparse.Namespace, **overrides) -> DataSpec:
     return DataSpec(**{**values, **overrides})
 
 
+def recipe_defaults(name: str = DEFAULT_RECIPE) -> dict[str, str]:
+    """Flag dest -> the value recipe ``name`` gives its config field, as ``--help`` prints it.
+
+    Generated from the configs, so the help cannot name a default the command does not use
+    (tests/test_config.py compares the two)."""
+    configs = {"model": ModelConfig.from_recipe(name), "train": TrainConfig.from_recipe(name)}
+    shown = {}
+    for dest, (section, field) in _FIELDS.items():
+        value = getattr(configs[section], field)
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif value is None:
+            text = "none"
+        elif isinstance(value, float):
+            text = f"{value:g}"
+        elif field == "image_size":
+            text = size_text(value)
+        else:
+            text = str(value)
+        shown[dest] = text
+    return shown
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    m = parser.add_argument_group("model (defaults: the paper's, EfficientNet-Lite0 teacher)")
+    d = recipe_defaults()
+    m = parser.add_argument_group(
+        f"model (defaults: the {DEFAULT_RECIPE} recipe's, EfficientNet-Lite0 teacher; "
+        "--recipe paper for the paper's)")
     m.add_argument("--config", type=Path, help="YAML file with 'model:' and 'train:' sections")
-    m.add_argument("--backbone", help="teacher/student backbone (default efficientnet_lite0)")
+    m.add_argument("--backbone", help=f"teacher/student backbone (default {d['backbone']})")
     m.add_argument("--teacher-weights", metavar="FILE",
                    help="state-dict file for the teacher (needed for resnet18/wide_resnet50_2)")
     m.add_argument("--allow-download", action="store_true",
                    help="let torchvision download the teacher's ImageNet weights once")
     m.add_argument("--image-size", type=_size, metavar="N|HxW",
                    help="working size in pixels: 256, or height x width such as 640x256 for "
-                        "elongated parts (each side a multiple of 16 x k; default 256)")
-    m.add_argument("-k", type=int, help="student patches per side (default 8; 1 = symmetric)")
-    m.add_argument("--fusion", choices=("wmb", "diff", "conv"), help="WMB or an ablation")
+                        "elongated parts (each side a multiple of 16 x k; default "
+                        f"{d['image_size']})")
+    m.add_argument("-k", type=int,
+                   help=f"student patches per side (default {d['k']}; 1 = symmetric)")
+    m.add_argument("--fusion", choices=("wmb", "diff", "conv"),
+                   help=f"WMB or an ablation (default {d['fusion']})")
     m.add_argument("--variant", choices=("full", "no_psm_wmb", "no_student", "no_teacher"),
-                   help="framework ablation (default full)")
-    m.add_argument("--sigma", type=float, help="Gaussian sigma of the image score (default 4)")
+                   help=f"framework ablation (default {d['variant']})")
+    m.add_argument("--sigma", type=float,
+                   help=f"Gaussian sigma of the image score (default {d['sigma']})")
     m.add_argument("--psm-output-stride", type=int, choices=(1, 2, 4),
                    help="1 = the paper's full-resolution PSM; 2 or 4 stop it earlier and "
-                        "upsample its logits (faster)")
+                        f"upsample its logits (faster; default {d['psm_output_stride']})")
     m.add_argument("--image-score", choices=("max", "top_mean"),
                    help="image score from the smoothed map: its max (the paper) or the mean of "
-                        "its top --score-top-share of pixels")
+                        f"its top --score-top-share of pixels (default {d['image_score']})")
     m.add_argument("--score-top-share", type=float, metavar="SHARE",
-                   help="share of pixels for --image-score top_mean (default 0.01)")
+                   help="share of pixels for --image-score top_mean (default "
+                        f"{d['score_top_share']})")
     m.add_argument("--prior", choices=("none", "memory"),
                    help="memory: also remember the teacher's features of the normal training "
                         "images and mix each position's distance to them into the map (more "
-                        "robust on real defects unlike the synthetic ones); none: the paper")
+                        "robust on real defects unlike the synthetic ones); none: the paper "
+                        f"(default {d['prior']})")
     m.add_argument("--memory-size", type=int, metavar="N",
-                   help="features kept in the memory after coreset selection (default 4096)")
+                   help="features kept in the memory after coreset selection (default "
+                        f"{d['memory_size']})")
     m.add_argument("--psm-boost", type=float, metavar="A",
                    help="late fusion: the prior is multiplied by 1 + A x the PSM's probability "
-                        "(default 2; 0 = the prior alone)")
+                        f"(default {d['psm_boost']}; 0 = the prior alone)")
     m.add_argument("--prior-exponent", type=float, metavar="G",
                    help="late fusion: the prior is raised to G in (0, 1] before that product "
-                        "(default 1; lower lets the PSM decide more; adps calibrate "
-                        "--fit-fusion fits G and A from labelled defects)")
+                        f"(default {d['prior_exponent']}; lower lets the PSM decide more; adps "
+                        "calibrate --fit-fusion fits G and A from labelled defects)")
     m.add_argument("--prior-fusion", choices=("late", "early"),
-                   help="late (default): mix the prior map with the trained PSM's map; early: "
-                        "the PSM takes the prior as an input and learns to use it")
+                   help="late: mix the prior map with the trained PSM's map; early: the PSM "
+                        f"takes the prior as an input and learns to use it (default "
+                        f"{d['prior_fusion']})")
     m.add_argument("--tile", type=_size, metavar="N|HxW",
                    help="cut each image into tiles of this size instead of resizing it to "
                         "--image-size, so small defects on large images stay visible: training "
                         "draws random tiles, inference blends overlapping tile maps into one "
                         "map at the image's size (sets --image-size; stored in the model)")
     m.add_argument("--tile-overlap", type=float, metavar="SHARE",
-                   help="with --tile: share of a tile shared with its neighbour (default 0.25)")
+                   help="with --tile: share of a tile shared with its neighbour (default "
+                        f"{d['tile_overlap']})")
     m.add_argument("--tile-scale", type=float, metavar="FACTOR",
-                   help="with --tile: resize images by this factor before tiling (default 1 = "
-                        "native pixels; 0.5 halves each side)")
+                   help="with --tile: resize images by this factor before tiling (default "
+                        f"{d['tile_scale']}; 1 = native pixels, 0.5 halves each side)")
     t = parser.add_argument_group("training")
     t.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help=f"a set of training settings to start from (default {DEFAULT_RECIPE}): "
-                        + "; ".join(f"{name}: {text}" for name, (_, _, text) in RECIPES.items())
-                        + ". --config and explicit flags override single fields")
+                        + "; ".join(f"{r.name}: {r.description}".replace("%", "%%")
+                                    for r in RECIPES.values())
+                        + ". --config and explicit flags override single fields; the defaults "
+                          f"below are the {DEFAULT_RECIPE} recipe's")
     t.add_argument("--time-budget", type=_duration, metavar="DURATION",
                    help="train for this long (90s, 20m, 2h) instead of --epochs; warm-up and "
-                        "decay scale with the budget")
-    t.add_argument("--epochs", type=int, help="epochs (default 300, the paper's)")
+                        f"decay scale with the budget (default {d['time_budget']})")
+    t.add_argument("--epochs", type=int, help=f"epochs (default {d['epochs']})")
     t.add_argument("--steps-per-epoch", type=int,
                    help="steps per epoch (default: training images / batch size)")
-    t.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    t.add_argument("--lr", type=float, help="Adam (peak) learning rate (default 1e-4)")
+    t.add_argument("--batch-size", type=int, help=f"images per step (default {d['batch_size']})")
+    t.add_argument("--lr", type=float,
+                   help=f"Adam (peak) learning rate (default {d['lr']})")
     t.add_argument("--lr-schedule", choices=("multistep", "cosine"),
-                   help="multistep = the paper's (x0.2 at 80%% and 90%%), or cosine decay")
+                   help="multistep = the paper's (x0.2 at 80%% and 90%%), or cosine decay "
+                        f"(default {d['lr_schedule']})")
     t.add_argument("--warmup", type=float, metavar="SHARE",
-                   help="linear learning-rate warm-up over this share of training")
+                   help="linear learning-rate warm-up over this share of training (default "
+                        f"{d['warmup']})")
     t.add_argument("--no-amp", dest="amp", action="store_const", const=False, default=None,
-                   help="train in float32 even where bf16 autocast is available")
-    t.add_argument("--seed", type=int, help="random seed (default 0)")
+                   help="train in float32 even where bf16 autocast is available (bf16 "
+                        f"autocast default {d['amp']})")
+    t.add_argument("--seed", type=int, help=f"random seed (default {d['seed']})")
     t.add_argument("--textures", metavar="DIR",
                    help="texture folder for synthetic defects (e.g. DTD images); default: "
                         "recoloured training images")
-    t.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (default 50)")
+    t.add_argument("--checkpoint-every", type=int,
+                   help=f"epochs between checkpoints (default {d['checkpoint_every']})")
     t.add_argument("--checkpoint-minutes", type=float,
                    help="also checkpoint after an epoch once this many minutes have passed "
-                        "since the last save (default 10)")
+                        f"since the last save (default {d['checkpoint_minutes']})")
     t.add_argument("--calibrate-holdout", type=float, metavar="SHARE",
                    help="hold out this share of the training images and, after training, set "
-                        "the image threshold for --target-far on them (default 0: no)")
+                        "the image threshold for --target-far on them (default "
+                        f"{d['calibrate_holdout']}: no)")
     t.add_argument("--target-far", type=float,
-                   help="target false-alarm rate for --calibrate-holdout (default 0.01)")
+                   help="target false-alarm rate for --calibrate-holdout (default "
+                        f"{d['target_far']})")
     add_device_argument(parser)
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """The recipe's values, then the --config file's, then the flags given explicitly."""
-    model_values, train_values, _ = RECIPES[getattr(args, "recipe", None) or DEFAULT_RECIPE]
-    sections: dict[str, dict] = {"model": dict(model_values), "train": dict(train_values)}
+    chosen = recipe(getattr(args, "recipe", None) or DEFAULT_RECIPE)
+    sections: dict[str, dict] = {"model": dict(chosen.model), "train": dict(chosen.train)}
     if getattr(args, "config", None):
         loaded = load_config_file(args.config)
         for key in sections:
