@@ -102,8 +102,7 @@ def main() -> None:
         latency = latency_ms(model, images[0])
         peak, _ = _peak_memory(torch.device("cpu"))
         for boost in [0.0] + args.boosts:
-            model.memory.boost = boost
-            fused = model.memory.fuse(psm_map, prior_map)
+            fused = model.memory.fuse(psm_map, prior_map, boost)
             name = (f"prior alone, memory {fit.bank_size}" if boost == 0 else
                     f"fused, boost {boost:g}, memory {fit.bank_size}")
             record(name, fused, model, fit_s=fit.seconds, latency_ms=latency,

@@ -215,7 +215,7 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     ckpt = load_checkpoint(out)
 
     refitted = model_from_checkpoint(ckpt)
-    assert (refitted.memory.exponent, refitted.memory.boost) == chosen
+    assert (refitted.config.prior_exponent, refitted.config.psm_boost) == chosen
     with torch.no_grad():
         _, scores = refitted(images[~defective].float() / 255)
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold

@@ -40,7 +40,7 @@ def maps(images: torch.Tensor, leave_own_out: bool):
         p, teacher = model.psm_map(x)
         groups = torch.arange(i, i + len(x)) if leave_own_out else None
         psm.append(p)
-        prior.append(F.interpolate(model.memory.distances(embed(teacher), groups), size=(size, size),
+        prior.append(F.interpolate(model.memory.distances(embed(teacher), model.config.memory_neighbors, groups), size=(size, size),
                                    mode="bilinear", align_corners=False))
     return torch.cat(psm)[:, 0].numpy(), torch.cat(prior)[:, 0].numpy()
 

@@ -81,7 +81,7 @@ def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
     for x in image_batches(images, device, batch_size, "fusion maps", progress):
         p, teacher = model.psm_map(x)
         psm.append(p[:, 0].float())
-        prior.append((model.memory(teacher, size) / model.memory.stats[2])[:, 0])
+        prior.append((model.memory(teacher, size, model.config.memory_neighbors) / model.memory.stats[2])[:, 0])
     return torch.cat(psm).cpu(), torch.cat(prior).cpu()
 
 

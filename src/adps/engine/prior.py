@@ -67,6 +67,7 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     if memory is None:
         raise ValueError("the model has no memory prior (config.prior is 'none')")
     device = model.mean.device
+    neighbors = model.config.memory_neighbors
 
     embedding = torch.cat([embed(model.teacher(model.normalize(batch)))
                            for batch in image_batches(images, device, batch_size, "memory",
@@ -78,12 +79,12 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     memory.set_bank(features[chosen], sources[chosen])
 
     if holdout is None:  # leave-one-image-out: no image matches its own features
-        prior = torch.cat([memory.distances(embedding[i:i + _IMAGE_CHUNK],
+        prior = torch.cat([memory.distances(embedding[i:i + _IMAGE_CHUNK], neighbors,
                                             torch.arange(i, min(i + _IMAGE_CHUNK, n),
                                                          device=device))
                            for i in range(0, n, _IMAGE_CHUNK)])
     else:
-        prior = torch.cat([memory.distances(embed(model.teacher(model.normalize(batch))))
+        prior = torch.cat([memory.distances(embed(model.teacher(model.normalize(batch))), neighbors)
                            for batch in image_batches(holdout, device, batch_size, "memory stats",
                                                  progress)])
     memory.stats = _statistics(prior).to(device)

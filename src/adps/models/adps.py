@@ -142,7 +142,7 @@ class ADPS(nn.Module):
                  pretrained: bool = True, weights_file: str | None = None,
                  allow_download: bool = False):
         super().__init__()
-        self.config = config = config or ModelConfig()
+        self._config = config = config or ModelConfig()
         spec = get_backbone(config.backbone)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
@@ -174,9 +174,13 @@ class ADPS(nn.Module):
                 draem_init(self.psm)
         self.memory = None
         if config.prior == "memory":
-            self.memory = MemoryPrior(sum(channels[i] for i in MEMORY_LEVELS),
-                                      config.memory_neighbors, config.psm_boost,
-                                      config.prior_exponent)
+            self.memory = MemoryPrior(sum(channels[i] for i in MEMORY_LEVELS))
+
+    @property
+    def config(self) -> ModelConfig:
+        """What the module was built from and what it reads at every call: read-only, since
+        its structure follows it (build a new model for other settings)."""
+        return self._config
 
     def train(self, mode: bool = True) -> "ADPS":
         super().train(mode)
@@ -212,7 +216,9 @@ class ADPS(nn.Module):
         psm_map, teacher = self.psm_map(images)
         if self.memory is not None and not self.early_prior:
             with torch.autocast(images.device.type, enabled=False):  # distances in float32
-                psm_map = self.memory.fuse(psm_map, self.memory(teacher, images.shape[-2:]))
+                c = self.config
+                prior = self.memory(teacher, images.shape[-2:], c.memory_neighbors)
+                psm_map = self.memory.fuse(psm_map, prior, c.psm_boost, c.prior_exponent)
         return psm_map, self.score(psm_map)
 
     def psm_map(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
@@ -252,7 +258,7 @@ class ADPS(nn.Module):
             fused = [self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student))]
         if self.early_prior:
             with torch.autocast(images.device.type, enabled=False):  # distances in float32
-                prior = self.memory.standardized(teacher, groups)
+                prior = self.memory.standardized(teacher, c.memory_neighbors, groups)
             fused[1] = torch.cat([fused[1], prior.to(fused[1].dtype)], dim=1)
             fused[2] = torch.cat([fused[2], F.avg_pool2d(prior, 2).to(fused[2].dtype)], dim=1)
         logits = self.psm(fused)

@@ -97,8 +97,10 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int 
 class MemoryPrior(nn.Module):
     """The bank of normal patch features, and the two ways its prior map meets the PSM.
 
-    ``forward(teacher_features, size)`` gives the prior map (B, 1, H, W): per position, the mean
-    distance to the ``neighbors`` nearest bank features, upsampled to the image size.
+    ``forward(teacher_features, size, neighbors)`` gives the prior map (B, 1, H, W): per
+    position, the mean distance to the ``neighbors`` nearest bank features, upsampled to the
+    image size. The module holds data only (the bank and its statistics); its settings come from
+    the model's config at every call, so the config is the one place they live.
 
     Late fusion, :meth:`fuse` (:func:`late_fusion`), multiplies the prior by ``1 + boost * p``
     (p the PSM's probability): the memory says where the part looks unlike any normal one, the
@@ -117,12 +119,8 @@ class MemoryPrior(nn.Module):
     (``groups``), as a new image would be.
     """
 
-    def __init__(self, channels: int, neighbors: int = 1, boost: float = 2.0,
-                 exponent: float = 1.0):
+    def __init__(self, channels: int):
         super().__init__()
-        self.neighbors = neighbors
-        self.boost = boost
-        self.exponent = exponent
         self.register_buffer("bank", torch.zeros(0, channels))
         self.register_buffer("sources", torch.zeros(0, dtype=torch.long))  # each row's image
         # the prior's mean, standard deviation and 99.9th percentile on normal images
@@ -143,29 +141,32 @@ class MemoryPrior(nn.Module):
         self.bank = bank.detach().float().to(self.bank.device).contiguous()
         self.sources = sources.detach().to(self.bank.device)
 
-    def distances(self, embedding: torch.Tensor, groups: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-        """(B, 1, h, w) mean distance of each position of an :func:`embed` output to its nearest
-        bank features; with ``groups`` (B,), never to rows that came from that image."""
+    def distances(self, embedding: torch.Tensor, neighbors: int = 1,
+                  groups: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 1, h, w) mean distance of each position of an :func:`embed` output to its
+        ``neighbors`` nearest bank features; with ``groups`` (B,), never to rows that came from
+        that image."""
         if not self.fitted:
             raise RuntimeError("the memory bank is empty: fit it with adps.engine.prior.fit_prior")
-        nearest = nearest_distances(embedding, self.bank, self.neighbors,
+        nearest = nearest_distances(embedding, self.bank, neighbors,
                                     query_groups=groups, bank_groups=self.sources)
         return nearest.mean(dim=1, keepdim=True)
 
-    def standardized(self, teacher_features: list[torch.Tensor],
+    def standardized(self, teacher_features: list[torch.Tensor], neighbors: int = 1,
                      groups: torch.Tensor | None = None) -> torch.Tensor:
         """The prior at the embedding's stride (B, 1, h, w), as (distance - mean) / std of
         normal images: the PSM's extra input under early fusion."""
         mean, std, _ = self.stats
-        return (self.distances(embed(teacher_features), groups) - mean) / std
+        return (self.distances(embed(teacher_features), neighbors, groups) - mean) / std
 
-    def forward(self, teacher_features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-        prior = self.distances(embed(teacher_features))
+    def forward(self, teacher_features: list[torch.Tensor], size: tuple[int, int],
+                neighbors: int = 1) -> torch.Tensor:
+        prior = self.distances(embed(teacher_features), neighbors)
         return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
 
-    def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor) -> torch.Tensor:
-        return late_fusion(psm_map, prior_map / self.stats[2], self.boost, self.exponent)
+    def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor, boost: float,
+             exponent: float = 1.0) -> torch.Tensor:
+        return late_fusion(psm_map, prior_map / self.stats[2], boost, exponent)
 
 
 def late_fusion(psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float,
