@@ -257,32 +257,6 @@ def test_demo_command_end_to_end_short(tmp_path, capsys):
     assert ckpt["thresholds"]["calibration"]["n_normal"] == 20
 
 
-def test_benchmark_command_table_and_json(data, tmp_path, capsys):
-    from adps.cli import main
-
-    second = make_demo_dataset(tmp_path / "second", size=SIZE, n_train=6, n_test_good=2,
-                               n_test_defect=2, seed=5)
-    out = tmp_path / "bench"
-    argv = ["benchmark", "--data", str(data.parent), "--categories", data.name,
-            "--datasets", str(second), "--image-size", str(SIZE), "-k", "4", "--epochs", "1",
-            "--batch-size", "4", "--steps-per-epoch", "1", "--out", str(out), "--device", "cpu",
-            "--no-progress"]
-    assert main(argv) == 0
-    payload = json.loads((out / "benchmark.json").read_text())
-    rows = payload["rows"]
-    assert [r["name"] for r in rows] == [data.name, f"second-{second.name}"]  # same folder names
-    assert all(r["train_seconds"] > 0 and r["test_seconds"] > 0 for r in rows)
-    for key in METRIC_KEYS:  # the mean row is the unweighted mean of the entries
-        assert payload["mean"][key] == pytest.approx(
-            sum(r["metrics"][key] for r in rows) / 2)
-    table = (out / "benchmark.md").read_text().splitlines()
-    assert len(table) == 2 + 2 + 1 and table[-1].startswith("| **mean**")
-    # a second run reuses finished entries instead of training again
-    capsys.readouterr()
-    assert main(argv) == 0
-    assert capsys.readouterr().out.count("reusing") == 2
-
-
 def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
     saved = []
 
@@ -293,19 +267,6 @@ def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
                       datasets(data), tmp_path, device="cpu", progress=False)
     trainer.fit(record)
     assert saved == [1, 2, 3]  # every epoch, although checkpoint_every is 100
-
-
-def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp_path):
-    from adps.cli import main
-
-    out = tmp_path / "bench"
-    assert main(["benchmark", "--data", str(data.parent), "--categories", data.name,
-                 "--image-size", str(SIZE), "-k", "4", "--batch-size", "4",
-                 "--steps-per-epoch", "2", "--time-budget", "2s", "--out", str(out),
-                 "--device", "cpu", "--no-progress"]) == 0
-    ckpt = load_checkpoint(out / data.name / "model.pt")
-    assert ckpt["train_config"]["time_budget"] == 2.0
-    assert ckpt["elapsed"] >= 2.0 and ckpt["step"] >= 1  # ran until the budget was spent
 
 
 def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
