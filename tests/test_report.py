@@ -24,9 +24,14 @@ from adps.engine.evaluate import EvalResult
 from adps.errors import AdpsError
 from adps.metrics import compute_metrics
 from adps.report.html import SECTIONS, build_report, gallery_order
-from adps.report.plots import colorize, decimate, overlay, svg_ids
+from adps.report.plots import colorize, decimate, overlay
 
 # --------------------------------------------------------------------------- fixtures
+
+
+def svg_ids(svg: str) -> list[str]:
+    """The ``id`` attributes of an SVG string (they must be unique across a page)."""
+    return re.findall(r'\bid="([^"]+)"', svg)
 
 
 def make_result(images, masks, labels, maps, has_mask=None, scores=None, paths=None):

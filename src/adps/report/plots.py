@@ -317,8 +317,3 @@ def histogram_svg(scores, labels, threshold: float | None = None,
         ax.legend(loc="best")
 
     return _draw(build)
-
-
-def svg_ids(svg: str) -> list[str]:
-    """The ``id`` attributes of an SVG string (tests check they are unique across a page)."""
-    return re.findall(r'\bid="([^"]+)"', svg)
