@@ -1,4 +1,5 @@
-"""Tests for adps.data.datasets and adps.data.cache: real layouts, synthetic bad inputs, caches."""
+"""Tests for adps.data.datasets and adps.data.cache: real layouts, synthetic bad inputs, caches,
+the KolektorSDD v1 split and the pixel limit."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageFile
-from torch.utils.data import DataLoader
 
-from adps.data.cache import CachedDataset, load_tensor_stack
+from adps.data.cache import load_tensor_stack
 from adps.data.datasets import (
     AnomalyDataset,
     Folder,
@@ -20,14 +20,18 @@ from adps.data.datasets import (
     KolektorSDD2,
     MVTecAD,
     OrphanMaskWarning,
+    OverPixelLimit,
     Record,
     Resize,
-    collate_samples,
+    SkippedImagesWarning,
+    find_images,
     read_image,
+    read_image_bytes,
     read_mask,
 )
 from adps.errors import AdpsError
 from datapaths import WELD, shared
+from pngheader import png_header
 
 
 # --------------------------------------------------------------------------- helpers
@@ -71,6 +75,11 @@ def folder_test(root: Path, **kw) -> Folder:
     return Folder(root, **args)
 
 
+def last(ds: AnomalyDataset):
+    """The last sample decoded (the tests' layouts put a defect there)."""
+    return ds.decode(len(ds) - 1)
+
+
 # --------------------------------------------------------------------------- real data
 
 
@@ -89,13 +98,12 @@ def test_mvtec_bottle_counts():
 
 def test_mvtec_sample_contents_and_labels_match_masks():
     test = MVTecAD(shared("mvtec_ad", "bottle").parent, "bottle", split="test", size=128)
-    s = test[len(test) - 1]
-    assert s.image.shape == (3, 128, 128) and s.image.dtype == torch.float32
-    assert 0.0 <= s.image.min() and s.image.max() <= 1.0
-    assert s.mask.shape == (1, 128, 128) and s.mask.dtype == torch.float32
-    assert set(s.mask.unique().tolist()) == {0.0, 1.0}
-    assert s.label == 1 and s.has_mask
-    assert s.original_size == (256, 256) and s.original_mask.shape == (256, 256)
+    s = last(test)
+    assert s.image.shape == (3, 128, 128) and s.image.dtype == torch.uint8
+    assert s.mask.shape == (1, 128, 128) and s.mask.dtype == torch.uint8
+    assert set(s.mask.unique().tolist()) == {0, 1}
+    assert test.records[-1].label == 1 and test.records[-1].has_mask
+    assert s.original_mask.shape == (256, 256)
     assert s.original_mask.dtype == torch.uint8 and set(s.original_mask.unique().tolist()) == {0, 1}
     _, masks, labels = load_tensor_stack(test, num_workers=4, progress=False)
     assert torch.equal(masks.flatten(1).amax(1).long(), labels)  # anomalous iff mask non-empty
@@ -132,14 +140,14 @@ def test_battery_weld_folder_with_same_name_masks():
     assert sorted(r.image.name for r in test.records if r.label) == defective
     assert all(r.mask is not None and r.mask.name == r.image.name for r in test.records if r.label)
 
-    s = test[len(test) - 1]
-    with Image.open(s.path) as img:
+    s = last(test)
+    with Image.open(test.records[-1].image) as img:
         assert img.mode == "L"
         w0, h0 = img.size
-    assert s.original_size == (h0, w0) and s.original_mask.shape == (h0, w0)
+    assert s.original_mask.shape == (h0, w0)
     assert s.image.shape == (3, 256, 256)
     assert torch.equal(s.image[0], s.image[1]) and torch.equal(s.image[1], s.image[2])
-    assert s.label == 1 and s.has_mask and s.mask.max() == 1
+    assert test.records[-1].label == 1 and test.records[-1].has_mask and s.mask.max() == 1
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -186,7 +194,7 @@ def test_corrupt_image_raises_at_load(tmp_path):
     ds = Folder(tmp_path, train_dir="train")
     idx = [Path(r.image).name for r in ds.records].index("garbage.png")
     with pytest.raises(AdpsError, match="garbage.png"):
-        ds[idx]
+        ds.decode(idx)
 
 
 @pytest.mark.parametrize("ext", ["png", "jpg"])
@@ -197,7 +205,7 @@ def test_truncated_image_raises(tmp_path, ext):
     path.write_bytes(data[: len(data) // 2])
     ds = Folder(tmp_path, train_dir="train")
     with pytest.raises(AdpsError, match=f"cut.{ext}"):
-        ds[0]
+        ds.decode(0)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
@@ -206,7 +214,7 @@ def test_text_file_with_image_extension_raises(tmp_path):
     (tmp_path / "train" / "readme.jpg").write_text("hello, I am text")
     ds = Folder(tmp_path, train_dir="train")
     with pytest.raises(AdpsError, match="readme.jpg.*not an image"):
-        ds[0]
+        ds.decode(0)
 
 
 def test_mask_size_mismatch_raises_at_load(tmp_path):
@@ -214,7 +222,7 @@ def test_mask_size_mismatch_raises_at_load(tmp_path):
     save_mask(root / "masks" / "b0_mask.png", h=21, w=30)
     ds = folder_test(root)
     with pytest.raises(AdpsError, match="b0_mask.png.*differs"):
-        ds[len(ds) - 1]
+        last(ds)
     with pytest.raises(AdpsError, match="b0_mask.png"):
         ds.original_mask(len(ds) - 1)
 
@@ -265,8 +273,8 @@ def test_16bit_grey(tmp_path, ext):
     assert np.array_equal(out[..., 0], expected) and np.array_equal(out[..., 2], expected)
     (tmp_path / "train").mkdir()  # and through a dataset, at original size
     Image.fromarray(wide).save(tmp_path / "train" / f"deep.{ext}")
-    s = Folder(tmp_path, train_dir="train", size=None)[0]
-    assert s.image.shape == (3, 2, 3) and torch.allclose(s.image[1], torch.from_numpy(expected) / 255.0)
+    s = Folder(tmp_path, train_dir="train", size=None).decode(0)
+    assert s.image.shape == (3, 2, 3) and torch.equal(s.image[1], torch.from_numpy(expected))
 
 
 def test_mask_any_nonzero_channel_is_foreground(tmp_path):
@@ -291,7 +299,7 @@ def test_mask_found_by_stem_with_other_extension(tmp_path):
     save_mask(tmp_path / "gt" / "y_mask.bmp", box=(0, 1, 0, 1))
     ds = Folder(tmp_path, abnormal_test_dir="bad", mask_dir="gt", mask_suffix="_mask", split="test", size=None)
     assert [(r.image.name, r.mask.name) for r in ds.records] == [("x.jpg", "x_mask.png"), ("y.tif", "y_mask.bmp")]
-    assert ds[0].original_mask.sum() == 6 * 6 and ds[1].original_mask.sum() == 1
+    assert ds.decode(0).original_mask.sum() == 6 * 6 and ds.decode(1).original_mask.sum() == 1
 
     save_mask(tmp_path / "same" / "x.png")  # same-name rule, different extension
     save_mask(tmp_path / "same" / "y.png")
@@ -303,11 +311,12 @@ def test_mask_not_required(tmp_path):
     root = folder_layout(tmp_path, n_bad=2)
     (root / "masks" / "b1_mask.png").unlink()
     ds = folder_test(root, mask_required=False, size=16)
-    s = ds[len(ds) - 1]
-    assert s.label == 1 and not s.has_mask and s.mask.sum() == 0 and s.original_mask.sum() == 0
-    assert ds[len(ds) - 2].has_mask and ds[0].has_mask  # the other defect and the normal image
+    s = last(ds)
+    assert ds.records[-1].label == 1 and not ds.records[-1].has_mask
+    assert s.mask.sum() == 0 and s.original_mask.sum() == 0
+    assert ds.records[-2].has_mask and ds.records[0].has_mask  # the other defect and the normal image
     ds = Folder(root, abnormal_test_dir="bad", split="test", mask_required=False)
-    assert not any(ds[i].has_mask for i in range(len(ds)))
+    assert not any(r.has_mask for r in ds.records)
 
 
 def test_orphan_masks_one_warning(tmp_path):
@@ -333,9 +342,9 @@ def test_recursive_folder_mirrors_subfolders(tmp_path):
 
 def test_sizes_and_resize(tmp_path):
     save(tmp_path / "train" / "a.png", rgb(20, 30))
-    assert Folder(tmp_path, train_dir="train", size=None)[0].image.shape == (3, 20, 30)
-    assert Folder(tmp_path, train_dir="train", size=(8, 12))[0].image.shape == (3, 8, 12)
-    assert Folder(tmp_path, train_dir="train")[0].image.shape == (3, 256, 256)
+    assert Folder(tmp_path, train_dir="train", size=None).decode(0).image.shape == (3, 20, 30)
+    assert Folder(tmp_path, train_dir="train", size=(8, 12)).decode(0).image.shape == (3, 8, 12)
+    assert Folder(tmp_path, train_dir="train").decode(0).image.shape == (3, 256, 256)
     image = torch.from_numpy(rgb(20, 30)).permute(2, 0, 1).contiguous()
     mask = torch.zeros(1, 20, 30, dtype=torch.uint8)
     mask[:, 5:15, 10:20] = 1
@@ -356,26 +365,77 @@ def test_kolektor_sdd2_layout(tmp_path):
     assert [r.image.name for r in train.records] == ["10.png", "11.png"] and train.labels == [0, 0]
     test = KolektorSDD2(tmp_path, "test", size=None)
     assert test.labels == [0, 0, 1]
-    s = test[2]
-    assert s.has_mask and s.mask.sum() == 9 and s.path.endswith("12.png")
+    assert test.records[2].has_mask and test.records[2].image.name == "12.png"
+    assert test.decode(2).mask.sum() == 9
+    everything = KolektorSDD2(tmp_path, "all")
+    assert [r.image.parent.name for r in everything.records] == ["train"] * 3 + ["test"] * 3
+    assert everything.labels == [0, 0, 1, 0, 0, 1]  # train/'s defect too: a split file may use it
     (tmp_path / "test" / "11_GT.png").unlink()
     with pytest.raises(AdpsError, match="11.png"):
         KolektorSDD2(tmp_path, "test")
 
 
-def test_kolektor_sdd_v1_layout(tmp_path):
-    for kos, boxes in (("kos01", [None, (0, 3, 0, 3)]), ("kos02", [None, None])):
-        for i, box in enumerate(boxes):
-            save(tmp_path / kos / f"Part{i}.jpg", rgb(seed=i), "L")
-            save_mask(tmp_path / kos / f"Part{i}_label.bmp", box=box)
-    everything = KolektorSDD(tmp_path)
-    assert len(everything) == 4 and everything.labels == [0, 1, 0, 0]
-    assert len(KolektorSDD(tmp_path, "test")) == 4
-    train = KolektorSDD(tmp_path, "train")
-    assert len(train) == 3 and sum(train.labels) == 0
-    assert everything[1].mask.max() == 1 and everything[1].image.shape == (3, 256, 256)
+KSDD_DEFECTS = {"kos01": 1, "kos02": 0, "kos04": 2}  # item -> its defective PartN; others normal
+KSDD_ITEMS = ("kos01", "kos02", "kos03", "kos04", "kos05", "kos11")
+
+
+def ksdd_v1(root: Path, items=KSDD_ITEMS) -> Path:
+    """Three parts per item, grey JPEGs with BMP labels beside them, as KSDD stores them."""
+    for item in items:
+        for part in range(3):
+            box = (0, 3, 0, 3) if KSDD_DEFECTS.get(item) == part else None
+            save(root / item / f"Part{part}.jpg", rgb(seed=part), "L")
+            save_mask(root / item / f"Part{part}_label.bmp", box=box)
+    return root
+
+
+def names(ds: AnomalyDataset) -> list[str]:
+    return [f"{r.image.parent.name}/{r.image.name}" for r in ds.records]
+
+
+def test_kolektor_sdd_v1_splits_by_item_number(tmp_path):
+    """Odd items train (their normal images), even items test (all their images); by the number
+    in the name, not the sorted position: kos11 is sixth but odd. Expected lists by hand."""
+    root = ksdd_v1(tmp_path)
+    everything = KolektorSDD(root)
+    assert len(everything) == 18 and sum(everything.labels) == 3
+    train = KolektorSDD(root, "train")
+    test = KolektorSDD(root, "test", size=None)
+    assert names(train) == ["kos01/Part0.jpg", "kos01/Part2.jpg"] + [
+        f"{item}/Part{p}.jpg" for item in ("kos03", "kos05", "kos11") for p in range(3)]
+    assert train.labels == [0] * 11
+    assert names(test) == [f"{item}/Part{p}.jpg" for item in ("kos02", "kos04") for p in range(3)]
+    assert test.labels == [1, 0, 0, 0, 0, 1]
+    assert test.decode(0).original_mask.sum() == 9 and test.records[0].mask.name == "Part0_label.bmp"
+    # disjoint by item, and every image but the training items' defects in exactly one split
+    assert {r.image.parent for r in train.records}.isdisjoint({r.image.parent for r in test.records})
+    dropped = {r.image for r in everything.records if r.label and r.image.parent.name in ("kos01",)}
+    assert len(dropped) == 1
+    assert sorted({r.image for r in train.records} | {r.image for r in test.records} | dropped) == \
+        sorted(r.image for r in everything.records)
+    assert len(train) + len(test) + len(dropped) == len(everything)
+    assert names(KolektorSDD(root, "train")) == names(train)  # deterministic
     with pytest.raises(AdpsError, match="split"):
-        KolektorSDD(tmp_path, "val")
+        KolektorSDD(root, "val")
+
+
+def test_kolektor_sdd_v1_split_does_not_depend_on_other_items(tmp_path):
+    full = ksdd_v1(tmp_path / "full")
+    part = ksdd_v1(tmp_path / "part", items=("kos02", "kos03", "kos11"))
+    for split in ("train", "test"):
+        kept = [n for n in names(KolektorSDD(full, split)) if n.split("/")[0] in ("kos02", "kos03", "kos11")]
+        assert names(KolektorSDD(part, split)) == kept
+
+
+def test_kolektor_sdd_v1_refuses_what_the_rule_cannot_place(tmp_path):
+    root = ksdd_v1(tmp_path / "a", items=("kos01", "kos03"))
+    with pytest.raises(AdpsError, match="no images for split 'test'"):
+        KolektorSDD(root, "test")
+    save(root / "extra" / "Part0.jpg", rgb(), "L")
+    save_mask(root / "extra" / "Part0_label.bmp", box=None)
+    with pytest.raises(AdpsError, match="extra/Part0.jpg.*item folder named like kos01"):
+        KolektorSDD(root, "train")
+    assert len(KolektorSDD(root, "all")) == 7  # "all" needs no item numbers
 
 
 # --------------------------------------------------------------------------- caches
@@ -393,20 +453,6 @@ def counting_decode(monkeypatch) -> list[int]:
     return calls
 
 
-def test_cached_dataset_decodes_once(tmp_path, monkeypatch):
-    ds = folder_test(folder_layout(tmp_path), size=16)
-    direct = [ds[i] for i in range(len(ds))]
-    calls = counting_decode(monkeypatch)
-    cached = CachedDataset(ds)
-    for _ in range(3):
-        for i, ref in enumerate(direct):
-            s = cached[i]
-            assert torch.equal(s.image, ref.image) and torch.equal(s.mask, ref.mask)
-            assert torch.equal(s.original_mask, ref.original_mask)
-            assert (s.label, s.path, s.has_mask, s.original_size) == (ref.label, ref.path, ref.has_mask, ref.original_size)
-    assert sorted(calls) == list(range(len(ds)))
-
-
 def test_tensor_stack_matches_direct_decoding(tmp_path):
     ds = folder_test(folder_layout(tmp_path, n_good=3, n_bad=3), size=(16, 24))
     images, masks, labels = load_tensor_stack(ds, progress=False)
@@ -414,11 +460,12 @@ def test_tensor_stack_matches_direct_decoding(tmp_path):
     assert masks.dtype == torch.uint8 and masks.shape == (6, 1, 16, 24)
     assert labels.dtype == torch.int64 and labels.tolist() == ds.labels
     for i in range(len(ds)):
-        s = ds[i]
-        assert torch.equal(images[i].float() / 255.0, s.image)
-        assert torch.equal(masks[i].float(), s.mask)
-    threaded = load_tensor_stack(CachedDataset(ds), num_workers=4, progress=False)
+        s = ds.decode(i)
+        assert torch.equal(images[i], s.image) and torch.equal(masks[i], s.mask)
+    serial = load_tensor_stack(ds, num_workers=0, progress=False)
+    threaded = load_tensor_stack(ds, num_workers=4, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(threaded, (images, masks, labels)))
+    assert all(torch.equal(a, b) for a, b in zip(serial, (images, masks, labels)))
 
 
 def test_disk_cache_reused_and_invalidated(tmp_path, monkeypatch):
@@ -449,25 +496,73 @@ def test_tensor_stack_needs_uniform_size(tmp_path):
         load_tensor_stack(Folder(tmp_path, train_dir="train", size=None), progress=False)
 
 
-def test_collate_with_dataloader(tmp_path):
-    ds = folder_test(folder_layout(tmp_path), size=16)
-    batch = next(iter(DataLoader(ds, batch_size=3, collate_fn=collate_samples)))
-    assert batch["image"].shape == (3, 3, 16, 16) and batch["mask"].shape == (3, 1, 16, 16)
-    assert batch["label"].tolist() == [0, 1, 1]
-    assert batch["has_mask"] == [True, True, True]
-    assert batch["original_size"] == [(20, 30)] * 3 and batch["original_mask"][1].shape == (20, 30)
-    assert [Path(p).name for p in batch["path"]] == ["g0.png", "b0.png", "b1.png"]
-
-
 def test_original_mask_without_decoding_image(tmp_path):
     ds = folder_test(folder_layout(tmp_path), size=16)
     for i in range(len(ds)):
-        assert torch.equal(ds.original_mask(i), ds[i].original_mask)
+        assert torch.equal(ds.original_mask(i), ds.decode(i).original_mask)
 
 
 def test_base_class_from_records(tmp_path):
     img = save(tmp_path / "a.png", rgb())
     ds = AnomalyDataset([Record(img, None, 0)], size=8)
-    assert len(ds) == 1 and ds[0].image.shape == (3, 8, 8) and "1 images" in repr(ds)
+    assert len(ds) == 1 and ds.decode(0).image.shape == (3, 8, 8) and "1 images" in repr(ds)
     with pytest.raises(AdpsError, match="no images"):
         AnomalyDataset([])
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_the_pixel_limit_is_ours_and_read_from_the_header(tmp_path):
+    """195 MP is over PIL's own guard (2 x 89 MP), which must not speak first: below our limit
+    decoding starts (and finds no pixel data in this header-only file), above it we refuse."""
+    path = tmp_path / "line.png"
+    path.write_bytes(png_header(15000, 13000))
+    with pytest.raises(OverPixelLimit, match=r"line.png: 15000 x 13000 = 195000000 pixels is over "
+                                             r"the limit of 100000000 \(--max-pixels\)"):
+        read_image(path, max_pixels=100_000_000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning would fail here
+        with pytest.raises(AdpsError, match="line.png: corrupt or truncated") as err:
+            read_image(path)
+    assert "bomb" not in str(err.value)
+    with pytest.raises(OverPixelLimit, match="upload: 30000 x 30000 = 900000000 pixels"):
+        read_image_bytes(png_header(30000, 30000), "upload", 40_000_000)
+    small = save(tmp_path / "small.png", rgb(20, 30))
+    assert read_image(small, max_pixels=600).shape == (20, 30, 3)  # exactly at the limit
+    with pytest.raises(OverPixelLimit, match="30 x 20 = 600 pixels is over the limit of 599"):
+        read_image(small, max_pixels=599)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "huge.png").write_bytes(png_header(40000, 30000))
+    with pytest.raises(OverPixelLimit, match="huge.png: 40000 x 30000 = 1200000000 pixels is over "
+                                             "the limit of 1000000000"):
+        Folder(tmp_path, train_dir="train").decode(0)  # datasets keep the default limit
+
+
+def test_an_empty_file_says_empty(tmp_path):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "zero.png").write_bytes(b"")
+    with pytest.raises(AdpsError, match="zero.png: empty file"):
+        Folder(tmp_path, train_dir="train").decode(0)
+    with pytest.raises(AdpsError, match="up.png: empty file"):
+        read_image_bytes(b"", "up.png")
+    (tmp_path / "train" / "zero.png").write_bytes(b"\0")
+    with pytest.raises(AdpsError, match="zero.png: not an image file"):
+        Folder(tmp_path, train_dir="train").decode(0)
+
+
+def test_images_in_formats_adps_does_not_take_are_left_out_with_one_warning(tmp_path):
+    kept = save(tmp_path / "a.png", rgb())
+    for name in ("b.gif", "c.webp"):
+        Image.fromarray(rgb()).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.warns(SkippedImagesWarning) as caught:
+        assert find_images(tmp_path) == [kept]
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "2 file(s)" in message and "(.gif, .webp)" in message and "b.gif, c.webp" in message
+    for name in ("b.gif", "c.webp"):
+        (tmp_path / name).unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a text file beside the images is no news
+        assert find_images(tmp_path) == [kept]

@@ -81,7 +81,8 @@ def test_preprocessing_matches_the_dataset_path(trained):
     test = MVTecAD(category.parent, category.name, "test", size=SIZE)
     model = model_from_checkpoint(load_checkpoint(checkpoint))
     with torch.no_grad():
-        _, expected = model(torch.stack([test[i].image for i in range(len(test))]))
+        images = torch.stack([test.decode(i).image for i in range(len(test))])
+        _, expected = model(images.float() / 255.0)
     predictions = adps.load(checkpoint, device="cpu", backend="torch")(
         [r.image for r in test.records])
     np.testing.assert_allclose([p.score for p in predictions], expected.numpy(), atol=1e-5)

@@ -118,13 +118,19 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
                    help="defective images without a mask count for image metrics only")
     g.add_argument("--cache-dir", default=None,
                    help="keep decoded, resized images here so later runs skip decoding")
+    g.add_argument("--split-file", metavar="FILE", default=None,
+                   help='pin a published protocol: a JSON or YAML file {"train": [...], '
+                        '"test": [...]} listing image paths relative to --data (e.g. '
+                        '"test/crack/003.png"); labels and masks still come from the layout, '
+                        "and every listed image must exist in it, on one side only, with no "
+                        "defective image in train")
 
 
 def data_spec(args: argparse.Namespace, **overrides) -> DataSpec:
     """The :class:`DataSpec` the data flags describe (``overrides`` replace single fields)."""
     values = {name: getattr(args, name) for name in (
         "data", "category", "format", "train_dir", "good_dir", "defect_dir", "mask_dir",
-        "mask_suffix", "masks_optional", "cache_dir")}
+        "mask_suffix", "masks_optional", "cache_dir", "split_file")}
     return DataSpec(**{**values, **overrides})
 
 

@@ -1,10 +1,9 @@
-"""Decode once, train many times: in-memory and on-disk caches of resized samples.
+"""Decode once, train many times: an on-disk cache of resized samples.
 
 Decoding PNG/JPEG and resizing dominates a small model's epoch, so training decodes each
-sample exactly once: :class:`CachedDataset` keeps the compact uint8 form in memory, and
-:func:`load_tensor_stack` decodes the whole dataset into one uint8 stack (optionally stored
-on disk) that training moves to the GPU once. Original-resolution masks are not written to
-disk; evaluation reads them cheaply with :meth:`AnomalyDataset.original_mask`.
+sample exactly once: :func:`load_tensor_stack` decodes the whole dataset into one uint8 stack
+(optionally stored on disk) that training moves to the GPU once. Original-resolution masks are
+not written to disk; evaluation reads them cheaply with :meth:`AnomalyDataset.original_mask`.
 """
 
 from __future__ import annotations
@@ -18,56 +17,15 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from adps.data.datasets import AnomalyDataset, Decoded, Record, Sample
+from adps.data.datasets import AnomalyDataset, Decoded
 from adps.errors import AdpsError
 from adps.fileio import atomic_save
 
-__all__ = ["CachedDataset", "cache_key", "load_tensor_stack"]
+__all__ = ["cache_key", "load_tensor_stack"]
 
 _CACHE_VERSION = 1
-
-
-class CachedDataset(Dataset[Sample]):
-    """Wrap a dataset so each sample is decoded once and served from memory afterwards.
-
-    The cache lives in this process: with a multi-worker DataLoader every worker would fill
-    its own copy, so use ``num_workers=0`` (or :func:`load_tensor_stack`) with it.
-    """
-
-    def __init__(self, dataset: AnomalyDataset):
-        self.dataset = dataset
-        self._cache: dict[int, Decoded] = {}
-
-    @property
-    def records(self) -> list[Record]:
-        return self.dataset.records
-
-    @property
-    def size(self) -> tuple[int, int] | None:
-        return self.dataset.size
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def decode(self, index: int) -> Decoded:
-        if index < 0:
-            index += len(self)
-        hit = self._cache.get(index)
-        if hit is None:
-            hit = self._cache[index] = self.dataset.decode(index)
-        return hit
-
-    def __getitem__(self, index: int) -> Sample:
-        if index < 0:
-            index += len(self)
-        return self.dataset.make_sample(index, self.decode(index))
-
-
-def _base(dataset: AnomalyDataset | CachedDataset) -> AnomalyDataset:
-    return dataset.dataset if isinstance(dataset, CachedDataset) else dataset
 
 
 def _stat(path: Path) -> list[int]:
@@ -78,21 +36,21 @@ def _stat(path: Path) -> list[int]:
     return [st.st_mtime_ns, st.st_size]
 
 
-def cache_key(dataset: AnomalyDataset | CachedDataset) -> str:
+def cache_key(dataset: AnomalyDataset) -> str:
     """Hash of everything the stack depends on: dataset type, size, files, mtimes, labels.
 
     Any edited, added or removed file changes the key, so a stale cache is never read.
     """
-    parts: list[object] = [_CACHE_VERSION, type(_base(dataset)).__name__, dataset.size]
+    parts: list[object] = [_CACHE_VERSION, type(dataset).__name__, dataset.size]
     for rec in dataset.records:
         mask = [str(rec.mask.resolve()), *_stat(rec.mask)] if rec.mask is not None else None
         parts.append([str(rec.image.resolve()), *_stat(rec.image), mask, rec.label])
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
-def _cache_file(dataset: AnomalyDataset | CachedDataset, cache_dir: Path) -> Path:
+def _cache_file(dataset: AnomalyDataset, cache_dir: Path) -> Path:
     size = "orig" if dataset.size is None else f"{dataset.size[0]}x{dataset.size[1]}"
-    return cache_dir / f"{type(_base(dataset)).__name__}_{size}_{cache_key(dataset)[:24]}.pt"
+    return cache_dir / f"{type(dataset).__name__}_{size}_{cache_key(dataset)[:24]}.pt"
 
 
 def _load_cached(path: Path, n: int) -> tuple[Tensor, Tensor, Tensor] | None:
@@ -109,7 +67,7 @@ def _load_cached(path: Path, n: int) -> tuple[Tensor, Tensor, Tensor] | None:
 
 
 def load_tensor_stack(
-    dataset: AnomalyDataset | CachedDataset,
+    dataset: AnomalyDataset,
     num_workers: int | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,

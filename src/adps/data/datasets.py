@@ -9,8 +9,12 @@ when it is first used, with its name.
 Rules shared by all datasets (kept strict so that wrong data never trains silently):
 
 * Only files whose extension is in ``extensions`` are images; anything else in a folder
-  (``.txt``, ``.json``, ``Thumbs.db``...) is not an image and is ignored. A file *with* an image
-  extension that cannot be decoded is an error, never skipped.
+  (``.txt``, ``.json``, ``Thumbs.db``...) is not an image and is ignored, with one
+  :class:`SkippedImagesWarning` per folder when some of it is in a format PIL could read (GIF,
+  WebP...), since those are likely images the user meant. A file *with* an image extension that
+  cannot be decoded is an error, never skipped.
+* Images larger than ``max_pixels`` (read from the header, before decoding) are refused with
+  their size and the limit; PIL's own decompression-bomb guard is switched off (see below).
 * A defective image must have a mask unless ``mask_required=False``; then it becomes an
   image-level-only sample (``has_mask=False``) and pixel metrics are reported as absent.
 * Masks that match no image are ignored with one :class:`OrphanMaskWarning` per mask folder.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import io
+import re
 import struct
 import warnings
 import zlib
@@ -35,7 +40,6 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -49,20 +53,34 @@ __all__ = [
     "KolektorSDD",
     "KolektorSDD2",
     "MVTecAD",
+    "DEFAULT_MAX_PIXELS",
     "OrphanMaskWarning",
+    "OverPixelLimit",
     "Record",
     "Resize",
-    "Sample",
+    "SkippedImagesWarning",
     "build_records",
-    "collate_samples",
     "find_images",
+    "list_files",
     "match_masks",
+    "name_some",
     "normalize_size",
     "read_image",
     "read_mask",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# 1 G pixels (3 GB as RGB): far above any camera or line-scan frame we know of, low enough that a
+# forged header cannot make a process allocate without bound.
+DEFAULT_MAX_PIXELS = 1_000_000_000
+
+# PIL's decompression-bomb guard runs inside Image.open, before any caller sees the size, and
+# refuses a legitimate 200 MP line-scan frame as a "decompression bomb DOS attack"; it has no
+# per-call switch, only this process-wide one. Every decode in adps goes through _decode, which
+# checks the header's size against the caller's max_pixels (the --max-pixels of predict and
+# serve) before any pixel is decoded, so that limit replaces PIL's, with words that name it.
+Image.MAX_IMAGE_PIXELS = None
 
 # What PIL raises for unreadable, corrupt or truncated files (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (
@@ -72,7 +90,6 @@ _DECODE_ERRORS = (
     EOFError,
     struct.error,
     zlib.error,
-    Image.DecompressionBombError,
 )
 
 Size = tuple[int, int]
@@ -82,21 +99,13 @@ class OrphanMaskWarning(UserWarning):
     """Masks without an image were ignored (a category of its own so callers can filter it)."""
 
 
-@dataclass
-class Sample:
-    """One image with its ground truth, at working size plus the original-resolution mask.
+class OverPixelLimit(AdpsError):
+    """An image larger than the caller's ``max_pixels`` (a type of its own: a server answers
+    it with 413, not 400)."""
 
-    ``original_mask`` is kept because metrics are computed at the original resolution, where
-    thin defects have not been lost to nearest-neighbour down-sampling.
-    """
 
-    image: Tensor  # float32 (3, H, W) in [0, 1]
-    mask: Tensor  # float32 (1, H, W) in {0, 1}; zeros for normal images (and when has_mask=False)
-    label: int  # 1 = anomalous
-    path: str
-    original_size: tuple[int, int]  # (H0, W0)
-    has_mask: bool  # False: defective image without pixel ground truth
-    original_mask: Tensor  # uint8 (H0, W0) in {0, 1}
+class SkippedImagesWarning(UserWarning):
+    """Files in a format PIL reads but adps does not take (GIF, WebP...) were left out."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +123,13 @@ class Record:
 
 
 class Decoded(NamedTuple):
-    """A decoded, resized sample in compact form (what caches store)."""
+    """A decoded, resized sample in compact form (what caches store).
+
+    ``original_mask`` is kept because metrics are computed at the original resolution, where
+    thin defects have not been lost to nearest-neighbour down-sampling."""
 
     image: Tensor  # uint8 (3, H, W)
-    mask: Tensor  # uint8 (1, H, W) in {0, 1}
+    mask: Tensor  # uint8 (1, H, W) in {0, 1}; zeros for normal images and defects without one
     original_mask: Tensor  # uint8 (H0, W0) in {0, 1}
 
 
@@ -125,21 +137,27 @@ class Decoded(NamedTuple):
 
 
 def _decode(source: Path | io.BytesIO, convert: Callable[[Image.Image], np.ndarray],
-            name: str | Path | None = None) -> np.ndarray:
-    """Open, fully decode and convert ``source``; every failure becomes an AdpsError naming
-    it (or ``name``)."""
+            name: str | Path | None = None, max_pixels: int | None = None) -> np.ndarray:
+    """Open, check the size against ``max_pixels``, fully decode and convert ``source``; every
+    failure becomes an AdpsError naming it (or ``name``)."""
     name = source if name is None else name
     try:
         with Image.open(source) as img:
-            if isinstance(source, Path):
-                img.load()  # forces full decoding so truncation is detected here, not later
+            pixels = img.width * img.height
+            if max_pixels is not None and pixels > max_pixels:
+                raise OverPixelLimit(f"{img.width} x {img.height} = {pixels} pixels is over the "
+                                     f"limit of {max_pixels} (--max-pixels)", name)
+            img.load()  # forces full decoding so truncation is detected here, not later
             return convert(img)
     except AdpsError:
         raise
     except FileNotFoundError as exc:
         raise AdpsError("file not found", name) from exc
     except Image.UnidentifiedImageError as exc:
-        raise AdpsError("not an image file (or an unsupported image format)", name) from exc
+        empty = (source.getbuffer().nbytes if isinstance(source, io.BytesIO)
+                 else source.stat().st_size) == 0
+        raise AdpsError("empty file: no image data" if empty else
+                        "not an image file (or an unsupported image format)", name) from exc
     except _DECODE_ERRORS as exc:
         raise AdpsError(f"corrupt or truncated image ({exc})", name) from exc
 
@@ -166,39 +184,27 @@ def _to_foreground(img: Image.Image) -> np.ndarray:
     return fg.any(axis=-1) if fg.ndim == 3 else fg
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode an image to uint8 RGB (H, W, 3).
 
     Grey images are replicated to three channels (backbones expect RGB), alpha is dropped and
     palettes are expanded. 16-bit grey is scaled from the full 0..65535 range to 0..255.
+    ``max_pixels`` (None = no limit) is checked from the header, before the pixels are decoded,
+    so an oversized image costs no memory.
     """
-    return _decode(Path(path), _to_rgb)
+    return _decode(Path(path), _to_rgb, max_pixels=max_pixels)
 
 
 def read_image_bytes(data: bytes, name: str | None = "upload",
-                     max_pixels: int | None = None) -> np.ndarray:
-    """Decode an encoded image held in memory (an upload) like :func:`read_image`.
-
-    ``max_pixels`` is checked from the header, before the pixels are decoded, so an oversized
-    image costs no memory; errors name ``name``.
-    """
-    name = name or "upload"
-    if not data:
-        raise AdpsError("empty file: no image data", name)
-
-    def convert(img: Image.Image) -> np.ndarray:
-        if max_pixels is not None and img.width * img.height > max_pixels:
-            raise AdpsError(f"{img.width} x {img.height} = {img.width * img.height} pixels is "
-                            f"over the limit of {max_pixels}", name)
-        img.load()
-        return _to_rgb(img)
-
-    return _decode(io.BytesIO(data), convert, name)
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded image held in memory (an upload) like :func:`read_image`; errors
+    name ``name``."""
+    return _decode(io.BytesIO(data), _to_rgb, name or "upload", max_pixels)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Decode a mask to a bool (H, W) array: any non-zero colour channel is foreground."""
-    return _decode(Path(path), _to_foreground)
+    return _decode(Path(path), _to_foreground, max_pixels=DEFAULT_MAX_PIXELS)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -257,8 +263,8 @@ class Resize:
 # --------------------------------------------------------------------------- the dataset
 
 
-class AnomalyDataset(Dataset[Sample]):
-    """A list of records decoded on demand into :class:`Sample` at a fixed working size."""
+class AnomalyDataset:
+    """A list of records decoded on demand (:meth:`decode`) at a fixed working size."""
 
     def __init__(self, records: Sequence[Record], size: int | Sequence[int] | None = 256):
         if not records:
@@ -308,40 +314,9 @@ class AnomalyDataset(Dataset[Sample]):
             )
         return torch.from_numpy(mask.astype(np.uint8))
 
-    def make_sample(self, index: int, decoded: Decoded) -> Sample:
-        """Turn the compact uint8 form into a float Sample (shared with the caches)."""
-        rec = self.records[index]
-        h0, w0 = decoded.original_mask.shape
-        return Sample(
-            image=decoded.image.float().div_(255.0),
-            mask=decoded.mask.float(),
-            label=rec.label,
-            path=str(rec.image),
-            original_size=(int(h0), int(w0)),
-            has_mask=rec.has_mask,
-            original_mask=decoded.original_mask,
-        )
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.make_sample(index, self.decode(index))
-
     def __repr__(self) -> str:
         n_bad = sum(self.labels)
         return f"{type(self).__name__}({len(self)} images, {n_bad} anomalous, size={self.size})"
-
-
-def collate_samples(samples: list[Sample]) -> dict[str, object]:
-    """DataLoader ``collate_fn``: stack image/mask/label; keep per-sample extras as lists
-    (original masks differ in size, so they cannot be stacked)."""
-    return {
-        "image": torch.stack([s.image for s in samples]),
-        "mask": torch.stack([s.mask for s in samples]),
-        "label": torch.tensor([s.label for s in samples], dtype=torch.int64),
-        "path": [s.path for s in samples],
-        "original_size": [s.original_size for s in samples],
-        "has_mask": [s.has_mask for s in samples],
-        "original_mask": [s.original_mask for s in samples],
-    }
 
 
 # --------------------------------------------------------------------------- record building
@@ -358,9 +333,20 @@ def _require_dir(directory: Path, what: str = "directory") -> None:
         raise AdpsError(f"{what} is not a directory", directory)
 
 
-def _list_files(directory: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
+def list_files(directory: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS,
+               recursive: bool = False) -> tuple[list[Path], list[Path]]:
+    """(images, other files) of ``directory``, each sorted; the others are returned so that
+    callers can say what they left out instead of dropping it without a word."""
+    directory, extensions = Path(directory), _extensions(extensions)
     found = directory.rglob("*") if recursive else directory.iterdir()
-    return sorted(p for p in found if p.suffix.lower() in extensions and p.is_file())
+    files = sorted(p for p in found if p.is_file())
+    return ([p for p in files if p.suffix.lower() in extensions],
+            [p for p in files if p.suffix.lower() not in extensions])
+
+
+def name_some(names: Sequence[str], limit: int = 3) -> str:
+    """The first ``limit`` names, then how many more: a list that stays one line."""
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def find_images(
@@ -371,11 +357,18 @@ def find_images(
 ) -> list[Path]:
     """Sorted image files of a directory; a missing or image-less directory is an error.
 
-    ``exclude_stem_suffix`` skips masks stored beside their images (Kolektor's ``_GT``).
+    ``exclude_stem_suffix`` skips masks stored beside their images (Kolektor's ``_GT``). Files
+    PIL could read in a format not in ``extensions`` are left out with a
+    :class:`SkippedImagesWarning`, since a dataset silently missing its GIFs is worse than noise.
     """
     directory = Path(directory)
     _require_dir(directory)
-    images = _list_files(directory, _extensions(extensions), recursive)
+    images, others = list_files(directory, extensions, recursive)
+    readable = [p for p in others if p.suffix.lower() in Image.registered_extensions()]
+    if readable:
+        warnings.warn(f"{len(readable)} file(s) in {directory} are in a format adps does not "
+                      f"take ({', '.join(sorted({p.suffix.lower() for p in readable}))}) and "
+                      f"are left out: {name_some([p.name for p in readable])}", SkippedImagesWarning, stacklevel=2)
     if exclude_stem_suffix:
         images = [p for p in images if not p.stem.endswith(exclude_stem_suffix)]
     if not images:
@@ -407,7 +400,7 @@ def match_masks(
     _require_dir(mask_dir, "mask directory")
     index: dict[str, Path] = {}
     image_set = set(images)
-    for path in _list_files(mask_dir, _extensions(extensions), recursive):
+    for path in list_files(mask_dir, extensions, recursive)[0]:
         rel = path.relative_to(mask_dir)
         if not rel.stem.endswith(mask_suffix) or path in image_set:
             continue
@@ -475,7 +468,8 @@ def _check_split(split: str, allowed: tuple[str, ...]) -> None:
 
 class MVTecAD(AnomalyDataset):
     """MVTec AD layout: ``<category>/train/good``, ``test/<defect>``,
-    ``ground_truth/<defect>/NNN_mask.png``. Test order: ``good`` first, then defects by name.
+    ``ground_truth/<defect>/NNN_mask.png``. Test order: ``good`` first, then defects by name;
+    ``"all"`` is train then test (what a split file chooses from).
 
     ``mask_suffix`` covers MVTec-like sets whose masks share the image's name (``""``)."""
 
@@ -488,19 +482,19 @@ class MVTecAD(AnomalyDataset):
         mask_required: bool = True,
         mask_suffix: str = "_mask",
     ):
-        _check_split(split, ("train", "test"))
+        _check_split(split, ("train", "test", "all"))
         base = Path(root) / category
         _require_dir(Path(root), "dataset root")
         _require_dir(base, f"category {category!r}")
-        if split == "train":
-            records = build_records(base / "train" / "good", 0)
-        else:
+        records = []
+        if split in ("train", "all"):
+            records += build_records(base / "train" / "good", 0)
+        if split in ("test", "all"):
             test = base / "test"
             _require_dir(test)
             kinds = sorted((d.name for d in test.iterdir() if d.is_dir()), key=lambda n: (n != "good", n))
             if not kinds:
                 raise AdpsError("no sub-folders (good, <defect>...) in the test directory", test)
-            records = []
             for kind in kinds:
                 gt: Path | None = base / "ground_truth" / kind
                 if not mask_required and not gt.is_dir():
@@ -516,9 +510,10 @@ class Folder(AnomalyDataset):
     """A generic dataset configured by directories and a mask-naming rule.
 
     ``split="train"`` uses ``train_dir`` (normal images); ``"test"`` uses ``normal_test_dir``
-    (label 0) and ``abnormal_test_dir`` (label 1, masks from ``mask_dir``). Relative
-    directories are taken relative to ``root``. Masks are matched by the image's stem +
-    ``mask_suffix`` whatever their extension (``x.jpg`` -> ``x.png`` or ``x_mask.png``).
+    (label 0) and ``abnormal_test_dir`` (label 1, masks from ``mask_dir``); ``"all"`` whichever
+    of them are given. Relative directories are taken relative to ``root``. Masks are matched by
+    the image's stem + ``mask_suffix`` whatever their extension (``x.jpg`` -> ``x.png`` or
+    ``x_mask.png``).
     """
 
     def __init__(
@@ -535,30 +530,29 @@ class Folder(AnomalyDataset):
         recursive: bool = False,
         size: int | Sequence[int] | None = 256,
     ):
-        _check_split(split, ("train", "test"))
+        _check_split(split, ("train", "test", "all"))
         base = Path(root) if root is not None else Path()
         if root is not None:
             _require_dir(base, "dataset root")
+        if split == "train" and train_dir is None:
+            raise AdpsError("Folder dataset: split='train' needs train_dir")
+        if split == "test" and normal_test_dir is None and abnormal_test_dir is None:
+            raise AdpsError("Folder dataset: split='test' needs normal_test_dir and/or abnormal_test_dir")
 
         def resolve(d: str | Path | None) -> Path | None:
             return None if d is None else base / d
 
         extensions = _extensions(extensions)
         records: list[Record] = []
-        if split == "train":
-            if train_dir is None:
-                raise AdpsError("Folder dataset: split='train' needs train_dir")
-            records = build_records(resolve(train_dir), 0, extensions=extensions, recursive=recursive)
-        else:
-            if normal_test_dir is None and abnormal_test_dir is None:
-                raise AdpsError("Folder dataset: split='test' needs normal_test_dir and/or abnormal_test_dir")
-            if normal_test_dir is not None:
-                records += build_records(resolve(normal_test_dir), 0, extensions=extensions, recursive=recursive)
-            if abnormal_test_dir is not None:
-                records += build_records(
-                    resolve(abnormal_test_dir), 1, resolve(mask_dir), mask_suffix, mask_required,
-                    extensions, recursive,
-                )
+        if split != "test" and train_dir is not None:
+            records += build_records(resolve(train_dir), 0, extensions=extensions, recursive=recursive)
+        if split != "train" and normal_test_dir is not None:
+            records += build_records(resolve(normal_test_dir), 0, extensions=extensions, recursive=recursive)
+        if split != "train" and abnormal_test_dir is not None:
+            records += build_records(
+                resolve(abnormal_test_dir), 1, resolve(mask_dir), mask_suffix, mask_required,
+                extensions, recursive,
+            )
         super().__init__(records, size)
         self.split = split
 
@@ -567,15 +561,18 @@ class KolektorSDD2(AnomalyDataset):
     """Kolektor SDD2: ``root/{train,test}/<id>.png`` with ``<id>_GT.png`` beside it.
 
     A sample is anomalous iff its GT has a non-zero pixel; the train split keeps only the
-    normal images (the one-class setting), the test split keeps all.
+    normal images of ``train/`` (the one-class setting), the test split all of ``test/``, and
+    ``"all"`` every image of both.
     """
 
     def __init__(self, root: str | Path, split: str = "train", size: int | Sequence[int] | None = 256):
-        _check_split(split, ("train", "test"))
+        _check_split(split, ("train", "test", "all"))
         _require_dir(Path(root), "dataset root")
-        folder = Path(root) / split
-        images = find_images(folder, exclude_stem_suffix="_GT")
-        records = _records_labelled_by_mask(images, match_masks(images, folder, folder, "_GT"))
+        records = []
+        for part in ("train", "test") if split == "all" else (split,):
+            folder = Path(root) / part
+            images = find_images(folder, exclude_stem_suffix="_GT")
+            records += _records_labelled_by_mask(images, match_masks(images, folder, folder, "_GT"))
         if split == "train":
             records = [r for r in records if r.label == 0]
             if not records:
@@ -587,8 +584,17 @@ class KolektorSDD2(AnomalyDataset):
 class KolektorSDD(AnomalyDataset):
     """Kolektor SDD (v1): ``root/kosNN/PartN.jpg`` with ``PartN_label.bmp`` beside it.
 
-    The set has no official split, so ``split`` is a deterministic filter: ``"all"`` and
-    ``"test"`` keep every image, ``"train"`` only the normal ones (label all zero).
+    Each ``kosNN`` folder holds the images of one physical item (a commutator). The set comes
+    with no split, so adps splits by item, never by image: images of one item look alike, and an
+    item on both sides would let the test see surfaces it trained on. The rule reads the item's
+    number from its folder name: odd items (kos01, kos03...) train, even items (kos02, kos04...)
+    test; 25 items each on the full set. It needs nothing but the folder's own name, so it
+    cannot change with which other folders exist, anyone can apply it by hand, and a drift
+    along the numbering (the order items were imaged) falls on both sides alike.
+
+    ``"train"`` is the normal images (label all zero) of the odd items; ``"test"`` every image
+    of the even items; ``"all"`` every image. A published protocol (e.g. the 3-fold split of
+    Tabernik et al.) can be pinned instead with a split file (:class:`adps.data.spec.DataSpec`).
     """
 
     def __init__(self, root: str | Path, split: str = "all", size: int | Sequence[int] | None = 256):
@@ -596,11 +602,25 @@ class KolektorSDD(AnomalyDataset):
         root = Path(root)
         _require_dir(root, "dataset root")
         images = find_images(root, recursive=True, exclude_stem_suffix="_label")
-        masks = match_masks(images, root, root, "_label", recursive=True)
-        records = _records_labelled_by_mask(images, masks)
+        pairs = list(zip(images, match_masks(images, root, root, "_label", recursive=True)))
+        if split != "all":
+            side = 1 if split == "train" else 0
+            pairs = [(i, m) for i, m in pairs if _ksdd_item(root, i) % 2 == side]
+        records = _records_labelled_by_mask([i for i, _ in pairs], [m for _, m in pairs])
         if split == "train":
             records = [r for r in records if r.label == 0]
-            if not records:
-                raise AdpsError("no normal (all-zero label) images", root)
+        if not records:
+            raise AdpsError(f"no images for split {split!r} (train: the normal images of the odd "
+                            "kosNN item folders; test: all images of the even ones)", root)
         super().__init__(records, size)
         self.split = split
+
+
+def _ksdd_item(root: Path, image: Path) -> int:
+    """The item number of a KSDD image: the trailing digits of its folder under ``root``."""
+    parts = image.relative_to(root).parts
+    number = re.search(r"\d+$", parts[0]) if len(parts) > 1 else None
+    if number is None:
+        raise AdpsError("a KolektorSDD image must lie in an item folder named like kos01 (its "
+                        "number decides the train/test split)", image)
+    return int(number.group())
