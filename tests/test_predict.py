@@ -1,5 +1,7 @@
+import argparse
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +14,12 @@ from adps.cli import main
 from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import MVTecAD, read_image
 from adps.data.procedural import make_demo_dataset
-from adps.cli.predict import collect_inputs
+from adps.cli.predict import _pixels, collect_inputs
 from adps.engine.calibrate import Thresholds
-from adps.engine.predict import Prediction
+from adps.engine.predict import Prediction, to_uint8_chw
 from adps.engine.train import train
 from adps.errors import AdpsError
+from pngheader import png_header
 
 SIZE = 64
 
@@ -167,28 +170,82 @@ def test_input_discovery_folders_globs_and_recursion(tmp_path):
     a, b = _png(tmp_path / "a" / "001.png"), _png(tmp_path / "a" / "002.jpg")
     deep = _png(tmp_path / "a" / "sub" / "003.png")
     (tmp_path / "a" / "notes.txt").write_text("not an image")
-    files, missing = collect_inputs([str(tmp_path / "a")], recursive=False)
+    files, missing, skipped = collect_inputs([str(tmp_path / "a")], recursive=False)
     assert files == [(a, "001.png"), (b, "002.jpg")] and missing == []
-    files, _ = collect_inputs([str(tmp_path / "a")], recursive=True)
+    assert skipped == [tmp_path / "a" / "notes.txt"]
+    files, _, _ = collect_inputs([str(tmp_path / "a")], recursive=True)
     assert [f for f, _ in files] == [a, b, deep]
     assert dict(files)[deep] == "sub/003.png"  # the path below the folder is kept
-    files, _ = collect_inputs([str(tmp_path / "a" / "*.png")], recursive=False)
+    files, _, _ = collect_inputs([str(tmp_path / "a" / "*.png")], recursive=False)
     assert [f for f, _ in files] == [a]
-    files, _ = collect_inputs([str(tmp_path / "**" / "*.png")], recursive=True)
+    files, _, _ = collect_inputs([str(tmp_path / "**" / "*.png")], recursive=True)
     assert sorted(f for f, _ in files) == sorted([a, deep])
     (tmp_path / "empty").mkdir()
-    files, missing = collect_inputs([str(tmp_path / "empty"), str(tmp_path / "none*.png")],
-                                    recursive=False)
+    files, missing, _ = collect_inputs([str(tmp_path / "empty"), str(tmp_path / "none*.png")],
+                                       recursive=False)
     assert files == []
     assert missing == [(str(tmp_path / "empty"),
                         "folder holds no images (use --recursive for sub-folders)"),
                        (str(tmp_path / "none*.png"), "no such file, folder or matching pattern")]
 
 
+def test_every_refusal_names_its_cause(trained, tmp_path, capsys):
+    """GIF, WebP and text files in a folder are counted and named; an empty file says empty;
+    a 30000 x 30000 image is refused by --max-pixels (from its header), not by PIL's guard."""
+    folder = tmp_path / "in"
+    ok = _png(folder / "ok.png", 90)
+    for name in ("anim.gif", "photo.webp"):
+        Image.new("RGB", (8, 8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "zero.png").write_bytes(b"")
+    (folder / "wide.png").write_bytes(png_header(30000, 30000))
+    out = tmp_path / "out"
+    code = main(["predict", str(folder), "--model", str(trained[0]), "--out", str(out),
+                 "--device", "cpu", "--no-progress", "--no-images", "--max-pixels", "1e6"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "skipped 3 file(s) without an image extension (.gif, .txt, .webp): " \
+           f"{folder / 'anim.gif'}, {folder / 'notes.txt'}, {folder / 'photo.webp'}" in err
+    assert f"failed {folder / 'zero.png'}: empty file" in err
+    assert (f"failed {folder / 'wide.png'}: 30000 x 30000 = 900000000 pixels is over the limit "
+            "of 1000000 (--max-pixels)") in err
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    assert [r["path"] for r in rows] == [str(ok)]
+    code = main(["predict", str(folder / "wide.png"), "--model", str(trained[0]), "--out",
+                 str(out), "--device", "cpu", "--no-progress", "--max-pixels", "none"])
+    err = capsys.readouterr().err
+    assert code == 1 and "wide.png: corrupt or truncated" in err  # decoding was tried
+    assert "bomb" not in err and "--max-pixels" not in err
+
+
+@pytest.mark.parametrize("text, value", [("4e7", 40_000_000), ("1000", 1000), ("0", None),
+                                         ("None", None)])
+def test_max_pixels_values(text, value):
+    assert _pixels(text) == value
+
+
+@pytest.mark.parametrize("text", ["-5", "0.5", "1.5e0", "many"])
+def test_max_pixels_refuses_what_is_not_a_count(text):
+    with pytest.raises(argparse.ArgumentTypeError, match="--max-pixels takes a pixel count"):
+        _pixels(text)
+
+
+def test_a_read_only_array_is_taken_without_a_warning():
+    """np.asarray(a PIL image) is read-only; torch warns when it wraps such an array."""
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    array = np.asarray(Image.fromarray(pixels))
+    assert not array.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tensor, path = to_uint8_chw(array)
+    assert path is None and torch.equal(tensor, torch.from_numpy(pixels).permute(2, 0, 1))
+    assert not array.flags.writeable  # the caller's array is left as it was
+
+
 def test_same_file_names_from_two_folders_get_distinct_outputs(trained, tmp_path):
     one, two = _png(tmp_path / "x" / "001.png", 10), _png(tmp_path / "y" / "001.png", 200)
-    files, _ = collect_inputs([str(tmp_path / "x"), str(one.parent.parent / "y" / "001.png")],
-                              recursive=False)
+    files, _, _ = collect_inputs([str(tmp_path / "x"), str(one.parent.parent / "y" / "001.png")],
+                                 recursive=False)
     assert files == [(one, "001.png"), (two, "001_1.png")]
     out = tmp_path / "out"
     assert main(["predict", str(tmp_path / "x"), str(two), "--model", str(trained[0]),

@@ -23,6 +23,7 @@ import pytest
 import torch
 from datapaths import WELD
 from PIL import Image
+from pngheader import png_header
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -171,6 +172,19 @@ def test_limits_on_pixels_size_files_and_outputs(model_path):
         unknown = c.post("/v1/predict?outputs=heatmap", content=b"x",
                          headers={"Content-Type": "image/png"})
         assert unknown.status_code == 400 and "heatmap" in unknown.json()["error"]
+
+
+def test_a_huge_image_is_refused_by_our_limit_not_by_pils_guard(client):
+    """900 MP is over PIL's decompression-bomb guard too; the answer must name --max-pixels."""
+    for files, content in ((None, png_header(30000, 30000)),
+                           ([("file", ("wide.png", png_header(30000, 30000), "image/png"))], None)):
+        response = client.post("/v1/predict", content=content, files=files,
+                               headers={"Content-Type": "image/png"} if content else {})
+        assert response.status_code == 413
+        error = response.json()["error"]
+        assert ("30000 x 30000 = 900000000 pixels is over the limit of 40000000 "
+                "(--max-pixels)") in error and "bomb" not in error
+    assert "wide.png" in error  # a multipart file is named
 
 
 def test_a_model_failure_is_a_500_and_the_next_request_succeeds(model_path):

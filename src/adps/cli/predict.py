@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from adps.cli.options import add_backend_arguments, add_inference_arguments
+from adps.data.datasets import DEFAULT_MAX_PIXELS
 
 EXIT_SOME_FAILED = 1
 
@@ -25,32 +26,56 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     f"code is {EXIT_SOME_FAILED} when any input failed. Under torchrun "
                     "(torchrun --nproc-per-node N adps predict ..., also across nodes) each "
                     "process scores a disjoint share of the inputs and rank 0 writes one "
-                    "merged CSV/JSON in input order.")
+                    "merged CSV/JSON in input order. Files in a folder without an image "
+                    "extension (.png, .jpg, .jpeg, .bmp, .tif, .tiff; GIF and WebP are not "
+                    "taken) are skipped, and the summary says how many and which.")
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     add_inference_arguments(p, "model.pt, model.onnx, model.xml or model.ts")
     add_backend_arguments(p)
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
     p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")
+    p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help="refuse images larger than this many pixels, read from the file's "
+                        f"header before decoding (default {DEFAULT_MAX_PIXELS:,}, "
+                        f"{3 * DEFAULT_MAX_PIXELS / 1e9:g} GB as RGB: any real frame, line-scan "
+                        "included, fits; 0 or none = no limit). Tiled models score large "
+                        "images tile by tile, but the whole image is held in memory")
     p.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
-    """(file, output name) pairs and (input, reason) for inputs that match nothing.
+def _pixels(text: str) -> int | None:
+    """--max-pixels: a count such as 40000000 or 4e7; 0 or none for no limit."""
+    if text.strip().lower() in ("0", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"--max-pixels takes a pixel count (e.g. 4e7), 0 or "
+                                         f"none, got {text!r}")
+    return int(value)
+
+
+def collect_inputs(inputs: list[str], recursive: bool,
+                   ) -> tuple[list[tuple[Path, str]], list[tuple[str, str]], list[Path]]:
+    """(file, output name) pairs, (input, reason) for inputs that match nothing, and the
+    files of the folders that were skipped for their extension.
 
     Output names keep a file's path relative to the folder it was found in, so two folders'
     ``001.png`` do not overwrite each other.
     """
-    from adps.data.datasets import IMAGE_EXTENSIONS
+    from adps.data.datasets import list_files
 
     files: list[tuple[Path, str]] = []
     missing: list[tuple[str, str]] = []
+    skipped: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            pattern = "**/*" if recursive else "*"
-            found = sorted(p for p in path.glob(pattern)
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            found, others = list_files(path, recursive=recursive)
+            skipped += others
             files += [(p, str(p.relative_to(path))) for p in found]
             if not found:
                 missing.append((item, "folder holds no images" +
@@ -69,7 +94,16 @@ def collect_inputs(inputs: list[str], recursive: bool) -> tuple[list[tuple[Path,
         count = names.get(name, 0)
         names[name] = count + 1
         unique.append((path, name if count == 0 else f"{Path(name).stem}_{count}{Path(name).suffix}"))
-    return unique, missing
+    return unique, missing, skipped
+
+
+def skipped_summary(skipped: list[Path]) -> str:
+    """One line that counts and names the files a folder held that are not images."""
+    from adps.data.datasets import name_some
+
+    kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in skipped}))
+    return (f"skipped {len(skipped)} file(s) without an image extension ({kinds}): "
+            f"{name_some([str(p) for p in skipped])}")
 
 
 def _png(array, path: Path) -> None:
@@ -94,7 +128,8 @@ def _write_outputs(pred, name: Path, args: argparse.Namespace) -> dict:
         mask_path = args.out / "masks" / name.with_suffix(".png")
         overlay_path = args.out / "overlays" / name.with_suffix(".png")
         _png((pred.mask * 255).astype(np.uint8), mask_path)
-        _png(overlay(read_image(pred.path), pred.anomaly_map, pred.mask), overlay_path)
+        _png(overlay(read_image(pred.path, max_pixels=None), pred.anomaly_map, pred.mask),
+             overlay_path)  # no limit: the file passed it on its way in
         row.update(mask=str(mask_path), overlay=str(overlay_path))
     return row
 
@@ -122,10 +157,12 @@ def run(args: argparse.Namespace) -> int:
     from adps.errors import AdpsError
     from adps.fileio import atomic_write_text
 
-    files, failures = collect_inputs(args.inputs, args.recursive)
+    files, failures, skipped = collect_inputs(args.inputs, args.recursive)
     if not files:
         for item, reason in failures:
             print(f"skipped {item}: {reason}", file=sys.stderr)
+        if skipped:
+            print(skipped_summary(skipped), file=sys.stderr)
         raise AdpsError("no input images found")
     ctx = init_distributed("cpu")  # gloo carries the rows between ranks, whatever the device
     try:
@@ -138,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         rows, shard_failures = [], []
         with tqdm(total=len(shard), unit="img", desc="predict",
                   disable=args.no_progress or not ctx.is_main) as bar:
-            for batch, failed in predictor.iter_files(shard):
+            for batch, failed in predictor.iter_files(shard, max_pixels=args.max_pixels):
                 shard_failures += failed
                 for pred in batch:  # written as they come: memory stays at one batch
                     rows.append(_write_outputs(pred, Path(out_name[pred.path]), args))
@@ -168,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
           f"(decision: {predictor.thresholds.rule()}); results in {args.out}; runtime: "
           f"{predictor.runtime}")
+    if skipped:
+        print(skipped_summary(skipped), file=sys.stderr)
     for item, reason in failures:
         print(f"failed {item}: {reason}", file=sys.stderr)
     if failures:

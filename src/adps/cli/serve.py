@@ -38,7 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--queue-size", type=int, default=64,
                    help="requests waiting at most before 503 (default 64)")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="largest image accepted, in pixels (default 40 M)")
+                   help="largest image accepted, in pixels, read from its header before "
+                        "decoding; a larger one gets 413 (default 40 M)")
     p.add_argument("--max-body-mb", type=float, default=64.0,
                    help="largest request accepted, in MiB (default 64)")
     p.set_defaults(func=run)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from adps.config import ModelConfig, from_dict
-from adps.data.datasets import Resize, read_image
+from adps.data.datasets import DEFAULT_MAX_PIXELS, Resize, read_image
 from adps.engine.calibrate import Thresholds
 from adps.engine.device import inference_batch_size, resolve_device
 from adps.engine.inference import Forward, TorchForward
@@ -52,19 +52,23 @@ class Prediction:
                 "defect_area": self.defect_area}
 
 
-def to_uint8_chw(item: ImageInput) -> tuple[torch.Tensor, str | None]:
+def to_uint8_chw(item: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 ) -> tuple[torch.Tensor, str | None]:
     """One image as a uint8 (3, H, W) tensor, plus its path when it came from a file.
 
     Accepts a path, a PIL image, or an array/tensor shaped (H, W), (H, W, 3) or (3, H, W);
     uint8 values are 0..255, floats must lie in [0, 1]. Grey is replicated to three channels
-    like the datasets do, so a grey line camera gets the same input as in training.
+    like the datasets do, so a grey line camera gets the same input as in training. A file over
+    ``max_pixels`` (None = no limit) is refused from its header, before it is decoded.
     """
     if isinstance(item, (str, Path)):
-        return torch.from_numpy(read_image(item)).permute(2, 0, 1), str(item)
+        return torch.from_numpy(read_image(item, max_pixels)).permute(2, 0, 1), str(item)
     if isinstance(item, Image.Image):
         array = np.array(item.convert("RGB"))
         return torch.from_numpy(array).permute(2, 0, 1), getattr(item, "filename", None) or None
-    tensor = torch.as_tensor(np.ascontiguousarray(item) if isinstance(item, np.ndarray) else item)
+    if isinstance(item, np.ndarray):  # torch cannot share a read-only array (np.asarray(PIL))
+        item = np.require(item, requirements=("C_CONTIGUOUS", "WRITEABLE"))
+    tensor = torch.as_tensor(item)
     if tensor.ndim == 2:
         tensor = tensor.unsqueeze(0).expand(3, -1, -1)
     elif tensor.ndim == 3 and tensor.shape[-1] in (1, 3) and tensor.shape[0] not in (1, 3):
@@ -149,8 +153,10 @@ class Predictor:
         return results[0] if single else results
 
     def iter_files(self, paths: Sequence[str | Path], workers: int = 4,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
                    ) -> Iterator[tuple[list[Prediction], list[tuple[str, str]]]]:
-        """Per batch: the predictions, and (path, reason) for files that could not be read.
+        """Per batch: the predictions, and (path, reason) for files that could not be read
+        (or are over ``max_pixels``, None = no limit).
 
         Streams, so a folder of any size needs the memory of one batch; the next batch is
         decoded in a thread pool (PIL releases the GIL) while the model runs on this one.
@@ -158,7 +164,7 @@ class Predictor:
 
         def load(path: str) -> torch.Tensor | str:
             try:
-                return to_uint8_chw(path)[0]
+                return to_uint8_chw(path, max_pixels)[0]
             except AdpsError as exc:
                 return str(exc).removeprefix(f"{path}: ")
 
@@ -177,11 +183,12 @@ class Predictor:
                 yield predictions, failed
 
     def predict_files(self, paths: Sequence[str | Path], workers: int = 4,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS,
                       ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """All predictions and failures at once (keeps every map: use :meth:`iter_files` for
         large folders)."""
         predictions, failures = [], []
-        for batch, failed in self.iter_files(paths, workers):
+        for batch, failed in self.iter_files(paths, workers, max_pixels):
             predictions += batch
             failures += failed
         return predictions, failures

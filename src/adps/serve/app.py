@@ -39,7 +39,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adps.data.datasets import read_image_bytes
+from adps.data.datasets import OverPixelLimit, read_image_bytes
 from adps.engine.predict import Prediction, Predictor
 from adps.errors import AdpsError
 from adps.fileio import file_sha256
@@ -213,7 +213,7 @@ def create_app(predictor: Predictor, model_path: str | Path,
         try:
             images = await run_in_threadpool(decode)
         except AdpsError as exc:
-            raise ServeError(413 if "over the limit" in str(exc) else 400, str(exc)) from None
+            raise ServeError(413 if isinstance(exc, OverPixelLimit) else 400, str(exc)) from None
         try:
             predictions = await request.app.state.batcher.submit(images)
         except Busy:
