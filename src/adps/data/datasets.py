@@ -588,13 +588,16 @@ class KolektorSDD(AnomalyDataset):
     with no split, so adps splits by item, never by image: images of one item look alike, and an
     item on both sides would let the test see surfaces it trained on. The rule reads the item's
     number from its folder name: odd items (kos01, kos03...) train, even items (kos02, kos04...)
-    test; 25 items each on the full set. It needs nothing but the folder's own name, so it
-    cannot change with which other folders exist, anyone can apply it by hand, and a drift
-    along the numbering (the order items were imaged) falls on both sides alike.
+    test; 25 items each on the full set (kos01..kos50). It needs nothing but the folder's own
+    name, so it cannot change with which other folders exist and anyone can apply it by hand,
+    and whatever the numbering follows (perhaps the order the items were imaged in) falls on
+    both sides alike.
 
     ``"train"`` is the normal images (label all zero) of the odd items; ``"test"`` every image
-    of the even items; ``"all"`` every image. A published protocol (e.g. the 3-fold split of
-    Tabernik et al.) can be pinned instead with a split file (:class:`adps.data.spec.DataSpec`).
+    of the even items; ``"all"`` every image. The defective images of odd items are in neither
+    split: training is one-class, and testing them would put a training item on both sides. A
+    published protocol (e.g. the 3-fold cross-validation of Tabernik et al., 2019) can be pinned
+    instead with a split file (``DataSpec.split_file``, ``--split-file``).
     """
 
     def __init__(self, root: str | Path, split: str = "all", size: int | Sequence[int] | None = 256):
