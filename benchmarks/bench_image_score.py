@@ -15,7 +15,7 @@ import argparse
 import torch
 
 from adps.data.spec import DataSpec
-from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import evaluate
 from adps.engine.tiling import open_split
 from adps.metrics import image_metrics
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--category", default=None)
     args = parser.parse_args()
 
-    model = model_from_checkpoint(load_checkpoint(args.model))
+    model = Checkpoint.load(args.model).model()
     spec = DataSpec(args.data, category=args.category)
     result = evaluate(model, open_split(spec, "test", model.config), "cpu", progress=False)
     maps = result.maps[:, None]

@@ -88,9 +88,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_model(args: argparse.Namespace) -> tuple[ADPS, str]:
     if args.checkpoint:
-        from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+        from adps.engine.checkpoint import Checkpoint
 
-        model = model_from_checkpoint(load_checkpoint(args.checkpoint), "cpu")
+        model = Checkpoint.load(args.checkpoint).model("cpu")
         return model, f"checkpoint {args.checkpoint}"
     config = ModelConfig(image_size=args.size, k=args.k)
     try:

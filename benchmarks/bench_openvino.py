@@ -10,6 +10,7 @@ the training split as ``--recipe fast`` does, so the default recipe's graph is w
 
 from __future__ import annotations
 
+import dataclasses
 import argparse
 import statistics
 import tempfile
@@ -21,13 +22,7 @@ import torch
 
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
-from adps.config import ModelConfig, from_dict
-from adps.engine.checkpoint import (
-    checkpoint_thresholds,
-    load_checkpoint,
-    make_checkpoint,
-    model_from_checkpoint,
-)
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.calibrate import f1_optimal_threshold
 from adps.engine.prior import fit_prior
 from adps.engine.inference import TorchForward
@@ -56,17 +51,17 @@ def main() -> None:
     p.add_argument("--fit-prior", action="store_true",
                    help="add the memory prior (fitted on the training split) before timing")
     args = p.parse_args()
-    ckpt = load_checkpoint(args.model)
+    ckpt = Checkpoint.load(args.model)
     spec = DataSpec(args.data, category=args.category)
     if args.fit_prior:
-        config = from_dict(ModelConfig, {**ckpt["model_config"], "prior": "memory"})
+        config = dataclasses.replace(ckpt.model_config, prior="memory")
         model = ADPS(config, pretrained=False)
-        model.load_state_dict(ckpt["model"], strict=False)  # the bank is fitted next
+        model.load_state_dict(ckpt.state, strict=False)  # the bank is fitted next
         train_images, _, _ = load_tensor_stack(spec.open("train", config.image_size),
                                                progress=False)
         fit_prior(model, train_images)
-        ckpt = make_checkpoint(model.eval(), None, checkpoint_thresholds(ckpt))
-    model = model_from_checkpoint(ckpt)
+        ckpt = Checkpoint.of(model.eval(), thresholds=ckpt.thresholds)
+    model = ckpt.model()
     dataset = spec.open("test", model.config.image_size)
     images, masks, labels = load_tensor_stack(dataset, progress=False)
     has_mask = np.array([r.has_mask for r in dataset.records])

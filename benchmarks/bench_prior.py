@@ -23,7 +23,7 @@ import torch
 from adps.config import from_dict, to_dict, ModelConfig
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
-from adps.engine.checkpoint import load_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import _peak_memory
 from adps.engine.prior import fit_prior
 from adps.metrics import compute_metrics
@@ -53,8 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
 
-    ckpt = load_checkpoint(args.model)
-    base = from_dict(ModelConfig, ckpt["model_config"])
+    ckpt = Checkpoint.load(args.model)
+    base = ckpt.model_config
     spec = DataSpec(args.data, category=args.category)
     size = base.image_size
     train_images, _, _ = load_tensor_stack(spec.open("train", size), progress=False)
@@ -83,7 +83,7 @@ def main() -> None:
                                          "memory_size": memory_size,
                                          "memory_neighbors": args.neighbors})
         model = ADPS(config, pretrained=False)
-        model.load_state_dict(ckpt["model"], strict=False)  # the bank is fitted below
+        model.load_state_dict(ckpt.state, strict=False)  # the bank is fitted below
         fit = fit_prior(model, train_images)
         model.eval()
         psm_maps, prior_maps = [], []
@@ -96,7 +96,7 @@ def main() -> None:
         psm_map, prior_map = torch.cat(psm_maps), torch.cat(prior_maps)
         if memory_size == args.sizes[0]:
             plain = ADPS(base, pretrained=False)
-            plain.load_state_dict(ckpt["model"])
+            plain.load_state_dict(ckpt.state)
             record("PSM alone (the paper)", psm_map, plain.eval(),
                    latency_ms=latency_ms(plain.eval(), images[0]))
         latency = latency_ms(model, images[0])

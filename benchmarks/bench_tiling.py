@@ -27,11 +27,10 @@ import numpy as np
 import torch
 
 from adps.config import ModelConfig
-from adps.engine.checkpoint import make_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import resolve_device
 from adps.engine.evaluate import _peak_memory
-from adps.engine.predict import load
-from adps.fileio import atomic_save
+from adps.export import load_predictor
 from adps.models.adps import ADPS
 
 
@@ -42,8 +41,8 @@ def child(args: argparse.Namespace) -> dict:
         config = ModelConfig(image_size=args.tile, k=args.k, tiling=True,
                              tile_overlap=args.overlap, psm_output_stride=2)
         model_path = Path(tempfile.mkdtemp()) / "model.pt"
-        atomic_save(make_checkpoint(ADPS(config), None), model_path)
-    predictor = load(model_path, args.device, args.tile_batch)
+        Checkpoint.of(ADPS(config)).save(model_path)
+    predictor = load_predictor(model_path, args.device, args.tile_batch, backend="torch")
     width = round(math.sqrt(args.megapixels * 1e6 * 1.5))
     height = round(width / 1.5)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -14,7 +14,7 @@ import pytest
 
 from adps.cli import main
 from adps.data.procedural import make_demo_dataset
-from adps.engine.checkpoint import load_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.metrics import METRIC_KEYS
 
 SIZE = 64
@@ -119,9 +119,10 @@ def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp
                  "--image-size", str(SIZE), "-k", "4", "--batch-size", "4",
                  "--steps-per-epoch", "2", "--time-budget", "2s", "--out", str(out),
                  "--device", "cpu", "--no-progress"]) == 0
-    ckpt = load_checkpoint(out / data.name / "model.pt")
-    assert ckpt["train_config"]["time_budget"] == 2.0
-    assert ckpt["elapsed"] >= 2.0 and ckpt["step"] >= 1  # ran until the budget was spent
+    ckpt = Checkpoint.load(out / data.name / "model.pt")
+    assert ckpt.train_config.time_budget == 2.0
+    # ran until the budget was spent
+    assert ckpt.training.seconds >= 2.0 and ckpt.training.steps >= 1
 
 
 def test_a_changed_setting_retrains_that_entry_and_only_that_one(

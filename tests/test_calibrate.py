@@ -89,7 +89,7 @@ def test_calibrate_command_stores_threshold(tmp_path, capsys):
     from adps.config import ModelConfig, TrainConfig
     from adps.data.datasets import MVTecAD
     from adps.data.procedural import make_demo_dataset
-    from adps.engine.checkpoint import load_checkpoint
+    from adps.engine.checkpoint import Checkpoint
     from adps.engine.train import train
 
     category = make_demo_dataset(tmp_path / "d", size=64, n_train=108, n_test_good=2,
@@ -107,7 +107,7 @@ def test_calibrate_command_stores_threshold(tmp_path, capsys):
     code = main(["calibrate", "--model", str(result.checkpoint), "--normal-dir", str(holdout),
                  "--defect-dir", str(category / "test"), "--out", str(out), "--device", "cpu"])
     assert code == 0, capsys.readouterr().err
-    thresholds = load_checkpoint(out)["thresholds"]
+    thresholds = Checkpoint.load(out).thresholds.to_dict()
     assert thresholds["calibration"]["n_normal"] == 100
     assert thresholds["calibration"]["normal_flagged"] <= 1
     assert "F1-optimal" in capsys.readouterr().out
@@ -126,7 +126,7 @@ def test_calibrate_command_stores_threshold(tmp_path, capsys):
                  "--device", "cpu"]) == 2
     assert "cannot support" in capsys.readouterr().err
     assert result.checkpoint.read_bytes() == before
-    assert torch.is_tensor(load_checkpoint(result.checkpoint)["model"]["psm.head.weight"])
+    assert torch.is_tensor(Checkpoint.load(result.checkpoint).state["psm.head.weight"])
 
 
 def test_calibration_at_the_end_of_training(tmp_path):
@@ -136,7 +136,7 @@ def test_calibration_at_the_end_of_training(tmp_path):
     from adps.data.cache import load_tensor_stack
     from adps.data.datasets import MVTecAD
     from adps.data.procedural import make_demo_dataset
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from adps.engine.checkpoint import Checkpoint
     from adps.engine.inference import TorchForward, infer
     from adps.engine.train import Trainer, split_holdout
 
@@ -148,8 +148,8 @@ def test_calibration_at_the_end_of_training(tmp_path):
     trainer = Trainer(ModelConfig(image_size=64, k=4), config, dataset, tmp_path / "run",
                       device="cpu", progress=False)
     result = trainer.fit()
-    ckpt = load_checkpoint(result.checkpoint)
-    thresholds = ckpt["thresholds"]
+    ckpt = Checkpoint.load(result.checkpoint)
+    thresholds = ckpt.thresholds.to_dict()
     assert thresholds["calibration"]["n_normal"] == 12
     # recompute independently: the held-out images, the saved model, the documented rule
     images, _, _ = load_tensor_stack(dataset, progress=False)
@@ -159,7 +159,7 @@ def test_calibration_at_the_end_of_training(tmp_path):
     cpu = torch.device("cpu")
     _, scores, _ = infer(TorchForward(trainer.model, cpu), held_out, cpu)  # as calibrated
     assert torch.equal(trainer.model.state_dict()["psm.head.weight"],
-                       model_from_checkpoint(ckpt).state_dict()["psm.head.weight"])
+                       ckpt.model().state_dict()["psm.head.weight"])
     expected = threshold_for_false_alarm_rate(scores.numpy(), 0.1)
     assert thresholds["image"] == pytest.approx(expected.threshold, rel=1e-5)
     assert (scores.numpy() >= thresholds["image"]).sum() <= 1

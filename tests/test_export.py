@@ -72,11 +72,10 @@ def reference(model, images):
 
 @pytest.fixture(scope="module")
 def checkpoint_path(model, tmp_path_factory) -> Path:
-    from adps.engine.checkpoint import make_checkpoint
-    from adps.fileio import atomic_save
+    from adps.engine.checkpoint import Checkpoint
 
-    ckpt = make_checkpoint(model, None, Thresholds(image=0.625))
-    return atomic_save(ckpt, tmp_path_factory.mktemp("ckpt") / "model.pt")
+    ckpt = Checkpoint.of(model, thresholds=Thresholds(image=0.625))
+    return ckpt.save(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
@@ -156,11 +155,12 @@ def test_onnx_metadata_round_trip(onnx_uint8, onnx_float, model):
     runner = OnnxRunner(onnx_uint8)
     meta = runner.metadata
     assert meta == read_onnx_metadata(onnx_uint8)
-    assert meta["format"] == "adps-export-v1" and meta["kind"] == "onnx"
-    assert meta["image_size"] == SIZE and meta["input_dtype"] == "uint8"
-    assert meta["backbone"] == "efficientnet_lite0"
-    assert meta["mean"] == [0.5, 0.5, 0.5] and meta["std"] == [0.5, 0.5, 0.5]
+    assert meta["format"] == "adps-export-v2" and meta["kind"] == "onnx"
+    assert meta["input_shape"] == ["batch", 3, SIZE, SIZE] and meta["input_dtype"] == "uint8"
+    assert meta["preprocess"]["backbone"] == "efficientnet_lite0"
+    assert meta["preprocess"]["mean"] == [0.5, 0.5, 0.5] == meta["preprocess"]["std"]
     assert meta["model_config"]["k"] == K and meta["model_config"]["image_size"] == SIZE
+    assert meta["image_size"] == SIZE  # read back from the model config, stored once
     assert runner.thresholds == Thresholds(image=0.625)  # from the checkpoint
     assert meta["exporter"] in ("torchscript", "dynamo") and meta["opset"] >= 17
     from adps import __version__
@@ -270,11 +270,11 @@ def test_openvino_parity_batch_and_metadata(openvino_uint8, images, reference):
 
 
 def test_openvino_predictor_equals_the_checkpoints(openvino_uint8, checkpoint_path):
-    from adps.engine.predict import load
+    from adps.export import load_predictor
 
     files = sorted((WELD / "test/defective").glob("*.png"))[:2]
-    for ov_pred, pt_pred in zip(load(openvino_uint8, "cpu")(files),
-                                load(checkpoint_path, "cpu")(files)):
+    for ov_pred, pt_pred in zip(load_predictor(openvino_uint8, "cpu")(files),
+                                load_predictor(checkpoint_path, "cpu", backend="torch")(files)):
         assert abs(ov_pred.score - pt_pred.score) < TOL
         assert np.abs(ov_pred.anomaly_map - pt_pred.anomaly_map).max() < TOL
 

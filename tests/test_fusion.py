@@ -16,14 +16,13 @@ from adps.config import ModelConfig, from_dict
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
-from adps.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.fusion import FUSION_GRID, check_late_fusion, choose_fusion, component_maps
 from adps.engine.prior import fit_prior
 from adps.engine.runtime import OnnxRunner, load_torchscript
 from adps.engine.tiling import Tiling, grid_tiles
 from adps.errors import AdpsError
 from adps.export import export_onnx, export_torchscript
-from adps.fileio import atomic_save
 from adps.metrics import aupro
 from adps.models.adps import ADPS
 from adps.models.memory import late_fusion
@@ -85,10 +84,10 @@ def assert_stored_pair_is_best(path, model: ADPS, images: torch.Tensor, truth: n
             fused, _ = pair.eval()(images.float() / 255)
         values[exponent, boost] = (average_precision_score(truth.ravel(), fused.numpy().ravel())
                                    + aupro(truth, fused[:, 0].numpy())) / 2
-    ckpt = load_checkpoint(path)
-    chosen = ckpt["model_config"]["prior_exponent"], ckpt["model_config"]["psm_boost"]
+    ckpt = Checkpoint.load(path)
+    chosen = ckpt.model_config.prior_exponent, ckpt.model_config.psm_boost
     assert values[chosen] == pytest.approx(max(values.values()), abs=1e-5)
-    assert ckpt["fusion_fit"]["n_images"] == n_images
+    assert ckpt.fusion_fit.n_images == n_images
     return chosen
 
 
@@ -194,7 +193,7 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     from adps.cli import main
     from adps.engine.calibrate import threshold_for_false_alarm_rate
 
-    model_path = atomic_save(make_checkpoint(prior_model, None), tmp_path / "model.pt")
+    model_path = Checkpoint.of(prior_model).save(tmp_path / "model.pt")
     defects = tmp_path / "defects"
     for kind in ("dent", "scratch", "stain"):
         shutil.copytree(category / "test" / kind, defects / kind)
@@ -212,14 +211,14 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     defective = labels == 1
     chosen = assert_stored_pair_is_best(out, prior_model, images[defective],
                                         masks[defective, 0].numpy() > 0, n_images=9)
-    ckpt = load_checkpoint(out)
+    ckpt = Checkpoint.load(out)
 
-    refitted = model_from_checkpoint(ckpt)
+    refitted = ckpt.model()
     assert (refitted.config.prior_exponent, refitted.config.psm_boost) == chosen
     with torch.no_grad():
         _, scores = refitted(images[~defective].float() / 255)
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
-    assert ckpt["thresholds"]["image"] == pytest.approx(want, abs=1e-6)
+    assert ckpt.thresholds.image == pytest.approx(want, abs=1e-6)
     assert main(["info", "--model", str(out)]) == 0
     assert (f"late fusion: prior exponent {chosen[0]:g}, PSM boost {chosen[1]:g}, fitted on 9 "
             "defective images") in capsys.readouterr().out
@@ -255,7 +254,7 @@ def test_a_tiled_model_is_fitted_on_its_tiles(tmp_path, tmp_path_factory, capsys
     train, _, _ = load_tensor_stack(MVTecAD(big.parent, big.name, "train", 2 * SIZE),
                                     progress=False)
     fit_prior(model, grid_tiles(train, tiling))
-    model_path = atomic_save(make_checkpoint(model.eval(), None), tmp_path / "tiled.pt")
+    model_path = Checkpoint.of(model.eval()).save(tmp_path / "tiled.pt")
     defects = tmp_path / "defects"
     for kind in ("dent", "scratch", "stain"):
         shutil.copytree(big / "test" / kind, defects / kind)

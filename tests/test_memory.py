@@ -11,7 +11,7 @@ from scipy.ndimage import uniform_filter
 from scipy.spatial.distance import cdist
 
 from adps.config import ModelConfig
-from adps.engine.checkpoint import make_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.prior import fit_prior
 from adps.engine.runtime import OnnxRunner, load_torchscript
 from adps.errors import AdpsError
@@ -180,8 +180,8 @@ def test_leave_one_out_statistics_do_not_see_an_image_s_own_features(images):
 
 
 def test_bank_round_trips_through_the_checkpoint(fitted, images):
-    ckpt = make_checkpoint(fitted, None)
-    again = model_from_checkpoint(ckpt)
+    ckpt = Checkpoint.of(fitted)
+    again = ckpt.model()
     torch.testing.assert_close(again.memory.bank, fitted.memory.bank, rtol=0, atol=0)
     torch.testing.assert_close(again.memory.stats, fitted.memory.stats, rtol=0, atol=0)
     x = images[6:].float() / 255

@@ -16,6 +16,7 @@ from adps.data.datasets import MVTecAD, read_image
 from adps.data.procedural import make_demo_dataset
 from adps.cli.predict import _pixels, collect_inputs
 from adps.engine.calibrate import Thresholds
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.predict import Prediction, to_uint8_chw
 from adps.engine.train import train
 from adps.errors import AdpsError
@@ -79,10 +80,9 @@ def test_grey_and_batch_inputs(trained, photo):
 def test_preprocessing_matches_the_dataset_path(trained):
     """The predictor on a file equals the model on the dataset's own decoded sample."""
     checkpoint, category = trained
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
 
     test = MVTecAD(category.parent, category.name, "test", size=SIZE)
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    model = Checkpoint.load(checkpoint).model()
     with torch.no_grad():
         images = torch.stack([test.decode(i).image for i in range(len(test))])
         _, expected = model(images.float() / 255.0)
@@ -367,10 +367,8 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkey
 def test_a_changed_checkpoint_is_converted_again(trained, tmp_path, conversion_cache):
     pytest.importorskip("openvino")
     checkpoint, _ = trained
-    ckpt = torch.load(checkpoint, weights_only=False)
-    ckpt["thresholds"] = Thresholds(image=0.25).to_dict()
-    edited = tmp_path / checkpoint.name
-    torch.save(ckpt, edited)
+    edited = Checkpoint.load(checkpoint).replace(thresholds=Thresholds(image=0.25)).save(
+        tmp_path / checkpoint.name)
     before = set(conversion_cache.glob("openvino/*.xml"))
     predictor = adps.load(edited, device="cpu")
     new = set(conversion_cache.glob("openvino/*.xml")) - before

@@ -78,11 +78,12 @@ def test_loads_with_mvtec(small: Path) -> None:
     test = MVTecAD(root, "surface", split="test", size=128)
     assert len(train) == 6 and set(train.labels) == {0}
     assert len(test) == 10 and test.labels == [0] * 3 + [1] * 7
-    sample = test[len(test) - 1]
-    assert sample.label == 1 and sample.has_mask
-    assert tuple(sample.image.shape) == (3, 128, 128) and sample.original_size == (64, 64)
+    sample = test.decode(len(test) - 1)
+    assert test.records[-1].label == 1 and test.records[-1].has_mask
+    assert tuple(sample.image.shape) == (3, 128, 128)
+    assert tuple(sample.original_mask.shape) == (64, 64)
     assert sample.mask.sum() > 0 and sample.original_mask.sum() > 0
-    assert test[0].mask.sum() == 0
+    assert test.decode(0).mask.sum() == 0
 
 
 def test_determinism(tmp_path: Path) -> None:

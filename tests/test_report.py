@@ -313,15 +313,14 @@ def test_report_renders_in_headless_chromium(tmp_path, surface):
 def test_report_command_end_to_end(tmp_path, surface, capsys):
     from adps.cli import report
     from adps.config import ModelConfig
-    from adps.engine.checkpoint import make_checkpoint
-    from adps.fileio import atomic_save
+    from adps.engine.calibrate import Thresholds
+    from adps.engine.checkpoint import Checkpoint
     from adps.models.adps import ADPS
 
     category, _, _ = surface
     torch.manual_seed(0)
-    ckpt = make_checkpoint(ADPS(ModelConfig(image_size=64, k=2), pretrained=False), None)
-    ckpt["thresholds"]["image"] = 0.5
-    atomic_save(ckpt, tmp_path / "model.pt")
+    Checkpoint.of(ADPS(ModelConfig(image_size=64, k=2), pretrained=False),
+                  thresholds=Thresholds(image=0.5)).save(tmp_path / "model.pt")
     parser = argparse.ArgumentParser(prog="adps")
     report.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "out" / "report.html"

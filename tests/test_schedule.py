@@ -12,7 +12,8 @@ import torch
 from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
-from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.data.cache import load_tensor_stack
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import cpu_has_bf16
 from adps.engine.schedule import format_duration, lr_factor, parse_duration
 from adps.engine.train import LAST, Trainer, train
@@ -114,8 +115,10 @@ def test_a_budget_ends_training_within_one_step_and_shapes_the_schedule(data, tm
     assert lrs == pytest.approx(expected)
     peak = int(np.argmax(lrs))
     assert np.all(np.diff(lrs[:peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) < 0)
-    ckpt = load_checkpoint(result.checkpoint)
-    assert ckpt["elapsed"] == pytest.approx(8.0) and ckpt["step"] == 8
+    ckpt = Checkpoint.load(result.checkpoint)
+    assert ckpt.training.seconds == pytest.approx(8.0) and ckpt.training.steps == 8
+    # what ran, not the `epochs` the budget overrode
+    assert ckpt.training.epochs == ckpt.train_config.epochs == 3
 
 
 def test_resume_keeps_the_budgets_accounting(data, tmp_path):
@@ -132,7 +135,7 @@ def test_resume_keeps_the_budgets_accounting(data, tmp_path):
     first, first_lrs = budget_trainer(data, tmp_path / "b", 7.5, FakeClock())
     with pytest.raises(Crash):
         first.fit(crash_after_two_epochs)
-    assert load_checkpoint(tmp_path / "b" / LAST)["elapsed"] == pytest.approx(6.0)
+    assert Checkpoint.load(tmp_path / "b" / LAST).training.seconds == pytest.approx(6.0)
     clock = FakeClock()
     clock.now = 5000.0  # a new session: the clock's origin means nothing, the account does
     resumed, resumed_lrs = budget_trainer(data, tmp_path / "b", 7.5, clock)
@@ -140,8 +143,8 @@ def test_resume_keeps_the_budgets_accounting(data, tmp_path):
     result = resumed.fit()
     assert result.steps == 2 and resumed.step == 8 and resumed.elapsed == pytest.approx(8.0)
     assert first_lrs + resumed_lrs == pytest.approx(straight_lrs)
-    a = load_checkpoint(tmp_path / "a" / "model.pt")["model"]
-    b = load_checkpoint(tmp_path / "b" / "model.pt")["model"]
+    a = Checkpoint.load(tmp_path / "a" / "model.pt").state
+    b = Checkpoint.load(tmp_path / "b" / "model.pt").state
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -169,8 +172,10 @@ def test_bf16_maps_of_a_trained_model_stay_close_to_float32(data, tmp_path):
     result = train(MODEL, TrainConfig(epochs=6, batch_size=4, steps_per_epoch=3, amp=False),
                    MVTecAD(data.parent, data.name, "train", size=SIZE), tmp_path,
                    device="cpu", progress=False)
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
-    images = torch.stack([s.image for s in MVTecAD(data.parent, data.name, "test", size=SIZE)])
+    model = Checkpoint.load(result.checkpoint).model()
+    stack, _, _ = load_tensor_stack(MVTecAD(data.parent, data.name, "test", size=SIZE),
+                                    progress=False)
+    images = stack.float() / 255
     with torch.no_grad():
         logits = []
         hook = model.psm.head.register_forward_hook(lambda m, i, o: logits.append(o))

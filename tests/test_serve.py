@@ -31,9 +31,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from adps.cli import main as cli_main  # noqa: E402
 from adps.config import ModelConfig  # noqa: E402
 from adps.engine.calibrate import Thresholds  # noqa: E402
-from adps.engine.checkpoint import make_checkpoint  # noqa: E402
+from adps.engine.checkpoint import Checkpoint  # noqa: E402
 from adps import load  # noqa: E402  (the default runtime, as adps predict and serve use)
-from adps.fileio import atomic_save  # noqa: E402
 from adps.models.adps import ADPS  # noqa: E402
 from adps.serve.app import ServeSettings, create_app  # noqa: E402
 from adps.serve.batching import Busy, MicroBatcher  # noqa: E402
@@ -52,7 +51,7 @@ def model_path(tmp_path_factory) -> Path:
         _, scores = model(torch.rand(4, 3, 64, 64))
     thresholds = Thresholds(image=float(scores.median()), calibration={"method": "test"})
     path = tmp_path_factory.mktemp("serve") / "model.pt"
-    atomic_save(make_checkpoint(model, None, thresholds), path)
+    Checkpoint.of(model, thresholds=thresholds).save(path)
     return path
 
 

@@ -7,6 +7,7 @@ predictor around torch and ONNX, and that tiles find defects that resizing erase
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -18,15 +19,14 @@ from PIL import Image
 from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import Folder, MVTecAD, Resize, read_image
 from adps.data.procedural import draw_spots, make_demo_dataset, render_large_surface
-from adps.engine.checkpoint import load_checkpoint, make_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import evaluate
-from adps.engine.predict import load
+from adps.export import load_predictor
 from adps.engine.prior import fit_prior
 from adps.engine.tiling import Tiling, TiledForward, grid_tiles, open_split, working_size
 from adps.engine.train import random_crops, train
 from adps.errors import AdpsError
 from adps.export import export_onnx
-from adps.fileio import atomic_save
 from adps.metrics import aupro
 from adps.models.adps import ADPS
 
@@ -185,7 +185,7 @@ def tiled_checkpoint(images: list[torch.Tensor], **config) -> dict:
     model = ADPS(ModelConfig(**values)).eval()
     tiling = Tiling.of(model.config)
     fit_prior(model, torch.cat([grid_tiles(image[None], tiling) for image in images]))
-    return make_checkpoint(model, None)
+    return Checkpoint.of(model)
 
 
 def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
@@ -195,11 +195,11 @@ def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
     frames = [Resize(Tiling((64, 64), 0.3, 0.5).frame(*image.shape[-2:])).image(image)
               for image in train_images]
     ckpt = tiled_checkpoint(frames, tile_scale=0.5, tile_overlap=0.3)
-    atomic_save(ckpt, tmp_path / "model.pt")
+    ckpt.save(tmp_path / "model.pt")
     export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx", verify=False)  # checked here
     files = [sorted((WELD / "test/defective").iterdir())[0], sorted((WELD / "test/good").iterdir())[0]]
-    torch_predictions = load(tmp_path / "model.pt", "cpu")(files)
-    onnx_predictions = load(tmp_path / "model.onnx", "cpu")(files)
+    torch_predictions = load_predictor(tmp_path / "model.pt", "cpu", backend="torch")(files)
+    onnx_predictions = load_predictor(tmp_path / "model.onnx", "cpu")(files)
     for t, o, path in zip(torch_predictions, onnx_predictions, files):
         h, w = np.array(Image.open(path)).shape[:2]
         assert t.anomaly_map.shape == o.anomaly_map.shape == (h, w)  # 256 x 400, not a square
@@ -207,7 +207,7 @@ def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
         assert abs(o.score - t.score) <= TOL
     # the predictor tiles exactly as a hand-built TiledForward over the model: the image
     # resized by tile_scale (256 x 400 -> 128 x 200), tiled, blended, upsampled back
-    model = model_from_checkpoint(ckpt)
+    model = ckpt.model()
     image = torch.from_numpy(np.array(Image.open(files[0]).convert("RGB"))).permute(2, 0, 1)
     by_hand = TiledForward(lambda t: model(t.float() / 255), Tiling((64, 64), 0.3, 0.5),
                            model.score, 3)
@@ -230,13 +230,14 @@ def test_tiling_finds_small_defects_that_resizing_erases(tmp_path):
 
     tests = [draw_spots(surface(), 24, 8, rng)]
     ckpt = tiled_checkpoint([uint8(surface())], tile_overlap=0.0)
-    atomic_save(ckpt, tmp_path / "tiled.pt")
-    resized = dict(ckpt, model_config={**ckpt["model_config"], "tiling": False})
-    atomic_save(resized, tmp_path / "resized.pt")
+    ckpt.save(tmp_path / "tiled.pt")
+    ckpt.replace(model_config=dataclasses.replace(ckpt.model_config, tiling=False)).save(
+        tmp_path / "resized.pt")
     masks = np.stack([m for _, m in tests])
     figures = {}
     for name in ("tiled", "resized"):
-        predictions = load(tmp_path / f"{name}.pt", "cpu", batch_size=16)(
+        predictions = load_predictor(tmp_path / f"{name}.pt", "cpu", batch_size=16,
+                                     backend="torch")(
             [uint8(image) for image, _ in tests])
         figures[name] = aupro(masks, np.stack([p.anomaly_map for p in predictions]))
     print(f"AUPRO of 8-px spots on 2048 px: tiled {figures['tiled']:.3f}, "
@@ -263,14 +264,14 @@ def test_training_on_tiles_then_evaluating_and_predicting_whole_images(big_demo,
     assert dataset.size == (96, 96) == working_size(config, str(dataset.records[0].image))
     result = train(config, TrainConfig(epochs=1, batch_size=4, steps_per_epoch=2, seed=1),
                    dataset, tmp_path, device="cpu", progress=False)
-    ckpt = load_checkpoint(result.checkpoint)
-    assert ckpt["model_config"]["tiling"] and ckpt["model_config"]["tile_scale"] == 0.75
-    model = model_from_checkpoint(ckpt)
+    ckpt = Checkpoint.load(result.checkpoint)
+    assert ckpt.model_config.tiling and ckpt.model_config.tile_scale == 0.75
+    model = ckpt.model()
     evaluation = evaluate(model, open_split(spec, "test", config), "cpu", progress=False)
     assert evaluation.maps.shape == (4, 96, 96)
     assert all(0 <= v <= 1 for v in evaluation.metrics.values() if v is not None)
     # the predictor reads the tiling from the checkpoint; maps come back at the image's size
-    prediction = load(result.checkpoint, "cpu")(evaluation.paths[0])
+    prediction = load_predictor(result.checkpoint, "cpu", backend="torch")(evaluation.paths[0])
     assert prediction.anomaly_map.shape == (128, 128)
     # its score is the score of the blended map, as in evaluation (frames decoded the same way)
     assert abs(prediction.score - float(evaluation.scores[0])) <= TOL
@@ -296,9 +297,10 @@ def test_non_square_training_end_to_end(big_demo, tmp_path):
     dataset = MVTecAD(big_demo.parent, big_demo.name, "train", size=(64, 128))
     result = train(config, TrainConfig(epochs=1, batch_size=4, steps_per_epoch=2), dataset,
                    tmp_path, device="cpu", progress=False)
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    model = Checkpoint.load(result.checkpoint).model()
     assert model.config.size == (64, 128)
-    prediction = load(result.checkpoint, "cpu")(np.zeros((100, 150, 3), np.uint8))
+    prediction = load_predictor(result.checkpoint, "cpu", backend="torch")(
+        np.zeros((100, 150, 3), np.uint8))
     assert prediction.anomaly_map.shape == (100, 150)
 
 
@@ -323,8 +325,9 @@ def test_kolektor_sdd2_trains_and_tests_at_its_natural_aspect(tmp_path):
     result = train(config, TrainConfig(epochs=1, batch_size=3, steps_per_epoch=2),
                    open_split(spec, "train", config), tmp_path / "run", device="cpu",
                    progress=False)
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    model = Checkpoint.load(result.checkpoint).model()
     evaluation = evaluate(model, open_split(spec, "test", config), "cpu", progress=False)
     assert evaluation.maps.shape == (4, 128, 64) and list(evaluation.labels) == [0, 0, 1, 1]
-    prediction = load(result.checkpoint, "cpu")(tmp_path / "test" / "3.png")
+    prediction = load_predictor(result.checkpoint, "cpu", backend="torch")(
+        tmp_path / "test" / "3.png")
     assert prediction.anomaly_map.shape == (160, 58)

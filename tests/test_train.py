@@ -2,7 +2,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
-from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
 from adps.data.cache import load_tensor_stack
@@ -50,12 +49,12 @@ def datasets(category, split="train"):
 def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
     result = train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu",
                    progress=False)
-    ckpt = load_checkpoint(result.checkpoint)
-    assert ckpt["model_config"]["image_size"] == SIZE
-    assert ckpt["preprocess"]["mean"] == [0.5, 0.5, 0.5]
-    assert ckpt["train_config"]["lr"] == 1e-4
-    first = model_from_checkpoint(ckpt)
-    second = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    ckpt = Checkpoint.load(result.checkpoint)
+    assert ckpt.model_config.image_size == SIZE
+    assert ckpt.preprocess["mean"] == [0.5, 0.5, 0.5]
+    assert ckpt.train_config.lr == 1e-4
+    first = ckpt.model()
+    second = Checkpoint.load(result.checkpoint).model()
     images = torch.rand(3, 3, SIZE, SIZE)
     maps1, scores1 = maps_and_scores(first, images)
     maps2, scores2 = maps_and_scores(second, images)
@@ -63,7 +62,7 @@ def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
     # and equal to the trained model itself, i.e. nothing is lost in the file
     trained = Trainer(MODEL, tiny_train(epochs=1), datasets(data), tmp_path / "x", device="cpu",
                       progress=False)
-    trained.model.load_state_dict(ckpt["model"])
+    trained.model.load_state_dict(ckpt.state)
     trained.model.to(memory_format=torch.contiguous_format)  # training used channels-last
     maps3, _ = maps_and_scores(trained.model, images)
     assert torch.equal(maps1, maps3)
@@ -95,8 +94,8 @@ def test_resume_continues_exactly(data, tmp_path, model):
     assert resumed.history[0] == straight.history[0]
     assert resumed.history[1] == straight.history[1]  # the next step's loss, bit for bit
     assert resumed.history == straight.history
-    a = load_checkpoint(straight.checkpoint)["model"]
-    b = load_checkpoint(resumed.checkpoint)["model"]
+    a = Checkpoint.load(straight.checkpoint).state
+    b = Checkpoint.load(resumed.checkpoint).state
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -122,7 +121,7 @@ def test_loss_decreases_and_metrics_file(data, tmp_path):
     assert main(["train", "--data", str(data), "--image-size", str(SIZE), "-k", "4",
                  "--epochs", "6", "--batch-size", "4", "--steps-per-epoch", "3",
                  "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
-    history = load_checkpoint(out / "model.pt")["history"]
+    history = Checkpoint.load(out / "model.pt").training.history
     assert history[-1] < history[0]
     assert main(["test", "--model", str(out / "model.pt"), "--data", str(data),
                  "--device", "cpu", "--no-progress", "--report"]) == 0
@@ -146,7 +145,7 @@ def test_original_resolution_evaluation(tmp_path):
     result = train(MODEL, tiny_train(epochs=1), MVTecAD(category.parent, category.name, "train",
                                                         size=SIZE), tmp_path / "run",
                    device="cpu", progress=False)
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    model = Checkpoint.load(result.checkpoint).model()
     test_set = MVTecAD(category.parent, category.name, "test", size=SIZE)
     working = evaluate(model, test_set, "cpu", progress=False)
     original = evaluate(model, test_set, "cpu", eval_resolution="original", progress=False)
@@ -190,14 +189,14 @@ def test_ddp_two_processes_on_gloo(data, tmp_path, free_port):
            "--steps-per-epoch", "2", "--out", str(out), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = load_checkpoint(out / "model.pt")
-    assert len(ckpt["history"]) == 2
+    ckpt = Checkpoint.load(out / "model.pt")
+    assert len(ckpt.training.history) == 2
     assert sorted(p.name for p in out.iterdir()) == ["last.pt", "model.pt"]  # no temp files
     rank0 = torch.load(ranks / "rank0.pt", weights_only=True)
     rank1 = torch.load(ranks / "rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys() and any(k.startswith("psm.") for k in rank0)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks drifted apart"
-    assert all(torch.equal(rank0[k], ckpt["model"][k]) for k in rank0)
+    assert all(torch.equal(rank0[k], ckpt.state[k]) for k in rank0)
     fresh = Trainer(MODEL, tiny_train(), datasets(data), tmp_path / "fresh", device="cpu",
                     progress=False).model.state_dict()
     assert any(not torch.equal(fresh[k], rank0[k]) for k in rank0 if k.startswith("student"))
@@ -253,15 +252,15 @@ def test_demo_command_end_to_end_short(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "| demo |" in printed and "image threshold" in printed
     assert {"model.pt", "metrics.json", "report.html"} <= {p.name for p in out.iterdir()}
-    ckpt = load_checkpoint(out / "model.pt")
-    assert ckpt["thresholds"]["calibration"]["n_normal"] == 20
+    ckpt = Checkpoint.load(out / "model.pt")
+    assert ckpt.thresholds.calibration["n_normal"] == 20
 
 
 def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
     saved = []
 
     def record(epoch, loss):
-        saved.append(load_checkpoint(tmp_path / LAST)["epoch"])
+        saved.append(Checkpoint.load(tmp_path / LAST).training.epochs)
 
     trainer = Trainer(MODEL, tiny_train(checkpoint_every=100, checkpoint_minutes=0.0),
                       datasets(data), tmp_path, device="cpu", progress=False)
@@ -284,18 +283,18 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
                  "--no-progress"]) == 0
     assert "memory prior: 200 of 384 normal features kept, scaled by holdout" in \
         capsys.readouterr().out
-    ckpt = load_checkpoint(out / "model.pt")
-    assert ckpt["model"]["memory.bank"].shape == (200, 152)
+    ckpt = Checkpoint.load(out / "model.pt")
+    assert ckpt.state["memory.bank"].shape == (200, 152)
     assert main(["info", "--model", str(out / "model.pt")]) == 0
     assert "memory prior: 200 features x 152 channels" in capsys.readouterr().out
     # the threshold was calibrated on the fused scores of the held-out images
-    model = model_from_checkpoint(ckpt)
+    model = ckpt.model()
     images, _, _ = load_tensor_stack(datasets(data))
     _, holdout = split_holdout(images, TrainConfig(calibration_holdout=0.25,
                                                    target_false_alarm_rate=0.5, seed=0))
     _, scores = maps_and_scores(model, holdout)
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
-    assert ckpt["thresholds"]["image"] == pytest.approx(want, abs=1e-6)
+    assert ckpt.thresholds.image == pytest.approx(want, abs=1e-6)
     predictor = adps.load(out / "model.pt", device="cpu", backend="torch")
     image = datasets(data, "test").decode(0).image
     result = predictor(image.permute(1, 2, 0).numpy())

@@ -15,10 +15,12 @@ COMMON=(--data "$DATA" --textures "$TEXTURES" --time-budget "$BUDGET" --no-progr
 adps train "${COMMON[@]}" --tile 256 -k 8 --out $OUT/tiled
 adps test --model $OUT/tiled/model.pt --data "$DATA" --no-progress --eval-resolution original --out $OUT/tiled
 python - <<'PY'
-import torch
-ckpt = torch.load("runs/highres/tiled/model.pt", weights_only=True)
-ckpt["model_config"]["tiling"] = False  # the same weights on the whole image resized
-torch.save(ckpt, "runs/highres/tiled-resized.pt")
+import dataclasses
+from adps.engine.checkpoint import Checkpoint
+ckpt = Checkpoint.load("runs/highres/tiled/model.pt")
+# the same weights on the whole image resized
+config = dataclasses.replace(ckpt.model_config, tiling=False)
+ckpt.replace(model_config=config).save("runs/highres/tiled-resized.pt")
 PY
 mkdir -p $OUT/tiled-resized
 adps test --model $OUT/tiled-resized.pt --data "$DATA" --no-progress --eval-resolution original --out $OUT/tiled-resized

@@ -4,25 +4,26 @@ The prior is fitted exactly as training fits it (adps.engine.prior.fit_prior, me
 
     python benchmarks/prior_fusion/dump.py MODEL.pt DATA CATEGORY|"" OUT.npz
 """
+import dataclasses
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from adps.config import ModelConfig, from_dict
+
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
-from adps.engine.checkpoint import load_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.prior import fit_prior
 from adps.models.adps import ADPS
 from adps.models.memory import embed
 
 model_path, data, category, out = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4]
-ckpt = load_checkpoint(model_path)
-config = from_dict(ModelConfig, {**ckpt["model_config"], "prior": "memory", "memory_size": 4096})
+ckpt = Checkpoint.load(model_path)
+config = dataclasses.replace(ckpt.model_config, prior="memory", memory_size=4096)
 model = ADPS(config, pretrained=False)
-model.load_state_dict(ckpt["model"], strict=False)  # the memory is fitted below
+model.load_state_dict(ckpt.state, strict=False)  # the memory is fitted below
 size = config.image_size
 spec = DataSpec(data, category=category)
 train, _, _ = load_tensor_stack(spec.open("train", size), progress=False)

@@ -4,6 +4,7 @@ image, and the g = 0.25 graph's map and score against torch's.
 
     python benchmarks/prior_fusion/latency.py MODEL.pt   # a checkpoint with --prior memory
 """
+import dataclasses
 import sys
 import tempfile
 import time
@@ -12,19 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.export import load_predictor
-from adps.fileio import atomic_save
 
-ckpt = load_checkpoint(sys.argv[1])
-size = ckpt["model_config"]["image_size"]
-size = (size, size) if isinstance(size, int) else tuple(size)
+ckpt = Checkpoint.load(sys.argv[1])
+size = ckpt.model_config.size
 image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
 with tempfile.TemporaryDirectory() as tmp:
     predictors = {}
     for g in (1.0, 0.25):
-        path = atomic_save({**ckpt, "model_config": {**ckpt["model_config"],
-                                                     "prior_exponent": g}}, Path(tmp) / f"g{g}.pt")
+        config = dataclasses.replace(ckpt.model_config, prior_exponent=g)
+        path = ckpt.replace(model_config=config).save(Path(tmp) / f"g{g}.pt")
         predictors[g] = load_predictor(path, "cpu", 1, "openvino")
         for _ in range(10):
             predictors[g](image)
@@ -37,7 +36,7 @@ with tempfile.TemporaryDirectory() as tmp:
             times[g].append((time.perf_counter() - start) / 20 * 1000)
     for g, ms in times.items():
         print(f"exponent {g:g}: median {np.median(ms):.2f} ms per image (runs {np.round(ms, 1)})")
-    model = model_from_checkpoint(load_checkpoint(Path(tmp) / "g0.25.pt"))
+    model = Checkpoint.load(Path(tmp) / "g0.25.pt").model()
     with torch.no_grad():
         want_map, want_score = model(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
     got = predictors[0.25](image)

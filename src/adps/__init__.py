@@ -1,28 +1,28 @@
 """adps: visual anomaly detection with Asymmetric Distillation Post-Segmentation.
 
-``adps.load(checkpoint_or_export)`` gives a predictor; the ``adps`` command trains, tests,
-predicts, calibrates, reports and exports.
+``adps.load(path)`` gives a predictor for any model file (a checkpoint, ONNX, OpenVINO or
+TorchScript); it is :func:`adps.export.load_predictor`, imported on first use so that
+``import adps`` stays light. The ``adps`` command trains, tests, predicts, calibrates, reports
+and exports.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adps.errors import AdpsError
 from adps.version import __version__
 
 if TYPE_CHECKING:
-    from adps.engine.predict import Predictor
+    from adps.export import load_predictor as load
 
 
-def load(path, device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-         precision: str | None = None) -> "Predictor":
-    """A predictor from a checkpoint (.pt) or an export (.onnx, .xml for OpenVINO, .ts); a
-    checkpoint on CPU runs on OpenVINO when it is installed (:func:`adps.export.load_predictor`
-    says how, and what ``backend`` and ``precision`` choose)."""
-    from adps.export import load_predictor
+def __getattr__(name: str) -> Any:
+    if name == "load":
+        from adps.export import load_predictor
 
-    return load_predictor(path, device, batch_size, backend, precision)
+        return load_predictor
+    raise AttributeError(f"module 'adps' has no attribute {name!r}")
 
 
 __all__ = ["AdpsError", "__version__", "load"]

@@ -6,9 +6,10 @@ normalises them inside (the :class:`~adps.models.adps.ADPS` module normalises [0
 its backbone's statistics), and returns the anomalous-class probability map (B, 1, H, W) and the
 image score (B,), both float32. A deployment therefore needs no adps pre-processing code.
 
-Both exports carry their metadata as JSON (adps version, image size, input dtype, mean/std,
-thresholds, backbone, model config): in the ONNX model's ``metadata_props`` under the key
-``"adps"``, and in the TorchScript archive as the extra file ``adps.json``.
+Both exports carry their metadata as JSON derived from the checkpoint (:func:`export_metadata`:
+how to call the graph, plus :meth:`Checkpoint.describe`: configs, thresholds, provenance): in
+the ONNX model's ``metadata_props`` under the key ``"adps"``, and in the TorchScript archive as
+the extra file ``adps.json``.
 :mod:`adps.engine.runtime` runs the files and reads that back, so ``model.onnx`` alone is enough
 to predict.
 
@@ -34,19 +35,22 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from adps.version import __version__
-from adps.config import to_dict
 from adps.engine.calibrate import Thresholds
-from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import resolve_device
-from adps.engine.predict import EXPORT_SUFFIXES, Predictor
-from adps.engine.predict import load as load_file
+from adps.engine.predict import (
+    EXPORT_SUFFIXES,
+    Predictor,
+    checkpoint_predictor,
+    export_predictor,
+)
 from adps.engine.tiling import Tiling
 from adps.engine.runtime import (
     EXPORT_FORMAT,
@@ -60,7 +64,6 @@ from adps.engine.runtime import (
 from adps.errors import AdpsError
 from adps.fileio import atomic_write, file_sha256
 from adps.models.adps import ADPS
-from adps.models.backbones import get_backbone
 
 __all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_openvino",
            "export_metadata", "cache_dir", "cached_openvino", "load_predictor", "BACKENDS"]
@@ -99,51 +102,46 @@ class DeployModule(nn.Module):
 
 # --------------------------------------------------------------------------- model + metadata
 
-def _resolve(model_or_checkpoint: ADPS | dict | str | Path,
-             thresholds: Thresholds | None) -> tuple[ADPS, Thresholds]:
+Source = Union[ADPS, Checkpoint, str, Path]
+
+
+def _resolve(source: Source, thresholds: Thresholds | None) -> tuple[ADPS, Checkpoint]:
     """An eval-mode CPU copy of the model (the caller's model is left untouched) and the
-    thresholds to store: ``thresholds`` when given, else the checkpoint's (defaults for a bare
-    model)."""
-    if isinstance(model_or_checkpoint, (str, Path)):
-        model_or_checkpoint = load_checkpoint(model_or_checkpoint)
-    if isinstance(model_or_checkpoint, dict):
-        stored = checkpoint_thresholds(model_or_checkpoint)
-        model = model_from_checkpoint(model_or_checkpoint, "cpu")
-    elif isinstance(model_or_checkpoint, ADPS):
-        stored = Thresholds()
-        model = copy.deepcopy(model_or_checkpoint).cpu().eval()
+    checkpoint the metadata is derived from, with ``thresholds`` when given."""
+    if isinstance(source, (str, Path)):
+        source = Checkpoint.load(source)
+    if isinstance(source, Checkpoint):
+        ckpt, model = source, source.model("cpu")
+    elif isinstance(source, ADPS):
+        model = copy.deepcopy(source).cpu().eval()
+        ckpt = Checkpoint.of(model)
     else:
-        raise TypeError(f"expected an ADPS model, a checkpoint dict or a checkpoint path, "
-                        f"got {type(model_or_checkpoint).__name__}")
+        raise TypeError(f"expected an ADPS model, a Checkpoint or a checkpoint path, "
+                        f"got {type(source).__name__}")
     model.requires_grad_(False)
-    return model, stored if thresholds is None else thresholds
+    return model, ckpt if thresholds is None else ckpt.replace(thresholds=thresholds)
 
 
-def export_metadata(model: ADPS, input_dtype: InputDtype, thresholds: Thresholds,
-                    kind: str, **extra: Any) -> dict:
-    """The JSON-able description every export carries."""
-    spec = get_backbone(model.config.backbone)
-    height, width = model.config.size
-    tiling = Tiling.of(model.config)
+def export_metadata(ckpt: Checkpoint, input_dtype: InputDtype, kind: str,
+                    **extra: Any) -> dict:
+    """The JSON-able description every export carries: the checkpoint's (:meth:`Checkpoint.
+    describe`) and how to call the graph. The graph normalises its input itself, so the
+    backbone's mean and std are there for information only (under ``preprocess``)."""
+    height, width = ckpt.model_config.size
+    tiling = Tiling.of(ckpt.model_config)
     return {
         "format": EXPORT_FORMAT,
         "kind": kind,
-        "adps_version": __version__,
         "torch_version": torch.__version__.split("+")[0],
-        "image_size": model.config.image_size,  # N or [height, width]
         "input_name": INPUT_NAME,
         "input_dtype": input_dtype,
         "input_shape": ["batch", 3, height, width],
         "input_range": [0, 255] if input_dtype == "uint8" else [0.0, 1.0],
         "channel_order": "RGB",
         "output_names": list(OUTPUT_NAMES),
-        "backbone": spec.name,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "thresholds": thresholds.to_dict(),
-        "model_config": to_dict(model.config),
         # the graph runs one tile; the caller tiles each image like this (engine/tiling.py)
         "tiling": None if tiling is None else tiling.to_dict(),
+        **ckpt.describe(),
         **extra,
     }
 
@@ -170,14 +168,14 @@ def _check_close(name: str, batch: int, got: Sequence[np.ndarray],
 
 # --------------------------------------------------------------------------- ONNX
 
-def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
+def export_onnx(model_or_checkpoint: Source, out_path: str | Path,
                 input_dtype: InputDtype = "uint8", opset: int | None = None,
                 exporter: Exporter = "auto", thresholds: Thresholds | None = None,
                 verify: bool = True) -> Path:
     """Writes ``out_path`` (atomically): an ONNX graph of :class:`DeployModule`.
 
-    ``model_or_checkpoint``: an :class:`ADPS` model, a checkpoint dict or a checkpoint path (its
-    thresholds are stored). The batch axis is dynamic; height and width are the model's size.
+    ``model_or_checkpoint``: an :class:`ADPS` model, a :class:`Checkpoint` or a checkpoint path
+    (its thresholds are stored). The batch axis is dynamic; height and width are the model's size.
     ``opset`` defaults to 17 (TorchScript-based exporter) or 18 (dynamo exporter, its minimum).
     ``exporter="auto"`` uses the TorchScript-based exporter and falls back to the dynamo one if
     the former is missing. ``thresholds`` replaces the stored ones.
@@ -188,7 +186,7 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
 
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise AdpsError(f"unknown exporter '{exporter}' (use auto, torchscript or dynamo)")
-    model, thresholds = _resolve(model_or_checkpoint, thresholds)
+    model, ckpt = _resolve(model_or_checkpoint, thresholds)
     deploy = DeployModule(model, input_dtype).eval()
     size = model.config.size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
@@ -214,8 +212,7 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
 
     actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                         None)
-    meta = export_metadata(model, input_dtype, thresholds, "onnx", exporter=used,
-                           opset=actual_opset)
+    meta = export_metadata(ckpt, input_dtype, "onnx", exporter=used, opset=actual_opset)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
@@ -229,7 +226,7 @@ def export_onnx(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | P
     return atomic_write(out_path, lambda handle: handle.write(data))
 
 
-def export_openvino(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
+def export_openvino(model_or_checkpoint: Source, out_path: str | Path,
                     input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
                     verify: bool = True, precision: Literal["f32", "bf16"] = "f32") -> Path:
     """Writes ``out_path`` (``.xml``, with its ``.bin`` beside it): the ONNX graph of
@@ -245,12 +242,11 @@ def export_openvino(model_or_checkpoint: ADPS | dict | str | Path, out_path: str
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".xml":
         raise AdpsError("an OpenVINO model is written as .xml (plus .bin)", out_path)
-    model, thresholds = _resolve(model_or_checkpoint, thresholds)
+    model, ckpt = _resolve(model_or_checkpoint, thresholds)
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_dtype, verify=False,
-                                thresholds=thresholds)
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_dtype, verify=False)
         ov_model = ov.convert_model(str(onnx_path))
-        meta = export_metadata(model, input_dtype, thresholds, "openvino",
+        meta = export_metadata(ckpt, input_dtype, "openvino",
                                openvino_version=ov.get_version(), inference_precision=precision)
         ov_model.set_rt_info(json.dumps(meta), [METADATA_KEY])
         staged = Path(tmp) / "model.xml"
@@ -310,7 +306,7 @@ def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str,
 
 # --------------------------------------------------------------------------- TorchScript
 
-def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: str | Path,
+def export_torchscript(model_or_checkpoint: Source, out_path: str | Path,
                        input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
                        verify: bool = True) -> Path:
     """Writes ``out_path`` (atomically): ``torch.jit.trace`` of :class:`DeployModule` (on CPU).
@@ -319,7 +315,7 @@ def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: 
     is run at batch 3 (it was traced at batch 2) and compared with the eager model, so a batch
     size baked into the trace is caught before anything is written.
     """
-    model, thresholds = _resolve(model_or_checkpoint, thresholds)
+    model, ckpt = _resolve(model_or_checkpoint, thresholds)
     deploy = DeployModule(model, input_dtype).eval()
     size = model.config.size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
@@ -331,7 +327,7 @@ def export_torchscript(model_or_checkpoint: ADPS | dict | str | Path, out_path: 
             want = deploy(x)
             got = [t.numpy() for t in traced(x)]
         _check_close("TorchScript", _VERIFY_BATCH, got, want)
-    meta = export_metadata(model, input_dtype, thresholds, "torchscript")
+    meta = export_metadata(ckpt, input_dtype, "torchscript")
     extra = {TORCHSCRIPT_EXTRA: json.dumps(meta)}
     with quiet_export():
         return atomic_write(out_path, lambda handle: torch.jit.save(traced, handle,
@@ -349,29 +345,30 @@ def cache_dir() -> Path:
     return Path(base) / "adps"
 
 
-def cached_openvino(checkpoint: str | Path, cache: str | Path | None = None,
-                    refresh: bool = False) -> Path:
+def cached_openvino(path: str | Path, cache: str | Path | None = None,
+                    refresh: bool = False, checkpoint: Checkpoint | None = None) -> Path:
     """The OpenVINO conversion of a checkpoint file (:func:`export_openvino`, verified like any
     export), made on first use and kept under ``cache`` (default :func:`cache_dir`).
 
     The name carries the checkpoint's SHA-256 and the adps and OpenVINO versions, so a retrained
     checkpoint or an upgrade converts again, and a stale file is never used. Writes are atomic:
     processes converting at once (torchrun ranks) at worst each convert. ``refresh`` converts
-    even when a file is there (a damaged cache).
+    even when a file is there (a damaged cache). ``checkpoint``: the file's content, when the
+    caller has read it already.
     """
     import openvino as ov
 
-    checkpoint = Path(checkpoint)
+    path = Path(path)
     try:
-        content = file_sha256(checkpoint)
+        content = file_sha256(path)
     except OSError as exc:
-        raise AdpsError(f"cannot read the checkpoint ({exc.strerror})", checkpoint) from exc
+        raise AdpsError(f"cannot read the checkpoint ({exc.strerror})", path) from exc
     key = hashlib.sha256(f"{content} adps {__version__} openvino {ov.get_version()}".encode())
-    name = f"{checkpoint.stem}-{key.hexdigest()[:16]}.xml"
+    name = f"{path.stem}-{key.hexdigest()[:16]}.xml"
     out = Path(cache or cache_dir()) / "openvino" / name
     if refresh or not (out.is_file() and out.with_suffix(".bin").is_file()):
         out.parent.mkdir(parents=True, exist_ok=True)
-        export_openvino(checkpoint, out)
+        export_openvino(path if checkpoint is None else checkpoint, out)
     return out
 
 
@@ -380,43 +377,45 @@ BACKENDS = ("auto", "torch", "openvino")
 
 def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None,
                    backend: str = "auto", precision: str | None = None) -> Predictor:
-    """A predictor from a checkpoint (.pt) or an export (.onnx, .xml for OpenVINO, .ts).
+    """A predictor from any model file: a checkpoint (``.pt``), ONNX (``.onnx``), OpenVINO
+    (``.xml``) or TorchScript (``.ts``); this is ``adps.load``.
 
-    A checkpoint runs on the fastest runtime installed: with ``backend="auto"`` on CPU that is
-    OpenVINO when the ``openvino`` package is there (3x torch's speed at batch 1, README),
-    else torch. The checkpoint is converted once, verified, and kept in a cache
-    (:func:`cached_openvino`); ``backend="torch"`` runs it in torch (the maps
-    ``adps test`` scored). An export runs on its own runtime whatever ``backend`` says.
-    ``precision`` (OpenVINO): "f32" (the default for a converted checkpoint) gives torch's maps
-    within 1e-3, so thresholds calibrated in training keep their meaning; "auto" runs bf16 on
-    CPUs with native bf16 (1.6x faster, scores move by up to 0.035: calibrate with it, README)
-    and f32 elsewhere.
+    An export runs on its own runtime whatever ``backend`` says. A checkpoint runs on the
+    fastest runtime installed: with ``backend="auto"`` on CPU that is OpenVINO when the
+    ``openvino`` package is there (3x torch's speed at batch 1), else torch. It is converted
+    once, verified, and kept in a cache (:func:`cached_openvino`); ``backend="torch"`` runs it
+    in torch (the maps ``adps test`` scored). ``precision`` (OpenVINO): "f32" (the default for a
+    converted checkpoint) gives torch's maps within 1e-3, so thresholds calibrated in training
+    keep their meaning; "auto" runs bf16 on CPUs with native bf16 (faster; scores move, so
+    calibrate with it) and f32 elsewhere. ``batch_size=None`` picks what runs fastest.
     """
     if backend not in BACKENDS:
         raise AdpsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(path)
-    if (backend == "torch" or path.suffix.lower() in EXPORT_SUFFIXES or not path.is_file()
-            or (backend == "auto" and resolve_device(device).type != "cpu")):
-        return load_file(path, device, batch_size, precision)
+    if path.suffix.lower() in EXPORT_SUFFIXES:
+        return export_predictor(path, device, batch_size, precision)
+    ckpt = Checkpoint.load(path)
+    if backend == "torch" or (backend == "auto" and resolve_device(device).type != "cpu"):
+        return checkpoint_predictor(ckpt, device, batch_size)
     try:
         import openvino  # noqa: F401
     except ImportError as exc:
         if backend == "openvino":
             raise AdpsError("backend 'openvino' needs the openvino package (pip install "
                             "'adps[openvino]')") from exc
-        return load_file(path, device, batch_size)
+        return checkpoint_predictor(ckpt, device, batch_size)
     try:
-        converted = cached_openvino(path)
+        converted = cached_openvino(path, checkpoint=ckpt)
         try:
-            predictor = load_file(converted, device, batch_size, precision or "f32")
+            predictor = export_predictor(converted, device, batch_size, precision or "f32")
         except AdpsError:  # a damaged cache entry: convert again
-            converted = cached_openvino(path, refresh=True)
-            predictor = load_file(converted, device, batch_size, precision or "f32")
+            converted = cached_openvino(path, refresh=True, checkpoint=ckpt)
+            predictor = export_predictor(converted, device, batch_size, precision or "f32")
     except (OSError, RuntimeError, AdpsError) as exc:
         if backend == "openvino":
             raise
         warnings.warn(f"{path}: cannot run it with OpenVINO ({exc}); trying torch",
                       stacklevel=2)
-        return load_file(path, device, batch_size)
+        return checkpoint_predictor(ckpt, device, batch_size)
     predictor.runtime += f" (converted from {path.name}, cached at {converted})"
     return predictor

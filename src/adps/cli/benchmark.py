@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 from adps.cli.options import (
     add_data_arguments,
     add_eval_resolution_argument,
+    add_overlap_argument,
     add_training_arguments,
     configs_from_args,
     data_spec,
 )
 
 if TYPE_CHECKING:
+    from adps.data.fingerprint import Overlap
     from adps.data.spec import DataSpec
 
 ENTRY = "entry.json"  # what an entry is being trained with, written before training starts
@@ -51,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="further dataset folders (each one entry)")
     add_training_arguments(p)
     add_eval_resolution_argument(p)
+    add_overlap_argument(p, "test")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
     p.add_argument("--reuse", action="store_true",
                    help="never retrain a finished entry: stop with the differing settings "
@@ -172,11 +175,26 @@ def move_aside(folder: Path, old: dict | None) -> Path:
 
 # --- one entry --------------------------------------------------------------------------------
 
+def entry_overlap(args: argparse.Namespace, name: str, spec, model_config) -> Overlap:
+    """What the entry's test split shares with its training split, checked before anything is
+    trained: refused unless ``--allow-overlap``."""
+    from adps.data.fingerprint import Fingerprint, check_overlap, file_digests
+    from adps.engine.tiling import open_split
+
+    trained = file_digests([r.image for r in open_split(spec, "train", model_config).records])
+    test = [r.image for r in open_split(spec, "test", model_config).records]
+    overlap = check_overlap(Fingerprint(frozenset(trained), recorded=True), test,
+                            f"entry '{name}': the test images", args.allow_overlap)
+    if overlap:
+        print(f"{name}: warning: --allow-overlap: {overlap.summary()}; its figures are inflated")
+    return overlap
+
+
 def run_entry(args: argparse.Namespace, name: str, spec, model_config, train_config,
-              entry: dict) -> dict:
+              entry: dict, overlap: Overlap) -> dict:
     """Train (resuming an interrupted run) and test one entry; its metrics.json payload, with
     ``entry`` (hash and identity) recorded before training so an interruption keeps it."""
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from adps.engine.checkpoint import Checkpoint
     from adps.engine.evaluate import evaluate
     from adps.engine.tiling import open_split
     from adps.engine.train import LAST, train
@@ -192,14 +210,15 @@ def run_entry(args: argparse.Namespace, name: str, spec, model_config, train_con
                    weights_file=args.teacher_weights, allow_download=args.allow_download,
                    cache_dir=spec.cache_dir, progress=not args.no_progress)
     train_wall = time.perf_counter() - t0
-    model = model_from_checkpoint(load_checkpoint(result.checkpoint))
+    model = Checkpoint.load(result.checkpoint).model()
     t1 = time.perf_counter()
     evaluation = evaluate(model, open_split(spec, "test", model_config), args.device,
                           eval_resolution=args.eval_resolution, progress=not args.no_progress,
                           cache_dir=spec.cache_dir)
     extra = {"train_seconds": train_wall, "test_seconds": time.perf_counter() - t1,
              "train_images_per_second": result.images_per_second,
-             "eval_resolution": args.eval_resolution, "entry": entry}
+             "eval_resolution": args.eval_resolution, "entry": entry,
+             "overlap": {**overlap.to_dict(), "allowed": args.allow_overlap}}
     path = write_evaluation(evaluation, out, name, extra)
     print(markdown_row(name, evaluation.metrics))
     return json.loads(path.read_text())
@@ -265,6 +284,8 @@ def run(args: argparse.Namespace) -> int:
     if refused:  # before any training, so --reuse never spends hours and then stops
         raise AdpsError("--reuse: not reusing finished entries made with other settings "
                         "(rerun without --reuse to train them again): " + " | ".join(refused))
+    overlaps = {name: entry_overlap(args, name, spec, model_config)  # before any training too
+                for name, spec, _, action, _, _ in plans if action != "reuse"}
     rows = []
     for name, spec, entry, action, old, why in plans:
         folder = args.out / name
@@ -275,7 +296,8 @@ def run(args: argparse.Namespace) -> int:
         if why:
             dest = move_aside(folder, old)
             print(f"{name}: {why}; moved its files to {dest}, training again")
-        rows.append(run_entry(args, name, spec, model_config, train_config, entry))
+        rows.append(run_entry(args, name, spec, model_config, train_config, entry,
+                              overlaps[name]))
     table, mean = summary_table(rows)
     atomic_write_text(args.out / "benchmark.md", table)
     # the top-level configs are this run's; each row keeps the entry block it was made with

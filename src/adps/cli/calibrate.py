@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from adps.cli.options import add_backend_arguments, add_inference_arguments
+from adps.cli.options import add_backend_arguments, add_inference_arguments, add_overlap_argument
+
+if TYPE_CHECKING:
+    from adps.engine.checkpoint import Checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,30 +45,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("far", "f1"), default="far",
                    help="which threshold to store (default: far)")
     p.add_argument("--out", type=Path, help="write a calibrated copy here instead of in place")
+    add_overlap_argument(p, "--normal-dir")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from adps.engine.checkpoint import load_checkpoint, store_thresholds
+    from adps.data.datasets import find_images
+    from adps.data.fingerprint import check_overlap, file_digests
+    from adps.engine.checkpoint import Checkpoint
     from adps.errors import AdpsError
-    from adps.fileio import atomic_save
 
     if args.mask_dir is not None and not args.fit_fusion:
         raise AdpsError("--mask-dir is only read by --fit-fusion")
-    ckpt = load_checkpoint(args.model)
+    ckpt = Checkpoint.load(args.model)
+    normal = find_images(args.normal_dir, recursive=True)
+    # a threshold set on training images is set too low: they score like nothing else
+    overlap = check_overlap(ckpt.fingerprint, normal, f"--normal-dir {args.normal_dir}",
+                            args.allow_overlap, roles=("trained",))
+    if overlap:
+        print(f"warning: --allow-overlap: {overlap.summary()}; the threshold is set too low")
+    changes = []
     with tempfile.TemporaryDirectory() as scratch:
         model_path = args.model
         if args.fit_fusion:  # the refitted model is scored from a scratch copy, so that a
             # failed calibration leaves the checkpoint as it was
             ckpt = fit_fusion(args, ckpt)
-            model_path = atomic_save(ckpt, Path(scratch) / args.model.name)
-        chosen = calibrate(args, model_path)
-    out = store_thresholds(ckpt, chosen, args.out or args.model)
+            model_path = ckpt.save(Path(scratch) / args.model.name)
+            changes.append(f"late fusion fitted on {ckpt.fusion_fit.n_images} defective images")
+        chosen = calibrate(args, model_path, normal)
+    changes.append(f"image threshold {chosen.threshold:.6g} set ({chosen.method}) on "
+                   f"{chosen.n_normal} normal images")
+    fingerprint = ckpt.fingerprint.with_calibrated(file_digests(normal))
+    out = ckpt.derive(args.model, "; ".join(changes), fingerprint=fingerprint,
+                      thresholds=ckpt.thresholds.calibrated(chosen)).save(args.out or args.model)
     print(f"stored image threshold {chosen.threshold:.6g} ({chosen.method}) in {out}")
     return 0
 
 
-def calibrate(args: argparse.Namespace, model_path: Path):
+def calibrate(args: argparse.Namespace, model_path: Path, normal_images: list[Path]):
     """The image threshold :func:`run` stores, from the model at ``model_path``."""
     import numpy as np
     from tqdm import tqdm
@@ -80,8 +98,7 @@ def calibrate(args: argparse.Namespace, model_path: Path):
                                args.precision)
     print(f"scoring with {predictor.runtime}")
 
-    def scores(folder: Path) -> np.ndarray:
-        files = find_images(folder, recursive=True)
+    def scores(folder: Path, files: list[Path]) -> np.ndarray:
         found = []
         with tqdm(total=len(files), unit="img", desc=f"scoring {folder.name}",
                   disable=args.no_progress) as bar:
@@ -92,14 +109,14 @@ def calibrate(args: argparse.Namespace, model_path: Path):
                 bar.update(len(batch))
         return np.array(found)
 
-    normal = scores(args.normal_dir)
+    normal = scores(args.normal_dir, normal_images)
     far = threshold_for_false_alarm_rate(normal, args.target_far)
     print(f"false-alarm calibration: threshold {far.threshold:.6g}, flags {far.normal_flagged} "
           f"of {far.n_normal} normal images ({100 * far.false_alarm_rate:.2f}%, target "
           f"{100 * args.target_far:.2f}%)")
     chosen = far
     if args.defect_dir is not None:
-        defect = scores(args.defect_dir)
+        defect = scores(args.defect_dir, find_images(args.defect_dir, recursive=True))
         f1 = f1_optimal_threshold(np.r_[np.zeros(len(normal)), np.ones(len(defect))],
                                   np.concatenate([normal, defect]))
         caught = int((defect >= far.threshold).sum())
@@ -113,12 +130,15 @@ def calibrate(args: argparse.Namespace, model_path: Path):
     return chosen
 
 
-def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
-    """``ckpt`` with its late fusion fitted to the labelled defects."""
+def fit_fusion(args: argparse.Namespace, ckpt: Checkpoint) -> Checkpoint:
+    """``ckpt`` with its late fusion fitted to the labelled defects (the pair in its model
+    config, the scores that chose it beside). An image threshold set for the old fusion no
+    longer applies: :func:`run` calibrates after this."""
+    import dataclasses
+
     from adps.data.datasets import Folder
     from adps.data.spec import detect_mask_suffix
     from adps.engine import fusion
-    from adps.engine.checkpoint import model_from_checkpoint, with_fusion
     from adps.engine.device import resolve_device
     from adps.engine.tiling import at_working_size
     from adps.errors import AdpsError
@@ -126,7 +146,7 @@ def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
     if args.defect_dir is None or args.mask_dir is None:
         raise AdpsError("--fit-fusion needs labelled defects: --defect-dir and --mask-dir")
     device = resolve_device(args.device)
-    model = model_from_checkpoint(ckpt, device)
+    model = ckpt.model(device)
     config = model.config
     defects = at_working_size(Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
                                      mask_suffix=detect_mask_suffix(args.mask_dir),
@@ -140,4 +160,6 @@ def fit_fusion(args: argparse.Namespace, ckpt: dict) -> dict:
         chosen = " <- chosen" if (s.exponent, s.boost) == (fit.exponent, fit.boost) else ""
         print(f"  prior exponent {s.exponent:g}, boost {s.boost:g}: pixel AP "
               f"{100 * s.pixel_ap:.1f}, AUPRO {100 * s.aupro:.1f}{chosen}")
-    return with_fusion(ckpt, fit)
+    config = dataclasses.replace(ckpt.model_config, prior_exponent=fit.exponent,
+                                 psm_boost=fit.boost)
+    return ckpt.replace(model_config=config, fusion_fit=fit)

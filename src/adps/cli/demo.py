@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from adps.config import ModelConfig, TrainConfig
     from adps.data.procedural import make_demo_dataset
     from adps.data.spec import DataSpec
-    from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
+    from adps.engine.checkpoint import Checkpoint
     from adps.engine.evaluate import evaluate
     from adps.engine.train import train
     from adps.report.tables import markdown_header, markdown_row, write_evaluation
@@ -57,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
                    device=args.device, progress=not args.no_progress)
     print(f"trained {result.epochs} epochs in {result.seconds:.0f} s "
           f"({result.images_per_second:.0f} images/s)")
-    ckpt = load_checkpoint(result.checkpoint)
-    evaluation = evaluate(model_from_checkpoint(ckpt), spec.open("test", size), args.device,
+    ckpt = Checkpoint.load(result.checkpoint)
+    evaluation = evaluate(ckpt.model(), spec.open("test", size), args.device,
                           progress=not args.no_progress)
     write_evaluation(evaluation, args.out, "demo", {"train_seconds": result.seconds})
     report = write_report(evaluation, args.out / "report.html", ckpt=ckpt,
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                           title="adps demo: procedural brushed metal")
     print(markdown_header())
     print(markdown_row("demo", evaluation.metrics))
-    threshold = checkpoint_thresholds(ckpt).decision
+    threshold = ckpt.thresholds.decision
     flagged = evaluation.scores >= threshold
     labels = evaluation.labels.astype(bool)
     print(f"\nimage threshold {threshold:.4f} (set on 20 held-out normal images for a "

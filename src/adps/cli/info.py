@@ -60,21 +60,25 @@ def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:
 
 def describe_checkpoint(path: Path) -> list[str]:
     """Lines that say what a checkpoint holds, read from it without building the model."""
-    from adps.config import ModelConfig, from_dict, size_text
-    from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint
+    from adps.config import size_text
+    from adps.engine.checkpoint import Checkpoint
 
-    ckpt = load_checkpoint(path)
-    m = from_dict(ModelConfig, ckpt["model_config"])  # older checkpoints: defaults filled in
-    lines = [f"{path}: adps {ckpt.get('adps_version', '?')} checkpoint",
+    ckpt = Checkpoint.load(path)
+    m = ckpt.model_config
+    lines = [f"{path}: adps {ckpt.adps_version} checkpoint",
              f"  model: {m.backbone}, {size_text(m.image_size)} px, k = {m.k}, fusion "
              f"{m.fusion}, PSM output stride {m.psm_output_stride}, image score {m.image_score}"]
     if m.tiling:
         lines.append(f"  tiling: images scaled by {m.tile_scale:g}, cut into "
                      f"{size_text(m.image_size)} tiles overlapping by {m.tile_overlap:g}")
-    if "step" in ckpt:
-        lines.append(f"  training: {ckpt.get('epoch', '?')} epochs, {ckpt['step']} steps, "
-                     f"{ckpt.get('elapsed', 0.0) / 60:.1f} min")
-    bank = ckpt["model"].get("memory.bank")
+    if ckpt.training is not None:
+        t = ckpt.training
+        lines.append(f"  training: {t.epochs} epochs, {t.steps} steps, {t.seconds / 60:.1f} min")
+    f = ckpt.fingerprint
+    lines.append(f"  learned from: {len(f.trained)} training images, {len(f.calibrated)} "
+                 "calibration images (content hashes; test and calibrate refuse them)"
+                 if f.recorded else "  learned from: not recorded (an older checkpoint)")
+    bank = ckpt.state.get("memory.bank")
     if bank is None:
         lines.append("  memory prior: none (the paper's model)")
     else:
@@ -82,11 +86,13 @@ def describe_checkpoint(path: Path) -> list[str]:
                      f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
                      f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion")
         if m.prior_fusion == "late":
-            fitted = ckpt.get("fusion_fit")
-            source = f", fitted on {fitted['n_images']} defective images" if fitted else ""
+            fitted = ckpt.fusion_fit
+            source = f", fitted on {fitted.n_images} defective images" if fitted else ""
             lines.append(f"  late fusion: prior exponent {m.prior_exponent:g}, PSM boost "
                          f"{m.psm_boost:g}{source}")
-    lines.append(f"  decision: {checkpoint_thresholds(ckpt).rule()}")
+    lines.append(f"  decision: {ckpt.thresholds.rule()}")
+    lines += [f"  made from: {step.parent[:12]} ({step.change}, {step.when})"
+              for step in ckpt.lineage]
     return lines
 
 

@@ -94,6 +94,13 @@ def add_inference_arguments(parser: argparse.ArgumentParser, model_help: str) ->
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def add_overlap_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help=f"go on when some {what} images are images the model learned from "
+                             "(trained on, or set its threshold), which is refused otherwise: "
+                             "the figures are then inflated, and the output says so")
+
+
 def add_eval_resolution_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-resolution", choices=("working", "original"), default="working",
                         help="score maps against masks at the model's size or at each image's "

@@ -10,11 +10,14 @@ from adps.cli.options import (
     add_data_arguments,
     add_eval_resolution_argument,
     add_inference_arguments,
+    add_overlap_argument,
     data_spec,
 )
 
 if TYPE_CHECKING:
+    from adps.data.fingerprint import Overlap
     from adps.data.spec import DataSpec
+    from adps.engine.checkpoint import Checkpoint
     from adps.engine.evaluate import EvalResult
 
 
@@ -35,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_inference_arguments(p, "checkpoint (model.pt)")
     add_data_arguments(p)
     add_eval_resolution_argument(p)
+    add_overlap_argument(p, "test")
     p.add_argument("--out", type=Path, default=Path("report.html"),
                    help="HTML file to write (default: report.html)")
     p.add_argument("--max-gallery", type=int, default=60,
@@ -43,29 +47,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def evaluate_checkpoint(args: argparse.Namespace, spec: DataSpec) -> tuple[dict, EvalResult]:
-    """(checkpoint, evaluation) of ``--model`` on the test split of ``spec``, with the inference
-    flags (shared with `test`)."""
-    from adps.engine.checkpoint import load_checkpoint, model_from_checkpoint
+def evaluate_checkpoint(args: argparse.Namespace, spec: DataSpec
+                        ) -> tuple[Checkpoint, EvalResult, Overlap]:
+    """(checkpoint, evaluation, overlap) of ``--model`` on the test split of ``spec``, with the
+    inference flags (shared with `test`). Test images the model learned from are refused
+    before anything is scored, unless ``--allow-overlap``."""
+    from adps.data.fingerprint import check_overlap
+    from adps.engine.checkpoint import Checkpoint
     from adps.engine.evaluate import evaluate
     from adps.engine.tiling import open_split
 
-    ckpt = load_checkpoint(args.model)
-    model = model_from_checkpoint(ckpt)
-    dataset = open_split(spec, "test", model.config)
-    return ckpt, evaluate(model, dataset, args.device, args.batch_size, args.eval_resolution,
-                          progress=not args.no_progress, cache_dir=spec.cache_dir)
+    ckpt = Checkpoint.load(args.model)
+    dataset = open_split(spec, "test", ckpt.model_config)
+    overlap = check_overlap(ckpt.fingerprint, [r.image for r in dataset.records],
+                            f"the test images of {spec.name}", args.allow_overlap)
+    if overlap:
+        print(f"warning: --allow-overlap: {overlap.summary()}; the figures below are inflated")
+    return ckpt, evaluate(ckpt.model(), dataset, args.device, args.batch_size,
+                          args.eval_resolution, progress=not args.no_progress,
+                          cache_dir=spec.cache_dir), overlap
 
 
-def write_report(result: EvalResult, out: Path, *, ckpt: dict, model_path: Path, spec: DataSpec,
-                 eval_resolution: str, title: str | None = None, max_gallery: int = 60) -> Path:
+def write_report(result: EvalResult, out: Path, *, ckpt: Checkpoint, model_path: Path,
+                 spec: DataSpec, eval_resolution: str, title: str | None = None,
+                 max_gallery: int = 60, overlap: Overlap | None = None) -> Path:
     """The HTML report of a checkpoint's evaluation, with its thresholds (shared with `test`)."""
-    from adps.engine.checkpoint import checkpoint_thresholds
     from adps.report.html import build_report
 
     info = {"model": str(model_path), "data": str(spec.data), "dataset": spec.name,
-            "backbone": ckpt["model_config"]["backbone"], "metrics resolution": eval_resolution}
-    return build_report(result, out, thresholds=checkpoint_thresholds(ckpt),
+            "backbone": ckpt.model_config.backbone, "metrics resolution": eval_resolution}
+    if overlap:
+        info["overlap with training (allowed)"] = overlap.summary()
+    return build_report(result, out, thresholds=ckpt.thresholds,
                         title=title or f"adps report: {spec.name}", info=info,
                         max_gallery=max_gallery)
 
@@ -74,10 +87,10 @@ def run(args: argparse.Namespace) -> int:
     from adps.report.tables import markdown_header, markdown_row
 
     spec = data_spec(args)
-    ckpt, result = evaluate_checkpoint(args, spec)
+    ckpt, result, overlap = evaluate_checkpoint(args, spec)
     out = write_report(result, args.out, ckpt=ckpt, model_path=args.model, spec=spec,
                        eval_resolution=args.eval_resolution, title=args.title,
-                       max_gallery=args.max_gallery)
+                       max_gallery=args.max_gallery, overlap=overlap)
     print(markdown_header())
     print(markdown_row(spec.name, result.metrics))
     print(f"report: {out}")

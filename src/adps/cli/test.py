@@ -9,6 +9,7 @@ from adps.cli.options import (
     add_data_arguments,
     add_eval_resolution_argument,
     add_inference_arguments,
+    add_overlap_argument,
     data_spec,
 )
 
@@ -22,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_inference_arguments(p, "checkpoint (model.pt)")
     add_data_arguments(p)
     add_eval_resolution_argument(p)
+    add_overlap_argument(p, "test")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the model's)")
     p.add_argument("--report", action="store_true", help="also write OUT/report.html")
     p.set_defaults(func=run)
@@ -32,16 +34,17 @@ def run(args: argparse.Namespace) -> int:
     from adps.report.tables import markdown_header, markdown_row, write_evaluation
 
     spec = data_spec(args)
-    ckpt, result = evaluate_checkpoint(args, spec)
+    ckpt, result, overlap = evaluate_checkpoint(args, spec)
     out = args.out or args.model.parent
-    path = write_evaluation(result, out, spec.name, {"eval_resolution": args.eval_resolution,
-                                                     "checkpoint": str(args.model)})
+    path = write_evaluation(result, out, spec.name, {
+        "eval_resolution": args.eval_resolution, "checkpoint": str(args.model),
+        "overlap": {**overlap.to_dict(), "allowed": args.allow_overlap}})
     print(markdown_header())
     print(markdown_row(spec.name, result.metrics))
     print(f"{result.images_per_second:.1f} images/s, peak memory {result.peak_memory_mb:.0f} MiB "
           f"({result.memory_kind}); metrics: {path}")
     if args.report:
         report = write_report(result, out / "report.html", ckpt=ckpt, model_path=args.model,
-                              spec=spec, eval_resolution=args.eval_resolution)
+                              spec=spec, eval_resolution=args.eval_resolution, overlap=overlap)
         print(f"report: {report}")
     return 0

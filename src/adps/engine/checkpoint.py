@@ -1,79 +1,205 @@
-"""Checkpoints: weights + configs + pre-processing + thresholds, written atomically.
+"""The model artifact: one typed, frozen :class:`Checkpoint`, saved atomically.
 
-A checkpoint alone rebuilds the predictor: it holds the full model state (teacher included, so
-no weights package is needed at deployment), both configs, the backbone's normalisation and the
-calibrated thresholds. Only tensors and plain containers are stored, so loading uses
-``torch.load(weights_only=True)`` and never unpickles arbitrary objects.
+A checkpoint alone rebuilds the predictor: the full model state (teacher included, so no
+weights package is needed at deployment), both configs, the calibrated thresholds, the fitted
+fusion, the training fingerprint (which images it learned from), what the training run did and
+where the model came from (its lineage). Everything else is derived from those fields, never
+stored twice: the pre-processing comes from the model config and its backbone, the export
+metadata from :meth:`Checkpoint.describe`.
+
+On disk it is a dict of tensors and plain containers, so loading uses
+``torch.load(weights_only=True)`` and never unpickles arbitrary objects. Files of every earlier
+format (:data:`READABLE`) keep loading.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from adps.version import __version__
 from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
-from adps.engine.calibrate import Calibration, Thresholds
+from adps.data.fingerprint import Fingerprint
+from adps.engine.calibrate import Thresholds
 from adps.engine.fusion import FusionFit
 from adps.errors import AdpsError
-from adps.fileio import atomic_save
+from adps.fileio import atomic_save, file_sha256
 from adps.models.adps import ADPS
 from adps.models.backbones import get_backbone
+from adps.version import __version__
 
-FORMAT = "adps-checkpoint-v1"
-
-
-def make_checkpoint(model: ADPS, train_config: TrainConfig | None,
-                    thresholds: Thresholds = Thresholds(), **extra: Any) -> dict:
-    spec = get_backbone(model.config.backbone)
-    return {
-        "format": FORMAT,
-        "adps_version": __version__,
-        "model_config": to_dict(model.config),
-        "train_config": None if train_config is None else to_dict(train_config),
-        "preprocess": {"backbone": spec.name, "mean": list(spec.mean), "std": list(spec.std),
-                       "image_size": model.config.image_size, "input_range": [0.0, 1.0]},
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "thresholds": thresholds.to_dict(),
-        **extra,
-    }
+FORMAT = "adps-checkpoint-v2"
+READABLE = ("adps-checkpoint-v1", FORMAT)
+_V1_TRAINING = ("epoch", "step", "elapsed", "history")  # v1 kept these at the top level
+_RESUME = ("optimizer", "rng")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise AdpsError("checkpoint not found", path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AdpsError(f"cannot be read as an adps checkpoint ({exc})", path) from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise AdpsError(f"is not an adps checkpoint (expected format {FORMAT})", path)
-    return ckpt
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a training run did (not what it was asked to do: a time budget decides the
+    length)."""
+
+    epochs: int
+    steps: int
+    seconds: float  # training time over every session of the run
+    history: tuple[float, ...] = ()  # mean loss per epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "steps": self.steps, "seconds": self.seconds,
+                "history": list(self.history)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingRecord:
+        return cls(int(data["epochs"]), int(data["steps"]), float(data["seconds"]),
+                   tuple(float(v) for v in data.get("history", ())))
 
 
-def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> ADPS:
-    """Rebuilds the eval-mode model; teacher weights come from the checkpoint, not a package."""
-    config = from_dict(ModelConfig, ckpt["model_config"])
-    model = ADPS(config, pretrained=False)
-    model.load_state_dict(ckpt["model"], strict=True)
-    return model.to(device).eval()
+@dataclass(frozen=True)
+class Lineage:
+    """One step from a parent model file to this one."""
+
+    parent: str  # SHA-256 of the parent checkpoint's file
+    change: str  # what was done, in words
+    when: str  # ISO 8601, UTC
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
 
 
-def checkpoint_thresholds(ckpt: dict) -> Thresholds:
-    return Thresholds.from_dict(ckpt.get("thresholds"))
+@dataclass(frozen=True)
+class Checkpoint:
+    """Weights, configs, thresholds and provenance of one model; change one with
+    :meth:`replace` or :meth:`derive`, build it from a model with :meth:`of`."""
+
+    model_config: ModelConfig
+    state: Mapping[str, torch.Tensor] = field(repr=False)
+    train_config: TrainConfig | None = None
+    thresholds: Thresholds = Thresholds()
+    fusion_fit: FusionFit | None = None
+    fingerprint: Fingerprint = Fingerprint()
+    training: TrainingRecord | None = None
+    lineage: tuple[Lineage, ...] = ()
+    # the trainer's optimiser and RNG states: only in a resumable last.pt
+    resume: Mapping[str, Any] | None = field(default=None, repr=False)
+    adps_version: str = __version__
+
+    @classmethod
+    def of(cls, model: ADPS, **fields: Any) -> Checkpoint:
+        """The checkpoint of ``model`` (its state copied to the CPU) with ``fields``."""
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return cls(model.config, state, **fields)
+
+    def model(self, device: str | torch.device = "cpu") -> ADPS:
+        """The eval-mode model; the teacher's weights come from here, not a package."""
+        model = ADPS(self.model_config, pretrained=False)
+        model.load_state_dict(self.state, strict=True)
+        return model.to(device).eval()
+
+    def replace(self, **changes: Any) -> Checkpoint:
+        return dataclasses.replace(self, **changes)
+
+    def derive(self, parent: str | Path, change: str, **changes: Any) -> Checkpoint:
+        """This checkpoint, read from the file ``parent``, changed by ``change`` (words) and
+        ``changes`` (fields), with the step recorded in its lineage."""
+        step = Lineage(file_sha256(parent), change,
+                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return self.replace(lineage=(*self.lineage, step), resume=None, **changes)
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        """How images reach the network, derived from the config and its backbone: RGB in
+        [0, 1] at ``image_size``, normalised inside the model with ``mean`` and ``std``."""
+        spec = get_backbone(self.model_config.backbone)
+        return {"backbone": spec.name, "mean": list(spec.mean), "std": list(spec.std),
+                "image_size": self.model_config.image_size, "input_range": [0.0, 1.0]}
+
+    def describe(self) -> dict[str, Any]:
+        """Everything but the weights, as JSON-able data: what exports carry as metadata and
+        the service reports."""
+        return {
+            "adps_version": self.adps_version,
+            "preprocess": self.preprocess,
+            "model_config": to_dict(self.model_config),
+            "train_config": None if self.train_config is None else to_dict(self.train_config),
+            "thresholds": self.thresholds.to_dict(),
+            "fusion_fit": None if self.fusion_fit is None else self.fusion_fit.to_dict(),
+            "training": None if self.training is None else self.training.to_dict(),
+            "lineage": [step.to_dict() for step in self.lineage],
+            "fingerprint": {"trained": len(self.fingerprint.trained),
+                            "calibrated": len(self.fingerprint.calibrated),
+                            "recorded": self.fingerprint.recorded},
+        }
+
+    # --- files ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        data = self.describe()
+        del data["preprocess"], data["fingerprint"]  # derived / summarised: stored in full below
+        return {"format": FORMAT, **data, "model": dict(self.state),
+                "fingerprint": self.fingerprint.to_dict() if self.fingerprint.recorded else None,
+                "resume": None if self.resume is None else dict(self.resume)}
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the file atomically: a crash leaves the previous file whole."""
+        return atomic_save(self.to_dict(), path)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str | Path | None = None) -> Checkpoint:
+        """From the dict of a file of any :data:`READABLE` format."""
+        if data.get("format") == "adps-checkpoint-v1":
+            data = _upgrade_v1(data)
+        try:
+            train = data.get("train_config")
+            fusion = data.get("fusion_fit")
+            training = data.get("training")
+            return cls(
+                model_config=from_dict(ModelConfig, data["model_config"]),
+                state=data["model"],
+                train_config=None if train is None else from_dict(TrainConfig, train),
+                thresholds=Thresholds.from_dict(data.get("thresholds")),
+                fusion_fit=None if fusion is None else FusionFit.from_dict(fusion),
+                fingerprint=Fingerprint.from_dict(data.get("fingerprint")),
+                training=None if training is None else TrainingRecord.from_dict(training),
+                lineage=tuple(Lineage(**step) for step in data.get("lineage", ())),
+                resume=data.get("resume"),
+                adps_version=str(data.get("adps_version", "?")),
+            )
+        except AdpsError as exc:
+            raise AdpsError(f"holds an invalid setting: {exc}", path) from exc
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdpsError(f"is an incomplete adps checkpoint ({exc!r})", path) from exc
+
+    @classmethod
+    def load(cls, path: str | Path) -> Checkpoint:
+        path = Path(path)
+        if not path.is_file():
+            raise AdpsError("checkpoint not found", path)
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise AdpsError(f"cannot be read as an adps checkpoint ({exc})", path) from exc
+        if not isinstance(data, dict) or data.get("format") not in READABLE:
+            raise AdpsError(f"is not an adps checkpoint (expected one of the formats "
+                            f"{', '.join(READABLE)})", path)
+        return cls.from_dict(data, path)
 
 
-def store_thresholds(ckpt: dict, calibration: Calibration, path: str | Path) -> Path:
-    """Writes ``ckpt`` with the calibrated image threshold (and its provenance) to ``path``."""
-    thresholds = checkpoint_thresholds(ckpt).calibrated(calibration)
-    return atomic_save({**ckpt, "thresholds": thresholds.to_dict()}, path)
+def _upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A v1 dict in v2's shape: its training counters gathered into ``training``, optimiser
+    and RNG states into ``resume``; ``preprocess`` (derived now) and the fingerprint (v1 had
+    none) dropped."""
+    new = {k: v for k, v in data.items() if k not in (*_V1_TRAINING, *_RESUME, "preprocess")}
+    if "step" in data:
+        new["training"] = {"epochs": data.get("epoch", 0), "steps": data["step"],
+                           "seconds": data.get("elapsed", 0.0),
+                           "history": data.get("history", ())}
+    if "optimizer" in data:
+        new["resume"] = {k: data[k] for k in _RESUME if k in data}
+    return new
 
 
-def with_fusion(ckpt: dict, fit: FusionFit) -> dict:
-    """``ckpt`` with the fitted late fusion in its model config and the scores that chose it.
-    An image threshold set for the old fusion no longer applies: calibrate after this."""
-    config = {**ckpt["model_config"], "prior_exponent": fit.exponent, "psm_boost": fit.boost}
-    return {**ckpt, "model_config": config, "fusion_fit": fit.to_dict()}
+__all__ = ["Checkpoint", "FORMAT", "Lineage", "READABLE", "TrainingRecord"]

@@ -54,6 +54,11 @@ class FusionFit:
         return {"exponent": self.exponent, "boost": self.boost, "n_images": self.n_images,
                 "scores": [asdict(s) for s in self.scores]}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "FusionFit":
+        return cls(data["exponent"], data["boost"], data["n_images"],
+                   tuple(FusionScore(**s) for s in data["scores"]))
+
 
 def check_late_fusion(model: ADPS) -> None:
     """Raises, naming the config field, unless ``model`` has a fitted, late-fused memory
@@ -81,7 +86,8 @@ def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
     for x in image_batches(images, device, batch_size, "fusion maps", progress):
         p, teacher = model.psm_map(x)
         psm.append(p[:, 0].float())
-        prior.append((model.memory(teacher, size, model.config.memory_neighbors) / model.memory.stats[2])[:, 0])
+        prior_map = model.memory(teacher, size, model.config.memory_neighbors)
+        prior.append((prior_map / model.memory.stats[2])[:, 0])
     return torch.cat(psm).cpu(), torch.cat(prior).cpu()
 
 

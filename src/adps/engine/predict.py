@@ -20,6 +20,7 @@ from PIL import Image
 from adps.config import ModelConfig, from_dict
 from adps.data.datasets import DEFAULT_MAX_PIXELS, Resize, read_image
 from adps.engine.calibrate import Thresholds
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import inference_batch_size, resolve_device
 from adps.engine.inference import Forward, TorchForward
 from adps.engine.tiling import Tiling, tiled
@@ -209,13 +210,22 @@ def _runner_predictor(runner, batch_size: int, runtime: str) -> Predictor:
 EXPORT_SUFFIXES = (".onnx", ".xml", ".ts", ".torchscript")  # any other file is a checkpoint
 
 
-def load(path: str | Path, device: str = "auto", batch_size: int | None = None,
-         precision: str | None = None) -> Predictor:
-    """A predictor from a checkpoint (``.pt``), an ONNX export (``.onnx``), an OpenVINO export
+def checkpoint_predictor(ckpt: Checkpoint, device: str = "auto",
+                         batch_size: int | None = None) -> Predictor:
+    """A predictor that runs ``ckpt`` in torch; ``batch_size=None`` picks what runs fastest on
+    the device (:func:`inference_batch_size`)."""
+    dev = resolve_device(device)
+    model = ckpt.model()
+    return Predictor(TorchForward(model, dev), model.config, ckpt.thresholds, dev,
+                     inference_batch_size(dev, batch_size), ckpt.describe(), f"torch {dev}")
+
+
+def export_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None,
+                     precision: str | None = None) -> Predictor:
+    """A predictor that runs an export on its own runtime: ONNX (``.onnx``), OpenVINO
     (``.xml``) or TorchScript (``.ts``/``.torchscript``); thresholds and pre-processing come
-    from the file itself. Each file runs on its own runtime (``adps.load`` picks the fastest
-    for a checkpoint). ``precision``: OpenVINO's ("f32", "bf16", "auto"; None = the file's).
-    ``batch_size=None`` picks what runs fastest on the device (:func:`inference_batch_size`)."""
+    from the file's metadata. ``precision``: OpenVINO's ("f32", "bf16", "auto"; None = the
+    file's)."""
     path = Path(path)
     dev = resolve_device(device)
     suffix = path.suffix.lower()
@@ -240,10 +250,4 @@ def load(path: str | Path, device: str = "auto", batch_size: int | None = None,
         return Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
                          Thresholds.from_dict(meta.get("thresholds")), dev,
                          inference_batch_size(dev, batch_size), meta, f"torchscript {dev}")
-    from adps.engine.checkpoint import checkpoint_thresholds, load_checkpoint, model_from_checkpoint
-
-    ckpt = load_checkpoint(path)
-    model = model_from_checkpoint(ckpt)
-    meta: dict[str, Any] = {"preprocess": ckpt["preprocess"], "model_config": ckpt["model_config"]}
-    return Predictor(TorchForward(model, dev), model.config, checkpoint_thresholds(ckpt),
-                     dev, inference_batch_size(dev, batch_size), meta, f"torch {dev}")
+    raise AdpsError(f"is not an export (expected one of {', '.join(EXPORT_SUFFIXES)})", path)

@@ -29,7 +29,8 @@ __all__ = ["EXPORT_FORMAT", "METADATA_KEY", "TORCHSCRIPT_EXTRA", "INPUT_NAME", "
            "INPUT_DTYPES", "OnnxRunner", "OpenVinoRunner", "load_torchscript", "read_onnx_metadata",
            "quiet_export"]
 
-EXPORT_FORMAT = "adps-export-v1"
+EXPORT_FORMAT = "adps-export-v2"  # v2: metadata derived from the checkpoint, nothing twice
+READABLE_EXPORTS = ("adps-export-v1", EXPORT_FORMAT)
 METADATA_KEY = "adps"  # ONNX metadata_props key
 TORCHSCRIPT_EXTRA = "adps.json"  # TorchScript _extra_files name
 INPUT_NAME = "images"
@@ -64,16 +65,17 @@ def parse_metadata(props: dict[str, str], path: Path, what: str = "ONNX") -> dic
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise AdpsError(f"has unreadable adps metadata ({exc})", path) from exc
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise AdpsError(f"is not an adps export of a known format (expected {EXPORT_FORMAT})",
-                        path)
-    size = meta.get("image_size")
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_EXPORTS:
+        raise AdpsError(f"is not an adps export of a known format (expected one of "
+                        f"{', '.join(READABLE_EXPORTS)})", path)
+    config = meta.get("model_config")
+    size = config.get("image_size") if isinstance(config, dict) else None
     if meta.get("input_dtype") not in INPUT_DTYPES or not (
             isinstance(size, int) or (isinstance(size, list) and len(size) == 2
                                       and all(isinstance(side, int) for side in size))):
-        raise AdpsError("has incomplete adps metadata (input_dtype, image_size)", path)
-    if isinstance(size, list):
-        meta["image_size"] = tuple(size)
+        raise AdpsError("has incomplete adps metadata (input_dtype, model_config.image_size)",
+                        path)
+    meta["image_size"] = tuple(size) if isinstance(size, list) else size  # read from one place
     return meta
 
 

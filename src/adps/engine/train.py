@@ -8,6 +8,7 @@ never per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,12 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
 
-from adps.config import ModelConfig, TrainConfig, to_dict
+from adps.config import ModelConfig, TrainConfig
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset
+from adps.data.fingerprint import Fingerprint, file_digests
 from adps.data.synthesis import AnomalySynthesizer, TextureBank, rotate
 from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
-from adps.engine.checkpoint import load_checkpoint, make_checkpoint
+from adps.engine.checkpoint import Checkpoint, TrainingRecord
 from adps.engine.device import cpu_has_bf16, resolve_device
 from adps.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from adps.engine.inference import TorchForward, infer
@@ -33,7 +35,6 @@ from adps.engine.prior import fit_prior
 from adps.engine.schedule import format_duration, lr_factor
 from adps.engine.tiling import Tiling, grid_tiles, tiled
 from adps.errors import AdpsError
-from adps.fileio import atomic_save
 from adps.models.adps import ADPS
 
 _PRIOR_TILES = 1024  # tiling: at most this many tiles of the frames go into the memory's fit
@@ -83,26 +84,33 @@ def random_crops(images: torch.Tensor, index: torch.Tensor, size: tuple[int, int
     return images[index.view(b, 1, 1, 1), channels, rows, cols]
 
 
-def split_holdout(images: torch.Tensor, config: TrainConfig
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(training images, held-out images or None), a fixed draw from the seed.
+def holdout_indices(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(indices of the images to train on, of the held-out ones or None) of ``n`` training
+    images, a fixed draw from the seed.
 
     Refuses up front, before any training time is spent, when the held-out share is too small
     to measure the target false-alarm rate.
     """
     share = config.calibration_holdout
     if share <= 0:
-        return images, None
-    n_hold = round(share * len(images))
+        return torch.arange(n), None
+    n_hold = round(share * n)
     needed = math.ceil(1 / config.target_false_alarm_rate - 1e-9)
-    if n_hold < needed or n_hold >= len(images):
+    if n_hold < needed or n_hold >= n:
         raise AdpsError(
-            f"holding out {share:g} of {len(images)} training images gives {n_hold}; a "
+            f"holding out {share:g} of {n} training images gives {n_hold}; a "
             f"false-alarm rate of {config.target_false_alarm_rate:g} needs at least {needed} "
             f"(and some left to train on): raise the target rate or name a folder of normal "
             f"images with `adps calibrate` instead")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
-    return images[order[n_hold:].sort().values], images[order[:n_hold].sort().values]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    return order[n_hold:].sort().values, order[:n_hold].sort().values
+
+
+def split_holdout(images: torch.Tensor, config: TrainConfig
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(training images, held-out images or None): :func:`holdout_indices` applied."""
+    kept, held = holdout_indices(len(images), config)
+    return images[kept], None if held is None else images[held]
 
 
 class Trainer:
@@ -161,9 +169,16 @@ class Trainer:
                             "images only")
 
     def _load_data(self, dataset: AnomalyDataset, cache_dir: str | Path | None) -> None:
-        """The uint8 image stack on the device, the calibration hold-out, the synthesiser."""
+        """The uint8 image stack on the device, the calibration hold-out, the synthesiser, and
+        the fingerprint of which images were used for what."""
         images, _, _ = load_tensor_stack(dataset, cache_dir=cache_dir, progress=self.progress)
-        images, self.holdout = split_holdout(images, self.config)
+        kept, held = holdout_indices(len(images), self.config)
+        images, self.holdout = images[kept], None if held is None else images[held]
+        digests = file_digests([record.image for record in dataset.records])
+        self.fingerprint = Fingerprint(
+            frozenset(digests[i] for i in kept.tolist()),
+            frozenset(() if held is None else (digests[i] for i in held.tolist())),
+            recorded=True)
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
@@ -203,33 +218,43 @@ class Trainer:
         self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(self.images) / cfg.batch_size)
 
     # --- state ------------------------------------------------------------------------------
-    def state(self, epoch: int) -> dict:
-        return make_checkpoint(
-            self.model, self.config, epoch=epoch, history=list(self.history),
-            optimizer=self.optimizer.state_dict(), step=self.step, elapsed=self.elapsed,
-            rng={"torch": torch.get_rng_state(), "generator": self.generator.get_state()})
+    def checkpoint(self, epoch: int, **fields) -> Checkpoint:
+        """The model as it is after ``epoch`` epochs, with what the run did so far."""
+        return Checkpoint.of(self.model, train_config=self.config, fingerprint=self.fingerprint,
+                             training=TrainingRecord(epoch, self.step, self.elapsed,
+                                                     tuple(self.history)), **fields)
+
+    def state(self, epoch: int) -> Checkpoint:
+        """The resumable checkpoint: the model plus the optimiser and RNG states."""
+        return self.checkpoint(epoch, resume={
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}})
 
     def resume(self) -> bool:
         path = self.out_dir / LAST
         if not path.is_file():
             return False
-        ckpt = load_checkpoint(path)
-        if ckpt["model_config"] != to_dict(self.model_config):
+        ckpt = Checkpoint.load(path)
+        if ckpt.model_config != self.model_config:
             raise AdpsError("was written with a different model configuration; resume with the "
                             "same settings or start a new output folder", path)
-        self.model.load_state_dict(ckpt["model"], strict=True)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.step, self.elapsed = int(ckpt["step"]), float(ckpt["elapsed"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.generator.set_state(ckpt["rng"]["generator"])
-        self.start_epoch = int(ckpt["epoch"])
-        self.history = list(ckpt["history"])
+        if ckpt.resume is None or ckpt.training is None:
+            raise AdpsError("holds no training state to resume from", path)
+        self.model.load_state_dict(ckpt.state, strict=True)
+        self.optimizer.load_state_dict(ckpt.resume["optimizer"])
+        self.step, self.elapsed = ckpt.training.steps, ckpt.training.seconds
+        torch.set_rng_state(ckpt.resume["rng"]["torch"])
+        self.generator.set_state(ckpt.resume["rng"]["generator"])
+        self.start_epoch = ckpt.training.epochs
+        self.history = list(ckpt.training.history)
+        # what earlier sessions learned from counts too, should the data have changed since
+        self.fingerprint = ckpt.fingerprint | self.fingerprint
         return True
 
     def save(self, epoch: int, name: str = LAST) -> Path:
         path = self.out_dir / name
         if self.dist.is_main:
-            atomic_save(self.state(epoch), path)
+            self.state(epoch).save(path)
         return path
 
     # --- loop -------------------------------------------------------------------------------
@@ -383,9 +408,10 @@ class Trainer:
         seconds = self.clock() - session_start
         final = self.out_dir / FINAL
         if self.dist.is_main:
-            atomic_save(make_checkpoint(self.model, cfg, self.calibrate(), epoch=epoch,
-                                        history=list(self.history), step=self.step,
-                                        elapsed=self.elapsed), final)
+            # what ran: under a time budget the budget decided the epochs, not cfg.epochs
+            ran = cfg if budget is None else dataclasses.replace(cfg, epochs=max(epoch, 1))
+            self.checkpoint(epoch, thresholds=self.calibrate()).replace(train_config=ran
+                                                                        ).save(final)
         images = steps * cfg.batch_size
         return TrainResult(final, epoch, steps, seconds,
                            images / seconds if seconds > 0 else 0.0, list(self.history))
