@@ -138,7 +138,7 @@ def test_calibration_at_the_end_of_training(tmp_path):
     from adps.data.procedural import make_demo_dataset
     from adps.engine.checkpoint import Checkpoint
     from adps.engine.inference import TorchForward, infer
-    from adps.engine.train import Trainer, split_holdout
+    from adps.engine.train import Trainer, holdout_indices
 
     category = make_demo_dataset(tmp_path / "d", size=64, n_train=24, n_test_good=1,
                                  n_test_defect=1)
@@ -153,7 +153,8 @@ def test_calibration_at_the_end_of_training(tmp_path):
     assert thresholds["calibration"]["n_normal"] == 12
     # recompute independently: the held-out images, the saved model, the documented rule
     images, _, _ = load_tensor_stack(dataset, progress=False)
-    train_part, held_out = split_holdout(images, config)
+    kept, held = holdout_indices(len(images), config)
+    train_part, held_out = images[kept], images[held]
     assert len(train_part) == 12 and len(held_out) == 12
     assert not any(torch.equal(a, b) for a in train_part for b in held_out)
     cpu = torch.device("cpu")

@@ -15,7 +15,7 @@ from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
 from adps.data.cache import load_tensor_stack
 from adps.engine.calibrate import threshold_for_false_alarm_rate
-from adps.engine.train import LAST, Trainer, split_holdout, train
+from adps.engine.train import LAST, Trainer, holdout_indices, train
 from adps.errors import AdpsError
 from adps.metrics import METRIC_KEYS
 
@@ -290,9 +290,9 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     # the threshold was calibrated on the fused scores of the held-out images
     model = ckpt.model()
     images, _, _ = load_tensor_stack(datasets(data))
-    _, holdout = split_holdout(images, TrainConfig(calibration_holdout=0.25,
-                                                   target_false_alarm_rate=0.5, seed=0))
-    _, scores = maps_and_scores(model, holdout)
+    _, held = holdout_indices(len(images), TrainConfig(calibration_holdout=0.25,
+                                                       target_false_alarm_rate=0.5, seed=0))
+    _, scores = maps_and_scores(model, images[held])
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
     assert ckpt.thresholds.image == pytest.approx(want, abs=1e-6)
     predictor = adps.load(out / "model.pt", device="cpu", backend="torch")

@@ -106,12 +106,6 @@ def holdout_indices(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Te
     return order[n_hold:].sort().values, order[:n_hold].sort().values
 
 
-def split_holdout(images: torch.Tensor, config: TrainConfig
-                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(training images, held-out images or None): :func:`holdout_indices` applied."""
-    kept, held = holdout_indices(len(images), config)
-    return images[kept], None if held is None else images[held]
-
 
 class Trainer:
     """Owns the model, optimiser and data for one run; ``fit`` runs (or resumes) it.
