@@ -36,14 +36,20 @@ def main() -> None:
     args = p.parse_args()
     print("| images | files | MB | hash s | decode s | hash / decode |\n|---|---|---|---|---|---|")
     for folder in args.folders:
-        files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
-                       and "ground_truth" not in f.parts)
+        files = sorted(
+            f
+            for f in folder.rglob("*")
+            if f.suffix.lower() in IMAGE_EXTENSIONS and "ground_truth" not in f.parts
+        )
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         file_digests(files)  # warm the page cache for both
         hashing = timed(lambda: file_digests(files), args.repeats)
         decoding = timed(lambda: [read_image(f) for f in files], args.repeats)
-        print(f"| {folder.name} | {len(files)} | {megabytes:.1f} | {hashing:.3f} | "
-              f"{decoding:.3f} | {hashing / decoding:.1%} |", flush=True)
+        print(
+            f"| {folder.name} | {len(files)} | {megabytes:.1f} | {hashing:.3f} | "
+            f"{decoding:.3f} | {hashing / decoding:.1%} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

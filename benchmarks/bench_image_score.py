@@ -21,13 +21,20 @@ from adps.engine.tiling import open_split
 from adps.metrics import image_metrics
 from adps.models.adps import image_score
 
-VARIANTS = [("max", 4.0, None), ("max", 8.0, None), ("top_mean", 4.0, 0.001),
-            ("top_mean", 4.0, 0.01), ("top_mean", 4.0, 0.05), ("top_mean", 4.0, 0.1)]
+VARIANTS = [
+    ("max", 4.0, None),
+    ("max", 8.0, None),
+    ("top_mean", 4.0, 0.001),
+    ("top_mean", 4.0, 0.01),
+    ("top_mean", 4.0, 0.05),
+    ("top_mean", 4.0, 0.1),
+]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--category", default=None)
@@ -43,10 +50,15 @@ def main() -> None:
         with torch.no_grad():
             scores = image_score(maps, kind, sigma, share or 0.01).numpy()
         m = image_metrics(result.labels, scores)
-        name = f"max, sigma {sigma:g}" if kind == "max" else f"top {100 * share:g}% mean, " \
-                                                           f"sigma {sigma:g}"
-        print(f"| {name} | {100 * m['image_auroc']:.1f} | {100 * m['image_ap']:.1f} | "
-              f"{100 * m['image_f1max']:.1f} |")
+        name = (
+            f"max, sigma {sigma:g}"
+            if kind == "max"
+            else f"top {100 * share:g}% mean, sigma {sigma:g}"
+        )
+        print(
+            f"| {name} | {100 * m['image_auroc']:.1f} | {100 * m['image_ap']:.1f} | "
+            f"{100 * m['image_f1max']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -75,13 +75,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-sizes", default="1,8,32", help="throughput batch sizes (1,8,32)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per cell (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs per cell (default 2)")
-    p.add_argument("--max-seconds", type=float, default=20.0,
-                   help="stop a cell's timed runs after this many seconds (default 20)")
-    p.add_argument("--device", choices=("all", "cpu", "cuda"), default="all",
-                   help="all = CPU, plus CUDA when available (default)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=20.0,
+        help="stop a cell's timed runs after this many seconds (default 20)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("all", "cpu", "cuda"),
+        default="all",
+        help="all = CPU, plus CUDA when available (default)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--skip", default="", help="comma list of backends to skip: eager,"
-                   "channels_last,bf16,compile,onnxruntime,openvino")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma list of backends to skip: eager,"
+        "channels_last,bf16,compile,onnxruntime,openvino",
+    )
     p.add_argument("--verbose", action="store_true", help="print tracebacks of failures")
     return p.parse_args(argv)
 
@@ -102,8 +114,13 @@ def build_model(args: argparse.Namespace) -> tuple[ADPS, str]:
     return model.eval(), what
 
 
-def time_cell(run: Callable[[], object], sync: Callable[[], None], warmup: int, repeats: int,
-              max_seconds: float) -> tuple[float, int]:
+def time_cell(
+    run: Callable[[], object],
+    sync: Callable[[], None],
+    warmup: int,
+    repeats: int,
+    max_seconds: float,
+) -> tuple[float, int]:
     """Median seconds per call and the number of timed calls."""
     for _ in range(warmup):
         run()
@@ -119,14 +136,20 @@ def time_cell(run: Callable[[], object], sync: Callable[[], None], warmup: int, 
     return statistics.median(times), len(times)
 
 
-def measure(result: Result, make_run: Callable[[int], Callable[[], object]],
-            sync: Callable[[], None], args: argparse.Namespace, batch_sizes: list[int]) -> None:
+def measure(
+    result: Result,
+    make_run: Callable[[int], Callable[[], object]],
+    sync: Callable[[], None],
+    args: argparse.Namespace,
+    batch_sizes: list[int],
+) -> None:
     """Fills latency (batch 1) and throughput (every batch size); the batch-1 run is shared."""
     sizes = sorted(set(batch_sizes) | {1})
     for batch in sizes:
         try:
-            seconds, n = time_cell(make_run(batch), sync, args.warmup, args.repeats,
-                                   args.max_seconds)
+            seconds, n = time_cell(
+                make_run(batch), sync, args.warmup, args.repeats, args.max_seconds
+            )
         except Exception as exc:  # e.g. out of memory at a large batch: keep the others
             result.note += f" batch {batch} failed: {type(exc).__name__}: {str(exc)[:80]};"
             if _is_oom(exc):
@@ -143,8 +166,14 @@ def _is_oom(exc: Exception) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def torch_backend(model: ADPS, device: torch.device, *, channels_last: bool = False,
-                  bf16: bool = False, compile_mode: str | None = None):
+def torch_backend(
+    model: ADPS,
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    bf16: bool = False,
+    compile_mode: str | None = None,
+):
     """A make_run(batch) factory for one torch configuration."""
     net = model.to(device)
     if channels_last:
@@ -158,8 +187,9 @@ def torch_backend(model: ADPS, device: torch.device, *, channels_last: bool = Fa
         x = torch.rand(batch, 3, size, size, device=device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
-                    else contextlib.nullcontext())
+        autocast = (
+            torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        )
 
         def run():
             with torch.inference_mode(), autocast:
@@ -209,11 +239,19 @@ def openvino_backend(model: ADPS, threads: int | None, workdir: Path, precision:
     return make_run
 
 
-def run_backend(results: list[Result], result: Result, factory: Callable[[], Callable],
-                sync: Callable[[], None], args: argparse.Namespace,
-                batch_sizes: list[int]) -> None:
-    print(f"  {result.device} {result.backend} ({result.dtype}, {result.layout}) ...",
-          end="", flush=True)
+def run_backend(
+    results: list[Result],
+    result: Result,
+    factory: Callable[[], Callable],
+    sync: Callable[[], None],
+    args: argparse.Namespace,
+    batch_sizes: list[int],
+) -> None:
+    print(
+        f"  {result.device} {result.backend} ({result.dtype}, {result.layout}) ...",
+        end="",
+        flush=True,
+    )
     start = time.perf_counter()
     try:
         make_run = factory()
@@ -240,8 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     model, what = build_model(args)
     size, k = model.config.image_size, model.config.k
     has_cuda = torch.cuda.is_available()
-    devices = {"all": ["cpu"] + (["cuda"] if has_cuda else []), "cpu": ["cpu"],
-               "cuda": ["cuda"]}[args.device]
+    devices = {"all": ["cpu"] + (["cuda"] if has_cuda else []), "cpu": ["cpu"], "cuda": ["cuda"]}[
+        args.device
+    ]
     if "cuda" in devices and not has_cuda:
         sys.exit("--device cuda: CUDA is not available")
     try:
@@ -251,17 +290,22 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         ort_version, ort_providers = None, []
 
-    load = (" ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg")
-            else "n/a")
-    print(f"ADPS inference benchmark: image {size}x{size}, k={k}, backbone "
-          f"{model.config.backbone}; {what}")
-    print(f"torch {torch.__version__}, onnxruntime {ort_version}, python "
-          f"{platform.python_version()}, CPU: {platform.processor() or platform.machine()} "
-          f"x{os.cpu_count()}, torch threads {threads}, load average {load}")
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(
+        f"ADPS inference benchmark: image {size}x{size}, k={k}, backbone "
+        f"{model.config.backbone}; {what}"
+    )
+    print(
+        f"torch {torch.__version__}, onnxruntime {ort_version}, python "
+        f"{platform.python_version()}, CPU: {platform.processor() or platform.machine()} "
+        f"x{os.cpu_count()}, torch threads {threads}, load average {load}"
+    )
     if has_cuda:
         print(f"GPU: {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}")
-    print(f"warm-up {args.warmup}, up to {args.repeats} timed runs per cell "
-          f"(stop after {args.max_seconds:g} s), batch sizes {batch_sizes}")
+    print(
+        f"warm-up {args.warmup}, up to {args.repeats} timed runs per cell "
+        f"(stop after {args.max_seconds:g} s), batch sizes {batch_sizes}"
+    )
 
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -274,48 +318,106 @@ def main(argv: list[str] | None = None) -> None:
             def add(backend, dtype, layout, factory, skip_key):
                 if skip_key in skip:
                     return
-                run_backend(results, Result(dev, backend, dtype, layout, th), factory, sync,
-                            args, batch_sizes)
+                run_backend(
+                    results,
+                    Result(dev, backend, dtype, layout, th),
+                    factory,
+                    sync,
+                    args,
+                    batch_sizes,
+                )
                 torch.compiler.reset()
                 model.to(memory_format=torch.contiguous_format)  # undo channels_last
                 if dev == "cuda":
                     torch.cuda.empty_cache()
 
-            add("torch eager", "fp32", "NCHW",
-                lambda: torch_backend(model, device), "eager")
+            add("torch eager", "fp32", "NCHW", lambda: torch_backend(model, device), "eager")
             if dev == "cpu":
-                add("torch eager", "fp32", "channels_last",
-                    lambda: torch_backend(model, device, channels_last=True), "channels_last")
-                add("torch eager autocast", "bf16", "channels_last",
+                add(
+                    "torch eager",
+                    "fp32",
+                    "channels_last",
+                    lambda: torch_backend(model, device, channels_last=True),
+                    "channels_last",
+                )
+                add(
+                    "torch eager autocast",
+                    "bf16",
+                    "channels_last",
                     lambda: torch_backend(model, device, bf16=True, channels_last=True),
-                    "bf16")
-                add("torch.compile (inductor)", "fp32", "NCHW",
-                    lambda: torch_backend(model, device, compile_mode="default"), "compile")
-                add("OpenVINO CPU", "fp32", "NCHW",
-                    lambda: openvino_backend(model, threads, workdir), "openvino")
-                add("OpenVINO CPU", "bf16", "NCHW",
-                    lambda: openvino_backend(model, threads, workdir, "bf16"), "openvino")
+                    "bf16",
+                )
+                add(
+                    "torch.compile (inductor)",
+                    "fp32",
+                    "NCHW",
+                    lambda: torch_backend(model, device, compile_mode="default"),
+                    "compile",
+                )
+                add(
+                    "OpenVINO CPU",
+                    "fp32",
+                    "NCHW",
+                    lambda: openvino_backend(model, threads, workdir),
+                    "openvino",
+                )
+                add(
+                    "OpenVINO CPU",
+                    "bf16",
+                    "NCHW",
+                    lambda: openvino_backend(model, threads, workdir, "bf16"),
+                    "openvino",
+                )
             else:
-                add("torch eager autocast", "bf16", "NCHW",
-                    lambda: torch_backend(model, device, bf16=True), "bf16")
-                add("torch eager autocast", "bf16", "channels_last",
+                add(
+                    "torch eager autocast",
+                    "bf16",
+                    "NCHW",
+                    lambda: torch_backend(model, device, bf16=True),
+                    "bf16",
+                )
+                add(
+                    "torch eager autocast",
+                    "bf16",
+                    "channels_last",
                     lambda: torch_backend(model, device, bf16=True, channels_last=True),
-                    "channels_last")
-                add("torch.compile reduce-overhead", "bf16", "channels_last",
-                    lambda: torch_backend(model, device, bf16=True, channels_last=True,
-                                          compile_mode="reduce-overhead"), "compile")
+                    "channels_last",
+                )
+                add(
+                    "torch.compile reduce-overhead",
+                    "bf16",
+                    "channels_last",
+                    lambda: torch_backend(
+                        model, device, bf16=True, channels_last=True, compile_mode="reduce-overhead"
+                    ),
+                    "compile",
+                )
             provider = "CPUExecutionProvider" if dev == "cpu" else "CUDAExecutionProvider"
             if ort_version is None:
-                results.append(Result(dev, "onnxruntime", "fp32", "NCHW", th,
-                                      note="onnxruntime not installed"))
+                results.append(
+                    Result(dev, "onnxruntime", "fp32", "NCHW", th, note="onnxruntime not installed")
+                )
             elif provider not in ort_providers:
-                results.append(Result(dev, f"onnxruntime {provider}", "fp32", "NCHW", th,
-                                      note="provider not available"))
+                results.append(
+                    Result(
+                        dev,
+                        f"onnxruntime {provider}",
+                        "fp32",
+                        "NCHW",
+                        th,
+                        note="provider not available",
+                    )
+                )
             else:
-                add(f"onnxruntime {provider.replace('ExecutionProvider', '')}", "fp32", "NCHW",
-                    lambda: onnx_backend(model, provider,
-                                         threads if dev == "cpu" else None, workdir),
-                    "onnxruntime")
+                add(
+                    f"onnxruntime {provider.replace('ExecutionProvider', '')}",
+                    "fp32",
+                    "NCHW",
+                    lambda: onnx_backend(
+                        model, provider, threads if dev == "cpu" else None, workdir
+                    ),
+                    "onnxruntime",
+                )
             model.cpu()
 
     print_table(results, batch_sizes)
@@ -326,11 +428,18 @@ def print_table(results: list[Result], batch_sizes: list[int]) -> None:
     head += [f"img/s b{b} (runs)" for b in batch_sizes] + ["best img/s", "time s", "notes"]
     rows = []
     for r in results:
-        row = [r.device, r.backend, r.dtype, r.layout, r.threads,
-               "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ({r.latency_runs})"]
+        row = [
+            r.device,
+            r.backend,
+            r.dtype,
+            r.layout,
+            r.threads,
+            "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ({r.latency_runs})",
+        ]
         for b in batch_sizes:
-            row.append(f"{r.throughput[b][0]:.1f} ({r.throughput[b][1]})"
-                       if b in r.throughput else "-")
+            row.append(
+                f"{r.throughput[b][0]:.1f} ({r.throughput[b][1]})" if b in r.throughput else "-"
+            )
         if r.throughput:
             best = max(r.throughput, key=lambda b: r.throughput[b][0])
             row.append(f"{r.throughput[best][0]:.1f} @b{best}")
@@ -345,8 +454,10 @@ def print_table(results: list[Result], batch_sizes: list[int]) -> None:
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
-    print("\nlatency: median over the timed runs at batch 1; img/s: batch / median batch time; "
-          "'time s' = wall time of the backend's cell (export/compile/warm-up included).")
+    print(
+        "\nlatency: median over the timed runs at batch 1; img/s: batch / median batch time; "
+        "'time s' = wall time of the backend's cell (export/compile/warm-up included)."
+    )
 
 
 if __name__ == "__main__":

@@ -66,9 +66,11 @@ def main() -> None:
     labels = masks.reshape(args.n, -1).any(1)
     scores = maps.reshape(args.n, -1).max(1)
     n_regions = sum(ndimage.label(m, np.ones((3, 3)))[1] for m in masks)
-    print(f"data: {args.n} maps of {args.size}x{args.size} = {maps.size / 1e6:.2f} M pixels "
-          f"(float32), {masks.mean():.2%} anomalous pixels, {n_regions} GT regions, "
-          f"{labels.sum()} anomalous images")
+    print(
+        f"data: {args.n} maps of {args.size}x{args.size} = {maps.size / 1e6:.2f} M pixels "
+        f"(float32), {masks.mean():.2%} anomalous pixels, {n_regions} GT regions, "
+        f"{labels.sum()} anomalous images"
+    )
     print(f"threads: 1 (CPU affinity {sorted(os.sched_getaffinity(0))}), best of {args.repeat}")
 
     ours, got = best_time(lambda: compute_metrics(labels, scores, masks, maps), args.repeat)
@@ -79,8 +81,10 @@ def main() -> None:
     print(f"adps compute_metrics (all 7 metrics incl. AUPRO): {ours:6.2f} s")
     print(f"sklearn roc_auc_score + average_precision_score:  {ref:6.2f} s")
     print(f"ratio sklearn(AUROC+AP) / adps(all metrics): {ref / ours:.2f}x")
-    print(f"agreement with sklearn: |d pixel_auroc| = {abs(got['pixel_auroc'] - auroc):.1e}, "
-          f"|d pixel_ap| = {abs(got['pixel_ap'] - ap):.1e}")
+    print(
+        f"agreement with sklearn: |d pixel_auroc| = {abs(got['pixel_auroc'] - auroc):.1e}, "
+        f"|d pixel_ap| = {abs(got['pixel_ap'] - ap):.1e}"
+    )
     print("metrics: " + ", ".join(f"{k}={v:.4f}" for k, v in got.items()))
 
 

@@ -42,8 +42,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(args.bank, args.channels)).astype(np.float32)
     bank_t = torch.from_numpy(bank)
-    maps = {b: torch.from_numpy(rng.normal(size=(b, args.channels, args.side, args.side))
-                                .astype(np.float32)) for b in args.batches}
+    maps = {
+        b: torch.from_numpy(
+            rng.normal(size=(b, args.channels, args.side, args.side)).astype(np.float32)
+        )
+        for b in args.batches
+    }
     ours, torch_ms = {}, {}
     with torch.no_grad():  # timed before faiss is imported: its OpenMP runtime slows torch's
         for batch, x in maps.items():
@@ -55,16 +59,21 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     index = faiss.IndexFlatL2(args.channels)
     index.add(bank)
-    print(f"bank {args.bank} x {args.channels}, {args.side}x{args.side} positions per image, "
-          f"{args.threads} threads, faiss {faiss.__version__}, torch {torch.__version__}")
+    print(
+        f"bank {args.bank} x {args.channels}, {args.side}x{args.side} positions per image, "
+        f"{args.threads} threads, faiss {faiss.__version__}, torch {torch.__version__}"
+    )
     print("| images | torch ms | faiss ms | faiss / torch | max distance difference |")
     print("|---|---|---|---|---|")
     for batch, x in maps.items():
         rows = x.permute(0, 2, 3, 1).reshape(-1, args.channels).contiguous().numpy()
         theirs = np.sqrt(index.search(rows, 1)[0][:, 0])
         faiss_ms = median_ms(lambda: index.search(rows, 1), args.repeats)
-        print(f"| {batch} | {torch_ms[batch]:.1f} | {faiss_ms:.1f} | "
-              f"{faiss_ms / torch_ms[batch]:.2f} | {np.abs(ours[batch] - theirs).max():.1e} |")
+        print(
+            f"| {batch} | {torch_ms[batch]:.1f} | {faiss_ms:.1f} | "
+            f"{faiss_ms / torch_ms[batch]:.2f} | {np.abs(ours[batch] - theirs).max():.1e} |"
+        )
+
 
 if __name__ == "__main__":
     main()

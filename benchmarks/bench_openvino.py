@@ -48,8 +48,11 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--category")
     p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--fit-prior", action="store_true",
-                   help="add the memory prior (fitted on the training split) before timing")
+    p.add_argument(
+        "--fit-prior",
+        action="store_true",
+        help="add the memory prior (fitted on the training split) before timing",
+    )
     args = p.parse_args()
     ckpt = Checkpoint.load(args.model)
     spec = DataSpec(args.data, category=args.category)
@@ -57,8 +60,9 @@ def main() -> None:
         config = dataclasses.replace(ckpt.model_config, prior="memory")
         model = ADPS(config, pretrained=False)
         model.load_state_dict(ckpt.state, strict=False)  # the bank is fitted next
-        train_images, _, _ = load_tensor_stack(spec.open("train", config.image_size),
-                                               progress=False)
+        train_images, _, _ = load_tensor_stack(
+            spec.open("train", config.image_size), progress=False
+        )
         fit_prior(model, train_images)
         ckpt = Checkpoint.of(model.eval(), thresholds=ckpt.thresholds)
     model = ckpt.model()
@@ -75,28 +79,35 @@ def main() -> None:
         x1 = images[:1].numpy()
         results = {}
         for name, run in runs.items():
-            maps, scores = zip(*(run(images[i:i + 1].numpy()) for i in range(len(images))))
+            maps, scores = zip(*(run(images[i : i + 1].numpy()) for i in range(len(images))))
             maps = np.concatenate([np.asarray(m) for m in maps])[:, 0]
             scores = np.concatenate([np.asarray(s) for s in scores])
-            metrics = compute_metrics(labels.numpy(), scores, masks[:, 0].numpy(), maps,
-                                      mask_available=has_mask)
+            metrics = compute_metrics(
+                labels.numpy(), scores, masks[:, 0].numpy(), maps, mask_available=has_mask
+            )
             results[name] = (maps, scores, metrics, latency(run, x1, args.repeats))
     ref_maps, ref_scores = results["torch fp32 (channels-last)"][:2]
     # decisions compared at torch's F1-optimal image threshold on these images (the stored one
     # belongs to the model before --fit-prior)
     cut = f1_optimal_threshold(labels.numpy(), ref_scores).threshold
     keys = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
-    print(f"{args.model}{' + memory prior' if args.fit_prior else ''}: {len(images)} test "
-          f"images, torch threads {torch.get_num_threads()}")
-    print("| runtime | batch-1 ms | max map diff | mean map diff | max score diff | "
-          f"decisions changed (score >= {cut:.4f}) | "
-          + " | ".join(keys) + " |")
+    print(
+        f"{args.model}{' + memory prior' if args.fit_prior else ''}: {len(images)} test "
+        f"images, torch threads {torch.get_num_threads()}"
+    )
+    print(
+        "| runtime | batch-1 ms | max map diff | mean map diff | max score diff | "
+        f"decisions changed (score >= {cut:.4f}) | " + " | ".join(keys) + " |"
+    )
     print("|---|---|---|---|---|---|" + "---|" * len(keys))
     for name, (maps, scores, metrics, ms) in results.items():
-        print(f"| {name} | {ms:.1f} | {np.abs(maps - ref_maps).max():.4f} | "
-              f"{np.abs(maps - ref_maps).mean():.5f} | {np.abs(scores - ref_scores).max():.4f} | "
-              f"{int(((scores >= cut) != (ref_scores >= cut)).sum())} of {len(scores)} | "
-              + " | ".join(f"{100 * metrics[k]:.1f}" for k in keys) + " |")
+        print(
+            f"| {name} | {ms:.1f} | {np.abs(maps - ref_maps).max():.4f} | "
+            f"{np.abs(maps - ref_maps).mean():.5f} | {np.abs(scores - ref_scores).max():.4f} | "
+            f"{int(((scores >= cut) != (ref_scores >= cut)).sum())} of {len(scores)} | "
+            + " | ".join(f"{100 * metrics[k]:.1f}" for k in keys)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,9 @@ def latency_ms(model: ADPS, image: torch.Tensor, repeats: int = 10) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--category", default=None)
@@ -71,17 +72,38 @@ def main() -> None:
         m = compute_metrics(labels, scores, masks, maps[:, 0].numpy(), mask_available=has_mask)
         rows.append({"name": name, **{k: v for k, v in m.items()}, **extra})
         r = rows[-1]
-        print(f"| {name} | " + " | ".join(f"{100 * r[k]:.1f}" for k in (
-            "image_auroc", "image_ap", "image_f1max", "pixel_auroc", "pixel_ap", "aupro"))
-            + f" | {extra.get('fit_s', 0):.1f} | {extra.get('latency_ms', 0):.1f} |", flush=True)
+        print(
+            f"| {name} | "
+            + " | ".join(
+                f"{100 * r[k]:.1f}"
+                for k in (
+                    "image_auroc",
+                    "image_ap",
+                    "image_f1max",
+                    "pixel_auroc",
+                    "pixel_ap",
+                    "aupro",
+                )
+            )
+            + f" | {extra.get('fit_s', 0):.1f} | {extra.get('latency_ms', 0):.1f} |",
+            flush=True,
+        )
 
     print(f"{spec.name}: {len(train_images)} train, {len(images)} test images, model {args.model}")
-    print("| map | image AUROC | image AP | image F1-max | pixel AUROC | pixel AP | AUPRO "
-          "| fit s | batch-1 ms |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| map | image AUROC | image AP | image F1-max | pixel AUROC | pixel AP | AUPRO "
+        "| fit s | batch-1 ms |\n|---|---|---|---|---|---|---|---|---|"
+    )
     for memory_size in args.sizes:
-        config = from_dict(ModelConfig, {**to_dict(base), "prior": "memory",
-                                         "memory_size": memory_size,
-                                         "memory_neighbors": args.neighbors})
+        config = from_dict(
+            ModelConfig,
+            {
+                **to_dict(base),
+                "prior": "memory",
+                "memory_size": memory_size,
+                "memory_neighbors": args.neighbors,
+            },
+        )
         model = ADPS(config, pretrained=False)
         model.load_state_dict(ckpt.state, strict=False)  # the bank is fitted below
         fit = fit_prior(model, train_images)
@@ -89,7 +111,7 @@ def main() -> None:
         psm_maps, prior_maps = [], []
         with torch.no_grad():
             for i in range(0, len(images), 8):
-                x = images[i:i + 8].float().div(255).contiguous(memory_format=torch.channels_last)
+                x = images[i : i + 8].float().div(255).contiguous(memory_format=torch.channels_last)
                 psm_map, teacher = model.psm_map(x)
                 psm_maps.append(psm_map)
                 prior_maps.append(model.memory(teacher, (size, size)))
@@ -97,16 +119,31 @@ def main() -> None:
         if memory_size == args.sizes[0]:
             plain = ADPS(base, pretrained=False)
             plain.load_state_dict(ckpt.state)
-            record("PSM alone (the paper)", psm_map, plain.eval(),
-                   latency_ms=latency_ms(plain.eval(), images[0]))
+            record(
+                "PSM alone (the paper)",
+                psm_map,
+                plain.eval(),
+                latency_ms=latency_ms(plain.eval(), images[0]),
+            )
         latency = latency_ms(model, images[0])
         peak, _ = _peak_memory(torch.device("cpu"))
         for boost in [0.0] + args.boosts:
             fused = model.memory.fuse(psm_map, prior_map, boost)
-            name = (f"prior alone, memory {fit.bank_size}" if boost == 0 else
-                    f"fused, boost {boost:g}, memory {fit.bank_size}")
-            record(name, fused, model, fit_s=fit.seconds, latency_ms=latency,
-                   memory=fit.bank_size, boost=boost, peak_rss_mb=peak)
+            name = (
+                f"prior alone, memory {fit.bank_size}"
+                if boost == 0
+                else f"fused, boost {boost:g}, memory {fit.bank_size}"
+            )
+            record(
+                name,
+                fused,
+                model,
+                fit_s=fit.seconds,
+                latency_ms=latency,
+                memory=fit.bank_size,
+                boost=boost,
+                peak_rss_mb=peak,
+            )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
 

@@ -44,8 +44,9 @@ async def load_test(base: str, body: bytes, clients: int, seconds: float) -> dic
         while time.perf_counter() < stop:
             start = time.perf_counter()
             try:
-                r = await http.post(f"{base}/v1/predict", content=body,
-                                    headers={"Content-Type": "image/png"})
+                r = await http.post(
+                    f"{base}/v1/predict", content=body, headers={"Content-Type": "image/png"}
+                )
                 statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
                 if r.status_code != 200:
                     errors += 1
@@ -62,17 +63,38 @@ async def load_test(base: str, body: bytes, clients: int, seconds: float) -> dic
         wall = time.perf_counter() - begin
         client_cores = (time.process_time() - cpu) / wall  # what the load generator itself used
     ms = np.array(latencies) * 1000
-    return {"requests": len(latencies), "errors": errors, "statuses": statuses,
-            "requests_per_s": len(latencies) / wall, "client_cores": client_cores,
-            **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None
-               for q in (50, 95, 99)}}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "statuses": statuses,
+        "requests_per_s": len(latencies) / wall,
+        "client_cores": client_cores,
+        **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None for q in (50, 95, 99)},
+    }
 
 
 def serve(args, max_batch: int) -> dict:
     port = free_port()
-    cmd = [sys.executable, "-m", "adps", "serve", "--model", str(args.model), "--port",
-           str(port), "--device", args.device, "--max-batch", str(max_batch), "--max-wait-ms",
-           str(args.max_wait_ms), "--queue-size", str(args.queue_size), "--backend", args.backend]
+    cmd = [
+        sys.executable,
+        "-m",
+        "adps",
+        "serve",
+        "--model",
+        str(args.model),
+        "--port",
+        str(port),
+        "--device",
+        args.device,
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(args.max_wait_ms),
+        "--queue-size",
+        str(args.queue_size),
+        "--backend",
+        args.backend,
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -104,8 +126,7 @@ def offline(args) -> list[tuple[int, float]]:
         n = max(batch, 8)
 
         def work():
-            images = [torch.from_numpy(read_image_bytes(body)).permute(2, 0, 1)
-                      for _ in range(n)]
+            images = [torch.from_numpy(read_image_bytes(body)).permute(2, 0, 1) for _ in range(n)]
             predictor.predict_tensors(images)
 
         work()  # warm-up
@@ -124,32 +145,45 @@ def main() -> None:
     p.add_argument("--image", type=Path, required=True, help="one real image to send")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
-    p.add_argument("--max-batches", type=int, nargs="+", default=[8, 1],
-                   help="--max-batch settings of the server (1 = micro-batching off)")
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        nargs="+",
+        default=[8, 1],
+        help="--max-batch settings of the server (1 = micro-batching off)",
+    )
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--queue-size", type=int, default=64)
     p.add_argument("--offline-batches", type=int, nargs="+", default=[1, 8])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="auto", help="auto, torch or openvino (server and "
-                   "offline alike)")
+    p.add_argument(
+        "--backend", default="auto", help="auto, torch or openvino (server and offline alike)"
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    print(f"model {args.model}, image {args.image}, {args.clients} clients x {args.seconds:g} s, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model}, image {args.image}, {args.clients} clients x {args.seconds:g} s, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     rows = {"offline": offline(args), "serve": {}}
     best = max(rate for _, rate in rows["offline"])
     for batch, rate in rows["offline"]:
         print(f"offline predictor, batch {batch}: {rate:.1f} images/s")
-    print("| server --max-batch | requests/s | of offline best | p50 ms | p95 ms | p99 ms | errors "
-          "| cores used by the clients |")
+    print(
+        "| server --max-batch | requests/s | of offline best | p50 ms | p95 ms | p99 ms | errors "
+        "| cores used by the clients |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for max_batch in args.max_batches:
         r = serve(args, max_batch)
         rows["serve"][max_batch] = r
-        print(f"| {max_batch} | {r['requests_per_s']:.1f} | {100 * r['requests_per_s'] / best:.0f}% "
-              f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} "
-              f"{r['statuses']} | {r['client_cores']:.2f} |", flush=True)
+        print(
+            f"| {max_batch} | {r['requests_per_s']:.1f} | {100 * r['requests_per_s'] / best:.0f}% "
+            f"| {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} "
+            f"{r['statuses']} | {r['client_cores']:.2f} |",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

@@ -77,7 +77,9 @@ def check_sync_free(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iters", type=int, default=20, help="timed batches per device (CUDA: 10x)")
+    parser.add_argument(
+        "--iters", type=int, default=20, help="timed batches per device (CUDA: 10x)"
+    )
     args = parser.parse_args()
     bench(torch.device("cpu"), args.iters, warmup=3)
     if torch.cuda.is_available():

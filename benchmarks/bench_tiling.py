@@ -38,8 +38,13 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     model_path = args.model
     if model_path is None:
-        config = ModelConfig(image_size=args.tile, k=args.k, tiling=True,
-                             tile_overlap=args.overlap, psm_output_stride=2)
+        config = ModelConfig(
+            image_size=args.tile,
+            k=args.k,
+            tiling=True,
+            tile_overlap=args.overlap,
+            psm_output_stride=2,
+        )
         model_path = Path(tempfile.mkdtemp()) / "model.pt"
         Checkpoint.of(ADPS(config)).save(model_path)
     predictor = load_predictor(model_path, args.device, args.tile_batch, backend="torch")
@@ -60,11 +65,22 @@ def child(args: argparse.Namespace) -> dict:
     frame = tiling.frame(height, width)
     tiles = len(tiling.boxes(*frame))
     peak, kind = _peak_memory(device)
-    return {"tile_batch": args.tile_batch, "height": height, "width": width, "tiles": tiles,
-            "tile": list(tiling.tile), "overlap": tiling.overlap, "scale": tiling.scale,
-            "seconds": seconds, "megapixels_per_s": height * width / 1e6 / seconds,
-            "tiles_per_s": tiles / seconds, "peak_mib": peak, "memory_kind": kind,
-            "image_mib": image.nbytes / 2**20, "repeats": args.repeats}
+    return {
+        "tile_batch": args.tile_batch,
+        "height": height,
+        "width": width,
+        "tiles": tiles,
+        "tile": list(tiling.tile),
+        "overlap": tiling.overlap,
+        "scale": tiling.scale,
+        "seconds": seconds,
+        "megapixels_per_s": height * width / 1e6 / seconds,
+        "tiles_per_s": tiles / seconds,
+        "peak_mib": peak,
+        "memory_kind": kind,
+        "image_mib": image.nbytes / 2**20,
+        "repeats": args.repeats,
+    }
 
 
 def main() -> None:
@@ -88,19 +104,37 @@ def main() -> None:
     print("| tile batch | image | tiles | s/image | MP/s | tiles/s | peak MiB | image MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for batch in args.tile_batches:
-        command = [sys.executable, __file__, "--tile-batch", str(batch), "--tile",
-                   str(args.tile), "-k", str(args.k), "--overlap", str(args.overlap),
-                   "--megapixels", str(args.megapixels), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads), "--device", args.device]
+        command = [
+            sys.executable,
+            __file__,
+            "--tile-batch",
+            str(batch),
+            "--tile",
+            str(args.tile),
+            "-k",
+            str(args.k),
+            "--overlap",
+            str(args.overlap),
+            "--megapixels",
+            str(args.megapixels),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+            "--device",
+            args.device,
+        ]
         if args.model is not None:
             command += ["--model", str(args.model)]
         out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
         rows.append(row)
-        print(f"| {batch} | {row['height']} x {row['width']} | {row['tiles']} | "
-              f"{row['seconds']:.2f} | {row['megapixels_per_s']:.2f} | {row['tiles_per_s']:.1f} "
-              f"| {row['peak_mib']:.0f} ({row['memory_kind']}) | {row['image_mib']:.0f} |",
-              flush=True)
+        print(
+            f"| {batch} | {row['height']} x {row['width']} | {row['tiles']} | "
+            f"{row['seconds']:.2f} | {row['megapixels_per_s']:.2f} | {row['tiles_per_s']:.1f} "
+            f"| {row['peak_mib']:.0f} ({row['memory_kind']}) | {row['image_mib']:.0f} |",
+            flush=True,
+        )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
 

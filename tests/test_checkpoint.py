@@ -47,14 +47,26 @@ def weld(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained(weld, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=4, calibration_holdout=0.25,
-                         target_false_alarm_rate=0.5)
-    train(MODEL, config, MVTecAD(weld.parent, "welding", "train", size=SIZE), out,
-          device="cpu", progress=False)
+    config = TrainConfig(
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=4,
+        calibration_holdout=0.25,
+        target_false_alarm_rate=0.5,
+    )
+    train(
+        MODEL,
+        config,
+        MVTecAD(weld.parent, "welding", "train", size=SIZE),
+        out,
+        device="cpu",
+        progress=False,
+    )
     return out / "model.pt"
 
 
 # --------------------------------------------------------------------------- the artifact
+
 
 def test_a_v1_checkpoint_loads_and_gives_the_maps_it_gave():
     ckpt = Checkpoint.load(LEGACY / "v1.pt")
@@ -75,10 +87,12 @@ def test_save_and_load_keep_every_field(tmp_path):
 
     model = ADPS(ModelConfig(image_size=SIZE, k=4), pretrained=False)
     ckpt = Checkpoint.of(
-        model, train_config=TrainConfig.from_recipe("fast"),
+        model,
+        train_config=TrainConfig.from_recipe("fast"),
         thresholds=Thresholds(image=0.3, calibration={"n_normal": 20}),
         fusion_fit=FusionFit(0.5, 4.0, 3, (FusionScore(0.5, 4.0, 0.7, 0.9),)),
-        fingerprint=Fingerprint(frozenset({"a" * 32}), frozenset({"b" * 32}), recorded=True))
+        fingerprint=Fingerprint(frozenset({"a" * 32}), frozenset({"b" * 32}), recorded=True),
+    )
     again = Checkpoint.load(ckpt.save(tmp_path / "m.pt"))
     assert dataclasses.replace(again, state={}) == dataclasses.replace(ckpt, state={})
     assert again.state.keys() == ckpt.state.keys()
@@ -126,11 +140,13 @@ def test_export_metadata_is_derived_from_the_checkpoint(trained, tmp_path):
 
 # --------------------------------------------------------------------------- the fingerprint
 
+
 def test_the_fingerprint_holds_the_training_and_holdout_files(weld, trained):
     """Independent reference: hashlib over the files, split by the trainer's hold-out draw."""
     files = sorted((weld / "train" / "good").glob("*.png"))
-    kept, held = holdout_indices(len(files), TrainConfig(calibration_holdout=0.25,
-                                                         target_false_alarm_rate=0.5))
+    kept, held = holdout_indices(
+        len(files), TrainConfig(calibration_holdout=0.25, target_false_alarm_rate=0.5)
+    )
     fingerprint = Checkpoint.load(trained).fingerprint
     assert fingerprint.trained == {sha(files[i]) for i in kept.tolist()}
     assert fingerprint.calibrated == {sha(files[i]) for i in held.tolist()}
@@ -143,10 +159,12 @@ def test_check_overlap_names_the_shared_files(tmp_path):
     b.write_bytes(b"two")
     c.write_bytes(b"one")  # a copy of a under another name
     fingerprint = Fingerprint(frozenset({sha(a)}), frozenset({sha(b)}), recorded=True)
-    with pytest.raises(AdpsError, match=r"2 of the 3 images were learned from by the model "
-                                        r"\(1 trained on, 1 set its threshold\): b\.png, c\.png"):
-        check_overlap(fingerprint, [b, c, _write(tmp_path / "d.png", b"three")],
-                      "the test images")
+    with pytest.raises(
+        AdpsError,
+        match=r"2 of the 3 images were learned from by the model "
+        r"\(1 trained on, 1 set its threshold\): b\.png, c\.png",
+    ):
+        check_overlap(fingerprint, [b, c, _write(tmp_path / "d.png", b"three")], "the test images")
     overlap = check_overlap(fingerprint, [c, b], "x", allow=True, roles=("trained",))
     assert [Path(p).name for p, _ in overlap.shared] == ["c.png"]
     with pytest.warns(UserWarning, match="records no training fingerprint"):
@@ -162,8 +180,18 @@ def test_testing_on_training_images_is_refused_then_allowed(weld, trained, tmp_p
     """The weld subset's test/good shares 4-+9_row0_17.png with train/good, byte for byte."""
     shared = "4-+9_row0_17.png"
     assert sha(weld / "train" / "good" / shared) == sha(weld / "test" / "good" / shared)
-    argv = ["test", "--model", str(trained), "--data", str(weld), "--out", str(tmp_path),
-            "--device", "cpu", "--no-progress"]
+    argv = [
+        "test",
+        "--model",
+        str(trained),
+        "--data",
+        str(weld),
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert adps.cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "1 of the" in err and shared in err and "--allow-overlap" in err
@@ -177,20 +205,47 @@ def test_testing_on_training_images_is_refused_then_allowed(weld, trained, tmp_p
 
 
 def test_a_folder_test_split_that_is_the_training_folder_is_refused(weld, trained, capsys):
-    argv = ["test", "--model", str(trained), "--data", str(weld), "--format", "folder",
-            "--train-dir", "train/good", "--good-dir", "train/good", "--device", "cpu",
-            "--no-progress", "--out", str(trained.parent / "folder")]
+    argv = [
+        "test",
+        "--model",
+        str(trained),
+        "--data",
+        str(weld),
+        "--format",
+        "folder",
+        "--train-dir",
+        "train/good",
+        "--good-dir",
+        "train/good",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(trained.parent / "folder"),
+    ]
     assert adps.cli.main(argv) == 2
     n_train = len(list((weld / "train" / "good").glob("*.png")))
     assert f"of the {n_train} images were learned from" in capsys.readouterr().err
 
 
-def test_calibrating_on_training_images_is_refused_then_allowed(weld, trained, tmp_path,
-                                                                capsys):
+def test_calibrating_on_training_images_is_refused_then_allowed(weld, trained, tmp_path, capsys):
     out = tmp_path / "calibrated.pt"
-    argv = ["calibrate", "--model", str(trained), "--normal-dir", str(weld / "train" / "good"),
-            "--target-far", "0.2", "--out", str(out), "--backend", "torch", "--device", "cpu",
-            "--no-progress"]
+    argv = [
+        "calibrate",
+        "--model",
+        str(trained),
+        "--normal-dir",
+        str(weld / "train" / "good"),
+        "--target-far",
+        "0.2",
+        "--out",
+        str(out),
+        "--backend",
+        "torch",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert adps.cli.main(argv) == 2
     assert "were learned from by the model" in capsys.readouterr().err and not out.exists()
     assert adps.cli.main([*argv, "--allow-overlap"]) == 0
@@ -210,7 +265,25 @@ def test_calibrating_on_unseen_images_is_not_refused(weld, trained, tmp_path, ca
     for f in sorted((weld / "test" / "good").glob("*.png")):
         if sha(f) not in train_digests:
             shutil.copy(f, fresh / f.name)
-    assert adps.cli.main(["calibrate", "--model", str(trained), "--normal-dir", str(fresh),
-                          "--target-far", "0.2", "--out", str(tmp_path / "c.pt"),
-                          "--backend", "torch", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        adps.cli.main(
+            [
+                "calibrate",
+                "--model",
+                str(trained),
+                "--normal-dir",
+                str(fresh),
+                "--target-far",
+                "0.2",
+                "--out",
+                str(tmp_path / "c.pt"),
+                "--backend",
+                "torch",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "stored image threshold" in capsys.readouterr().out

@@ -141,8 +141,9 @@ def test_messages_say_field_value_and_what_is_allowed():
     with pytest.raises(AdpsError) as info:
         TrainConfig(lr=-1)
     assert str(info.value) == "train.lr: must be > 0, got -1"
-    with pytest.raises(AdpsError,
-                       match=r"train\.distill_loss: 'coisne' is not one of \['cosine', 'mse'\]"):
+    with pytest.raises(
+        AdpsError, match=r"train\.distill_loss: 'coisne' is not one of \['cosine', 'mse'\]"
+    ):
         TrainConfig(distill_loss="coisne")
     with pytest.raises(AdpsError, match=r"model\.psm_widths\[3\]: must be > 0, got 0$"):
         ModelConfig(psm_widths=(64, 32, 16, 0))
@@ -153,8 +154,17 @@ def test_messages_say_field_value_and_what_is_allowed():
 
 
 def test_good_edge_values_pass():
-    TrainConfig(lr=1, lr_gamma=1, lr_milestones=(), calibration_holdout=0.0, steps_per_epoch=1,
-                checkpoint_minutes=0, rotate_prob=1, lambda_seg=0, texture_dir="textures")
+    TrainConfig(
+        lr=1,
+        lr_gamma=1,
+        lr_milestones=(),
+        calibration_holdout=0.0,
+        steps_per_epoch=1,
+        checkpoint_minutes=0,
+        rotate_prob=1,
+        lambda_seg=0,
+        texture_dir="textures",
+    )
     TrainConfig(lr_milestones=(0.5, 1))
     ModelConfig(image_size=32, k=2, psm_widths=(8, 8, 8, 8), sigma=0)
     ModelConfig(image_size=1024, k=8, split_after_stages=(1,))  # 16 x 8^2
@@ -173,13 +183,16 @@ def test_nested_synthesis_errors_name_the_path():
 # ------------------------------------------------------------------------------------ geometry
 
 
-@pytest.mark.parametrize("size, k, splits, step, nearest", [
-    (100, 8, (), 128, "128"),  # nothing valid below 100
-    (300, 8, (), 128, "256, 384"),
-    (200, 2, (1,), 64, "192, 256"),  # 16 x 2^2
-    (256, 32, (), 512, "512"),
-    (64, 2, (1, 2), 128, "128"),  # 16 x 2^3
-])
+@pytest.mark.parametrize(
+    "size, k, splits, step, nearest",
+    [
+        (100, 8, (), 128, "128"),  # nothing valid below 100
+        (300, 8, (), 128, "256, 384"),
+        (200, 2, (1,), 64, "192, 256"),  # 16 x 2^2
+        (256, 32, (), 512, "512"),
+        (64, 2, (1, 2), 128, "128"),  # 16 x 2^3
+    ],
+)
 def test_geometry_error_names_the_nearest_valid_sizes(size, k, splits, step, nearest):
     with pytest.raises(AdpsError) as info:
         ModelConfig(image_size=size, k=k, split_after_stages=splits)
@@ -193,16 +206,18 @@ def test_geometry_error_names_the_nearest_valid_sizes(size, k, splits, step, nea
 def test_non_square_geometry_names_the_nearest_valid_sizes_per_side():
     with pytest.raises(AdpsError) as info:
         ModelConfig(image_size=(640, 250), k=8)
-    assert str(info.value).startswith("model.image_size: 640x250 must be divisible by 128 on "
-                                      "each side ")
+    assert str(info.value).startswith(
+        "model.image_size: 640x250 must be divisible by 128 on each side "
+    )
     assert str(info.value).endswith("nearest valid sizes: 640x128, 640x256")
     assert ModelConfig(image_size=(640, 256)).size == (640, 256)
     assert ModelConfig(image_size=(256, 256)).image_size == 256  # one spelling per size
     assert from_dict(ModelConfig, {"image_size": [384, 128]}).size == (384, 128)  # YAML list
 
 
-@pytest.mark.parametrize("text, size", [("256", 256), ("640x256", (640, 256)),
-                                        ("128X128", 128), ("96 x 64", (96, 64))])
+@pytest.mark.parametrize(
+    "text, size", [("256", 256), ("640x256", (640, 256)), ("128X128", 128), ("96 x 64", (96, 64))]
+)
 def test_parse_size(text, size):
     assert parse_size(text) == size
     assert parse_size(size_text(size)) == size
@@ -244,16 +259,19 @@ def _yaml(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("text, match", [
-    ("5\n", "expected a mapping"),  # a bare number: was a TypeError
-    ("- model\n- train\n", "expected a mapping"),
-    ("just text\n", "expected a mapping"),
-    ("optim:\n  lr: 1.0\n", r"unknown sections \['optim'\]"),
-    ("model: 5\n", "section 'model:' must be a mapping"),
-    ("train: [1, 2]\n", "section 'train:' must be a mapping"),
-    ("model: [\n", "cannot read"),
-    ("model:\n\tk: 4\n", "cannot read"),  # tabs are a YAML syntax error
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("5\n", "expected a mapping"),  # a bare number: was a TypeError
+        ("- model\n- train\n", "expected a mapping"),
+        ("just text\n", "expected a mapping"),
+        ("optim:\n  lr: 1.0\n", r"unknown sections \['optim'\]"),
+        ("model: 5\n", "section 'model:' must be a mapping"),
+        ("train: [1, 2]\n", "section 'train:' must be a mapping"),
+        ("model: [\n", "cannot read"),
+        ("model:\n\tk: 4\n", "cannot read"),  # tabs are a YAML syntax error
+    ],
+)
 def test_bad_files_raise_adps_errors_naming_the_file(tmp_path, text, match):
     path = _yaml(tmp_path, text)
     with pytest.raises(AdpsError, match=match) as info:
@@ -298,18 +316,25 @@ train:
 
 def test_a_good_file_reaches_the_configs(tmp_path):
     # on top of the paper's recipe, so everything the file does not name is a dataclass default
-    model, train = configs_from_args(_args("--recipe", "paper",
-                                           "--config", str(_yaml(tmp_path, GOOD))))
+    model, train = configs_from_args(
+        _args("--recipe", "paper", "--config", str(_yaml(tmp_path, GOOD)))
+    )
     assert model == ModelConfig(image_size=128, k=4, fusion="diff", psm_widths=(64, 32, 16, 16))
-    assert train == TrainConfig(epochs=3, lr=1e-3, lr_milestones=(0.5, 0.75), amp=False,
-                                synthesis=SynthesisConfig(anomaly_prob=0.7))
+    assert train == TrainConfig(
+        epochs=3,
+        lr=1e-3,
+        lr_milestones=(0.5, 0.75),
+        amp=False,
+        synthesis=SynthesisConfig(anomaly_prob=0.7),
+    )
     assert isinstance(train.lr_milestones, tuple) and isinstance(model.psm_widths, tuple)
 
 
 def test_flags_override_the_file(tmp_path):
     path = _yaml(tmp_path, GOOD)
-    model, train = configs_from_args(_args("--config", str(path), "--epochs", "7",
-                                           "--image-size", "256", "--fusion", "conv"))
+    model, train = configs_from_args(
+        _args("--config", str(path), "--epochs", "7", "--image-size", "256", "--fusion", "conv")
+    )
     assert (model.image_size, model.k, model.fusion) == (256, 4, "conv")
     assert (train.epochs, train.lr) == (7, 1e-3)
 
@@ -319,8 +344,10 @@ def test_recipes_then_file_then_flags(tmp_path):
 
     paper_model, paper_train = configs_from_args(_args("--recipe", "paper"))
     assert paper_model == ModelConfig() and paper_train == TrainConfig()  # the paper's defaults
-    assert (paper_model, paper_train) == (ModelConfig.from_recipe("paper"),
-                                          TrainConfig.from_recipe("paper"))
+    assert (paper_model, paper_train) == (
+        ModelConfig.from_recipe("paper"),
+        TrainConfig.from_recipe("paper"),
+    )
     fast = RECIPES["fast"]
     model, train = configs_from_args(_args("--recipe", "fast"))
     assert all(getattr(model, k) == v for k, v in fast.model.items())
@@ -328,15 +355,19 @@ def test_recipes_then_file_then_flags(tmp_path):
     assert (model, train) == (ModelConfig.from_recipe("fast"), TrainConfig.from_recipe("fast"))
     assert configs_from_args(_args()) == (model, train)  # the CLI's default recipe
     path = _yaml(tmp_path, "train:\n  lr: 2.0e-4\n")
-    model, train = configs_from_args(_args("--recipe", "fast", "--config", str(path),
-                                           "--warmup", "0.2", "--psm-output-stride", "1"))
+    model, train = configs_from_args(
+        _args(
+            "--recipe", "fast", "--config", str(path), "--warmup", "0.2", "--psm-output-stride", "1"
+        )
+    )
     assert train.lr == 2e-4 and train.warmup == 0.2 and model.psm_output_stride == 1
     assert train.lr_schedule == "cosine"  # what neither the file nor a flag named
 
 
 def test_from_recipe_takes_changes_and_refuses_unknown_names():
     assert TrainConfig.from_recipe("fast", lr=1e-3) == dataclasses.replace(
-        TrainConfig.from_recipe("fast"), lr=1e-3)
+        TrainConfig.from_recipe("fast"), lr=1e-3
+    )
     with pytest.raises(AdpsError, match="recipe 'quick' is not one of"):
         ModelConfig.from_recipe("quick")
 
@@ -374,8 +405,11 @@ def test_train_help_states_the_default_recipes_values():
     parser = adps.cli.build_parser()
     train_parser = parser._subparsers._group_actions[0].choices["train"]
     formatter = train_parser._get_formatter()
-    entries = {a.dest: " ".join(formatter._format_action(a).split())
-               for a in train_parser._actions if a.option_strings}
+    entries = {
+        a.dest: " ".join(formatter._format_action(a).split())
+        for a in train_parser._actions
+        if a.option_strings
+    }
     model, train = configs_from_args(_args())
     configs = {"model": model, "train": train}
     checked = 0
@@ -410,8 +444,18 @@ def test_bad_value_in_a_file_fails(tmp_path):
 
 def test_cli_reports_a_bad_field_before_opening_the_data(tmp_path, capsys):
     path = _yaml(tmp_path, "model:\n  fusion: foo\n")
-    code = adps.cli.main(["train", "--config", str(path), "--data", str(tmp_path / "no-data"),
-                          "--out", str(tmp_path / "out"), "--no-progress"])
+    code = adps.cli.main(
+        [
+            "train",
+            "--config",
+            str(path),
+            "--data",
+            str(tmp_path / "no-data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "model.fusion: 'foo' is not one of ['wmb', 'diff', 'conv']" in err

@@ -50,7 +50,9 @@ def save(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
     return path
 
 
-def save_mask(path: Path, h: int = 20, w: int = 30, box: tuple[int, int, int, int] | None = (2, 8, 3, 9)) -> Path:
+def save_mask(
+    path: Path, h: int = 20, w: int = 30, box: tuple[int, int, int, int] | None = (2, 8, 3, 9)
+) -> Path:
     m = np.zeros((h, w), np.uint8)
     if box is not None:
         m[box[0] : box[1], box[2] : box[3]] = 255
@@ -70,7 +72,13 @@ def folder_layout(tmp: Path, n_train: int = 2, n_good: int = 1, n_bad: int = 2) 
 
 
 def folder_test(root: Path, **kw) -> Folder:
-    args = dict(normal_test_dir="good", abnormal_test_dir="bad", mask_dir="masks", mask_suffix="_mask", split="test")
+    args = dict(
+        normal_test_dir="good",
+        abnormal_test_dir="bad",
+        mask_dir="masks",
+        mask_suffix="_mask",
+        split="test",
+    )
     args.update(kw)
     return Folder(root, **args)
 
@@ -119,12 +127,18 @@ def test_battery_weld_folder_with_same_name_masks():
     their image, masks without an image ignored with one warning. Expected counts come from
     listing the subset's folders, not from the loader."""
     train_good, test_good, defective, masks = (
-        _pngs(WELD / sub) for sub in ("train/good", "test/good", "test/defective", "ground_truth/defective"))
+        _pngs(WELD / sub)
+        for sub in ("train/good", "test/good", "test/defective", "ground_truth/defective")
+    )
     orphans = sorted(set(masks) - set(defective))
     assert train_good and test_good and set(defective) <= set(masks)
     assert orphans  # the subset keeps some masks without an image, so the warning is exercised
-    kw = dict(train_dir="train/good", normal_test_dir="test/good", abnormal_test_dir="test/defective",
-              mask_dir="ground_truth/defective")
+    kw = dict(
+        train_dir="train/good",
+        normal_test_dir="test/good",
+        abnormal_test_dir="test/defective",
+        mask_dir="ground_truth/defective",
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the train split looks at no masks: no warning
         train = Folder(WELD, split="train", **kw)
@@ -173,7 +187,9 @@ def test_missing_root_and_dirs(tmp_path):
 
 def test_empty_training_folder_ignores_non_images(tmp_path):
     (tmp_path / "train").mkdir()
-    (tmp_path / "train" / "notes.txt").write_text("not an image")  # non-image extensions are ignored
+    (tmp_path / "train" / "notes.txt").write_text(
+        "not an image"
+    )  # non-image extensions are ignored
     with pytest.raises(AdpsError, match="no images") as err:
         Folder(tmp_path, train_dir="train")
     assert "train" in str(err.value)
@@ -241,8 +257,12 @@ def test_ambiguous_masks_bad_split_and_bad_size(tmp_path):
 # --------------------------------------------------------------------------- formats and masks
 
 
-FORMATS = [(e, m) for e in ("png", "jpg", "bmp", "tiff") for m in ("L", "RGB", "RGBA", "P")
-           if not (e == "jpg" and m in ("RGBA", "P"))]  # JPEG stores neither alpha nor palettes
+FORMATS = [
+    (e, m)
+    for e in ("png", "jpg", "bmp", "tiff")
+    for m in ("L", "RGB", "RGBA", "P")
+    if not (e == "jpg" and m in ("RGBA", "P"))
+]  # JPEG stores neither alpha nor palettes
 
 
 @pytest.mark.parametrize(("ext", "mode"), FORMATS)
@@ -252,7 +272,9 @@ def test_image_formats(tmp_path, ext, mode):
     out = read_image(path)
     assert out.shape == (12, 17, 3) and out.dtype == np.uint8
     with Image.open(path) as img:
-        expected = np.asarray(img.convert("RGBA").convert("RGB") if img.mode == "P" else img.convert("RGB"))
+        expected = np.asarray(
+            img.convert("RGBA").convert("RGB") if img.mode == "P" else img.convert("RGB")
+        )
     assert np.array_equal(out, expected)
     if mode == "L":
         assert np.array_equal(out[..., 0], out[..., 2])
@@ -297,8 +319,18 @@ def test_mask_found_by_stem_with_other_extension(tmp_path):
     save(tmp_path / "bad" / "y.tif", rgb(seed=1))
     save_mask(tmp_path / "gt" / "x_mask.png")
     save_mask(tmp_path / "gt" / "y_mask.bmp", box=(0, 1, 0, 1))
-    ds = Folder(tmp_path, abnormal_test_dir="bad", mask_dir="gt", mask_suffix="_mask", split="test", size=None)
-    assert [(r.image.name, r.mask.name) for r in ds.records] == [("x.jpg", "x_mask.png"), ("y.tif", "y_mask.bmp")]
+    ds = Folder(
+        tmp_path,
+        abnormal_test_dir="bad",
+        mask_dir="gt",
+        mask_suffix="_mask",
+        split="test",
+        size=None,
+    )
+    assert [(r.image.name, r.mask.name) for r in ds.records] == [
+        ("x.jpg", "x_mask.png"),
+        ("y.tif", "y_mask.bmp"),
+    ]
     assert ds.decode(0).original_mask.sum() == 6 * 6 and ds.decode(1).original_mask.sum() == 1
 
     save_mask(tmp_path / "same" / "x.png")  # same-name rule, different extension
@@ -314,7 +346,9 @@ def test_mask_not_required(tmp_path):
     s = last(ds)
     assert ds.records[-1].label == 1 and not ds.records[-1].has_mask
     assert s.mask.sum() == 0 and s.original_mask.sum() == 0
-    assert ds.records[-2].has_mask and ds.records[0].has_mask  # the other defect and the normal image
+    assert (
+        ds.records[-2].has_mask and ds.records[0].has_mask
+    )  # the other defect and the normal image
     ds = Folder(root, abnormal_test_dir="bad", split="test", mask_required=False)
     assert not any(r.has_mask for r in ds.records)
 
@@ -402,17 +436,23 @@ def test_kolektor_sdd_v1_splits_by_item_number(tmp_path):
     train = KolektorSDD(root, "train")
     test = KolektorSDD(root, "test", size=None)
     assert names(train) == ["kos01/Part0.jpg", "kos01/Part2.jpg"] + [
-        f"{item}/Part{p}.jpg" for item in ("kos03", "kos05", "kos11") for p in range(3)]
+        f"{item}/Part{p}.jpg" for item in ("kos03", "kos05", "kos11") for p in range(3)
+    ]
     assert train.labels == [0] * 11
     assert names(test) == [f"{item}/Part{p}.jpg" for item in ("kos02", "kos04") for p in range(3)]
     assert test.labels == [1, 0, 0, 0, 0, 1]
-    assert test.decode(0).original_mask.sum() == 9 and test.records[0].mask.name == "Part0_label.bmp"
+    assert (
+        test.decode(0).original_mask.sum() == 9 and test.records[0].mask.name == "Part0_label.bmp"
+    )
     # disjoint by item, and every image but the training items' defects in exactly one split
-    assert {r.image.parent for r in train.records}.isdisjoint({r.image.parent for r in test.records})
+    assert {r.image.parent for r in train.records}.isdisjoint(
+        {r.image.parent for r in test.records}
+    )
     dropped = {r.image for r in everything.records if r.label and r.image.parent.name in ("kos01",)}
     assert len(dropped) == 1
-    assert sorted({r.image for r in train.records} | {r.image for r in test.records} | dropped) == \
-        sorted(r.image for r in everything.records)
+    assert sorted(
+        {r.image for r in train.records} | {r.image for r in test.records} | dropped
+    ) == sorted(r.image for r in everything.records)
     assert len(train) + len(test) + len(dropped) == len(everything)
     assert names(KolektorSDD(root, "train")) == names(train)  # deterministic
     with pytest.raises(AdpsError, match="split"):
@@ -423,7 +463,11 @@ def test_kolektor_sdd_v1_split_does_not_depend_on_other_items(tmp_path):
     full = ksdd_v1(tmp_path / "full")
     part = ksdd_v1(tmp_path / "part", items=("kos02", "kos03", "kos11"))
     for split in ("train", "test"):
-        kept = [n for n in names(KolektorSDD(full, split)) if n.split("/")[0] in ("kos02", "kos03", "kos11")]
+        kept = [
+            n
+            for n in names(KolektorSDD(full, split))
+            if n.split("/")[0] in ("kos02", "kos03", "kos11")
+        ]
         assert names(KolektorSDD(part, split)) == kept
 
 
@@ -480,7 +524,9 @@ def test_disk_cache_reused_and_invalidated(tmp_path, monkeypatch):
     second = load_tensor_stack(ds, progress=False, cache_dir=cache)
     assert len(calls) == len(ds)  # nothing decoded the second time
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    load_tensor_stack(folder_test(root, size=8), progress=False, cache_dir=cache)  # other size, other file
+    load_tensor_stack(
+        folder_test(root, size=8), progress=False, cache_dir=cache
+    )  # other size, other file
     assert len(list(cache.iterdir())) == 2
     touched = ds.records[0].image
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
@@ -518,8 +564,11 @@ def test_the_pixel_limit_is_ours_and_read_from_the_header(tmp_path):
     decoding starts (and finds no pixel data in this header-only file), above it we refuse."""
     path = tmp_path / "line.png"
     path.write_bytes(png_header(15000, 13000))
-    with pytest.raises(OverPixelLimit, match=r"line.png: 15000 x 13000 = 195000000 pixels is over "
-                                             r"the limit of 100000000 \(--max-pixels\)"):
+    with pytest.raises(
+        OverPixelLimit,
+        match=r"line.png: 15000 x 13000 = 195000000 pixels is over "
+        r"the limit of 100000000 \(--max-pixels\)",
+    ):
         read_image(path, max_pixels=100_000_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PIL's DecompressionBombWarning would fail here
@@ -534,8 +583,10 @@ def test_the_pixel_limit_is_ours_and_read_from_the_header(tmp_path):
         read_image(small, max_pixels=599)
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "huge.png").write_bytes(png_header(40000, 30000))
-    with pytest.raises(OverPixelLimit, match="huge.png: 40000 x 30000 = 1200000000 pixels is over "
-                                             "the limit of 1000000000"):
+    with pytest.raises(
+        OverPixelLimit,
+        match="huge.png: 40000 x 30000 = 1200000000 pixels is over the limit of 1000000000",
+    ):
         Folder(tmp_path, train_dir="train").decode(0)  # datasets keep the default limit
 
 

@@ -37,8 +37,14 @@ def images() -> torch.Tensor:
     to RGB by the loader; masks are not needed here)."""
     from adps.data.datasets import Folder
 
-    ds = Folder(WELD, normal_test_dir="test/good", abnormal_test_dir="test/defective",
-                mask_required=False, split="test", size=SIZE)
+    ds = Folder(
+        WELD,
+        normal_test_dir="test/good",
+        abnormal_test_dir="test/defective",
+        mask_required=False,
+        split="test",
+        size=SIZE,
+    )
     good = [i for i, label in enumerate(ds.labels) if label == 0][:2]
     defective = [i for i, label in enumerate(ds.labels) if label == 1][:3]
     assert len(good) == 2 and len(defective) == 3
@@ -85,8 +91,13 @@ def onnx_uint8(checkpoint_path, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_float(model, tmp_path_factory) -> Path:
-    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model_f32.onnx",
-                       input_dtype="float32", thresholds=Thresholds(image=0.3), verify=False)
+    return export_onnx(
+        model,
+        tmp_path_factory.mktemp("onnx") / "model_f32.onnx",
+        input_dtype="float32",
+        thresholds=Thresholds(image=0.3),
+        verify=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +151,9 @@ def test_onnx_float_parity_and_dynamic_batch(onnx_float, images, reference):
 
 def test_runner_converts_input_dtype(onnx_uint8, onnx_float, images, reference):
     x = images.numpy()
-    _assert_parity(*OnnxRunner(onnx_uint8)(x[:2].astype(np.float32) / 255), reference,
-                   slice(0, 2))  # float [0,1] into a uint8 graph: exact for 8-bit images
+    _assert_parity(
+        *OnnxRunner(onnx_uint8)(x[:2].astype(np.float32) / 255), reference, slice(0, 2)
+    )  # float [0,1] into a uint8 graph: exact for 8-bit images
     _assert_parity(*OnnxRunner(onnx_float)(x[:2]), reference, slice(0, 2))  # uint8 -> float
     with pytest.raises(AdpsError, match=r"\(B, 3, 128, 128\)"):
         OnnxRunner(onnx_uint8)(x[:, :, :64, :64])
@@ -177,9 +189,11 @@ def test_non_adps_onnx_is_an_adps_error(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])], "plain",
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "plain",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, SIZE, SIZE])])
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+    )
     plain = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph), str(plain))
     with pytest.raises(AdpsError, match="not an adps ONNX export") as info:
@@ -231,8 +245,9 @@ def test_the_image_score_and_psm_stride_travel_inside_the_graph(images, tmp_path
     """A model with the top-mean image score and the PSM at stride 2 exports with both inside
     the graph: ONNX scores and maps equal the eager model's, and the metadata names them."""
     torch.manual_seed(1)
-    config = ModelConfig(image_size=SIZE, k=K, psm_output_stride=2, image_score="top_mean",
-                         score_top_share=0.05)
+    config = ModelConfig(
+        image_size=SIZE, k=K, psm_output_stride=2, image_score="top_mean", score_top_share=0.05
+    )
     model = ADPS(config).eval()
     with torch.no_grad():
         want = model(images.float() / 255)
@@ -273,8 +288,10 @@ def test_openvino_predictor_equals_the_checkpoints(openvino_uint8, checkpoint_pa
     from adps.export import load_predictor
 
     files = sorted((WELD / "test/defective").glob("*.png"))[:2]
-    for ov_pred, pt_pred in zip(load_predictor(openvino_uint8, "cpu")(files),
-                                load_predictor(checkpoint_path, "cpu", backend="torch")(files)):
+    for ov_pred, pt_pred in zip(
+        load_predictor(openvino_uint8, "cpu")(files),
+        load_predictor(checkpoint_path, "cpu", backend="torch")(files),
+    ):
         assert abs(ov_pred.score - pt_pred.score) < TOL
         assert np.abs(ov_pred.anomaly_map - pt_pred.anomaly_map).max() < TOL
 
@@ -296,8 +313,7 @@ def test_openvino_errors_name_the_file(tmp_path, onnx_uint8):
         OpenVinoRunner(tmp_path / "plain.xml")
 
 
-def test_openvino_bf16_precision_travels_in_the_file(checkpoint_path, images, reference,
-                                                     tmp_path):
+def test_openvino_bf16_precision_travels_in_the_file(checkpoint_path, images, reference, tmp_path):
     pytest.importorskip("openvino")
     from adps.engine.runtime import OpenVinoRunner
     from adps.export import export_openvino

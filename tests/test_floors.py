@@ -22,8 +22,9 @@ def _project() -> dict:
 
 
 def _floors(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(FLOORS), *args], capture_output=True, text=True,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, str(FLOORS), *args], capture_output=True, text=True, check=False
+    )
 
 
 def test_every_dependency_has_a_floor_ci_pins():
@@ -46,8 +47,10 @@ def test_requires_python_is_the_python_ci_runs():
 
 def test_a_requirement_without_a_floor_is_refused(tmp_path):
     bad = tmp_path / "pyproject.toml"
-    bad.write_text('[project]\nname = "x"\ndependencies = ["numpy", "scipy>=1.13", "tqdm~=4.6"]\n'
-                   '[project.optional-dependencies]\na = ["onnx>=1.17"]\nb = ["onnx>=1.16"]\n')
+    bad.write_text(
+        '[project]\nname = "x"\ndependencies = ["numpy", "scipy>=1.13", "tqdm~=4.6"]\n'
+        '[project.optional-dependencies]\na = ["onnx>=1.17"]\nb = ["onnx>=1.16"]\n'
+    )
     result = _floors(str(bad))
     assert result.returncode != 0
     for text in ("'numpy'", "'tqdm~=4.6'", "onnx has floor"):
@@ -59,6 +62,9 @@ def test_test_only_packages_are_not_imported_by_the_library():
     """scikit-learn, pytest and hypothesis are in the dev extra only: the library never imports
     them (the tests use scikit-learn as a reference implementation)."""
     pattern = re.compile(r"^\s*(?:import|from)\s+(sklearn|pytest|hypothesis)\b", re.M)
-    offenders = [str(path.relative_to(ROOT)) for path in (ROOT / "src").rglob("*.py")
-                 if pattern.search(path.read_text(encoding="utf-8"))]
+    offenders = [
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "src").rglob("*.py")
+        if pattern.search(path.read_text(encoding="utf-8"))
+    ]
     assert not offenders

@@ -17,13 +17,20 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "adps"
 
 LAYERS = {  # module prefix -> layer; the longest matching prefix wins
-    "adps.errors": 0, "adps.version": 0, "adps.fileio": 0, "adps.config": 0, "adps.metrics": 0,
+    "adps.errors": 0,
+    "adps.version": 0,
+    "adps.fileio": 0,
+    "adps.config": 0,
+    "adps.metrics": 0,
     "adps.data": 1,
     "adps.models": 2,
     "adps.engine": 3,
-    "adps.report": 4, "adps.export": 4, "adps.serve": 4,
+    "adps.report": 4,
+    "adps.export": 4,
+    "adps.serve": 4,
     "adps.cli": 5,
-    "adps.__main__": 6, "adps": 6,
+    "adps.__main__": 6,
+    "adps": 6,
 }
 
 
@@ -61,7 +68,7 @@ def imports(path: Path, source: str | None = None) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             if node.level:
-                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 module = ".".join(base + ([module] if module else []))
             for alias in node.names:
                 sub = f"{module}.{alias.name}"
@@ -81,13 +88,17 @@ def test_the_scan_sees_the_package():
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: module_name(p))
 def test_no_module_imports_a_higher_layer(path):
     own = layer(module_name(path))
-    upward = [f"line {line}: {mod} (layer {layer(mod)})" for line, mod in imports(path)
-              if mod.split(".")[0] == "adps" and layer(mod) > own]
+    upward = [
+        f"line {line}: {mod} (layer {layer(mod)})"
+        for line, mod in imports(path)
+        if mod.split(".")[0] == "adps" and layer(mod) > own
+    ]
     assert not upward, f"{module_name(path)} (layer {own}) imports upward: {upward}"
 
 
-@pytest.mark.parametrize("path", [p for p in SOURCES if "cli" not in p.parts],
-                         ids=lambda p: module_name(p))
+@pytest.mark.parametrize(
+    "path", [p for p in SOURCES if "cli" not in p.parts], ids=lambda p: module_name(p)
+)
 def test_argparse_lives_in_the_cli_only(path):
     assert "argparse" not in {mod for _, mod in imports(path)}
 

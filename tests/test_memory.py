@@ -72,8 +72,7 @@ def test_nearest_distances_equal_brute_force(neighbors, chunk):
     rng = np.random.default_rng(neighbors * chunk)
     queries, bank = rng.normal(size=(2 * 4 * 5, 6)), rng.normal(size=(50, 6))
     want = np.sort(cdist(queries, bank), axis=1)[:, :neighbors]
-    got = nearest_distances(_as_maps(queries, 2, 4, 5), torch.from_numpy(bank), neighbors,
-                            chunk)
+    got = nearest_distances(_as_maps(queries, 2, 4, 5), torch.from_numpy(bank), neighbors, chunk)
     assert got.shape == (2, neighbors, 4, 5)
     np.testing.assert_allclose(_as_rows(got), want, rtol=1e-9, atol=1e-9)
 
@@ -86,24 +85,33 @@ def test_nearest_distances_leave_own_group_out():
     d = cdist(queries, bank)
     d[q_groups[:, None] == b_groups[None, :]] = np.inf
     want = np.sort(d, axis=1)[:, :2]
-    got = nearest_distances(_as_maps(queries, 3, 2, 5), torch.from_numpy(bank), 2, chunk=10,
-                            query_groups=torch.from_numpy(image_groups),
-                            bank_groups=torch.from_numpy(b_groups))
+    got = nearest_distances(
+        _as_maps(queries, 3, 2, 5),
+        torch.from_numpy(bank),
+        2,
+        chunk=10,
+        query_groups=torch.from_numpy(image_groups),
+        bank_groups=torch.from_numpy(b_groups),
+    )
     np.testing.assert_allclose(_as_rows(got), want, rtol=1e-9, atol=1e-9)
 
 
 def test_embedding_is_3x3_mean_and_upsampled_concatenation():
     g = torch.Generator().manual_seed(0)
-    features = [torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 4, 8, 8, generator=g),
-                torch.randn(2, 5, 4, 4, generator=g)]
+    features = [
+        torch.randn(2, 3, 16, 16, generator=g),
+        torch.randn(2, 4, 8, 8, generator=g),
+        torch.randn(2, 5, 4, 4, generator=g),
+    ]
     got = embed(features)
     assert got.shape == (2, 9, 8, 8)
     # zero padding counted, as avg_pool2d's default: scipy's uniform filter with cval 0
     level1 = uniform_filter(features[1].numpy(), size=(1, 1, 3, 3), mode="constant", cval=0.0)
     np.testing.assert_allclose(got[:, :4].numpy(), level1, atol=1e-6)
     level2 = uniform_filter(features[2].numpy(), size=(1, 1, 3, 3), mode="constant", cval=0.0)
-    up = torch.nn.functional.interpolate(torch.from_numpy(level2), size=(8, 8), mode="bilinear",
-                                         align_corners=False)
+    up = torch.nn.functional.interpolate(
+        torch.from_numpy(level2), size=(8, 8), mode="bilinear", align_corners=False
+    )
     np.testing.assert_allclose(got[:, 4:].numpy(), up.numpy(), atol=1e-6)
 
 
@@ -123,9 +131,14 @@ def fitted(images) -> ADPS:
 
 def _loo_prior(features: np.ndarray) -> np.ndarray:
     """Brute force: each image's nearest distances to every other image's features."""
-    return np.stack([cdist(features[i], np.concatenate([f for j, f in enumerate(features)
-                                                        if j != i])).min(axis=1)
-                     for i in range(len(features))])
+    return np.stack(
+        [
+            cdist(features[i], np.concatenate([f for j, f in enumerate(features) if j != i])).min(
+                axis=1
+            )
+            for i in range(len(features))
+        ]
+    )
 
 
 def _statistics(values: np.ndarray) -> list[float]:
@@ -147,8 +160,7 @@ def test_fit_bounds_the_bank_and_takes_holdout_statistics(fitted, images):
     memory = fitted.memory
     assert memory.bank.shape == (100, 40 + 112)
     held_out = cdist(_features(fitted, images[6:]).reshape(-1, 152), memory.bank.numpy())
-    np.testing.assert_allclose(memory.stats.numpy(), _statistics(held_out.min(axis=1)),
-                               rtol=1e-4)
+    np.testing.assert_allclose(memory.stats.numpy(), _statistics(held_out.min(axis=1)), rtol=1e-4)
     x = images[6:].float() / 255
     with torch.no_grad():
         psm, teacher = fitted.psm_map(x)
@@ -218,8 +230,7 @@ def test_without_the_prior_the_model_is_exactly_as_before(fitted, images):
     plain = ADPS(ModelConfig(**SMALL), pretrained=False)
     state = {k: v for k, v in fitted.state_dict().items() if not k.startswith("memory.")}
     plain.load_state_dict(state, strict=True)
-    assert plain.memory is None and not any(k.startswith("memory.")
-                                            for k in plain.state_dict())
+    assert plain.memory is None and not any(k.startswith("memory.") for k in plain.state_dict())
     x = images[:4].float() / 255
     with torch.no_grad():
         psm, _ = fitted.psm_map(x)
@@ -236,8 +247,10 @@ def test_the_memory_needs_the_teacher():
 @pytest.fixture(scope="module")
 def early(images) -> ADPS:
     torch.manual_seed(0)
-    model = ADPS(ModelConfig(**SMALL, prior="memory", memory_size=10_000, prior_fusion="early"),
-                 pretrained=False)
+    model = ADPS(
+        ModelConfig(**SMALL, prior="memory", memory_size=10_000, prior_fusion="early"),
+        pretrained=False,
+    )
     fit = fit_prior(model, images[:6])
     assert fit.bank_size == 6 * 8 * 8  # every feature kept: leave-one-out is exact here
     return model

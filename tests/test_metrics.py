@@ -60,8 +60,12 @@ def brute_aupro(maps, masks, limit=0.3) -> float:
 
 def keyed(level: str, values: dict) -> dict:
     """A reference dict {"auroc", "ap", "f1_max", "aupro"} under adps's names for ``level``."""
-    names = {"auroc": f"{level}_auroc", "ap": f"{level}_ap", "f1_max": f"{level}_f1max",
-             "aupro": "aupro"}
+    names = {
+        "auroc": f"{level}_auroc",
+        "ap": f"{level}_ap",
+        "f1_max": f"{level}_f1max",
+        "aupro": "aupro",
+    }
     return {names[k]: v for k, v in values.items()}
 
 
@@ -123,8 +127,9 @@ def blobs():
 def test_pixel_pinned_cases(blobs):
     masks, _ = blobs
     gt = (masks > 0).astype(float)
-    assert_close(pixel_metrics(masks, gt), keyed("pixel", {"auroc": 1, "ap": 1, "f1_max": 1,
-                                                           "aupro": 1}))
+    assert_close(
+        pixel_metrics(masks, gt), keyed("pixel", {"auroc": 1, "ap": 1, "f1_max": 1, "aupro": 1})
+    )
     const = pixel_metrics(masks, np.full(masks.shape, 7.0))
     assert_close(const, keyed("pixel", {"auroc": 0.5, "ap": gt.mean(), "aupro": 0.15}))
     assert_close(pixel_metrics(masks, 1 - gt), keyed("pixel", {"auroc": 0.0, "aupro": 0.0}))
@@ -140,8 +145,9 @@ def test_random_pixels_with_ties_match_references(blobs):
     assert_close(got, keyed("pixel", sklearn_metrics(masks, maps)))
     assert got["aupro"] == pytest.approx(brute_aupro(maps, masks), abs=1e-9)
     for limit in (0.05, 0.3, 1.0):
-        assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(brute_aupro(maps, masks, limit),
-                                                                    abs=1e-9)
+        assert aupro(masks, maps, fpr_limit=limit) == pytest.approx(
+            brute_aupro(maps, masks, limit), abs=1e-9
+        )
 
 
 @settings(max_examples=150, deadline=None)
@@ -152,8 +158,9 @@ def test_random_pixels_with_ties_match_references(blobs):
 )
 def test_image_metrics_match_sklearn(pairs):
     labels, scores = np.array(pairs).T
-    assert_close(image_metrics(labels, scores / 7.0),
-                 keyed("image", sklearn_metrics(labels, scores / 7.0)))
+    assert_close(
+        image_metrics(labels, scores / 7.0), keyed("image", sklearn_metrics(labels, scores / 7.0))
+    )
 
 
 @st.composite
@@ -199,7 +206,9 @@ def test_compute_metrics_accepts_tensors_and_channel_dim(blobs):
     labels, scores = [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3]
     want = compute_metrics(labels, scores, masks, maps)
     got = compute_metrics(
-        torch.tensor(labels), torch.tensor(scores), torch.from_numpy(masks)[:, None],
+        torch.tensor(labels),
+        torch.tensor(scores),
+        torch.from_numpy(masks)[:, None],
         torch.from_numpy(maps)[:, None],
     )
     assert got == pytest.approx(want)
@@ -234,9 +243,13 @@ def test_mask_available_selects_images(blobs):
 def test_original_resolution_resizes_bilinearly(blobs):
     masks, maps = blobs
     small = [m[::2, ::2] for m in maps]  # 16x16 maps for 32x32 masks
-    got = compute_metrics_original_resolution([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3], list(masks), small)
+    got = compute_metrics_original_resolution(
+        [1, 0, 1, 0], [0.9, 0.1, 0.8, 0.3], list(masks), small
+    )
     up = torch.nn.functional.interpolate(
-        torch.from_numpy(np.stack(small))[:, None], size=(32, 32), mode="bilinear",
+        torch.from_numpy(np.stack(small))[:, None],
+        size=(32, 32),
+        mode="bilinear",
         align_corners=False,
     )[:, 0].numpy()
     want = pixel_metrics(masks, up)
@@ -279,12 +292,22 @@ def test_original_resolution_mixed_sizes_and_missing_masks(blobs):
         (lambda: aupro(np.zeros((1, 3, 3)), np.zeros((1, 3, 3))), "no anomalous region"),
         (lambda: aupro(np.ones((1, 3, 3)), np.zeros((1, 3, 3))), "no normal pixel"),
         (lambda: aupro(np.eye(3)[None], np.zeros((1, 3, 3)), fpr_limit=0), "fpr_limit"),
-        (lambda: compute_metrics([1, 0], [1, 0], np.eye(2)[None].repeat(3, 0), np.zeros((3, 2, 2))),
-         "3 maps for 2 images"),
-        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2)), np.zeros((2, 2, 2)),
-                                 mask_available=[1]), "mask_available"),
-        (lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2))),
-         "masks"),
+        (
+            lambda: compute_metrics(
+                [1, 0], [1, 0], np.eye(2)[None].repeat(3, 0), np.zeros((3, 2, 2))
+            ),
+            "3 maps for 2 images",
+        ),
+        (
+            lambda: compute_metrics(
+                [1, 0], [1, 0], np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), mask_available=[1]
+            ),
+            "mask_available",
+        ),
+        (
+            lambda: compute_metrics([1, 0], [1, 0], np.zeros((2, 2, 2, 2)), np.zeros((2, 2, 2))),
+            "masks",
+        ),
     ],
 )
 def test_user_errors_raise_adps_error(call, match):
@@ -337,10 +360,14 @@ def assert_curve(got, want, tol=1e-12):
 def test_curves_match_sklearn(pairs, drop):
     labels, scores = np.array(pairs).T
     scores = scores / 7.0
-    assert_curve(roc_curve(labels, scores, drop_intermediate=drop),
-                 sk_roc_curve(labels, scores, drop_intermediate=drop)[:2])
-    assert_curve(pr_curve(labels, scores, drop_intermediate=drop),
-                 precision_recall_curve(labels, scores, drop_intermediate=drop)[:2])
+    assert_curve(
+        roc_curve(labels, scores, drop_intermediate=drop),
+        sk_roc_curve(labels, scores, drop_intermediate=drop)[:2],
+    )
+    assert_curve(
+        pr_curve(labels, scores, drop_intermediate=drop),
+        precision_recall_curve(labels, scores, drop_intermediate=drop)[:2],
+    )
 
 
 def test_curves_agree_with_metrics(blobs):
@@ -351,8 +378,10 @@ def test_curves_agree_with_metrics(blobs):
     got = pixel_metrics(masks, maps)
     assert np.trapezoid(tpr, fpr) == pytest.approx(got["pixel_auroc"], abs=1e-12)
     assert np.sum(-np.diff(recall) * precision[:-1]) == pytest.approx(got["pixel_ap"], abs=1e-12)
-    assert_curve(roc_curve(torch.from_numpy(masks), torch.from_numpy(maps)),
-                 sk_roc_curve(masks.ravel() > 0, maps.ravel())[:2])
+    assert_curve(
+        roc_curve(torch.from_numpy(masks), torch.from_numpy(maps)),
+        sk_roc_curve(masks.ravel() > 0, maps.ravel())[:2],
+    )
     assert_curve(pr_curve(masks, maps), precision_recall_curve(masks.ravel() > 0, maps.ravel())[:2])
 
 
@@ -377,7 +406,8 @@ def test_pro_curve_matches_brute_force_and_aupro(blobs, levels):
         fpr, pro = pro_curve(masks, maps, fpr_limit=limit)
         assert fpr[-1] == pytest.approx(limit) and np.all(np.diff(fpr) >= 0)
         assert np.trapezoid(pro, fpr) / limit == pytest.approx(
-            aupro(masks, maps, fpr_limit=limit), abs=1e-12)
+            aupro(masks, maps, fpr_limit=limit), abs=1e-12
+        )
 
 
 def test_pro_curve_limit_on_a_curve_point():
@@ -418,7 +448,9 @@ def test_f1_max_threshold_is_the_best_decision(pairs):
 
     t = f1_max_threshold(labels, scores)
     best = max(f1(u) for u in np.unique(scores))
-    assert f1(t) == pytest.approx(best) == pytest.approx(image_metrics(labels, scores)["image_f1max"])
+    assert (
+        f1(t) == pytest.approx(best) == pytest.approx(image_metrics(labels, scores)["image_f1max"])
+    )
     assert t == min(u for u in np.unique(scores) if f1(u) == pytest.approx(best))
     calibrated = calibrate_f1(labels, scores)
     if calibrated is not None:  # the calibration builds on it: halfway down to the next lower
@@ -439,5 +471,6 @@ def test_truncate_pro_curve_equals_pro_curve_with_limit(blobs):
     masks, maps = blobs
     full = pixel_curves(masks, maps)["pro"]
     for limit in (0.01, 0.3, 1.0):
-        assert_curve(truncate_pro_curve(*full, fpr_limit=limit),
-                     pro_curve(masks, maps, fpr_limit=limit))
+        assert_curve(
+            truncate_pro_curve(*full, fpr_limit=limit), pro_curve(masks, maps, fpr_limit=limit)
+        )

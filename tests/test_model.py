@@ -45,8 +45,10 @@ def test_split_merge_round_trip_and_order():
 def test_batched_patches_equal_separate_patch_forwards(split_after):
     k = 2 if split_after else 4
     torch.manual_seed(1)
-    m = ADPS(ModelConfig(image_size=64 * (k if split_after else 1), k=k,
-                         split_after_stages=split_after), pretrained=False).eval()
+    m = ADPS(
+        ModelConfig(image_size=64 * (k if split_after else 1), k=k, split_after_stages=split_after),
+        pretrained=False,
+    ).eval()
     x = m.normalize(torch.rand(2, 3, m.config.image_size, m.config.image_size))
     with torch.no_grad():
         batched = m.student_features(x)
@@ -54,23 +56,26 @@ def test_batched_patches_equal_separate_patch_forwards(split_after):
         for b in range(2):
             for i in range(k):
                 for j in range(k):
-                    patch = x[b:b + 1, :, i * p:(i + 1) * p, j * p:(j + 1) * p]
+                    patch = x[b : b + 1, :, i * p : (i + 1) * p, j * p : (j + 1) * p]
                     if split_after:  # stage 1 separately, then each quarter of its output
                         feats = m.student.stages[0](m.student.stem(patch))
                         q = feats.shape[-1] // k
-                        s1 = batched[0][b:b + 1, :, i * k * q:(i + 1) * k * q,
-                                        j * k * q:(j + 1) * k * q]
+                        s1 = batched[0][
+                            b : b + 1, :, i * k * q : (i + 1) * k * q, j * k * q : (j + 1) * k * q
+                        ]
                         torch.testing.assert_close(s1, feats, atol=1e-5, rtol=1e-5)
                         sub = feats[:, :, :q, :q]
                         deeper = m.student.stages[1](sub)
                         h = deeper.shape[-1]
-                        got = batched[1][b:b + 1, :, i * k * h:i * k * h + h, j * k * h:j * k * h + h]
+                        got = batched[1][
+                            b : b + 1, :, i * k * h : i * k * h + h, j * k * h : j * k * h + h
+                        ]
                         torch.testing.assert_close(got, deeper, atol=1e-5, rtol=1e-5)
                         continue
                     separate = m.student(patch)
                     for level, feature in enumerate(separate):
                         h = feature.shape[-1]
-                        got = batched[level][b:b + 1, :, i * h:(i + 1) * h, j * h:(j + 1) * h]
+                        got = batched[level][b : b + 1, :, i * h : (i + 1) * h, j * h : (j + 1) * h]
                         torch.testing.assert_close(got, feature, atol=1e-5, rtol=1e-5)
 
 
@@ -140,7 +145,7 @@ def test_focal_loss_by_hand():
     target = torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)
     p1 = torch.softmax(torch.tensor([0.0, 0.0]), 0)[1]  # 0.5 for the anomalous pixel
     p0 = torch.softmax(torch.tensor([2.0, -1.0]), 0)[0]  # normal class prob, second pixel
-    expected = (-(1 - p1) ** 2 * torch.log(p1) - (1 - p0) ** 2 * torch.log(p0)) / 2
+    expected = (-((1 - p1) ** 2) * torch.log(p1) - (1 - p0) ** 2 * torch.log(p0)) / 2
     assert focal_loss(logits, target, 2.0).item() == pytest.approx(expected.item(), rel=1e-6)
     expected_ce = (-torch.log(p1) - torch.log(p0)) / 2  # gamma 0 is cross-entropy
     assert focal_loss(logits, target, 0.0).item() == pytest.approx(expected_ce.item(), rel=1e-6)
@@ -149,8 +154,9 @@ def test_focal_loss_by_hand():
 def test_gaussian_blur_matches_scipy():
     x = np.random.default_rng(0).random((2, 1, 48, 40)).astype(np.float32)
     got = gaussian_blur(torch.from_numpy(x), 4.0).numpy()
-    expected = np.stack([gaussian_filter(x[i, 0], 4.0, mode="mirror", truncate=4.0)
-                         for i in range(2)])[:, None]
+    expected = np.stack(
+        [gaussian_filter(x[i, 0], 4.0, mode="mirror", truncate=4.0) for i in range(2)]
+    )[:, None]
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -165,13 +171,16 @@ def test_score_is_max_of_smoothed_map(model):
 @pytest.mark.parametrize("share", [0.01, 0.1, 1.0])
 def test_top_mean_score_is_the_mean_of_the_highest_smoothed_pixels(share):
     torch.manual_seed(0)
-    m = ADPS(ModelConfig(**SMALL, image_score="top_mean", score_top_share=share),
-             pretrained=False).eval()
+    m = ADPS(
+        ModelConfig(**SMALL, image_score="top_mean", score_top_share=share), pretrained=False
+    ).eval()
     amap = torch.rand(3, 1, 64, 64) ** 4  # a few hot pixels over a dim background
     got = m.score(amap).numpy()
     k = max(1, round(share * 64 * 64))
-    expected = [np.sort(gaussian_filter(amap[i, 0].numpy(), 4.0, mode="mirror").ravel())[-k:]
-                .mean() for i in range(3)]
+    expected = [
+        np.sort(gaussian_filter(amap[i, 0].numpy(), 4.0, mode="mirror").ravel())[-k:].mean()
+        for i in range(3)
+    ]
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     paper = ADPS(ModelConfig(**SMALL), pretrained=False).score(amap)
     assert torch.all(m.score(amap) <= paper + 1e-6)  # a mean of the top never exceeds the max
@@ -221,8 +230,9 @@ def test_teacher_stays_frozen_through_an_optimiser_step():
         assert torch.equal(value, before[key]), key  # weights and BN running statistics
     assert all(p.grad is None for p in m.teacher.parameters())
     student_before = ADPS(ModelConfig(**SMALL), pretrained=False).student  # sanity: it moved
-    assert any(not torch.equal(a, b) for a, b in zip(m.student.parameters(),
-                                                     student_before.parameters()))
+    assert any(
+        not torch.equal(a, b) for a, b in zip(m.student.parameters(), student_before.parameters())
+    )
 
 
 def test_student_init_from_teacher():

@@ -28,12 +28,17 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    category = make_demo_dataset(root / "data", size=SIZE, n_train=8, n_test_good=3,
-                                 n_test_defect=3)
-    result = train(ModelConfig(image_size=SIZE, k=4),
-                   TrainConfig(epochs=2, batch_size=4, steps_per_epoch=2, seed=0),
-                   MVTecAD(category.parent, category.name, "train", size=SIZE), root / "run",
-                   device="cpu", progress=False)
+    category = make_demo_dataset(
+        root / "data", size=SIZE, n_train=8, n_test_good=3, n_test_defect=3
+    )
+    result = train(
+        ModelConfig(image_size=SIZE, k=4),
+        TrainConfig(epochs=2, batch_size=4, steps_per_epoch=2, seed=0),
+        MVTecAD(category.parent, category.name, "train", size=SIZE),
+        root / "run",
+        device="cpu",
+        progress=False,
+    )
     return result.checkpoint, category
 
 
@@ -51,9 +56,14 @@ def test_every_input_kind_gives_the_same_answer(trained, photo):
     checkpoint, _ = trained
     predictor = adps.load(checkpoint, device="cpu")
     path, array = photo
-    results = [predictor(path), predictor(str(path)), predictor(Image.open(path)),
-               predictor(array), predictor(array.astype(np.float32) / 255),
-               predictor(torch.from_numpy(array).permute(2, 0, 1))]
+    results = [
+        predictor(path),
+        predictor(str(path)),
+        predictor(Image.open(path)),
+        predictor(array),
+        predictor(array.astype(np.float32) / 255),
+        predictor(torch.from_numpy(array).permute(2, 0, 1)),
+    ]
     reference = results[0]
     assert isinstance(reference, Prediction)
     assert reference.anomaly_map.shape == (50, 70)  # the image's original size
@@ -87,7 +97,8 @@ def test_preprocessing_matches_the_dataset_path(trained):
         images = torch.stack([test.decode(i).image for i in range(len(test))])
         _, expected = model(images.float() / 255.0)
     predictions = adps.load(checkpoint, device="cpu", backend="torch")(
-        [r.image for r in test.records])
+        [r.image for r in test.records]
+    )
     np.testing.assert_allclose([p.score for p in predictions], expected.numpy(), atol=1e-5)
 
 
@@ -117,8 +128,7 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
         predictor(tmp_path / "missing.png")
 
 
-def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained, tmp_path,
-                                                                        capsys):
+def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained, tmp_path, capsys):
     checkpoint, category = trained
     folder = tmp_path / "inputs"
     folder.mkdir()
@@ -130,8 +140,21 @@ def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained,
     big.save(folder / "resized.jpg")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "out"
-    code = main(["predict", str(folder), "--model", str(checkpoint), "--out", str(out),
-                 "--device", "cpu", "--no-progress", "--batch-size", "2"])
+    code = main(
+        [
+            "predict",
+            str(folder),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--batch-size",
+            "2",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1  # some inputs failed
     assert "broken.png" in captured.err
@@ -156,8 +179,22 @@ def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained,
 
 
 def test_predict_with_nothing_to_read_is_an_error(trained, tmp_path):
-    assert main(["predict", str(tmp_path / "nothing*.png"), "--model", str(trained[0]),
-                 "--device", "cpu", "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "nothing*.png"),
+                "--model",
+                str(trained[0]),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
 
 
 def _png(path, value=0):
@@ -181,12 +218,14 @@ def test_input_discovery_folders_globs_and_recursion(tmp_path):
     files, _, _ = collect_inputs([str(tmp_path / "**" / "*.png")], recursive=True)
     assert sorted(f for f, _ in files) == sorted([a, deep])
     (tmp_path / "empty").mkdir()
-    files, missing, _ = collect_inputs([str(tmp_path / "empty"), str(tmp_path / "none*.png")],
-                                       recursive=False)
+    files, missing, _ = collect_inputs(
+        [str(tmp_path / "empty"), str(tmp_path / "none*.png")], recursive=False
+    )
     assert files == []
-    assert missing == [(str(tmp_path / "empty"),
-                        "folder holds no images (use --recursive for sub-folders)"),
-                       (str(tmp_path / "none*.png"), "no such file, folder or matching pattern")]
+    assert missing == [
+        (str(tmp_path / "empty"), "folder holds no images (use --recursive for sub-folders)"),
+        (str(tmp_path / "none*.png"), "no such file, folder or matching pattern"),
+    ]
 
 
 def test_every_refusal_names_its_cause(trained, tmp_path, capsys):
@@ -200,26 +239,58 @@ def test_every_refusal_names_its_cause(trained, tmp_path, capsys):
     (folder / "zero.png").write_bytes(b"")
     (folder / "wide.png").write_bytes(png_header(30000, 30000))
     out = tmp_path / "out"
-    code = main(["predict", str(folder), "--model", str(trained[0]), "--out", str(out),
-                 "--device", "cpu", "--no-progress", "--no-images", "--max-pixels", "1e6"])
+    code = main(
+        [
+            "predict",
+            str(folder),
+            "--model",
+            str(trained[0]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--no-images",
+            "--max-pixels",
+            "1e6",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
-    assert "skipped 3 file(s) without an image extension (.gif, .txt, .webp): " \
-           f"{folder / 'anim.gif'}, {folder / 'notes.txt'}, {folder / 'photo.webp'}" in err
+    assert (
+        "skipped 3 file(s) without an image extension (.gif, .txt, .webp): "
+        f"{folder / 'anim.gif'}, {folder / 'notes.txt'}, {folder / 'photo.webp'}" in err
+    )
     assert f"failed {folder / 'zero.png'}: empty file" in err
-    assert (f"failed {folder / 'wide.png'}: 30000 x 30000 = 900000000 pixels is over the limit "
-            "of 1000000 (--max-pixels)") in err
+    assert (
+        f"failed {folder / 'wide.png'}: 30000 x 30000 = 900000000 pixels is over the limit "
+        "of 1000000 (--max-pixels)"
+    ) in err
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert [r["path"] for r in rows] == [str(ok)]
-    code = main(["predict", str(folder / "wide.png"), "--model", str(trained[0]), "--out",
-                 str(out), "--device", "cpu", "--no-progress", "--max-pixels", "none"])
+    code = main(
+        [
+            "predict",
+            str(folder / "wide.png"),
+            "--model",
+            str(trained[0]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--max-pixels",
+            "none",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "wide.png: corrupt or truncated" in err  # decoding was tried
     assert "bomb" not in err and "--max-pixels" not in err
 
 
-@pytest.mark.parametrize("text, value", [("4e7", 40_000_000), ("1000", 1000), ("0", None),
-                                         ("None", None)])
+@pytest.mark.parametrize(
+    "text, value", [("4e7", 40_000_000), ("1000", 1000), ("0", None), ("None", None)]
+)
 def test_max_pixels_values(text, value):
     assert _pixels(text) == value
 
@@ -244,12 +315,28 @@ def test_a_read_only_array_is_taken_without_a_warning():
 
 def test_same_file_names_from_two_folders_get_distinct_outputs(trained, tmp_path):
     one, two = _png(tmp_path / "x" / "001.png", 10), _png(tmp_path / "y" / "001.png", 200)
-    files, _, _ = collect_inputs([str(tmp_path / "x"), str(one.parent.parent / "y" / "001.png")],
-                                 recursive=False)
+    files, _, _ = collect_inputs(
+        [str(tmp_path / "x"), str(one.parent.parent / "y" / "001.png")], recursive=False
+    )
     assert files == [(one, "001.png"), (two, "001_1.png")]
     out = tmp_path / "out"
-    assert main(["predict", str(tmp_path / "x"), str(two), "--model", str(trained[0]),
-                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "x"),
+                str(two),
+                "--model",
+                str(trained[0]),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (out / "masks").iterdir()) == ["001.png", "001_1.png"]
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert [r["path"] for r in rows] == [str(one), str(two)]
@@ -261,8 +348,7 @@ def test_onnx_and_torchscript_predictions_match_torch(trained, tmp_path):
     reference = adps.load(checkpoint, device="cpu")(files)
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".ts")):
         out = tmp_path / f"model{suffix}"
-        assert main(["export", "--model", str(checkpoint), "--format", fmt,
-                     "--out", str(out)]) == 0
+        assert main(["export", "--model", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
         exported = adps.load(out, device="cpu")(files)
         for a, b in zip(reference, exported):
             assert b.score == pytest.approx(a.score, abs=1e-3)
@@ -298,25 +384,62 @@ def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_pat
         (folder / f"{i:02d}_{src.name}").write_bytes(src.read_bytes())
     (folder / "99_broken.png").write_bytes(b"not an image")
     single, shared = tmp_path / "single", tmp_path / "sharded"
-    assert main(["predict", str(folder), "--model", str(checkpoint), "--out", str(single),
-                 "--device", "cpu", "--no-progress"]) == 1
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(free_port), "-m", "adps", "predict", str(folder), "--model",
-           str(checkpoint), "--out", str(shared), "--device", "cpu", "--no-progress"]
-    proc = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
-                          text=True, timeout=300)
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "--model",
+                str(checkpoint),
+                "--out",
+                str(single),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port),
+        "-m",
+        "adps",
+        "predict",
+        str(folder),
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(shared),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    proc = subprocess.run(
+        cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode != 0 and "99_broken.png" in proc.stderr  # exit 1: an input failed
-    assert proc.stderr.count("failed 99_broken") + proc.stderr.count(
-        f"failed {folder / '99_broken.png'}") == 1
+    assert (
+        proc.stderr.count("failed 99_broken")
+        + proc.stderr.count(f"failed {folder / '99_broken.png'}")
+        == 1
+    )
     want = (single / "predictions.csv").read_text()
     assert (shared / "predictions.csv").read_text() == want
     payload = json.loads((shared / "predictions.json").read_text())
     assert [f["path"] for f in payload["failures"]] == [str(folder / "99_broken.png")]
     assert sorted(p.name for p in (shared / "masks").iterdir()) == sorted(
-        p.name for p in (single / "masks").iterdir())
+        p.name for p in (single / "masks").iterdir()
+    )
 
 
 # ------------------------------------------------------------------ the runtime a checkpoint gets
+
 
 def _weld_files(n: int = 3) -> list:
     from datapaths import WELD
@@ -324,8 +447,9 @@ def _weld_files(n: int = 3) -> list:
     return sorted((WELD / "test/defective").glob("*.png"))[:n]
 
 
-def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkeypatch,
-                                                                  conversion_cache):
+def test_a_checkpoint_runs_on_openvino_by_default_converted_once(
+    trained, monkeypatch, conversion_cache
+):
     pytest.importorskip("openvino")
     import adps.export
     from adps.engine import runtime
@@ -349,7 +473,8 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkey
     for native in (True, False):
         monkeypatch.setattr(runtime, "cpu_has_bf16", lambda native=native: native)
         assert adps.load(checkpoint, device="cpu", precision="auto").runtime.startswith(
-            f"openvino CPU {'bf16' if native else 'f32'}")
+            f"openvino CPU {'bf16' if native else 'f32'}"
+        )
 
     # a cached conversion is used as is ...
     def no_conversion(*args, **kwargs):
@@ -367,8 +492,11 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(trained, monkey
 def test_a_changed_checkpoint_is_converted_again(trained, tmp_path, conversion_cache):
     pytest.importorskip("openvino")
     checkpoint, _ = trained
-    edited = Checkpoint.load(checkpoint).replace(thresholds=Thresholds(image=0.25)).save(
-        tmp_path / checkpoint.name)
+    edited = (
+        Checkpoint.load(checkpoint)
+        .replace(thresholds=Thresholds(image=0.25))
+        .save(tmp_path / checkpoint.name)
+    )
     before = set(conversion_cache.glob("openvino/*.xml"))
     predictor = adps.load(edited, device="cpu")
     new = set(conversion_cache.glob("openvino/*.xml")) - before
@@ -387,8 +515,7 @@ def test_without_openvino_a_checkpoint_runs_in_torch(trained, monkeypatch):
         adps.load(checkpoint, device="cpu", backend="onnx")
 
 
-def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(trained, tmp_path,
-                                                                monkeypatch):
+def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(trained, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     checkpoint, _ = trained
     blocker = tmp_path / "not-a-folder"
@@ -407,10 +534,27 @@ def test_predict_command_takes_the_backend_and_says_which_ran(trained, tmp_path)
     tables = {}
     for backend in ("torch", "openvino"):
         out = tmp_path / backend
-        assert main(["predict", *files, "--model", str(checkpoint), "--out", str(out),
-                     "--backend", backend, "--precision", "f32", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    *files,
+                    "--model",
+                    str(checkpoint),
+                    "--out",
+                    str(out),
+                    "--backend",
+                    backend,
+                    "--precision",
+                    "f32",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         report = json.loads((out / "predictions.json").read_text())
-        assert report["runtime"].startswith({"torch": "torch cpu", "openvino": "openvino CPU f32"}[
-            backend])
+        assert report["runtime"].startswith(
+            {"torch": "torch cpu", "openvino": "openvino CPU f32"}[backend]
+        )
         tables[backend] = [r["score"] for r in report["predictions"]]
     np.testing.assert_allclose(tables["openvino"], tables["torch"], atol=1e-3)

@@ -46,9 +46,13 @@ def test_layout_and_counts(small: Path) -> None:
     # 7 defects over 3 kinds: 3, 2, 2 in DEFECT_KINDS order.
     for kind, n in zip(DEFECT_KINDS, (3, 2, 2)):
         assert [p.name for p in _pngs(small / "test" / kind)] == [f"{i:03d}.png" for i in range(n)]
-        assert [p.name for p in _pngs(small / "ground_truth" / kind)] == [f"{i:03d}_mask.png" for i in range(n)]
+        assert [p.name for p in _pngs(small / "ground_truth" / kind)] == [
+            f"{i:03d}_mask.png" for i in range(n)
+        ]
     assert sorted(d.name for d in (small / "test").iterdir()) == sorted(("good", *DEFECT_KINDS))
-    assert sorted(d.name for d in (small / "ground_truth").iterdir()) == sorted(DEFECT_KINDS)  # no good masks
+    assert sorted(d.name for d in (small / "ground_truth").iterdir()) == sorted(
+        DEFECT_KINDS
+    )  # no good masks
     manifest = json.loads((small / "manifest.json").read_text())
     assert manifest["params"] == {**SMALL, "seed": 3}
     assert manifest["counts"]["train/good"] == 6
@@ -90,12 +94,19 @@ def test_determinism(tmp_path: Path) -> None:
     a = make_demo_dataset(tmp_path / "a", seed=5, **SMALL)
     b = make_demo_dataset(tmp_path / "b", seed=5, **SMALL)
     c = make_demo_dataset(tmp_path / "c", seed=6, **SMALL)
-    for rel in ("train/good/002.png", "test/good/000.png", "test/dent/001.png", "ground_truth/stain/001_mask.png"):
+    for rel in (
+        "train/good/002.png",
+        "test/good/000.png",
+        "test/dent/001.png",
+        "ground_truth/stain/001_mask.png",
+    ):
         assert (a / rel).read_bytes() == (b / rel).read_bytes()
     for rel in ("train/good/002.png", "test/scratch/000.png"):
         assert (a / rel).read_bytes() != (c / rel).read_bytes()
     # Images do not depend on how many others were generated.
-    d = make_demo_dataset(tmp_path / "d", seed=5, size=64, n_train=3, n_test_good=1, n_test_defect=3)
+    d = make_demo_dataset(
+        tmp_path / "d", seed=5, size=64, n_train=3, n_test_good=1, n_test_defect=3
+    )
     assert (a / "train/good/002.png").read_bytes() == (d / "train/good/002.png").read_bytes()
     assert (a / "test/dent/000.png").read_bytes() == (d / "test/dent/000.png").read_bytes()
 
@@ -108,7 +119,9 @@ def test_idempotent_and_force(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     calls: list[int] = []
     real = procedural._generate
-    monkeypatch.setattr(procedural, "_generate", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(
+        procedural, "_generate", lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    )
 
     assert make_demo_dataset(tmp_path, seed=1, **SMALL) == target
     assert calls == [] and os.stat(sample).st_mtime_ns == 1
@@ -155,7 +168,13 @@ def test_foreign_folder_is_not_replaced(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(size=16), dict(n_train=0), dict(n_test_good=-1), dict(seed=-1), dict(n_test_good=0, n_test_defect=0)],
+    [
+        dict(size=16),
+        dict(n_train=0),
+        dict(n_test_good=-1),
+        dict(seed=-1),
+        dict(n_test_good=0, n_test_defect=0),
+    ],
 )
 def test_bad_parameters(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(AdpsError):

@@ -42,11 +42,23 @@ def make_result(images, masks, labels, maps, has_mask=None, scores=None, paths=N
     if scores is None:
         scores = maps.reshape(n, -1).max(1)
     metrics = compute_metrics(labels, scores, masks, maps, mask_available=has_mask)
-    paths = paths or [f"/data/cat/test/{'defect' if y else 'good'}/{i:03d}.png"
-                      for i, y in enumerate(labels)]
-    return EvalResult(metrics, np.asarray(scores, np.float32), labels, torch.from_numpy(images),
-                      torch.from_numpy(maps), torch.from_numpy(masks), has_mask, paths, 0.5, 16.0,
-                      300.0, "cpu-rss")
+    paths = paths or [
+        f"/data/cat/test/{'defect' if y else 'good'}/{i:03d}.png" for i, y in enumerate(labels)
+    ]
+    return EvalResult(
+        metrics,
+        np.asarray(scores, np.float32),
+        labels,
+        torch.from_numpy(images),
+        torch.from_numpy(maps),
+        torch.from_numpy(masks),
+        has_mask,
+        paths,
+        0.5,
+        16.0,
+        300.0,
+        "cpu-rss",
+    )
 
 
 @pytest.fixture
@@ -92,8 +104,17 @@ def surface(tmp_path_factory):
     gt = masks[:, 0].numpy().astype(np.float32)
     maps = np.stack([ndimage.gaussian_filter(g, 2) for g in gt]) * 0.9
     maps = np.clip(maps + 0.2 * rng.random(gt.shape), 0, 1).astype(np.float32)
-    return category, dataset, make_result(images.numpy(), masks[:, 0].numpy(), labels.numpy(),
-                                          maps, paths=[str(r.image) for r in dataset.records])
+    return (
+        category,
+        dataset,
+        make_result(
+            images.numpy(),
+            masks[:, 0].numpy(),
+            labels.numpy(),
+            maps,
+            paths=[str(r.image) for r in dataset.records],
+        ),
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -137,17 +158,32 @@ def decode_data_uri(uri: str) -> Image.Image:
 
 def test_report_has_every_section_and_valid_images(tmp_path, blobs):
     result = blobs
-    out = build_report(result, tmp_path / "sub" / "report.html", thresholds=Thresholds(image=0.5),
-                       title="Blobs <test>", info={"model": "m.pt", "data": "blobs"})
+    out = build_report(
+        result,
+        tmp_path / "sub" / "report.html",
+        thresholds=Thresholds(image=0.5),
+        title="Blobs <test>",
+        info={"model": "m.pt", "data": "blobs"},
+    )
     assert out == tmp_path / "sub" / "report.html" and out.is_file()
     text = out.read_text(encoding="utf-8")
     page = Page(text)
     assert page.sections == list(SECTIONS)
     assert page.external == [], "the report must be self-contained"
     assert "Blobs &lt;test&gt;" in text and "<th>model</th><td>m.pt</td>" in text
-    for name in ("AUROC", "AP", "F1-max", "AUPRO", "ROC", "Precision-recall",
-                 "Per-region overlap", "Image scores", "calibrated threshold", "missed defect",
-                 "false alarm"):
+    for name in (
+        "AUROC",
+        "AP",
+        "F1-max",
+        "AUPRO",
+        "ROC",
+        "Precision-recall",
+        "Per-region overlap",
+        "Image scores",
+        "calibrated threshold",
+        "missed defect",
+        "false alarm",
+    ):
         assert name in text, name
     assert f"{100 * result.metrics['pixel_auroc']:.1f}" in text
     assert text.count("<svg") == 4  # ROC, PR, PRO, histogram
@@ -170,8 +206,9 @@ def test_gallery_puts_the_worst_mistakes_first(tmp_path, blobs):
     assert order == list(gallery_order(result.scores, result.labels, 0.5))
     kinds = dict(Page(text).cards)
     assert kinds[6] == "miss" and kinds[1] == "alarm" and kinds[4] == "ok"
-    limited = build_report(result, tmp_path / "r3.html", thresholds=Thresholds(image=0.5),
-                           max_gallery=3).read_text()
+    limited = build_report(
+        result, tmp_path / "r3.html", thresholds=Thresholds(image=0.5), max_gallery=3
+    ).read_text()
     assert [i for i, _ in Page(limited).cards] == [6, 1, 7]
     assert "the first 3 of 8 images" in limited
 
@@ -185,8 +222,9 @@ def test_without_threshold_the_f1_optimal_one_is_used_and_said(tmp_path, blobs):
 def test_report_without_masks_skips_pixel_plots(tmp_path, blobs):
     result = blobs
     result.has_mask = np.zeros(8, bool)
-    result.metrics = compute_metrics(result.labels, result.scores, result.masks, result.maps,
-                                     mask_available=result.has_mask)
+    result.metrics = compute_metrics(
+        result.labels, result.scores, result.masks, result.maps, mask_available=result.has_mask
+    )
     assert result.metrics["aupro"] is None
     text = build_report(result, tmp_path / "r.html", thresholds=Thresholds(image=0.5)).read_text()
     page = Page(text)
@@ -200,8 +238,12 @@ def test_report_without_masks_skips_pixel_plots(tmp_path, blobs):
 def test_report_with_one_class_and_no_threshold(tmp_path, blobs):
     result = blobs
     keep = result.labels == 0
-    one = make_result(result.images.numpy()[keep], result.masks.numpy()[keep],
-                      result.labels[keep], result.maps.numpy()[keep])
+    one = make_result(
+        result.images.numpy()[keep],
+        result.masks.numpy()[keep],
+        result.labels[keep],
+        result.maps.numpy()[keep],
+    )
     text = build_report(one, tmp_path / "r.html", thresholds=Thresholds()).read_text()
     assert "the test set has only normal images" in text
     assert "No decisions" in text and "no threshold" in text
@@ -223,11 +265,17 @@ def test_real_looking_report(tmp_path, surface):
 def test_report_rejects_mismatched_inputs(tmp_path, blobs):
     result = blobs
     with pytest.raises(AdpsError, match="number of images"):
-        build_report(dataclasses.replace(result, images=result.images[:5]), tmp_path / "r.html",
-                     thresholds=Thresholds(image=0.5))
+        build_report(
+            dataclasses.replace(result, images=result.images[:5]),
+            tmp_path / "r.html",
+            thresholds=Thresholds(image=0.5),
+        )
     with pytest.raises(AdpsError, match="uint8"):
-        build_report(dataclasses.replace(result, images=result.images.float()),
-                     tmp_path / "r.html", thresholds=Thresholds(image=0.5))
+        build_report(
+            dataclasses.replace(result, images=result.images.float()),
+            tmp_path / "r.html",
+            thresholds=Thresholds(image=0.5),
+        )
     assert not (tmp_path / "r.html").exists()
 
 
@@ -266,8 +314,14 @@ def test_decimate_keeps_ends_and_shape():
 
 # --------------------------------------------------------------------------- rendering
 
-_CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
-                                            "google-chrome-stable") if shutil.which(n)), None)
+_CHROMIUM = next(
+    (
+        shutil.which(n)
+        for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+        if shutil.which(n)
+    ),
+    None,
+)
 
 _PROBE = """<script>
 window.addEventListener("load", () => {
@@ -287,17 +341,32 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-@pytest.mark.skipif(_CHROMIUM is None, reason="chromium is not installed (apt-get install "
-                                              "chromium); CI installs it to check rendering")
+@pytest.mark.skipif(
+    _CHROMIUM is None,
+    reason="chromium is not installed (apt-get install "
+    "chromium); CI installs it to check rendering",
+)
 def test_report_renders_in_headless_chromium(tmp_path, surface):
     _, _, result = surface
     report = build_report(result, tmp_path / "report.html", thresholds=Thresholds(image=0.5))
     probe = tmp_path / "probe.html"  # a test-only copy with a script counting rendered images
     probe.write_text(report.read_text().replace("</body>", _PROBE + "</body>"))
-    cmd = [_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900",
-           "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]
+    cmd = [
+        _CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,900",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
     match = re.search(r'<pre id="render-check">(.*?)</pre>', done.stdout, re.S)
     assert match, f"no render result; chromium exit {done.returncode}: {done.stderr[-2000:]}"
@@ -319,14 +388,28 @@ def test_report_command_end_to_end(tmp_path, surface, capsys):
 
     category, _, _ = surface
     torch.manual_seed(0)
-    Checkpoint.of(ADPS(ModelConfig(image_size=64, k=2), pretrained=False),
-                  thresholds=Thresholds(image=0.5)).save(tmp_path / "model.pt")
+    Checkpoint.of(
+        ADPS(ModelConfig(image_size=64, k=2), pretrained=False), thresholds=Thresholds(image=0.5)
+    ).save(tmp_path / "model.pt")
     parser = argparse.ArgumentParser(prog="adps")
     report.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "out" / "report.html"
-    args = parser.parse_args(["report", "--model", str(tmp_path / "model.pt"), "--data",
-                              str(category), "--out", str(out), "--device", "cpu",
-                              "--no-progress", "--batch-size", "4"])
+    args = parser.parse_args(
+        [
+            "report",
+            "--model",
+            str(tmp_path / "model.pt"),
+            "--data",
+            str(category),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--batch-size",
+            "4",
+        ]
+    )
     assert args.func(args) == 0
     assert f"report: {out}" in capsys.readouterr().out
     text = out.read_text()

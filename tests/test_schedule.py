@@ -45,8 +45,10 @@ def test_cosine_warms_up_then_decays_monotonically_to_the_final_share():
     assert lr_factor(-1, config) == lr_factor(0, config) and lr_factor(2, config) == values[-1]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("20m", 1200), ("2h", 7200),
-                                                 ("1h30m", 5400), ("1.5h", 5400), ("45", 45)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("20m", 1200), ("2h", 7200), ("1h30m", 5400), ("1.5h", 5400), ("45", 45)],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
     assert parse_duration(format_duration(seconds)) == seconds
@@ -81,16 +83,34 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("data"), size=SIZE, n_train=8,
-                             n_test_good=2, n_test_defect=2)
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("data"), size=SIZE, n_train=8, n_test_good=2, n_test_defect=2
+    )
 
 
 def budget_trainer(data, out, budget, clock, step_seconds=1.0, **overrides):
-    config = TrainConfig(**{"epochs": 1, "batch_size": 4, "steps_per_epoch": 3, "seed": 1,
-                            "time_budget": budget, "lr_schedule": "cosine", "warmup": 0.2,
-                            "checkpoint_every": 1, **overrides})
-    trainer = Trainer(MODEL, config, MVTecAD(data.parent, data.name, "train", size=SIZE), out,
-                      device="cpu", progress=False, clock=clock)
+    config = TrainConfig(
+        **{
+            "epochs": 1,
+            "batch_size": 4,
+            "steps_per_epoch": 3,
+            "seed": 1,
+            "time_budget": budget,
+            "lr_schedule": "cosine",
+            "warmup": 0.2,
+            "checkpoint_every": 1,
+            **overrides,
+        }
+    )
+    trainer = Trainer(
+        MODEL,
+        config,
+        MVTecAD(data.parent, data.name, "train", size=SIZE),
+        out,
+        device="cpu",
+        progress=False,
+        clock=clock,
+    )
     step, lrs = trainer.train_step, []
 
     def timed_step(index):
@@ -114,7 +134,7 @@ def test_a_budget_ends_training_within_one_step_and_shapes_the_schedule(data, tm
     expected = [1e-4 * lr_factor(t / 7.5, trainer.config) for t in range(8)]
     assert lrs == pytest.approx(expected)
     peak = int(np.argmax(lrs))
-    assert np.all(np.diff(lrs[:peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) < 0)
+    assert np.all(np.diff(lrs[: peak + 1]) > 0) and np.all(np.diff(lrs[peak:]) < 0)
     ckpt = Checkpoint.load(result.checkpoint)
     assert ckpt.training.seconds == pytest.approx(8.0) and ckpt.training.steps == 8
     # what ran, not the `epochs` the budget overrode
@@ -148,8 +168,7 @@ def test_resume_keeps_the_budgets_accounting(data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_the_duration_of_a_long_schedule_is_announced_with_a_budget_hint(data, tmp_path,
-                                                                          capsys):
+def test_the_duration_of_a_long_schedule_is_announced_with_a_budget_hint(data, tmp_path, capsys):
     clock = FakeClock()
     trainer, _ = budget_trainer(data, tmp_path, None, clock, step_seconds=60.0, epochs=30)
     trainer.announce_duration(3, 180.0)  # a minute a step; 90 steps are planned: 1.5 hours
@@ -169,12 +188,18 @@ def test_bf16_maps_of_a_trained_model_stay_close_to_float32(data, tmp_path):
     would hide any error), map values move by 0.03 on average and 0.12 at the 99th
     percentile, image scores by at most 0.02 (measured 0.021 / 0.093 / 0.010). Evaluation,
     prediction and export run in float32."""
-    result = train(MODEL, TrainConfig(epochs=6, batch_size=4, steps_per_epoch=3, amp=False),
-                   MVTecAD(data.parent, data.name, "train", size=SIZE), tmp_path,
-                   device="cpu", progress=False)
+    result = train(
+        MODEL,
+        TrainConfig(epochs=6, batch_size=4, steps_per_epoch=3, amp=False),
+        MVTecAD(data.parent, data.name, "train", size=SIZE),
+        tmp_path,
+        device="cpu",
+        progress=False,
+    )
     model = Checkpoint.load(result.checkpoint).model()
-    stack, _, _ = load_tensor_stack(MVTecAD(data.parent, data.name, "test", size=SIZE),
-                                    progress=False)
+    stack, _, _ = load_tensor_stack(
+        MVTecAD(data.parent, data.name, "test", size=SIZE), progress=False
+    )
     images = stack.float() / 255
     with torch.no_grad():
         logits = []

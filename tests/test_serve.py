@@ -38,8 +38,10 @@ from adps.serve.app import ServeSettings, create_app  # noqa: E402
 from adps.serve.batching import Busy, MicroBatcher  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-FILES = sorted((WELD / "test/defective").glob("*.png"))[:2] + sorted(
-    (WELD / "test/good").glob("*.png"))[:1]
+FILES = (
+    sorted((WELD / "test/defective").glob("*.png"))[:2]
+    + sorted((WELD / "test/good").glob("*.png"))[:1]
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,9 @@ def model_path(tmp_path_factory) -> Path:
 
 def client_for(model_path: Path, **settings) -> TestClient:
     predictor = load(model_path, "cpu")
-    return TestClient(create_app(predictor, model_path, ServeSettings(**settings)),
-                      raise_server_exceptions=False)
+    return TestClient(
+        create_app(predictor, model_path, ServeSettings(**settings)), raise_server_exceptions=False
+    )
 
 
 def wait_ready(client: TestClient) -> None:
@@ -93,13 +96,26 @@ def test_health_and_model(client, model_path):
 
 
 def test_predict_answers_equal_adps_predict_digit_for_digit(client, model_path, tmp_path):
-    code = cli_main(["predict", *map(str, FILES), "--model", str(model_path), "--out",
-                     str(tmp_path), "--no-images", "--no-progress", "--device", "cpu"])
+    code = cli_main(
+        [
+            "predict",
+            *map(str, FILES),
+            "--model",
+            str(model_path),
+            "--out",
+            str(tmp_path),
+            "--no-images",
+            "--no-progress",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
     for path, row in zip(FILES, rows):
-        answer = client.post("/v1/predict", content=png(path),
-                             headers={"Content-Type": "image/png"}).json()
+        answer = client.post(
+            "/v1/predict", content=png(path), headers={"Content-Type": "image/png"}
+        ).json()
         assert repr(answer["score"]) == row["score"] or str(answer["score"]) == row["score"]
         assert answer["decision"] == row["decision"]
         assert answer["defect_area"] == int(row["defect_area"])
@@ -108,8 +124,10 @@ def test_predict_answers_equal_adps_predict_digit_for_digit(client, model_path, 
 
 
 def test_multipart_files_give_a_list_in_order(client):
-    singles = [client.post("/v1/predict", content=png(p),
-                           headers={"Content-Type": "image/png"}).json() for p in FILES]
+    singles = [
+        client.post("/v1/predict", content=png(p), headers={"Content-Type": "image/png"}).json()
+        for p in FILES
+    ]
     files = [("files", (p.name, png(p), "image/png")) for p in FILES]
     answers = client.post("/v1/predict", files=files).json()
     assert [a["filename"] for a in answers] == [p.name for p in FILES]
@@ -119,8 +137,11 @@ def test_multipart_files_give_a_list_in_order(client):
 
 
 def test_outputs_mask_and_overlay_are_pngs_at_the_image_size(client, model_path):
-    answer = client.post("/v1/predict?outputs=mask,overlay", content=png(FILES[0]),
-                         headers={"Content-Type": "image/png"}).json()
+    answer = client.post(
+        "/v1/predict?outputs=mask,overlay",
+        content=png(FILES[0]),
+        headers={"Content-Type": "image/png"},
+    ).json()
     mask = np.array(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"]))))
     overlay = Image.open(io.BytesIO(base64.b64decode(answer["overlay_png"])))
     h, w = answer["image_size"]
@@ -138,15 +159,17 @@ def _truncated() -> bytes:
     return data[: len(data) // 2]
 
 
-@pytest.mark.parametrize("body, content_type, status, message", [
-    (b"this is not an image", "image/png", 400, "not an image file"),
-    (_truncated(), "image/png", 400, "corrupt or truncated"),
-    (b"", "image/png", 400, "empty body"),
-    (b"{}", "application/json", 415, "unsupported content type 'application/json'"),
-    (b"abc", "", 415, "unsupported content type"),
-])
-def test_bad_bodies_get_a_4xx_that_names_the_problem(client, body, content_type, status,
-                                                     message):
+@pytest.mark.parametrize(
+    "body, content_type, status, message",
+    [
+        (b"this is not an image", "image/png", 400, "not an image file"),
+        (_truncated(), "image/png", 400, "corrupt or truncated"),
+        (b"", "image/png", 400, "empty body"),
+        (b"{}", "application/json", 415, "unsupported content type 'application/json'"),
+        (b"abc", "", 415, "unsupported content type"),
+    ],
+)
+def test_bad_bodies_get_a_4xx_that_names_the_problem(client, body, content_type, status, message):
     headers = {"Content-Type": content_type} if content_type else {}
     response = client.post("/v1/predict", content=body, headers=headers)
     assert response.status_code == status
@@ -161,28 +184,35 @@ def test_limits_on_pixels_size_files_and_outputs(model_path):
         wait_ready(c)
         big = c.post("/v1/predict", content=png(FILES[0]), headers={"Content-Type": "image/png"})
         assert big.status_code == 413 and "over the limit of 50000" in big.json()["error"]
-        huge = c.post("/v1/predict", content=b"\0" * 500_000,
-                      headers={"Content-Type": "image/png"})
+        huge = c.post("/v1/predict", content=b"\0" * 500_000, headers={"Content-Type": "image/png"})
         assert huge.status_code == 413 and "over the limit of 400000" in huge.json()["error"]
         many = c.post("/v1/predict", files=[("f", (f"{i}.png", b"x")) for i in range(3)])
         assert many.status_code == 400 and "files" in many.json()["error"].lower()
         none = c.post("/v1/predict", files=[("field", (None, "value"))])  # a field, no file
         assert none.status_code == 400 and "no file" in none.json()["error"]
-        unknown = c.post("/v1/predict?outputs=heatmap", content=b"x",
-                         headers={"Content-Type": "image/png"})
+        unknown = c.post(
+            "/v1/predict?outputs=heatmap", content=b"x", headers={"Content-Type": "image/png"}
+        )
         assert unknown.status_code == 400 and "heatmap" in unknown.json()["error"]
 
 
 def test_a_huge_image_is_refused_by_our_limit_not_by_pils_guard(client):
     """900 MP is over PIL's decompression-bomb guard too; the answer must name --max-pixels."""
-    for files, content in ((None, png_header(30000, 30000)),
-                           ([("file", ("wide.png", png_header(30000, 30000), "image/png"))], None)):
-        response = client.post("/v1/predict", content=content, files=files,
-                               headers={"Content-Type": "image/png"} if content else {})
+    for files, content in (
+        (None, png_header(30000, 30000)),
+        ([("file", ("wide.png", png_header(30000, 30000), "image/png"))], None),
+    ):
+        response = client.post(
+            "/v1/predict",
+            content=content,
+            files=files,
+            headers={"Content-Type": "image/png"} if content else {},
+        )
         assert response.status_code == 413
         error = response.json()["error"]
-        assert ("30000 x 30000 = 900000000 pixels is over the limit of 40000000 "
-                "(--max-pixels)") in error and "bomb" not in error
+        assert (
+            "30000 x 30000 = 900000000 pixels is over the limit of 40000000 (--max-pixels)"
+        ) in error and "bomb" not in error
     assert "wide.png" in error  # a multipart file is named
 
 
@@ -204,8 +234,7 @@ def test_a_model_failure_is_a_500_and_the_next_request_succeeds(model_path):
         bad = c.post("/v1/predict", content=png(FILES[0]), headers={"Content-Type": "image/png"})
         assert bad.status_code == 500
         assert bad.json() == {"error": "model failure: simulated device error"}
-        good = c.post("/v1/predict", content=png(FILES[0]),
-                      headers={"Content-Type": "image/png"})
+        good = c.post("/v1/predict", content=png(FILES[0]), headers={"Content-Type": "image/png"})
         assert good.status_code == 200
 
 
@@ -216,8 +245,9 @@ def test_a_full_queue_answers_503_with_retry_after(model_path, monkeypatch):
     with client_for(model_path, retry_after_s=3) as c:
         wait_ready(c)
         monkeypatch.setattr(MicroBatcher, "submit", busy)
-        response = c.post("/v1/predict", content=png(FILES[0]),
-                          headers={"Content-Type": "image/png"})
+        response = c.post(
+            "/v1/predict", content=png(FILES[0]), headers={"Content-Type": "image/png"}
+        )
     assert response.status_code == 503 and response.headers["Retry-After"] == "3"
     assert "busy" in response.json()["error"]
 
@@ -229,14 +259,20 @@ def test_the_token_guards_every_endpoint_but_health(model_path):
     with client_for(model_path, token="s3cret") as c:
         wait_ready(c)
         assert c.get("/v1/health").status_code == 200
-        for method, url in (("get", "/v1/model"), ("post", "/v1/predict"),
-                            ("get", "/openapi.json")):
+        for method, url in (
+            ("get", "/v1/model"),
+            ("post", "/v1/predict"),
+            ("get", "/openapi.json"),
+        ):
             for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
                 response = getattr(c, method)(url, headers=headers)
                 assert response.status_code == 401, (url, headers)
                 assert "token" in response.json()["error"]
-        ok = c.post("/v1/predict", content=png(FILES[0]),
-                    headers={"Content-Type": "image/png", "Authorization": "Bearer s3cret"})
+        ok = c.post(
+            "/v1/predict",
+            content=png(FILES[0]),
+            headers={"Content-Type": "image/png", "Authorization": "Bearer s3cret"},
+        )
         assert ok.status_code == 200
 
 
@@ -308,9 +344,23 @@ def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_pat
     import httpx
 
     port = free_port
-    server = subprocess.Popen([sys.executable, "-m", "adps", "serve", "--model", str(model_path),
-                               "--port", str(port), "--device", "cpu"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adps",
+            "serve",
+            "--model",
+            str(model_path),
+            "--port",
+            str(port),
+            "--device",
+            "cpu",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -325,8 +375,12 @@ def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_pat
         # the request is sent whole before the signal, so it is in flight when SIGTERM lands
         # (a thread that encoded and connected after a fixed sleep sometimes came too late)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        connection.request("POST", "/v1/predict?outputs=overlay", body=png(FILES[0]),
-                           headers={"Content-Type": "image/png"})
+        connection.request(
+            "POST",
+            "/v1/predict?outputs=overlay",
+            body=png(FILES[0]),
+            headers={"Content-Type": "image/png"},
+        )
         time.sleep(0.05)
         server.send_signal(signal.SIGTERM)
         response = connection.getresponse()
@@ -339,8 +393,14 @@ def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_pat
             server.kill()
 
 
-_CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome",
-                                            "google-chrome-stable") if shutil.which(n)), None)
+_CHROMIUM = next(
+    (
+        shutil.which(n)
+        for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+        if shutil.which(n)
+    ),
+    None,
+)
 
 _HARNESS = """<script>
 // test only: put a real image into the page's file input, as a user picking it would
@@ -366,8 +426,10 @@ window.addEventListener("load", async () => {
 </script>"""
 
 
-@pytest.mark.skipif(_CHROMIUM is None, reason="chromium is not installed (apt-get install "
-                                              "chromium); CI installs it to check the page")
+@pytest.mark.skipif(
+    _CHROMIUM is None,
+    reason="chromium is not installed (apt-get install chromium); CI installs it to check the page",
+)
 def test_the_page_uploads_an_image_and_shows_the_decision(model_path, tmp_path, free_port):
     import uvicorn
     from fastapi.responses import HTMLResponse, Response
@@ -375,22 +437,31 @@ def test_the_page_uploads_an_image_and_shows_the_decision(model_path, tmp_path, 
     predictor = load(model_path, "cpu")
     app = create_app(predictor, model_path)
     page = (Path(__file__).parents[1] / "src/adps/serve/page.html").read_text()
-    app.add_api_route("/harness", lambda: HTMLResponse(page.replace("</body>",
-                                                                    _HARNESS + "</body>")))
-    app.add_api_route("/harness/image.png",
-                      lambda: Response(png(FILES[0]), media_type="image/png"))
+    app.add_api_route(
+        "/harness", lambda: HTMLResponse(page.replace("</body>", _HARNESS + "</body>"))
+    )
+    app.add_api_route("/harness/image.png", lambda: Response(png(FILES[0]), media_type="image/png"))
     port = free_port
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         while not server.started:
             time.sleep(0.05)
-        cmd = [_CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-               "--virtual-time-budget=30000", "--dump-dom", f"http://127.0.0.1:{port}/harness"]
+        cmd = [
+            _CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            f"http://127.0.0.1:{port}/harness",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     finally:
         server.should_exit = True

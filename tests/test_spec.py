@@ -28,16 +28,18 @@ def test_same_name_masks_are_detected_for_the_weld_set():
     train_files = sorted(p.name for p in (WELD / "train" / "good").glob("*.png"))
     assert [r.image.name for r in spec.open("train", 64).records] == train_files
     defective = {p.stem for p in (WELD / "test" / "defective").glob("*.png")}
-    orphans = [p for p in (WELD / "ground_truth" / "defective").glob("*.png")
-               if p.stem not in defective]
+    orphans = [
+        p for p in (WELD / "ground_truth" / "defective").glob("*.png") if p.stem not in defective
+    ]
     assert orphans, "the subset keeps orphan masks so the warning is exercised"
     with pytest.warns(UserWarning, match=f"{len(orphans)} mask"):
         test = spec.open("test", 64)
     n_good = len(list((WELD / "test" / "good").glob("*.png")))
     assert len(test) == n_good + len(defective)
     # every defective image got the mask of the same name ('' suffix detected, not '_mask')
-    assert all(r.mask is not None and r.mask.name == r.image.name
-               for r in test.records if r.label == 1)
+    assert all(
+        r.mask is not None and r.mask.name == r.image.name for r in test.records if r.label == 1
+    )
 
 
 def test_folder_layout_and_optional_masks(tmp_path):
@@ -47,8 +49,17 @@ def test_folder_layout_and_optional_masks(tmp_path):
         (tmp_path / sub).mkdir()
         for i in range(2):
             Image.new("RGB", (20, 20), (i * 50, 0, 0)).save(tmp_path / sub / f"{i}.png")
-    spec = parse("--data", str(tmp_path), "--train-dir", "ok", "--good-dir", "good",
-                 "--defect-dir", "bad", "--masks-optional")
+    spec = parse(
+        "--data",
+        str(tmp_path),
+        "--train-dir",
+        "ok",
+        "--good-dir",
+        "good",
+        "--defect-dir",
+        "bad",
+        "--masks-optional",
+    )
     test = spec.open("test", 32)
     assert test.labels == [0, 0, 1, 1] and all(r.mask is None for r in test.records)
     with pytest.raises(AdpsError, match="mask"):

@@ -47,18 +47,26 @@ def write(tmp_path: Path, content: dict | str, name: str = "split.json") -> Path
     return path
 
 
-PROTOCOL = {"train": ["train/good/000.png", "test/good/001.png", "./train/good/002.png"],
-            "test": ["test/crack/001.png", "train/good/001.png", "test/good/000.png"]}
+PROTOCOL = {
+    "train": ["train/good/000.png", "test/good/001.png", "./train/good/002.png"],
+    "test": ["test/crack/001.png", "train/good/001.png", "test/good/000.png"],
+}
 
 
 def test_a_split_file_moves_images_between_the_layouts_splits(category, tmp_path):
     spec = DataSpec(category, split_file=write(tmp_path, PROTOCOL))
     train, test = spec.open("train", None), spec.open("test", size=4)
-    assert relative(train, category) == ["train/good/000.png", "train/good/002.png",
-                                         "test/good/001.png"]  # the layout's order
+    assert relative(train, category) == [
+        "train/good/000.png",
+        "train/good/002.png",
+        "test/good/001.png",
+    ]  # the layout's order
     assert train.labels == [0, 0, 0]
-    assert relative(test, category) == ["train/good/001.png", "test/good/000.png",
-                                        "test/crack/001.png"]
+    assert relative(test, category) == [
+        "train/good/001.png",
+        "test/good/000.png",
+        "test/crack/001.png",
+    ]
     assert test.labels == [0, 0, 1] and test.size == (4, 4)
     assert test.records[2].mask == category / "ground_truth" / "crack" / "001_mask.png"
     assert test.decode(2).original_mask.sum() == 2 * 3  # the mask comes from the layout
@@ -66,11 +74,14 @@ def test_a_split_file_moves_images_between_the_layouts_splits(category, tmp_path
 
 
 def test_yaml_and_windows_separators_read_the_same(category, tmp_path):
-    text = ("train:\n  - train\\good\\000.png\n  - train/good/002.png\n"
-            "test:\n  - test/crack/000.png\n")
+    text = (
+        "train:\n  - train\\good\\000.png\n  - train/good/002.png\ntest:\n  - test/crack/000.png\n"
+    )
     spec = DataSpec(category, split_file=write(tmp_path, text, "split.yaml"))
-    assert relative(spec.open("train", None), category) == ["train/good/000.png",
-                                                            "train/good/002.png"]
+    assert relative(spec.open("train", None), category) == [
+        "train/good/000.png",
+        "train/good/002.png",
+    ]
     assert relative(spec.open("test", None), category) == ["test/crack/000.png"]
 
 
@@ -85,9 +96,13 @@ def test_any_layout_takes_one_folder_and_kolektor(tmp_path):
         save(tmp_path / "ok" / f"{i}.png", i)
         save(tmp_path / "bad" / f"{i}.png", 50 + i)
         save(tmp_path / "masks" / f"{i}.png", box=True)
-    folder = DataSpec(tmp_path, train_dir="ok", defect_dir="bad", mask_dir="masks",
-                      split_file=write(tmp_path, {"train": ["ok/0.png"],
-                                                  "test": ["ok/1.png", "bad/1.png"]}))
+    folder = DataSpec(
+        tmp_path,
+        train_dir="ok",
+        defect_dir="bad",
+        mask_dir="masks",
+        split_file=write(tmp_path, {"train": ["ok/0.png"], "test": ["ok/1.png", "bad/1.png"]}),
+    )
     test = folder.open("test", None)
     assert relative(test, tmp_path) == ["ok/1.png", "bad/1.png"] and test.labels == [0, 1]
     assert test.records[1].mask == tmp_path / "masks" / "1.png"
@@ -97,36 +112,56 @@ def test_any_layout_takes_one_folder_and_kolektor(tmp_path):
         for part in range(2):
             save(ksdd / item / f"Part{part}.jpg", 40)
             save(ksdd / item / f"Part{part}_label.bmp", box=item == "kos01" and part == 1)
-    protocol = {"train": ["kos02/Part0.jpg", "kos02/Part1.jpg", "kos01/Part0.jpg"],
-                "test": ["kos01/Part1.jpg"]}  # the reverse of the built-in odd/even rule
+    protocol = {
+        "train": ["kos02/Part0.jpg", "kos02/Part1.jpg", "kos01/Part0.jpg"],
+        "test": ["kos01/Part1.jpg"],
+    }  # the reverse of the built-in odd/even rule
     spec = DataSpec(ksdd, split_file=write(tmp_path, protocol, "ksdd.json"))
-    assert relative(spec.open("train", None), ksdd) == ["kos01/Part0.jpg", "kos02/Part0.jpg",
-                                                        "kos02/Part1.jpg"]
+    assert relative(spec.open("train", None), ksdd) == [
+        "kos01/Part0.jpg",
+        "kos02/Part0.jpg",
+        "kos02/Part1.jpg",
+    ]
     test = spec.open("test", None)
     assert relative(test, ksdd) == ["kos01/Part1.jpg"] and test.labels == [1]
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json: [", "cannot read the split file"),
-    ("- a.png\n- b.png\n", r'holds \{"train": \[...\], "test": \[...\]\}.*found list'),
-    ({"train": ["train/good/000.png"]}, r"found \['train'\]"),
-    ({"train": [], "test": [], "val": []}, r"found \['test', 'train', 'val'\]"),
-    ({"train": "train/good/000.png", "test": []}, "'train' is not a list of paths"),
-    ({"train": [1, 2], "test": []}, "'train' is not a list of paths"),
-    ({"train": ["train/good/000.png", "train/good/000.png"], "test": []},
-     "listed twice in 'train': train/good/000.png"),
-    ({"train": ["train/good/000.png", "train/good/001.png"],
-      "test": ["train/good/001.png", "./train/good/000.png"]},
-     "2 image.s. listed in both train and test: train/good/000.png, train/good/001.png"),
-    ({"train": ["train/good/000.png", "gone/1.png", "gone/2.png"],
-      "test": ["gone/3.png", "gone/4.png", "test/good/000.png", "test/crack/002.png"]},
-     r"5 listed image.s. are not images of the dataset at .*part \(paths are relative to it\): "
-     "gone/1.png, gone/2.png, gone/3.png and 2 more"),
-    ({"train": ["train/good/000.png", "test/crack/000.png"], "test": []},
-     r"1 defective image.s. in the train list \(training is one-class: normal images only\): "
-     "test/crack/000.png"),
-    ({"train": [], "test": ["test/good/000.png"]}, "the 'train' list is empty"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json: [", "cannot read the split file"),
+        ("- a.png\n- b.png\n", r'holds \{"train": \[...\], "test": \[...\]\}.*found list'),
+        ({"train": ["train/good/000.png"]}, r"found \['train'\]"),
+        ({"train": [], "test": [], "val": []}, r"found \['test', 'train', 'val'\]"),
+        ({"train": "train/good/000.png", "test": []}, "'train' is not a list of paths"),
+        ({"train": [1, 2], "test": []}, "'train' is not a list of paths"),
+        (
+            {"train": ["train/good/000.png", "train/good/000.png"], "test": []},
+            "listed twice in 'train': train/good/000.png",
+        ),
+        (
+            {
+                "train": ["train/good/000.png", "train/good/001.png"],
+                "test": ["train/good/001.png", "./train/good/000.png"],
+            },
+            "2 image.s. listed in both train and test: train/good/000.png, train/good/001.png",
+        ),
+        (
+            {
+                "train": ["train/good/000.png", "gone/1.png", "gone/2.png"],
+                "test": ["gone/3.png", "gone/4.png", "test/good/000.png", "test/crack/002.png"],
+            },
+            r"5 listed image.s. are not images of the dataset at .*part \(paths are relative to it\): "
+            "gone/1.png, gone/2.png, gone/3.png and 2 more",
+        ),
+        (
+            {"train": ["train/good/000.png", "test/crack/000.png"], "test": []},
+            r"1 defective image.s. in the train list \(training is one-class: normal images only\): "
+            "test/crack/000.png",
+        ),
+        ({"train": [], "test": ["test/good/000.png"]}, "the 'train' list is empty"),
+    ],
+)
 def test_refusals_name_the_split_file_and_the_problem(category, tmp_path, content, message):
     path = write(tmp_path, content)
     with pytest.raises(AdpsError, match=message) as err:

@@ -110,7 +110,9 @@ def test_non_square_size_not_a_multiple_of_the_lattice() -> None:
 
 
 def test_bank_of_another_size_is_resized(dtd_bank: TextureBank) -> None:
-    out, masks = AnomalySynthesizer(dtd_bank, SynthesisConfig(anomaly_prob=1.0))(_images(2, 96), _gen(0))
+    out, masks = AnomalySynthesizer(dtd_bank, SynthesisConfig(anomaly_prob=1.0))(
+        _images(2, 96), _gen(0)
+    )
     assert out.shape == (2, 3, 96, 96) and (masks.flatten(1).amax(dim=1) == 1).all()
 
 
@@ -124,8 +126,13 @@ def test_rejects_bad_inputs() -> None:
 
 @pytest.mark.parametrize(
     "field, value",
-    [("anomaly_prob", 1.5), ("beta_max", -0.1), ("perlin_scale_min", 4), ("texture_ops", 11),
-     ("threshold", math.nan)],
+    [
+        ("anomaly_prob", 1.5),
+        ("beta_max", -0.1),
+        ("perlin_scale_min", 4),
+        ("texture_ops", 11),
+        ("threshold", math.nan),
+    ],
 )
 def test_config_validation(field: str, value: float) -> None:
     kwargs = {field: value}
@@ -142,8 +149,17 @@ class _HostSync(AssertionError):
     """Raised by the patched tensor methods below: the synthesizer asked for a host sync."""
 
 
-_SYNC_METHODS = ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "__index__", "unique",
-                 "masked_select")
+_SYNC_METHODS = (
+    "item",
+    "tolist",
+    "nonzero",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "unique",
+    "masked_select",
+)
 _SYNC_FUNCTIONS = ("nonzero", "unique", "masked_select", "unique_consecutive")
 
 
@@ -166,8 +182,19 @@ def _no_host_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 # aten ops that copy device data to the host or whose output shape depends on the data.
-_SYNC_ATEN = frozenset({"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "unique_dim",
-                        "_unique", "_unique2", "unique_consecutive", "repeat_interleave"})
+_SYNC_ATEN = frozenset(
+    {
+        "_local_scalar_dense",
+        "is_nonzero",
+        "nonzero",
+        "masked_select",
+        "unique_dim",
+        "_unique",
+        "_unique2",
+        "unique_consecutive",
+        "repeat_interleave",
+    }
+)
 
 
 class _NoSyncOps(TorchDispatchMode):
@@ -195,7 +222,9 @@ def any_synth(request: pytest.FixtureRequest) -> AnomalySynthesizer:
     if request.param == "dtd":
         textures = request.getfixturevalue("dtd_bank")  # skips without DTD; 64 px, so resized below
     elif request.param == "random_bank":
-        textures = TextureBank(torch.randint(0, 256, (5, 3, 48, 48), generator=_gen(2), dtype=torch.uint8))
+        textures = TextureBank(
+            torch.randint(0, 256, (5, 3, 48, 48), generator=_gen(2), dtype=torch.uint8)
+        )
     elif request.param == "bank_of_images":
         textures = TextureBank.from_images(_images(4, 48, seed=7))
     else:
@@ -206,8 +235,15 @@ def any_synth(request: pytest.FixtureRequest) -> AnomalySynthesizer:
 def test_patches_catch_host_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
     x = torch.arange(4.0)
     with _no_host_syncs(monkeypatch):
-        for sync in (lambda: x[0].item(), x.tolist, x.nonzero, lambda: torch.nonzero(x),
-                     lambda: bool(x[0]), lambda: int(x[0]), lambda: 1 if x[0] else 0):
+        for sync in (
+            lambda: x[0].item(),
+            x.tolist,
+            x.nonzero,
+            lambda: torch.nonzero(x),
+            lambda: bool(x[0]),
+            lambda: int(x[0]),
+            lambda: 1 if x[0] else 0,
+        ):
             with pytest.raises(_HostSync):
                 sync()
     with _NoSyncOps():
@@ -217,7 +253,9 @@ def test_patches_catch_host_syncs(monkeypatch: pytest.MonkeyPatch) -> None:
         x.masked_fill(x > 1, 0).sum()  # stays on the device: allowed
 
 
-@pytest.mark.parametrize("config", [SynthesisConfig(), SynthesisConfig(anomaly_prob=1.0, threshold=0.9)])
+@pytest.mark.parametrize(
+    "config", [SynthesisConfig(), SynthesisConfig(anomaly_prob=1.0, threshold=0.9)]
+)
 def test_call_is_free_of_host_syncs(
     any_synth: AnomalySynthesizer, config: SynthesisConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -288,7 +326,9 @@ def test_blend_formula_on_hand_made_tensors() -> None:
     assert torch.allclose(out[:, :, 2:], image[:, :, 2:])  # outside the mask: the image
     assert torch.allclose(out[0, :, :2], torch.tensor(1.0))  # beta 0: the texture
     assert torch.allclose(out[1, :, :2], torch.tensor(0.5 * 1.0 + 0.5 * 0.2))  # (1-b)A + bI
-    assert torch.allclose(blend(image, texture, mask, 0.25)[:, :, :2], torch.tensor(0.75 + 0.25 * 0.2))
+    assert torch.allclose(
+        blend(image, texture, mask, 0.25)[:, :, :2], torch.tensor(0.75 + 0.25 * 0.2)
+    )
 
 
 # -------------------------------------------------------------------------------------- Perlin noise
@@ -302,7 +342,9 @@ def _draem_perlin(shape: tuple[int, int], res: tuple[int, int], angles: np.ndarr
     gradients = np.stack((np.cos(angles), np.sin(angles)), axis=-1)
 
     def tile(s1: tuple, s2: tuple) -> np.ndarray:
-        return np.repeat(np.repeat(gradients[s1[0] : s1[1], s2[0] : s2[1]], d[0], axis=0), d[1], axis=1)
+        return np.repeat(
+            np.repeat(gradients[s1[0] : s1[1], s2[0] : s2[1]], d[0], axis=0), d[1], axis=1
+        )
 
     def dot(grad: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
         g = grid[: shape[0], : shape[1]]

@@ -53,9 +53,18 @@ def max_score(maps: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ the tile grid
 
 
-@pytest.mark.parametrize("length, tile, overlap", [
-    (64, 64, 0.25), (65, 64, 0.25), (300, 64, 0.25), (300, 64, 0.0), (1000, 128, 0.5),
-    (129, 64, 0.9), (30, 64, 0.25)])
+@pytest.mark.parametrize(
+    "length, tile, overlap",
+    [
+        (64, 64, 0.25),
+        (65, 64, 0.25),
+        (300, 64, 0.25),
+        (300, 64, 0.0),
+        (1000, 128, 0.5),
+        (129, 64, 0.9),
+        (30, 64, 0.25),
+    ],
+)
 def test_tile_starts_cover_the_side_with_at_least_the_overlap(length, tile, overlap):
     starts = Tiling((tile, tile), overlap).starts(length, tile)
     assert starts[0] == 0
@@ -68,14 +77,20 @@ def test_tile_starts_cover_the_side_with_at_least_the_overlap(length, tile, over
     assert all(b - a <= max(1.0, step) + 0.5 for a, b in zip(starts, starts[1:]))
     covered = np.zeros(length, bool)
     for s in starts:
-        covered[s:s + tile] = True
+        covered[s : s + tile] = True
     assert covered.all()
 
 
-@pytest.mark.parametrize("height, width, tile, overlap, batch", [
-    (200, 333, (64, 64), 0.25, 5), (64, 64, (64, 64), 0.25, 1), (130, 70, (32, 64), 0.5, 100),
-    (40, 50, (64, 64), 0.25, 3),  # smaller than a tile: padded, then cut back
-    (97, 301, (48, 80), 0.0, 2)])
+@pytest.mark.parametrize(
+    "height, width, tile, overlap, batch",
+    [
+        (200, 333, (64, 64), 0.25, 5),
+        (64, 64, (64, 64), 0.25, 1),
+        (130, 70, (32, 64), 0.5, 100),
+        (40, 50, (64, 64), 0.25, 3),  # smaller than a tile: padded, then cut back
+        (97, 301, (48, 80), 0.0, 2),
+    ],
+)
 def test_stitching_a_position_map_gives_it_back_unchanged(height, width, tile, overlap, batch):
     frame = position_frame(height, width)
     tiled = TiledForward(position_forward, Tiling(tile, overlap), max_score, batch)
@@ -115,7 +130,7 @@ def test_grid_tiles_are_the_frames_pieces():
     for f in frames:
         for y in starts_y:
             for x in starts_x:
-                assert torch.equal(tiles[i], f[:, y:y + 32, x:x + 32])
+                assert torch.equal(tiles[i], f[:, y : y + 32, x : x + 32])
                 i += 1
 
 
@@ -129,15 +144,21 @@ def test_random_crops_equal_slices_at_the_drawn_offsets():
     xs = torch.randint(0, 90 - 32 + 1, (4,), generator=replay)
     assert crops.shape == (4, 3, 16, 32) and crops.dtype == torch.uint8
     for crop, i, y, x in zip(crops, index, ys, xs):
-        assert torch.equal(crop, images[i, :, y:y + 16, x:x + 32])
+        assert torch.equal(crop, images[i, :, y : y + 16, x : x + 32])
 
 
 # ------------------------------------------------------------------------- non-square models
 
 
 def weld_images(size: tuple[int, int]) -> torch.Tensor:
-    ds = Folder(WELD, normal_test_dir="test/good", abnormal_test_dir="test/defective",
-                mask_required=False, split="test", size=size)
+    ds = Folder(
+        WELD,
+        normal_test_dir="test/good",
+        abnormal_test_dir="test/defective",
+        mask_required=False,
+        split="test",
+        size=size,
+    )
     return torch.stack([ds.decode(i).image for i in (0, 1, len(ds) - 1)])
 
 
@@ -179,8 +200,7 @@ def tiled_checkpoint(images: list[torch.Tensor], **config) -> dict:
     """A tiled model (64 px tiles, k = 4) whose map is its memory prior alone (psm_boost 0):
     meaningful without training, fitted on the non-overlapping tiles of ``images`` (uint8
     (3, H, W) each, at the tiling's scale)."""
-    values = dict(image_size=64, k=4, tiling=True, prior="memory", memory_size=512,
-                  psm_boost=0.0)
+    values = dict(image_size=64, k=4, tiling=True, prior="memory", memory_size=512, psm_boost=0.0)
     values.update(config)
     model = ADPS(ModelConfig(**values)).eval()
     tiling = Tiling.of(model.config)
@@ -190,14 +210,21 @@ def tiled_checkpoint(images: list[torch.Tensor], **config) -> dict:
 
 def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
     pytest.importorskip("onnxruntime")
-    train_images = [torch.from_numpy(read_image(p)).permute(2, 0, 1)
-                    for p in sorted((WELD / "train/good").iterdir())[:4]]  # 400 wide, any height
-    frames = [Resize(Tiling((64, 64), 0.3, 0.5).frame(*image.shape[-2:])).image(image)
-              for image in train_images]
+    train_images = [
+        torch.from_numpy(read_image(p)).permute(2, 0, 1)
+        for p in sorted((WELD / "train/good").iterdir())[:4]
+    ]  # 400 wide, any height
+    frames = [
+        Resize(Tiling((64, 64), 0.3, 0.5).frame(*image.shape[-2:])).image(image)
+        for image in train_images
+    ]
     ckpt = tiled_checkpoint(frames, tile_scale=0.5, tile_overlap=0.3)
     ckpt.save(tmp_path / "model.pt")
     export_onnx(tmp_path / "model.pt", tmp_path / "model.onnx", verify=False)  # checked here
-    files = [sorted((WELD / "test/defective").iterdir())[0], sorted((WELD / "test/good").iterdir())[0]]
+    files = [
+        sorted((WELD / "test/defective").iterdir())[0],
+        sorted((WELD / "test/good").iterdir())[0],
+    ]
     torch_predictions = load_predictor(tmp_path / "model.pt", "cpu", backend="torch")(files)
     onnx_predictions = load_predictor(tmp_path / "model.onnx", "cpu")(files)
     for t, o, path in zip(torch_predictions, onnx_predictions, files):
@@ -209,12 +236,14 @@ def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
     # resized by tile_scale (256 x 400 -> 128 x 200), tiled, blended, upsampled back
     model = ckpt.model()
     image = torch.from_numpy(np.array(Image.open(files[0]).convert("RGB"))).permute(2, 0, 1)
-    by_hand = TiledForward(lambda t: model(t.float() / 255), Tiling((64, 64), 0.3, 0.5),
-                           model.score, 3)
+    by_hand = TiledForward(
+        lambda t: model(t.float() / 255), Tiling((64, 64), 0.3, 0.5), model.score, 3
+    )
     with torch.no_grad():
         maps, score = by_hand(Resize((128, 200)).image(image)[None])
-    maps = torch.nn.functional.interpolate(maps, size=(256, 400), mode="bilinear",
-                                           align_corners=False)
+    maps = torch.nn.functional.interpolate(
+        maps, size=(256, 400), mode="bilinear", align_corners=False
+    )
     np.testing.assert_allclose(torch_predictions[0].anomaly_map, maps[0, 0].numpy(), atol=1e-5)
     assert abs(float(score) - torch_predictions[0].score) <= 1e-5
 
@@ -232,16 +261,19 @@ def test_tiling_finds_small_defects_that_resizing_erases(tmp_path):
     ckpt = tiled_checkpoint([uint8(surface())], tile_overlap=0.0)
     ckpt.save(tmp_path / "tiled.pt")
     ckpt.replace(model_config=dataclasses.replace(ckpt.model_config, tiling=False)).save(
-        tmp_path / "resized.pt")
+        tmp_path / "resized.pt"
+    )
     masks = np.stack([m for _, m in tests])
     figures = {}
     for name in ("tiled", "resized"):
-        predictions = load_predictor(tmp_path / f"{name}.pt", "cpu", batch_size=16,
-                                     backend="torch")(
-            [uint8(image) for image, _ in tests])
+        predictions = load_predictor(
+            tmp_path / f"{name}.pt", "cpu", batch_size=16, backend="torch"
+        )([uint8(image) for image, _ in tests])
         figures[name] = aupro(masks, np.stack([p.anomaly_map for p in predictions]))
-    print(f"AUPRO of 8-px spots on 2048 px: tiled {figures['tiled']:.3f}, "
-          f"resized to 64 px {figures['resized']:.3f}")
+    print(
+        f"AUPRO of 8-px spots on 2048 px: tiled {figures['tiled']:.3f}, "
+        f"resized to 64 px {figures['resized']:.3f}"
+    )
     assert figures["tiled"] > 0.8 and figures["tiled"] > figures["resized"] + 0.3
 
 
@@ -250,20 +282,35 @@ def test_tiling_finds_small_defects_that_resizing_erases(tmp_path):
 
 @pytest.fixture(scope="module")
 def big_demo(tmp_path_factory):
-    return make_demo_dataset(tmp_path_factory.mktemp("tiles"), size=128, n_train=6,
-                             n_test_good=2, n_test_defect=2)
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("tiles"), size=128, n_train=6, n_test_good=2, n_test_defect=2
+    )
 
 
 def test_training_on_tiles_then_evaluating_and_predicting_whole_images(big_demo, tmp_path):
     from adps.data.spec import DataSpec
 
-    config = ModelConfig(image_size=64, k=4, tiling=True, tile_overlap=0.25, tile_scale=0.75,
-                         psm_output_stride=2, prior="memory", memory_size=256)
+    config = ModelConfig(
+        image_size=64,
+        k=4,
+        tiling=True,
+        tile_overlap=0.25,
+        tile_scale=0.75,
+        psm_output_stride=2,
+        prior="memory",
+        memory_size=256,
+    )
     spec = DataSpec(str(big_demo))
     dataset = open_split(spec, "train", config)
     assert dataset.size == (96, 96) == working_size(config, str(dataset.records[0].image))
-    result = train(config, TrainConfig(epochs=1, batch_size=4, steps_per_epoch=2, seed=1),
-                   dataset, tmp_path, device="cpu", progress=False)
+    result = train(
+        config,
+        TrainConfig(epochs=1, batch_size=4, steps_per_epoch=2, seed=1),
+        dataset,
+        tmp_path,
+        device="cpu",
+        progress=False,
+    )
     ckpt = Checkpoint.load(result.checkpoint)
     assert ckpt.model_config.tiling and ckpt.model_config.tile_scale == 0.75
     model = ckpt.model()
@@ -283,8 +330,14 @@ def test_tiles_larger_than_the_scaled_images_are_refused(big_demo, tmp_path):
     config = ModelConfig(image_size=128, k=4, tiling=True, tile_scale=0.5)
     dataset = open_split(DataSpec(str(big_demo)), "train", config)
     with pytest.raises(AdpsError, match="smaller than the 128 x 128 tile"):
-        train(config, TrainConfig(epochs=1, batch_size=2), dataset, tmp_path, device="cpu",
-              progress=False)
+        train(
+            config,
+            TrainConfig(epochs=1, batch_size=2),
+            dataset,
+            tmp_path,
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_early_fusion_with_tiling_is_refused_by_name():
@@ -295,12 +348,19 @@ def test_early_fusion_with_tiling_is_refused_by_name():
 def test_non_square_training_end_to_end(big_demo, tmp_path):
     config = ModelConfig(image_size=(64, 128), k=4, psm_output_stride=2)
     dataset = MVTecAD(big_demo.parent, big_demo.name, "train", size=(64, 128))
-    result = train(config, TrainConfig(epochs=1, batch_size=4, steps_per_epoch=2), dataset,
-                   tmp_path, device="cpu", progress=False)
+    result = train(
+        config,
+        TrainConfig(epochs=1, batch_size=4, steps_per_epoch=2),
+        dataset,
+        tmp_path,
+        device="cpu",
+        progress=False,
+    )
     model = Checkpoint.load(result.checkpoint).model()
     assert model.config.size == (64, 128)
     prediction = load_predictor(result.checkpoint, "cpu", backend="torch")(
-        np.zeros((100, 150, 3), np.uint8))
+        np.zeros((100, 150, 3), np.uint8)
+    )
     assert prediction.anomaly_map.shape == (100, 150)
 
 
@@ -322,12 +382,18 @@ def test_kolektor_sdd2_trains_and_tests_at_its_natural_aspect(tmp_path):
             Image.fromarray(mask).save(tmp_path / split / f"{i}_GT.png")
     config = ModelConfig(image_size=(128, 64), k=4, psm_output_stride=2)
     spec = DataSpec(str(tmp_path))
-    result = train(config, TrainConfig(epochs=1, batch_size=3, steps_per_epoch=2),
-                   open_split(spec, "train", config), tmp_path / "run", device="cpu",
-                   progress=False)
+    result = train(
+        config,
+        TrainConfig(epochs=1, batch_size=3, steps_per_epoch=2),
+        open_split(spec, "train", config),
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+    )
     model = Checkpoint.load(result.checkpoint).model()
     evaluation = evaluate(model, open_split(spec, "test", config), "cpu", progress=False)
     assert evaluation.maps.shape == (4, 128, 64) and list(evaluation.labels) == [0, 0, 1, 1]
     prediction = load_predictor(result.checkpoint, "cpu", backend="torch")(
-        tmp_path / "test" / "3.png")
+        tmp_path / "test" / "3.png"
+    )
     assert prediction.anomaly_map.shape == (160, 58)

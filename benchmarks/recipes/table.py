@@ -29,17 +29,26 @@ def load_runs(runs: Path) -> list[dict]:
         ckpt_dir = path.parent
         config = json.loads((ckpt_dir.parent / "benchmark.json").read_text())["train_config"]
         model = json.loads((ckpt_dir.parent / "benchmark.json").read_text())["model_config"]
-        row = {"run": ckpt_dir.parent.name, "dataset": payload["name"],
-               "minutes": payload["train_seconds"] / 60, "metrics": payload["metrics"],
-               "recipe": describe(model, config)}
+        row = {
+            "run": ckpt_dir.parent.name,
+            "dataset": payload["name"],
+            "minutes": payload["train_seconds"] / 60,
+            "metrics": payload["metrics"],
+            "recipe": describe(model, config),
+        }
         rows.append(row)
         prior = ckpt_dir / "prior.json"
         if prior.is_file():
             fused = [r for r in json.loads(prior.read_text()) if r["name"] == PRIOR_ROW]
             if fused:
-                rows.append({**row, "run": row["run"] + " + prior",
-                             "recipe": row["recipe"] + ", late memory prior (4096)",
-                             "metrics": fused[0]})
+                rows.append(
+                    {
+                        **row,
+                        "run": row["run"] + " + prior",
+                        "recipe": row["recipe"] + ", late memory prior (4096)",
+                        "metrics": fused[0],
+                    }
+                )
     return rows
 
 
@@ -47,11 +56,16 @@ def describe(model: dict, train: dict) -> str:
     budget = train.get("time_budget")
     length = f"budget {budget / 60:g} min" if budget else f"{train['epochs']} epochs"
     precision = "bf16" if train.get("amp") else "fp32"
-    prior = (f", {model.get('prior_fusion', 'late')} memory prior"
-             if model.get("prior") == "memory" else "")
-    return (f"{train.get('lr_schedule', 'multistep')} lr {train['lr']:g}, batch "
-            f"{train['batch_size']}, {precision}, PSM stride {model.get('psm_output_stride', 1)}"
-            f"{prior}, {length}")
+    prior = (
+        f", {model.get('prior_fusion', 'late')} memory prior"
+        if model.get("prior") == "memory"
+        else ""
+    )
+    return (
+        f"{train.get('lr_schedule', 'multistep')} lr {train['lr']:g}, batch "
+        f"{train['batch_size']}, {precision}, PSM stride {model.get('psm_output_stride', 1)}"
+        f"{prior}, {length}"
+    )
 
 
 def main() -> None:
@@ -63,14 +77,20 @@ def main() -> None:
     print("| run | dataset | settings | train min | " + " | ".join(COLUMNS) + " |")
     print("|---|---|---|---|" + "---|" * len(COLUMNS))
     for r in rows:
-        print(f"| {r['run']} | {r['dataset']} | {r['recipe']} | {r['minutes']:.1f} | "
-              + " | ".join(f"{100 * r['metrics'][c]:.1f}" for c in COLUMNS) + " |")
+        print(
+            f"| {r['run']} | {r['dataset']} | {r['recipe']} | {r['minutes']:.1f} | "
+            + " | ".join(f"{100 * r['metrics'][c]:.1f}" for c in COLUMNS)
+            + " |"
+        )
     peers = json.loads((PEERS if PEERS.is_file() else RECORDED_PEERS).read_text())
     peers = {{"weld": "welding"}.get(k, k): v for k, v in peers.items()}  # adps's entry names
     for name, p in peers.items():
-        print(f"| PatchCore (anomalib{', quoted' if p.get('quoted') else ''}) | {name} | "
-              f"Lite0 blocks.2+4, 9 neighbours | {p['fit_seconds'] / 60:.1f} | "
-              + " | ".join(f"{100 * p[c]:.1f}" if c in p else "" for c in COLUMNS) + " |")
+        print(
+            f"| PatchCore (anomalib{', quoted' if p.get('quoted') else ''}) | {name} | "
+            f"Lite0 blocks.2+4, 9 neighbours | {p['fit_seconds'] / 60:.1f} | "
+            + " | ".join(f"{100 * p[c]:.1f}" if c in p else "" for c in COLUMNS)
+            + " |"
+        )
     if args.plot:
         plot(rows, peers, args.plot)
 
@@ -89,17 +109,38 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
             for r in (r for r in timed if r["dataset"] == name):
                 if "early" in r["recipe"]:
                     continue  # one early-fusion run: in the table, not the plot
-                kind = ("fast recipe + prior" if "prior" in r["recipe"] else
-                        "fast recipe" if "cosine" in r["recipe"] else "paper recipe")
-                marker, alpha = {"fast recipe + prior": ("D", 1.0), "fast recipe": ("o", 0.75),
-                                 "paper recipe": ("s", 0.4)}[kind]
-                ax.plot(r["minutes"], 100 * r["metrics"][key], marker, color=colour,
-                        alpha=alpha, markersize=8, label=f"adps {kind}, {key}")
+                kind = (
+                    "fast recipe + prior"
+                    if "prior" in r["recipe"]
+                    else "fast recipe"
+                    if "cosine" in r["recipe"]
+                    else "paper recipe"
+                )
+                marker, alpha = {
+                    "fast recipe + prior": ("D", 1.0),
+                    "fast recipe": ("o", 0.75),
+                    "paper recipe": ("s", 0.4),
+                }[kind]
+                ax.plot(
+                    r["minutes"],
+                    100 * r["metrics"][key],
+                    marker,
+                    color=colour,
+                    alpha=alpha,
+                    markersize=8,
+                    label=f"adps {kind}, {key}",
+                )
             peer = peers.get(name)
             if peer:
                 quoted = " (quoted)" if peer.get("quoted") else ""
-                ax.plot(peer["fit_seconds"] / 60, 100 * peer[key], "*", color=colour,
-                        markersize=14, label=f"PatchCore{quoted}, {key}")
+                ax.plot(
+                    peer["fit_seconds"] / 60,
+                    100 * peer[key],
+                    "*",
+                    color=colour,
+                    markersize=14,
+                    label=f"PatchCore{quoted}, {key}",
+                )
         ax.set_title(name)
         ax.set_xlim(0, max([12] + [r["minutes"] + 2 for r in timed]))
         ax.set_xlabel("training minutes (2-core CPU)")
@@ -107,8 +148,14 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))  # one entry per label
-        ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2, loc="upper center",
-                  bbox_to_anchor=(0.5, -0.2))
+        ax.legend(
+            unique.values(),
+            unique.keys(),
+            fontsize=7,
+            ncol=2,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+        )
     fig.savefig(out, dpi=110)
     print(f"plot: {out}")
 

@@ -25,7 +25,15 @@ if __name__ == "__main__":
     trained = set(file_digests(train))
     kept = [p for p, d in zip(test, file_digests(test)) if d not in trained]
     dropped = sorted(p.relative_to(root).as_posix() for p in set(test) - set(kept))
-    print(f"{len(dropped)} of {len(test)} test images are training images: {dropped}",
-          file=sys.stderr)
-    print(json.dumps({"train": [p.relative_to(root).as_posix() for p in train],
-                      "test": [p.relative_to(root).as_posix() for p in kept]}, indent=1))
+    print(
+        f"{len(dropped)} of {len(test)} test images are training images: {dropped}", file=sys.stderr
+    )
+    print(
+        json.dumps(
+            {
+                "train": [p.relative_to(root).as_posix() for p in train],
+                "test": [p.relative_to(root).as_posix() for p in kept],
+            },
+            indent=1,
+        )
+    )

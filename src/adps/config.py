@@ -57,7 +57,7 @@ def _fail(where: str, value: Any, allowed: str, note: str = "") -> NoReturn:
 
 def _shown(value: Any, limit: int = 60) -> str:
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _where(config: Any, name: str) -> str:
@@ -77,16 +77,22 @@ def _literals(config: Any) -> None:
             value, options = getattr(config, name), get_args(hint)
             # the type check keeps True from passing for 1 (and 1.0 for 1)
             if type(value) not in {type(o) for o in options} or value not in options:
-                raise AdpsError(f"{_where(config, name)}: {_shown(value)} is not one of "
-                                f"{list(options)}")
+                raise AdpsError(
+                    f"{_where(config, name)}: {_shown(value)} is not one of {list(options)}"
+                )
 
 
-_BOUNDS = (("gt", ">", operator.gt), ("ge", ">=", operator.ge),
-           ("lt", "<", operator.lt), ("le", "<=", operator.le))
+_BOUNDS = (
+    ("gt", ">", operator.gt),
+    ("ge", ">=", operator.ge),
+    ("lt", "<", operator.lt),
+    ("le", "<=", operator.le),
+)
 
 
-def _number_at(where: str, value: Any, *, integer: bool = False, optional: bool = False,
-               **bounds: float) -> None:
+def _number_at(
+    where: str, value: Any, *, integer: bool = False, optional: bool = False, **bounds: float
+) -> None:
     """A finite real (an int is fine where a float is meant) or, with ``integer``, an int, within
     the ``gt``/``ge``/``lt``/``le`` bounds; ``optional`` also allows None.
 
@@ -97,12 +103,18 @@ def _number_at(where: str, value: Any, *, integer: bool = False, optional: bool 
     limits = [(symbol, test, bounds[key]) for key, symbol, test in _BOUNDS if key in bounds]
     allowed = " and ".join(f"{symbol} {bound}" for symbol, _, bound in limits)
     kinds = int if integer else (int, float)
-    if (isinstance(value, bool) or not isinstance(value, kinds)
-            or (isinstance(value, float) and not math.isfinite(value))):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
         kind = "an integer" if integer else "a finite number"
         message = " ".join(filter(None, ["None or" if optional else "", kind, allowed]))
-        note = (" (a string: PyYAML reads 1e-4 as text; write 1.0e-4)"
-                if isinstance(value, str) and _is_number_text(value) else "")
+        note = (
+            " (a string: PyYAML reads 1e-4 as text; write 1.0e-4)"
+            if isinstance(value, str) and _is_number_text(value)
+            else ""
+        )
         _fail(where, value, message, note)
     if not all(test(value, bound) for _, test, bound in limits):
         _fail(where, value, allowed)
@@ -130,20 +142,32 @@ def _text(config: Any, name: str, optional: bool = False) -> None:
     """A non-empty string (an empty one would silently mean "unset" where it is tested)."""
     value = getattr(config, name)
     if not (optional and value is None) and not (isinstance(value, str) and value):
-        _fail(_where(config, name), value, "None or a non-empty string" if optional
-              else "a non-empty string")
+        _fail(
+            _where(config, name),
+            value,
+            "None or a non-empty string" if optional else "a non-empty string",
+        )
 
 
-def _items(config: Any, name: str, allowed: str, check: Callable[[str, Any], None], *,
-           length: int | None = None, distinct: bool = False, increasing: bool = False) -> None:
+def _items(
+    config: Any,
+    name: str,
+    allowed: str,
+    check: Callable[[str, Any], None],
+    *,
+    length: int | None = None,
+    distinct: bool = False,
+    increasing: bool = False,
+) -> None:
     """A tuple (``from_dict`` turns YAML lists into tuples) whose items each pass ``check``."""
     where, value = _where(config, name), getattr(config, name)
     if not isinstance(value, tuple) or (length is not None and len(value) != length):
         _fail(where, value, allowed)
     for i, item in enumerate(value):
         check(f"{where}[{i}]", item)
-    if ((distinct and len(set(value)) != len(value))
-            or (increasing and any(a >= b for a, b in zip(value, value[1:])))):
+    if (distinct and len(set(value)) != len(value)) or (
+        increasing and any(a >= b for a, b in zip(value, value[1:]))
+    ):
         _fail(where, value, allowed)
 
 
@@ -182,8 +206,11 @@ class SynthesisConfig:
         _number(self, "perlin_scale_min", integer=True, ge=0, le=10)
         _number(self, "perlin_scale_max", integer=True, ge=0, le=10)
         if self.perlin_scale_min > self.perlin_scale_max:
-            _fail(_where(self, "perlin_scale_min"), self.perlin_scale_min,
-                  f"<= perlin_scale_max ({self.perlin_scale_max})")
+            _fail(
+                _where(self, "perlin_scale_min"),
+                self.perlin_scale_min,
+                f"<= perlin_scale_max ({self.perlin_scale_max})",
+            )
         _number(self, "threshold")
         _number(self, "beta_max", ge=0, le=1)
         _instance(self, "rotate_mask", bool, "true or false")
@@ -254,11 +281,21 @@ class ModelConfig:
         _text(self, "backbone")  # whether it is a known one: adps.models.backbones.get_backbone
         self._check_image_size()
         _number(self, "k", integer=True, ge=1)
-        _items(self, "split_after_stages", "a tuple of distinct stages out of (1, 2)",
-               functools.partial(_number_at, integer=True, ge=1, le=2), distinct=True)
+        _items(
+            self,
+            "split_after_stages",
+            "a tuple of distinct stages out of (1, 2)",
+            functools.partial(_number_at, integer=True, ge=1, le=2),
+            distinct=True,
+        )
         if self.psm_widths is not None:
-            _items(self, "psm_widths", "None or a tuple of 4 positive integers",
-                   functools.partial(_number_at, integer=True, gt=0), length=4)
+            _items(
+                self,
+                "psm_widths",
+                "None or a tuple of 4 positive integers",
+                functools.partial(_number_at, integer=True, gt=0),
+                length=4,
+            )
         _number(self, "sigma", ge=0)
         _number(self, "cos_eps", gt=0)
         _number(self, "score_top_share", gt=0, le=1)
@@ -270,14 +307,22 @@ class ModelConfig:
         _number(self, "tile_overlap", ge=0, lt=1)
         _number(self, "tile_scale", gt=0)
         if self.prior == "memory" and self.variant == "no_teacher":
-            _fail(_where(self, "prior"), self.prior, "'none' with variant 'no_teacher'",
-                  " (the memory holds teacher features)")
+            _fail(
+                _where(self, "prior"),
+                self.prior,
+                "'none' with variant 'no_teacher'",
+                " (the memory holds teacher features)",
+            )
         if self.prior_fusion == "early" and self.variant == "no_psm_wmb":
             _fail(_where(self, "prior_fusion"), self.prior_fusion, "'late' without a PSM")
         if self.prior_fusion == "early" and self.prior == "memory" and self.tiling:
-            _fail(_where(self, "prior_fusion"), self.prior_fusion, "'late' with tiling",
-                  " (early fusion leaves each training image's own features out of its prior, "
-                  "and tiles are not images)")
+            _fail(
+                _where(self, "prior_fusion"),
+                self.prior_fusion,
+                "'late' with tiling",
+                " (early fusion leaves each training image's own features out of its prior, "
+                "and tiles are not images)",
+            )
         self._check_geometry()
 
     @property
@@ -289,8 +334,13 @@ class ModelConfig:
     def _check_image_size(self) -> None:
         where, value = _where(self, "image_size"), self.image_size
         if isinstance(value, tuple):
-            _items(self, "image_size", "an integer > 0 or (height, width)",
-                   functools.partial(_number_at, integer=True, gt=0), length=2)
+            _items(
+                self,
+                "image_size",
+                "an integer > 0 or (height, width)",
+                functools.partial(_number_at, integer=True, gt=0),
+                length=2,
+            )
             if value[0] == value[1]:  # one spelling per size: checkpoints compare equal
                 object.__setattr__(self, "image_size", value[0])
         else:
@@ -317,7 +367,8 @@ class ModelConfig:
             f"{_where(self, 'image_size')}: {size_text(self.image_size)} must be divisible by "
             f"{step}{'' if isinstance(self.image_size, int) else ' on each side'} "
             f"(16 x k^(1+splits), k = {self.k}, "
-            f"splits = {len(self.split_after_stages)}); nearest valid sizes: {', '.join(nearest)}")
+            f"splits = {len(self.split_after_stages)}); nearest valid sizes: {', '.join(nearest)}"
+        )
 
 
 def size_text(size: int | tuple[int, int]) -> str:
@@ -329,8 +380,9 @@ def parse_size(text: str) -> int | tuple[int, int]:
     """``"256"`` -> 256, ``"640x256"`` -> (640, 256) (height x width)."""
     parts = text.lower().replace(" ", "").split("x")
     if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise AdpsError(f"a size is N or HEIGHTxWIDTH in pixels (e.g. 256 or 640x256), "
-                        f"got {text!r}")
+        raise AdpsError(
+            f"a size is N or HEIGHTxWIDTH in pixels (e.g. 256 or 640x256), got {text!r}"
+        )
     values = [int(p) for p in parts]
     return values[0] if len(values) == 1 or values[0] == values[1] else (values[0], values[1])
 
@@ -383,8 +435,13 @@ class TrainConfig:
         _number(self, "epochs", integer=True, ge=1)
         _number(self, "batch_size", integer=True, ge=1)
         _number(self, "lr", gt=0)
-        _items(self, "lr_milestones", "a tuple of increasing shares of training in (0, 1]",
-               functools.partial(_number_at, gt=0, le=1), increasing=True)
+        _items(
+            self,
+            "lr_milestones",
+            "a tuple of increasing shares of training in (0, 1]",
+            functools.partial(_number_at, gt=0, le=1),
+            increasing=True,
+        )
         _number(self, "lr_gamma", gt=0, le=1)
         _number(self, "warmup", ge=0, lt=1)
         _number(self, "lr_final_share", ge=0, le=1)
@@ -416,15 +473,29 @@ class Recipe:
     train: Mapping[str, Any] = field(default_factory=dict)
 
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("paper", "the paper's settings (Adam 1e-4, batch 32, x0.2 at 80% and 90%, "
-                    "full-resolution PSM, no memory prior)"),
-    Recipe("fast", "batch 16, Adam 4e-4 with 5% warm-up and cosine decay, PSM at stride 2, "
-                   "late-fused memory prior",
-           model={"psm_output_stride": 2, "prior": "memory"},
-           train={"batch_size": 16, "lr": 4e-4, "lr_schedule": "cosine", "warmup": 0.05,
-                  "lr_final_share": 0.02}),
-)}
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe(
+            "paper",
+            "the paper's settings (Adam 1e-4, batch 32, x0.2 at 80% and 90%, "
+            "full-resolution PSM, no memory prior)",
+        ),
+        Recipe(
+            "fast",
+            "batch 16, Adam 4e-4 with 5% warm-up and cosine decay, PSM at stride 2, "
+            "late-fused memory prior",
+            model={"psm_output_stride": 2, "prior": "memory"},
+            train={
+                "batch_size": 16,
+                "lr": 4e-4,
+                "lr_schedule": "cosine",
+                "warmup": 0.05,
+                "lr_final_share": 0.02,
+            },
+        ),
+    )
+}
 # measured ahead of "paper" per image seen and per minute, and the prior ahead of the PSM alone
 # on bottle and battery weld (README)
 DEFAULT_RECIPE = "fast"
@@ -483,18 +554,25 @@ def load_config_file(path: str | Path) -> dict[str, dict[str, Any]]:
         raise AdpsError(f"cannot read the config file ({exc})", path) from exc
     loaded = {} if loaded is None else loaded
     if not isinstance(loaded, dict):
-        raise AdpsError("expected a mapping with 'model:' and/or 'train:' sections, got "
-                        f"{type(loaded).__name__} {_shown(loaded)}", path)
+        raise AdpsError(
+            "expected a mapping with 'model:' and/or 'train:' sections, got "
+            f"{type(loaded).__name__} {_shown(loaded)}",
+            path,
+        )
     unknown = set(loaded) - set(_FILE_SECTIONS)
     if unknown:
-        raise AdpsError(f"unknown sections {sorted(map(str, unknown))}; allowed: 'model:' and "
-                        "'train:'", path)
+        raise AdpsError(
+            f"unknown sections {sorted(map(str, unknown))}; allowed: 'model:' and 'train:'", path
+        )
     sections = {}
     for name in _FILE_SECTIONS:
         section = loaded.get(name)
         section = {} if section is None else section  # "model:" with nothing under it
         if not isinstance(section, dict):
-            raise AdpsError(f"section '{name}:' must be a mapping of field: value, got "
-                            f"{type(section).__name__} {_shown(section)}", path)
+            raise AdpsError(
+                f"section '{name}:' must be a mapping of field: value, got "
+                f"{type(section).__name__} {_shown(section)}",
+                path,
+            )
         sections[name] = dict(section)
     return sections

@@ -65,8 +65,17 @@ from adps.errors import AdpsError
 from adps.fileio import atomic_write, file_sha256
 from adps.models.adps import ADPS
 
-__all__ = ["DeployModule", "export_onnx", "export_torchscript", "export_openvino",
-           "export_metadata", "cache_dir", "cached_openvino", "load_predictor", "BACKENDS"]
+__all__ = [
+    "DeployModule",
+    "export_onnx",
+    "export_torchscript",
+    "export_openvino",
+    "export_metadata",
+    "cache_dir",
+    "cached_openvino",
+    "load_predictor",
+    "BACKENDS",
+]
 
 InputDtype = Literal["uint8", "float32"]
 Exporter = Literal["auto", "torchscript", "dynamo"]
@@ -116,14 +125,15 @@ def _resolve(source: Source, thresholds: Thresholds | None) -> tuple[ADPS, Check
         model = copy.deepcopy(source).cpu().eval()
         ckpt = Checkpoint.of(model)
     else:
-        raise TypeError(f"expected an ADPS model, a Checkpoint or a checkpoint path, "
-                        f"got {type(source).__name__}")
+        raise TypeError(
+            f"expected an ADPS model, a Checkpoint or a checkpoint path, "
+            f"got {type(source).__name__}"
+        )
     model.requires_grad_(False)
     return model, ckpt if thresholds is None else ckpt.replace(thresholds=thresholds)
 
 
-def export_metadata(ckpt: Checkpoint, input_dtype: InputDtype, kind: str,
-                    **extra: Any) -> dict:
+def export_metadata(ckpt: Checkpoint, input_dtype: InputDtype, kind: str, **extra: Any) -> dict:
     """The JSON-able description every export carries: the checkpoint's (:meth:`Checkpoint.
     describe`) and how to call the graph. The graph normalises its input itself, so the
     backbone's mean and std are there for information only (under ``preprocess``)."""
@@ -153,25 +163,36 @@ def _example(input_dtype: str, batch: int, size: tuple[int, int], seed: int) -> 
     return torch.rand((batch, 3, *size), generator=gen)
 
 
-def _check_close(name: str, batch: int, got: Sequence[np.ndarray],
-                 want: Sequence[torch.Tensor]) -> None:
+def _check_close(
+    name: str, batch: int, got: Sequence[np.ndarray], want: Sequence[torch.Tensor]
+) -> None:
     for out_name, g, w in zip(OUTPUT_NAMES, got, want):
         w = w.detach().cpu().numpy()
         if g.shape != w.shape:
-            raise RuntimeError(f"{name} export is wrong at batch {batch}: {out_name} has shape "
-                               f"{g.shape}, expected {w.shape}")
+            raise RuntimeError(
+                f"{name} export is wrong at batch {batch}: {out_name} has shape "
+                f"{g.shape}, expected {w.shape}"
+            )
         err = float(np.abs(g.astype(np.float32) - w).max())
         if not err <= _VERIFY_ATOL:
-            raise RuntimeError(f"{name} export is wrong at batch {batch}: {out_name} differs "
-                               f"from the eager model by {err:.3g} (> {_VERIFY_ATOL})")
+            raise RuntimeError(
+                f"{name} export is wrong at batch {batch}: {out_name} differs "
+                f"from the eager model by {err:.3g} (> {_VERIFY_ATOL})"
+            )
 
 
 # --------------------------------------------------------------------------- ONNX
 
-def export_onnx(model_or_checkpoint: Source, out_path: str | Path,
-                input_dtype: InputDtype = "uint8", opset: int | None = None,
-                exporter: Exporter = "auto", thresholds: Thresholds | None = None,
-                verify: bool = True) -> Path:
+
+def export_onnx(
+    model_or_checkpoint: Source,
+    out_path: str | Path,
+    input_dtype: InputDtype = "uint8",
+    opset: int | None = None,
+    exporter: Exporter = "auto",
+    thresholds: Thresholds | None = None,
+    verify: bool = True,
+) -> Path:
     """Writes ``out_path`` (atomically): an ONNX graph of :class:`DeployModule`.
 
     ``model_or_checkpoint``: an :class:`ADPS` model, a :class:`Checkpoint` or a checkpoint path
@@ -205,20 +226,25 @@ def export_onnx(model_or_checkpoint: Source, out_path: str | Path,
             proto = _export_dynamo_onnx(deploy, example, max(opset or 18, 18))
         except Exception as exc:
             if first_error is not None:
-                raise RuntimeError(f"both ONNX exporters failed; TorchScript-based: "
-                                   f"{first_error!r}; dynamo: {exc!r}") from exc
+                raise RuntimeError(
+                    f"both ONNX exporters failed; TorchScript-based: "
+                    f"{first_error!r}; dynamo: {exc!r}"
+                ) from exc
             raise
         used = "dynamo"
 
-    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-                        None)
+    actual_opset = next(
+        (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None
+    )
     meta = export_metadata(ckpt, input_dtype, "onnx", exporter=used, opset=actual_opset)
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
     proto.producer_name, proto.producer_version = "adps", __version__
-    proto.doc_string = ("ADPS anomaly detector: images (B,3,H,W) "
-                        f"{input_dtype} -> anomaly_map (B,1,H,W), score (B,)")
+    proto.doc_string = (
+        "ADPS anomaly detector: images (B,3,H,W) "
+        f"{input_dtype} -> anomaly_map (B,1,H,W), score (B,)"
+    )
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     if verify:
@@ -226,9 +252,14 @@ def export_onnx(model_or_checkpoint: Source, out_path: str | Path,
     return atomic_write(out_path, lambda handle: handle.write(data))
 
 
-def export_openvino(model_or_checkpoint: Source, out_path: str | Path,
-                    input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
-                    verify: bool = True, precision: Literal["f32", "bf16"] = "f32") -> Path:
+def export_openvino(
+    model_or_checkpoint: Source,
+    out_path: str | Path,
+    input_dtype: InputDtype = "uint8",
+    thresholds: Thresholds | None = None,
+    verify: bool = True,
+    precision: Literal["f32", "bf16"] = "f32",
+) -> Path:
     """Writes ``out_path`` (``.xml``, with its ``.bin`` beside it): the ONNX graph of
     :func:`export_onnx` converted by OpenVINO, the same metadata in its ``rt_info``. With
     ``verify`` the compiled model is run at batch 3 in f32 and compared with the eager model
@@ -246,8 +277,13 @@ def export_openvino(model_or_checkpoint: Source, out_path: str | Path,
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
         onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_dtype, verify=False)
         ov_model = ov.convert_model(str(onnx_path))
-        meta = export_metadata(ckpt, input_dtype, "openvino",
-                               openvino_version=ov.get_version(), inference_precision=precision)
+        meta = export_metadata(
+            ckpt,
+            input_dtype,
+            "openvino",
+            openvino_version=ov.get_version(),
+            inference_precision=precision,
+        )
         ov_model.set_rt_info(json.dumps(meta), [METADATA_KEY])
         staged = Path(tmp) / "model.xml"
         ov.save_model(ov_model, str(staged), compress_to_fp16=False)
@@ -256,11 +292,13 @@ def export_openvino(model_or_checkpoint: Source, out_path: str | Path,
             x = _example(input_dtype, _VERIFY_BATCH, model.config.size, seed=1)
             with torch.no_grad():
                 want = deploy(x)
-            compiled = ov.Core().compile_model(str(staged), "CPU",
-                                               {"INFERENCE_PRECISION_HINT": "f32"})
+            compiled = ov.Core().compile_model(
+                str(staged), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+            )
             result = compiled(x.numpy())
-            _check_close("OpenVINO", _VERIFY_BATCH,
-                         [result[compiled.output(i)] for i in range(2)], want)
+            _check_close(
+                "OpenVINO", _VERIFY_BATCH, [result[compiled.output(i)] for i in range(2)], want
+            )
         os.replace(staged.with_suffix(".bin"), out_path.with_suffix(".bin"))
         os.replace(staged, out_path)  # the .xml last: it names the .bin it needs
     return out_path
@@ -272,11 +310,20 @@ def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset:
     buffer = io.BytesIO()
     with torch.no_grad(), quiet_export():
         torch.onnx.export(
-            deploy, (example,), buffer, dynamo=False, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAMES[0]: {0: "batch"},
-                          OUTPUT_NAMES[1]: {0: "batch"}},
-            do_constant_folding=True)
+            deploy,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                OUTPUT_NAMES[0]: {0: "batch"},
+                OUTPUT_NAMES[1]: {0: "batch"},
+            },
+            do_constant_folding=True,
+        )
     return onnx.load_model_from_string(buffer.getvalue())
 
 
@@ -284,14 +331,21 @@ def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int)
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad(), quiet_export():
         program = torch.onnx.export(
-            deploy, (example,), dynamo=True, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-            dynamic_shapes={"images": {0: batch}}, verbose=False)
+            deploy,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"images": {0: batch}},
+            verbose=False,
+        )
     return program.model_proto
 
 
-def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str,
-                 size: tuple[int, int]) -> None:
+def _verify_onnx(
+    data: bytes, deploy: DeployModule, input_dtype: str, size: tuple[int, int]
+) -> None:
     try:
         import onnxruntime as ort
     except ImportError:  # checker passed; nothing to run the graph with
@@ -306,9 +360,14 @@ def _verify_onnx(data: bytes, deploy: DeployModule, input_dtype: str,
 
 # --------------------------------------------------------------------------- TorchScript
 
-def export_torchscript(model_or_checkpoint: Source, out_path: str | Path,
-                       input_dtype: InputDtype = "uint8", thresholds: Thresholds | None = None,
-                       verify: bool = True) -> Path:
+
+def export_torchscript(
+    model_or_checkpoint: Source,
+    out_path: str | Path,
+    input_dtype: InputDtype = "uint8",
+    thresholds: Thresholds | None = None,
+    verify: bool = True,
+) -> Path:
     """Writes ``out_path`` (atomically): ``torch.jit.trace`` of :class:`DeployModule` (on CPU).
 
     The metadata JSON is stored as the extra file ``adps.json``. With ``verify`` the traced graph
@@ -330,11 +389,13 @@ def export_torchscript(model_or_checkpoint: Source, out_path: str | Path,
     meta = export_metadata(ckpt, input_dtype, "torchscript")
     extra = {TORCHSCRIPT_EXTRA: json.dumps(meta)}
     with quiet_export():
-        return atomic_write(out_path, lambda handle: torch.jit.save(traced, handle,
-                                                                    _extra_files=extra))
+        return atomic_write(
+            out_path, lambda handle: torch.jit.save(traced, handle, _extra_files=extra)
+        )
 
 
 # ------------------------------------------------- the fastest runtime for a checkpoint (OpenVINO)
+
 
 def cache_dir() -> Path:
     """Where converted models are kept: ``$ADPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/adps``,
@@ -345,8 +406,12 @@ def cache_dir() -> Path:
     return Path(base) / "adps"
 
 
-def cached_openvino(path: str | Path, cache: str | Path | None = None,
-                    refresh: bool = False, checkpoint: Checkpoint | None = None) -> Path:
+def cached_openvino(
+    path: str | Path,
+    cache: str | Path | None = None,
+    refresh: bool = False,
+    checkpoint: Checkpoint | None = None,
+) -> Path:
     """The OpenVINO conversion of a checkpoint file (:func:`export_openvino`, verified like any
     export), made on first use and kept under ``cache`` (default :func:`cache_dir`).
 
@@ -375,8 +440,13 @@ def cached_openvino(path: str | Path, cache: str | Path | None = None,
 BACKENDS = ("auto", "torch", "openvino")
 
 
-def load_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None,
-                   backend: str = "auto", precision: str | None = None) -> Predictor:
+def load_predictor(
+    path: str | Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+    backend: str = "auto",
+    precision: str | None = None,
+) -> Predictor:
     """A predictor from any model file: a checkpoint (``.pt``), ONNX (``.onnx``), OpenVINO
     (``.xml``) or TorchScript (``.ts``); this is ``adps.load``.
 
@@ -401,8 +471,9 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int | Non
         import openvino  # noqa: F401
     except ImportError as exc:
         if backend == "openvino":
-            raise AdpsError("backend 'openvino' needs the openvino package (pip install "
-                            "'adps[openvino]')") from exc
+            raise AdpsError(
+                "backend 'openvino' needs the openvino package (pip install 'adps[openvino]')"
+            ) from exc
         return checkpoint_predictor(ckpt, device, batch_size)
     try:
         converted = cached_openvino(path, checkpoint=ckpt)
@@ -414,8 +485,7 @@ def load_predictor(path: str | Path, device: str = "auto", batch_size: int | Non
     except (OSError, RuntimeError, AdpsError) as exc:
         if backend == "openvino":
             raise
-        warnings.warn(f"{path}: cannot run it with OpenVINO ({exc}); trying torch",
-                      stacklevel=2)
+        warnings.warn(f"{path}: cannot run it with OpenVINO ({exc}); trying torch", stacklevel=2)
         return checkpoint_predictor(ckpt, device, batch_size)
     predictor.runtime += f" (converted from {path.name}, cached at {converted})"
     return predictor

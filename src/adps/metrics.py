@@ -106,7 +106,9 @@ def _check_two_classes(positive: np.ndarray, name: str) -> None:
     n_pos = int(np.count_nonzero(positive))
     if n_pos in (0, positive.size):
         only = "anomalous" if n_pos else "normal"
-        raise AdpsError(f"{name} contain only {only} samples; the metric is undefined for one class")
+        raise AdpsError(
+            f"{name} contain only {only} samples; the metric is undefined for one class"
+        )
 
 
 def _check_fpr_limit(fpr_limit: float) -> None:
@@ -157,8 +159,9 @@ def _binary_scores(r: _Ranking) -> dict[str, float]:
     return {"auroc": _auroc(r), "ap": _ap(r), "f1_max": _f1_max(r)}
 
 
-def _cut_pro(fpr: np.ndarray, pro: np.ndarray,
-             fpr_limit: float) -> tuple[np.ndarray, np.ndarray, float | None]:
+def _cut_pro(
+    fpr: np.ndarray, pro: np.ndarray, fpr_limit: float
+) -> tuple[np.ndarray, np.ndarray, float | None]:
     """The curve's points with FPR <= ``fpr_limit``, and the PRO interpolated at the limit.
 
     The curve runs from (0, 0) to (1, 1); FPR is non-decreasing, so ``ins`` is the official
@@ -184,8 +187,9 @@ def _integrate_pro(fpr: np.ndarray, pro: np.ndarray, fpr_limit: float) -> float:
     return float(area / fpr_limit)
 
 
-def _pro_points(r: _Ranking, pro_weights: np.ndarray,
-                n_regions: int) -> tuple[np.ndarray, np.ndarray]:
+def _pro_points(
+    r: _Ranking, pro_weights: np.ndarray, n_regions: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The whole PRO curve, (0, 0) ... (1, 1), one point per distinct threshold."""
     # Normal pixels step FP by 1 (so the FP count is the ROC's ``fps``); a pixel of region r steps
     # PRO by 1/|r|, so every region weighs the same whatever its size or image.
@@ -438,8 +442,11 @@ def pixel_curves(masks, maps) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """
     px = _pooled_pixels(masks, maps, need_regions=True)
     r = _rank(px.scores, px.positive)
-    return {"roc": _roc_points(r, True), "pr": _pr_points(r, False),
-            "pro": _pro_points(r, px.pro_weights, px.n_regions)}
+    return {
+        "roc": _roc_points(r, True),
+        "pr": _pr_points(r, False),
+        "pro": _pro_points(r, px.pro_weights, px.n_regions),
+    }
 
 
 def f1_max_threshold(labels, scores) -> float:

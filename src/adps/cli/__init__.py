@@ -14,17 +14,28 @@ import warnings
 from adps.version import __version__
 from adps.errors import AdpsError
 
-COMMANDS = ("info", "demo", "train", "test", "benchmark", "predict", "calibrate", "report",
-            "export", "serve")
+COMMANDS = (
+    "info",
+    "demo",
+    "train",
+    "test",
+    "benchmark",
+    "predict",
+    "calibrate",
+    "report",
+    "export",
+    "serve",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adps",
         description="Visual anomaly detection with Asymmetric Distillation Post-Segmentation. "
-                    "Train on normal images only; get anomaly maps, scores and decisions.",
+        "Train on normal images only; get anomaly maps, scores and decisions.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Start with `adps demo`; `adps COMMAND --help` explains each command.")
+        epilog="Start with `adps demo`; `adps COMMAND --help` explains each command.",
+    )
     parser.add_argument("--version", action="version", version=f"adps {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:

@@ -37,27 +37,37 @@ _NOT_RESULT = {"cache_dir"}
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "benchmark", help="train and test over several categories or datasets",
+        "benchmark",
+        help="train and test over several categories or datasets",
         description="For every category of --data (--categories) and every extra dataset "
-                    "folder (--datasets): train, test, and record the metrics and wall times. "
-                    "Writes OUT/benchmark.md and OUT/benchmark.json with per-entry rows and the "
-                    "unweighted mean; each entry's model and metrics stay in OUT/<name>/. "
-                    "When the command is run again, a finished entry is reused only if it was "
-                    "made by the same adps version with the same settings (model, training, "
-                    "data, evaluation); otherwise its files are moved to "
-                    "OUT/<name>/stale-<hash>/ and it is trained again. An interrupted entry "
-                    "with the same settings resumes.")
+        "folder (--datasets): train, test, and record the metrics and wall times. "
+        "Writes OUT/benchmark.md and OUT/benchmark.json with per-entry rows and the "
+        "unweighted mean; each entry's model and metrics stay in OUT/<name>/. "
+        "When the command is run again, a finished entry is reused only if it was "
+        "made by the same adps version with the same settings (model, training, "
+        "data, evaluation); otherwise its files are moved to "
+        "OUT/<name>/stale-<hash>/ and it is trained again. An interrupted entry "
+        "with the same settings resumes.",
+    )
     add_data_arguments(p, required=False)
     p.add_argument("--categories", nargs="+", default=None, help="categories under --data")
-    p.add_argument("--datasets", nargs="+", default=[], metavar="PATH",
-                   help="further dataset folders (each one entry)")
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="further dataset folders (each one entry)",
+    )
     add_training_arguments(p)
     add_eval_resolution_argument(p)
     add_overlap_argument(p, "test")
     p.add_argument("--out", type=Path, default=Path("runs/benchmark"), help="output folder")
-    p.add_argument("--reuse", action="store_true",
-                   help="never retrain a finished entry: stop with the differing settings "
-                        "instead when one was made with other settings or another version")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="never retrain a finished entry: stop with the differing settings "
+        "instead when one was made with other settings or another version",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -82,6 +92,7 @@ def benchmark_entries(args: argparse.Namespace) -> list[tuple[str, "DataSpec"]]:
 
 # --- what an entry's numbers depend on ---------------------------------------------------------
 
+
 def config_dicts(model_config, train_config) -> dict[str, dict]:
     """The configs as plain data: the one place this command reads the config types, so a
     change of their API is adapted here only."""
@@ -97,13 +108,21 @@ def entry_identity(args: argparse.Namespace, spec: "DataSpec", configs: dict) ->
     where and how fast it runs, not what it measures."""
     from adps import version
 
-    data = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)
-            if f.name not in _NOT_RESULT and f.name != "data"}
+    data = {
+        f.name: getattr(spec, f.name)
+        for f in dataclasses.fields(spec)
+        if f.name not in _NOT_RESULT and f.name != "data"
+    }
     data["path"] = str(Path(spec.data).resolve())
-    identity = {"adps_version": version.__version__, **configs, "data": data,
-                "teacher_weights": (str(Path(args.teacher_weights).resolve())
-                                    if args.teacher_weights else None),
-                "evaluation": {"eval_resolution": args.eval_resolution}}
+    identity = {
+        "adps_version": version.__version__,
+        **configs,
+        "data": data,
+        "teacher_weights": (
+            str(Path(args.teacher_weights).resolve()) if args.teacher_weights else None
+        ),
+        "evaluation": {"eval_resolution": args.eval_resolution},
+    }
     # through JSON once, so tuples become lists and the dict equals what a file gives back
     return json.loads(json.dumps(identity, default=str))
 
@@ -125,6 +144,7 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def identity_difference(old: dict, new: dict) -> list[str]:
     """``field: old -> new`` for each setting that differs (dotted paths, e.g. ``train.lr``)."""
+
     def text(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value)
 
@@ -134,8 +154,10 @@ def identity_difference(old: dict, new: dict) -> list[str]:
     for key in sorted(a.keys() | b.keys()):
         x, y = a.get(key, missing), b.get(key, missing)
         if x != y:
-            lines.append(f"{key}: {'(absent)' if x is missing else text(x)} -> "
-                         f"{'(absent)' if y is missing else text(y)}")
+            lines.append(
+                f"{key}: {'(absent)' if x is missing else text(x)} -> "
+                f"{'(absent)' if y is missing else text(y)}"
+            )
     return lines
 
 
@@ -175,6 +197,7 @@ def move_aside(folder: Path, old: dict | None) -> Path:
 
 # --- one entry --------------------------------------------------------------------------------
 
+
 def entry_overlap(args: argparse.Namespace, name: str, spec, model_config) -> Overlap:
     """What the entry's test split shares with its training split, checked before anything is
     trained: refused unless ``--allow-overlap``."""
@@ -183,15 +206,26 @@ def entry_overlap(args: argparse.Namespace, name: str, spec, model_config) -> Ov
 
     trained = file_digests([r.image for r in open_split(spec, "train", model_config).records])
     test = [r.image for r in open_split(spec, "test", model_config).records]
-    overlap = check_overlap(Fingerprint(frozenset(trained), recorded=True), test,
-                            f"entry '{name}': the test images", args.allow_overlap)
+    overlap = check_overlap(
+        Fingerprint(frozenset(trained), recorded=True),
+        test,
+        f"entry '{name}': the test images",
+        args.allow_overlap,
+    )
     if overlap:
         print(f"{name}: warning: --allow-overlap: {overlap.summary()}; its figures are inflated")
     return overlap
 
 
-def run_entry(args: argparse.Namespace, name: str, spec, model_config, train_config,
-              entry: dict, overlap: Overlap) -> dict:
+def run_entry(
+    args: argparse.Namespace,
+    name: str,
+    spec,
+    model_config,
+    train_config,
+    entry: dict,
+    overlap: Overlap,
+) -> dict:
     """Train (resuming an interrupted run) and test one entry; its metrics.json payload, with
     ``entry`` (hash and identity) recorded before training so an interruption keeps it."""
     from adps.engine.checkpoint import Checkpoint
@@ -205,20 +239,37 @@ def run_entry(args: argparse.Namespace, name: str, spec, model_config, train_con
     print(f"== {name}")
     atomic_write_text(out / ENTRY, json.dumps(entry, indent=2))
     t0 = time.perf_counter()
-    result = train(model_config, train_config, open_split(spec, "train", model_config), out,
-                   resume=(out / LAST).is_file(), device=args.device,
-                   weights_file=args.teacher_weights, allow_download=args.allow_download,
-                   cache_dir=spec.cache_dir, progress=not args.no_progress)
+    result = train(
+        model_config,
+        train_config,
+        open_split(spec, "train", model_config),
+        out,
+        resume=(out / LAST).is_file(),
+        device=args.device,
+        weights_file=args.teacher_weights,
+        allow_download=args.allow_download,
+        cache_dir=spec.cache_dir,
+        progress=not args.no_progress,
+    )
     train_wall = time.perf_counter() - t0
     model = Checkpoint.load(result.checkpoint).model()
     t1 = time.perf_counter()
-    evaluation = evaluate(model, open_split(spec, "test", model_config), args.device,
-                          eval_resolution=args.eval_resolution, progress=not args.no_progress,
-                          cache_dir=spec.cache_dir)
-    extra = {"train_seconds": train_wall, "test_seconds": time.perf_counter() - t1,
-             "train_images_per_second": result.images_per_second,
-             "eval_resolution": args.eval_resolution, "entry": entry,
-             "overlap": {**overlap.to_dict(), "allowed": args.allow_overlap}}
+    evaluation = evaluate(
+        model,
+        open_split(spec, "test", model_config),
+        args.device,
+        eval_resolution=args.eval_resolution,
+        progress=not args.no_progress,
+        cache_dir=spec.cache_dir,
+    )
+    extra = {
+        "train_seconds": train_wall,
+        "test_seconds": time.perf_counter() - t1,
+        "train_images_per_second": result.images_per_second,
+        "eval_resolution": args.eval_resolution,
+        "entry": entry,
+        "overlap": {**overlap.to_dict(), "allowed": args.allow_overlap},
+    }
     path = write_evaluation(evaluation, out, name, extra)
     print(markdown_row(name, evaluation.metrics))
     return json.loads(path.read_text())
@@ -235,8 +286,10 @@ def summary_table(rows: list[dict]) -> tuple[str, dict]:
         mean[key] = sum(values) / len(values) if values else None
     lines = [markdown_header(("train s", "test s"))]
     for r in rows:
-        lines.append(markdown_row(r["name"], r["metrics"]) +
-                     f" {r['train_seconds']:.0f} | {r['test_seconds']:.0f} |")
+        lines.append(
+            markdown_row(r["name"], r["metrics"])
+            + f" {r['train_seconds']:.0f} | {r['test_seconds']:.0f} |"
+        )
     total_train = sum(r["train_seconds"] for r in rows)
     total_test = sum(r["test_seconds"] for r in rows)
     lines.append(markdown_row("**mean**", mean) + f" {total_train:.0f} | {total_test:.0f} |")
@@ -256,8 +309,10 @@ def _plan(args: argparse.Namespace, name: str, entry: dict) -> tuple[str, dict |
     if not any((folder / f).is_file() for f in (FINAL, LAST, METRICS, ENTRY)):
         return "train", old, ""  # nothing there yet
     if old is None:
-        why = (f"{folder} holds a result without a recorded configuration (written by an adps "
-               f"older than this check)")
+        why = (
+            f"{folder} holds a result without a recorded configuration (written by an adps "
+            f"older than this check)"
+        )
     else:
         diff = identity_difference(old["identity"], entry["identity"])
         why = f"{folder} was made with other settings: " + "; ".join(diff)
@@ -279,13 +334,19 @@ def run(args: argparse.Namespace) -> int:
         identity = entry_identity(args, spec, configs)
         entry = {"hash": identity_hash(identity), "identity": identity}
         plans.append((name, spec, entry, *_plan(args, name, entry)))
-    refused = [f"entry '{name}': {why}" for name, _, _, action, _, why in plans
-               if action == "refuse"]
+    refused = [
+        f"entry '{name}': {why}" for name, _, _, action, _, why in plans if action == "refuse"
+    ]
     if refused:  # before any training, so --reuse never spends hours and then stops
-        raise AdpsError("--reuse: not reusing finished entries made with other settings "
-                        "(rerun without --reuse to train them again): " + " | ".join(refused))
-    overlaps = {name: entry_overlap(args, name, spec, model_config)  # before any training too
-                for name, spec, _, action, _, _ in plans if action != "reuse"}
+        raise AdpsError(
+            "--reuse: not reusing finished entries made with other settings "
+            "(rerun without --reuse to train them again): " + " | ".join(refused)
+        )
+    overlaps = {
+        name: entry_overlap(args, name, spec, model_config)  # before any training too
+        for name, spec, _, action, _, _ in plans
+        if action != "reuse"
+    }
     rows = []
     for name, spec, entry, action, old, why in plans:
         folder = args.out / name
@@ -296,14 +357,22 @@ def run(args: argparse.Namespace) -> int:
         if why:
             dest = move_aside(folder, old)
             print(f"{name}: {why}; moved its files to {dest}, training again")
-        rows.append(run_entry(args, name, spec, model_config, train_config, entry,
-                              overlaps[name]))
+        rows.append(run_entry(args, name, spec, model_config, train_config, entry, overlaps[name]))
     table, mean = summary_table(rows)
     atomic_write_text(args.out / "benchmark.md", table)
     # the top-level configs are this run's; each row keeps the entry block it was made with
-    atomic_write_text(args.out / "benchmark.json", json.dumps(
-        {"rows": rows, "mean": mean, "model_config": configs["model"],
-         "train_config": configs["train"]}, indent=2))
+    atomic_write_text(
+        args.out / "benchmark.json",
+        json.dumps(
+            {
+                "rows": rows,
+                "mean": mean,
+                "model_config": configs["model"],
+                "train_config": configs["train"],
+            },
+            indent=2,
+        ),
+    )
     print(table)
     print(f"metric values are percentages; table: {args.out / 'benchmark.md'}")
     return 0

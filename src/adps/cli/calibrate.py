@@ -16,34 +16,54 @@ if TYPE_CHECKING:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "calibrate", help="set the image threshold for a target false-alarm rate",
+        "calibrate",
+        help="set the image threshold for a target false-alarm rate",
         description="Score normal images the model has not trained on (--normal-dir) and set "
-                    "the image threshold so that at most --target-far of them would be flagged "
-                    "(decision: score >= threshold). With --defect-dir, also report the "
-                    "F1-optimal threshold, and store it instead with --method f1. Refuses when "
-                    "the images cannot support the requested rate (fewer than 1/rate normal "
-                    "images) and never stores a threshold that flags every normal image. The "
-                    "threshold is written into the checkpoint (atomically). With --fit-fusion "
-                    "(models trained with --prior memory), the late fusion's prior exponent and "
-                    "PSM boost are first fitted to --defect-dir and its masks (--mask-dir): the "
-                    "pair with the best mean of pixel AP and AUPRO on them is stored, and the "
-                    "threshold is set for the refitted model.")
+        "the image threshold so that at most --target-far of them would be flagged "
+        "(decision: score >= threshold). With --defect-dir, also report the "
+        "F1-optimal threshold, and store it instead with --method f1. Refuses when "
+        "the images cannot support the requested rate (fewer than 1/rate normal "
+        "images) and never stores a threshold that flags every normal image. The "
+        "threshold is written into the checkpoint (atomically). With --fit-fusion "
+        "(models trained with --prior memory), the late fusion's prior exponent and "
+        "PSM boost are first fitted to --defect-dir and its masks (--mask-dir): the "
+        "pair with the best mean of pixel AP and AUPRO on them is stored, and the "
+        "threshold is set for the refitted model.",
+    )
     add_inference_arguments(p, "checkpoint (model.pt)")
     add_backend_arguments(p)
-    p.add_argument("--normal-dir", required=True, type=Path,
-                   help="normal images not used in training (searched recursively)")
+    p.add_argument(
+        "--normal-dir",
+        required=True,
+        type=Path,
+        help="normal images not used in training (searched recursively)",
+    )
     p.add_argument("--defect-dir", type=Path, help="labelled defective images (optional)")
-    p.add_argument("--mask-dir", type=Path,
-                   help="masks of the --defect-dir images (same file name, or name + _mask; "
-                        "sub-folders as in --defect-dir), for --fit-fusion")
-    p.add_argument("--fit-fusion", action="store_true",
-                   help="fit the prior exponent and PSM boost of the late fusion to the "
-                        "labelled defects before calibrating (a few images with masks suffice; "
-                        "use images kept out of any evaluation)")
-    p.add_argument("--target-far", type=float, default=0.01,
-                   help="target false-alarm rate on normal images (default 0.01)")
-    p.add_argument("--method", choices=("far", "f1"), default="far",
-                   help="which threshold to store (default: far)")
+    p.add_argument(
+        "--mask-dir",
+        type=Path,
+        help="masks of the --defect-dir images (same file name, or name + _mask; "
+        "sub-folders as in --defect-dir), for --fit-fusion",
+    )
+    p.add_argument(
+        "--fit-fusion",
+        action="store_true",
+        help="fit the prior exponent and PSM boost of the late fusion to the "
+        "labelled defects before calibrating (a few images with masks suffice; "
+        "use images kept out of any evaluation)",
+    )
+    p.add_argument(
+        "--target-far",
+        type=float,
+        default=0.01,
+        help="target false-alarm rate on normal images (default 0.01)",
+    )
+    p.add_argument(
+        "--method",
+        choices=("far", "f1"),
+        default="far",
+        help="which threshold to store (default: far)",
+    )
     p.add_argument("--out", type=Path, help="write a calibrated copy here instead of in place")
     add_overlap_argument(p, "--normal-dir")
     p.set_defaults(func=run)
@@ -60,8 +80,13 @@ def run(args: argparse.Namespace) -> int:
     ckpt = Checkpoint.load(args.model)
     normal = find_images(args.normal_dir, recursive=True)
     # a threshold set on training images is set too low: they score like nothing else
-    overlap = check_overlap(ckpt.fingerprint, normal, f"--normal-dir {args.normal_dir}",
-                            args.allow_overlap, roles=("trained",))
+    overlap = check_overlap(
+        ckpt.fingerprint,
+        normal,
+        f"--normal-dir {args.normal_dir}",
+        args.allow_overlap,
+        roles=("trained",),
+    )
     if overlap:
         print(f"warning: --allow-overlap: {overlap.summary()}; the threshold is set too low")
     changes = []
@@ -73,11 +98,17 @@ def run(args: argparse.Namespace) -> int:
             model_path = ckpt.save(Path(scratch) / args.model.name)
             changes.append(f"late fusion fitted on {ckpt.fusion_fit.n_images} defective images")
         chosen = calibrate(args, model_path, normal)
-    changes.append(f"image threshold {chosen.threshold:.6g} set ({chosen.method}) on "
-                   f"{chosen.n_normal} normal images")
+    changes.append(
+        f"image threshold {chosen.threshold:.6g} set ({chosen.method}) on "
+        f"{chosen.n_normal} normal images"
+    )
     fingerprint = ckpt.fingerprint.with_calibrated(file_digests(normal))
-    out = ckpt.derive(args.model, "; ".join(changes), fingerprint=fingerprint,
-                      thresholds=ckpt.thresholds.calibrated(chosen)).save(args.out or args.model)
+    out = ckpt.derive(
+        args.model,
+        "; ".join(changes),
+        fingerprint=fingerprint,
+        thresholds=ckpt.thresholds.calibrated(chosen),
+    ).save(args.out or args.model)
     print(f"stored image threshold {chosen.threshold:.6g} ({chosen.method}) in {out}")
     return 0
 
@@ -94,14 +125,16 @@ def calibrate(args: argparse.Namespace, model_path: Path, normal_images: list[Pa
 
     # scored by the runtime adps predict and serve use by default, so that the stored
     # threshold flags the same images there
-    predictor = load_predictor(model_path, args.device, args.batch_size, args.backend,
-                               args.precision)
+    predictor = load_predictor(
+        model_path, args.device, args.batch_size, args.backend, args.precision
+    )
     print(f"scoring with {predictor.runtime}")
 
     def scores(folder: Path, files: list[Path]) -> np.ndarray:
         found = []
-        with tqdm(total=len(files), unit="img", desc=f"scoring {folder.name}",
-                  disable=args.no_progress) as bar:
+        with tqdm(
+            total=len(files), unit="img", desc=f"scoring {folder.name}", disable=args.no_progress
+        ) as bar:
             for batch, failures in predictor.iter_files(files):
                 if failures:
                     raise AdpsError(f"unreadable image: {failures[0][1]}", failures[0][0])
@@ -111,18 +144,23 @@ def calibrate(args: argparse.Namespace, model_path: Path, normal_images: list[Pa
 
     normal = scores(args.normal_dir, normal_images)
     far = threshold_for_false_alarm_rate(normal, args.target_far)
-    print(f"false-alarm calibration: threshold {far.threshold:.6g}, flags {far.normal_flagged} "
-          f"of {far.n_normal} normal images ({100 * far.false_alarm_rate:.2f}%, target "
-          f"{100 * args.target_far:.2f}%)")
+    print(
+        f"false-alarm calibration: threshold {far.threshold:.6g}, flags {far.normal_flagged} "
+        f"of {far.n_normal} normal images ({100 * far.false_alarm_rate:.2f}%, target "
+        f"{100 * args.target_far:.2f}%)"
+    )
     chosen = far
     if args.defect_dir is not None:
         defect = scores(args.defect_dir, find_images(args.defect_dir, recursive=True))
-        f1 = f1_optimal_threshold(np.r_[np.zeros(len(normal)), np.ones(len(defect))],
-                                  np.concatenate([normal, defect]))
+        f1 = f1_optimal_threshold(
+            np.r_[np.zeros(len(normal)), np.ones(len(defect))], np.concatenate([normal, defect])
+        )
         caught = int((defect >= far.threshold).sum())
         print(f"  at that threshold {caught} of {len(defect)} defective images are caught")
-        print(f"F1-optimal threshold {f1.threshold:.6g}: F1 {f1.f1:.3f}, flags "
-              f"{f1.normal_flagged} of {f1.n_normal} normal images")
+        print(
+            f"F1-optimal threshold {f1.threshold:.6g}: F1 {f1.f1:.3f}, flags "
+            f"{f1.normal_flagged} of {f1.n_normal} normal images"
+        )
         if args.method == "f1":
             chosen = f1
     elif args.method == "f1":
@@ -148,18 +186,27 @@ def fit_fusion(args: argparse.Namespace, ckpt: Checkpoint) -> Checkpoint:
     device = resolve_device(args.device)
     model = ckpt.model(device)
     config = model.config
-    defects = at_working_size(Folder(abnormal_test_dir=args.defect_dir, mask_dir=args.mask_dir,
-                                     mask_suffix=detect_mask_suffix(args.mask_dir),
-                                     split="test", recursive=True, size=None), config)
-    fit = fusion.fit_fusion(model, defects, device, args.batch_size,
-                            progress=not args.no_progress)
+    defects = at_working_size(
+        Folder(
+            abnormal_test_dir=args.defect_dir,
+            mask_dir=args.mask_dir,
+            mask_suffix=detect_mask_suffix(args.mask_dir),
+            split="test",
+            recursive=True,
+            size=None,
+        ),
+        config,
+    )
+    fit = fusion.fit_fusion(model, defects, device, args.batch_size, progress=not args.no_progress)
     where = " (cut into tiles)" if config.tiling else ""
-    print(f"fusion fitted on {fit.n_images} defective images{where} (mean of pixel AP and "
-          "AUPRO):")
+    print(f"fusion fitted on {fit.n_images} defective images{where} (mean of pixel AP and AUPRO):")
     for s in fit.scores:
         chosen = " <- chosen" if (s.exponent, s.boost) == (fit.exponent, fit.boost) else ""
-        print(f"  prior exponent {s.exponent:g}, boost {s.boost:g}: pixel AP "
-              f"{100 * s.pixel_ap:.1f}, AUPRO {100 * s.aupro:.1f}{chosen}")
-    config = dataclasses.replace(ckpt.model_config, prior_exponent=fit.exponent,
-                                 psm_boost=fit.boost)
+        print(
+            f"  prior exponent {s.exponent:g}, boost {s.boost:g}: pixel AP "
+            f"{100 * s.pixel_ap:.1f}, AUPRO {100 * s.aupro:.1f}{chosen}"
+        )
+    config = dataclasses.replace(
+        ckpt.model_config, prior_exponent=fit.exponent, psm_boost=fit.boost
+    )
     return ckpt.replace(model_config=config, fusion_fit=fit)

@@ -12,16 +12,27 @@ DEFAULT_SEARCH = ("../shared/datasets", "datasets", "data")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "info", help="show backbones, weights, devices and datasets found",
+        "info",
+        help="show backbones, weights, devices and datasets found",
         description="Show the installed version, the backbone registry and whether each one's "
-                    "pretrained weights are available offline, the compute devices, and the "
-                    "datasets found under --data-root (default: $ADPS_DATA, ../shared/datasets, "
-                    "./datasets, ./data).")
-    p.add_argument("--data-root", action="append", default=None, metavar="DIR",
-                   help="folder to search for datasets (repeatable)")
-    p.add_argument("--model", type=Path, metavar="MODEL.pt",
-                   help="describe this checkpoint instead: its configuration, training, memory "
-                        "prior and thresholds")
+        "pretrained weights are available offline, the compute devices, and the "
+        "datasets found under --data-root (default: $ADPS_DATA, ../shared/datasets, "
+        "./datasets, ./data).",
+    )
+    p.add_argument(
+        "--data-root",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folder to search for datasets (repeatable)",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL.pt",
+        help="describe this checkpoint instead: its configuration, training, memory "
+        "prior and thresholds",
+    )
     p.set_defaults(func=run)
 
 
@@ -45,16 +56,22 @@ def find_datasets(root: Path, depth: int = 3) -> list[tuple[str, Path]]:
         folder, level = stack.pop()
         if (folder / "train" / "good").is_dir():
             n_train = sum(1 for _ in (folder / "train" / "good").iterdir())
-            n_test = sum(1 for d in (folder / "test").iterdir() if d.is_dir()
-                         for _ in d.iterdir()) if (folder / "test").is_dir() else 0
+            n_test = (
+                sum(1 for d in (folder / "test").iterdir() if d.is_dir() for _ in d.iterdir())
+                if (folder / "test").is_dir()
+                else 0
+            )
             found.append((f"category ({n_train} train, {n_test} test images)", folder))
             continue
         if folder.name == "images" and folder.parent.name == "dtd":
             found.append(("textures (DTD)", folder))
             continue
         if level < depth:
-            stack.extend((d, level + 1) for d in sorted(folder.iterdir(), reverse=True)
-                         if d.is_dir() and not d.name.startswith("."))
+            stack.extend(
+                (d, level + 1)
+                for d in sorted(folder.iterdir(), reverse=True)
+                if d.is_dir() and not d.name.startswith(".")
+            )
     return found
 
 
@@ -65,34 +82,46 @@ def describe_checkpoint(path: Path) -> list[str]:
 
     ckpt = Checkpoint.load(path)
     m = ckpt.model_config
-    lines = [f"{path}: adps {ckpt.adps_version} checkpoint",
-             f"  model: {m.backbone}, {size_text(m.image_size)} px, k = {m.k}, fusion "
-             f"{m.fusion}, PSM output stride {m.psm_output_stride}, image score {m.image_score}"]
+    lines = [
+        f"{path}: adps {ckpt.adps_version} checkpoint",
+        f"  model: {m.backbone}, {size_text(m.image_size)} px, k = {m.k}, fusion "
+        f"{m.fusion}, PSM output stride {m.psm_output_stride}, image score {m.image_score}",
+    ]
     if m.tiling:
-        lines.append(f"  tiling: images scaled by {m.tile_scale:g}, cut into "
-                     f"{size_text(m.image_size)} tiles overlapping by {m.tile_overlap:g}")
+        lines.append(
+            f"  tiling: images scaled by {m.tile_scale:g}, cut into "
+            f"{size_text(m.image_size)} tiles overlapping by {m.tile_overlap:g}"
+        )
     if ckpt.training is not None:
         t = ckpt.training
         lines.append(f"  training: {t.epochs} epochs, {t.steps} steps, {t.seconds / 60:.1f} min")
     f = ckpt.fingerprint
-    lines.append(f"  learned from: {len(f.trained)} training images, {len(f.calibrated)} "
-                 "calibration images (content hashes; test and calibrate refuse them)"
-                 if f.recorded else "  learned from: not recorded (an older checkpoint)")
+    lines.append(
+        f"  learned from: {len(f.trained)} training images, {len(f.calibrated)} "
+        "calibration images (content hashes; test and calibrate refuse them)"
+        if f.recorded
+        else "  learned from: not recorded (an older checkpoint)"
+    )
     bank = ckpt.state.get("memory.bank")
     if bank is None:
         lines.append("  memory prior: none (the paper's model)")
     else:
-        lines.append(f"  memory prior: {bank.shape[0]} features x {bank.shape[1]} channels "
-                     f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
-                     f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion")
+        lines.append(
+            f"  memory prior: {bank.shape[0]} features x {bank.shape[1]} channels "
+            f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
+            f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion"
+        )
         if m.prior_fusion == "late":
             fitted = ckpt.fusion_fit
             source = f", fitted on {fitted.n_images} defective images" if fitted else ""
-            lines.append(f"  late fusion: prior exponent {m.prior_exponent:g}, PSM boost "
-                         f"{m.psm_boost:g}{source}")
+            lines.append(
+                f"  late fusion: prior exponent {m.prior_exponent:g}, PSM boost "
+                f"{m.psm_boost:g}{source}"
+            )
     lines.append(f"  decision: {ckpt.thresholds.rule()}")
-    lines += [f"  made from: {step.parent[:12]} ({step.change}, {step.when})"
-              for step in ckpt.lineage]
+    lines += [
+        f"  made from: {step.parent[:12]} ({step.change}, {step.when})" for step in ckpt.lineage
+    ]
     return lines
 
 

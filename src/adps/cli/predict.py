@@ -17,30 +17,37 @@ EXIT_SOME_FAILED = 1
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "predict", help="predict anomaly maps and decisions for images",
+        "predict",
+        help="predict anomaly maps and decisions for images",
         description="Run a model (checkpoint .pt, ONNX .onnx, OpenVINO .xml or TorchScript "
-                    ".ts) on files, folders or glob patterns. Writes into --out: overlays/ (heatmap over the "
-                    "image), masks/ (binary mask PNG at the original resolution), "
-                    "predictions.csv (path, score, decision, defect area in pixels) and "
-                    "predictions.json. Unreadable inputs are reported and skipped; the exit "
-                    f"code is {EXIT_SOME_FAILED} when any input failed. Under torchrun "
-                    "(torchrun --nproc-per-node N adps predict ..., also across nodes) each "
-                    "process scores a disjoint share of the inputs and rank 0 writes one "
-                    "merged CSV/JSON in input order. Files in a folder without an image "
-                    "extension (.png, .jpg, .jpeg, .bmp, .tif, .tiff; GIF and WebP are not "
-                    "taken) are skipped, and the summary says how many and which.")
+        ".ts) on files, folders or glob patterns. Writes into --out: overlays/ (heatmap over the "
+        "image), masks/ (binary mask PNG at the original resolution), "
+        "predictions.csv (path, score, decision, defect area in pixels) and "
+        "predictions.json. Unreadable inputs are reported and skipped; the exit "
+        f"code is {EXIT_SOME_FAILED} when any input failed. Under torchrun "
+        "(torchrun --nproc-per-node N adps predict ..., also across nodes) each "
+        "process scores a disjoint share of the inputs and rank 0 writes one "
+        "merged CSV/JSON in input order. Files in a folder without an image "
+        "extension (.png, .jpg, .jpeg, .bmp, .tif, .tiff; GIF and WebP are not "
+        "taken) are skipped, and the summary says how many and which.",
+    )
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     add_inference_arguments(p, "model.pt, model.onnx, model.xml or model.ts")
     add_backend_arguments(p)
     p.add_argument("--out", type=Path, default=Path("predictions"), help="output folder")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
     p.add_argument("--no-images", action="store_true", help="write only the CSV/JSON")
-    p.add_argument("--max-pixels", type=_pixels, default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help="refuse images larger than this many pixels, read from the file's "
-                        f"header before decoding (default {DEFAULT_MAX_PIXELS:,}, "
-                        f"{3 * DEFAULT_MAX_PIXELS / 1e9:g} GB as RGB: any real frame, line-scan "
-                        "included, fits; 0 or none = no limit). Tiled models score large "
-                        "images tile by tile, but the whole image is held in memory")
+    p.add_argument(
+        "--max-pixels",
+        type=_pixels,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images larger than this many pixels, read from the file's "
+        f"header before decoding (default {DEFAULT_MAX_PIXELS:,}, "
+        f"{3 * DEFAULT_MAX_PIXELS / 1e9:g} GB as RGB: any real frame, line-scan "
+        "included, fits; 0 or none = no limit). Tiled models score large "
+        "images tile by tile, but the whole image is held in memory",
+    )
     p.set_defaults(func=run)
 
 
@@ -53,13 +60,16 @@ def _pixels(text: str) -> int | None:
     except ValueError:
         value = -1.0
     if value < 1 or value != int(value):
-        raise argparse.ArgumentTypeError(f"--max-pixels takes a pixel count (e.g. 4e7), 0 or "
-                                         f"none, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"--max-pixels takes a pixel count (e.g. 4e7), 0 or none, got {text!r}"
+        )
     return int(value)
 
 
-def collect_inputs(inputs: list[str], recursive: bool,
-                   ) -> tuple[list[tuple[Path, str]], list[tuple[str, str]], list[Path]]:
+def collect_inputs(
+    inputs: list[str],
+    recursive: bool,
+) -> tuple[list[tuple[Path, str]], list[tuple[str, str]], list[Path]]:
     """(file, output name) pairs, (input, reason) for inputs that match nothing, and the
     files of the folders that were skipped for their extension.
 
@@ -78,8 +88,13 @@ def collect_inputs(inputs: list[str], recursive: bool,
             skipped += others
             files += [(p, str(p.relative_to(path))) for p in found]
             if not found:
-                missing.append((item, "folder holds no images" +
-                                ("" if recursive else " (use --recursive for sub-folders)")))
+                missing.append(
+                    (
+                        item,
+                        "folder holds no images"
+                        + ("" if recursive else " (use --recursive for sub-folders)"),
+                    )
+                )
         elif path.is_file():
             files.append((path, path.name))
         else:
@@ -93,7 +108,9 @@ def collect_inputs(inputs: list[str], recursive: bool,
     for path, name in files:
         count = names.get(name, 0)
         names[name] = count + 1
-        unique.append((path, name if count == 0 else f"{Path(name).stem}_{count}{Path(name).suffix}"))
+        unique.append(
+            (path, name if count == 0 else f"{Path(name).stem}_{count}{Path(name).suffix}")
+        )
     return unique, missing, skipped
 
 
@@ -102,8 +119,10 @@ def skipped_summary(skipped: list[Path]) -> str:
     from adps.data.datasets import name_some
 
     kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in skipped}))
-    return (f"skipped {len(skipped)} file(s) without an image extension ({kinds}): "
-            f"{name_some([str(p) for p in skipped])}")
+    return (
+        f"skipped {len(skipped)} file(s) without an image extension ({kinds}): "
+        f"{name_some([str(p) for p in skipped])}"
+    )
 
 
 def _png(array, path: Path) -> None:
@@ -128,21 +147,25 @@ def _write_outputs(pred, name: Path, args: argparse.Namespace) -> dict:
         mask_path = args.out / "masks" / name.with_suffix(".png")
         overlay_path = args.out / "overlays" / name.with_suffix(".png")
         _png((pred.mask * 255).astype(np.uint8), mask_path)
-        _png(overlay(read_image(pred.path, max_pixels=None), pred.anomaly_map, pred.mask),
-             overlay_path)  # no limit: the file passed it on its way in
+        _png(
+            overlay(read_image(pred.path, max_pixels=None), pred.anomaly_map, pred.mask),
+            overlay_path,
+        )  # no limit: the file passed it on its way in
         row.update(mask=str(mask_path), overlay=str(overlay_path))
     return row
 
 
-def _gather(ctx, rows: list[dict], failures: list, order: dict[str, int]
-            ) -> tuple[list[dict], list]:
+def _gather(
+    ctx, rows: list[dict], failures: list, order: dict[str, int]
+) -> tuple[list[dict], list]:
     """Every rank's rows and failures on every rank, rows back in input order."""
     import torch.distributed as dist
 
     shards: list = [None] * ctx.world_size
     dist.all_gather_object(shards, (rows, failures))
-    rows = sorted((r for shard_rows, _ in shards for r in shard_rows),
-                  key=lambda r: order[r["path"]])
+    rows = sorted(
+        (r for shard_rows, _ in shards for r in shard_rows), key=lambda r: order[r["path"]]
+    )
     return rows, [f for _, shard_failures in shards for f in shard_failures]
 
 
@@ -171,10 +194,14 @@ def run(args: argparse.Namespace) -> int:
             device = f"cuda:{ctx.local_rank}"
         predictor = load(args.model, device, args.batch_size, args.backend, args.precision)
         out_name = {str(path): name for path, name in files}
-        shard = [p for p, _ in files][ctx.rank::ctx.world_size]
+        shard = [p for p, _ in files][ctx.rank :: ctx.world_size]
         rows, shard_failures = [], []
-        with tqdm(total=len(shard), unit="img", desc="predict",
-                  disable=args.no_progress or not ctx.is_main) as bar:
+        with tqdm(
+            total=len(shard),
+            unit="img",
+            desc="predict",
+            disable=args.no_progress or not ctx.is_main,
+        ) as bar:
             for batch, failed in predictor.iter_files(shard, max_pixels=args.max_pixels):
                 shard_failures += failed
                 for pred in batch:  # written as they come: memory stays at one batch
@@ -191,20 +218,35 @@ def run(args: argparse.Namespace) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["path", "score", "decision", "defect_area"],
-                            extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buffer,
+        fieldnames=["path", "score", "decision", "defect_area"],
+        extrasaction="ignore",
+        lineterminator="\n",
+    )
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(args.out / "predictions.csv", buffer.getvalue())
-    atomic_write_text(args.out / "predictions.json", json.dumps({
-        "model": str(args.model), "runtime": predictor.runtime,
-        "decision_rule": predictor.thresholds.rule(),
-        "pixel_threshold": predictor.thresholds.pixel, "predictions": rows,
-        "failures": [{"path": p, "reason": r} for p, r in failures]}, indent=2))
+    atomic_write_text(
+        args.out / "predictions.json",
+        json.dumps(
+            {
+                "model": str(args.model),
+                "runtime": predictor.runtime,
+                "decision_rule": predictor.thresholds.rule(),
+                "pixel_threshold": predictor.thresholds.pixel,
+                "predictions": rows,
+                "failures": [{"path": p, "reason": r} for p, r in failures],
+            },
+            indent=2,
+        ),
+    )
     n_bad = sum(r["decision"] == "anomalous" for r in rows)
-    print(f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
-          f"(decision: {predictor.thresholds.rule()}); results in {args.out}; runtime: "
-          f"{predictor.runtime}")
+    print(
+        f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
+        f"(decision: {predictor.thresholds.rule()}); results in {args.out}; runtime: "
+        f"{predictor.runtime}"
+    )
     if skipped:
         print(skipped_summary(skipped), file=sys.stderr)
     for item, reason in failures:

@@ -16,10 +16,12 @@ from adps.cli.options import (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "test", help="evaluate a model on a test split",
+        "test",
+        help="evaluate a model on a test split",
         description="Evaluate a checkpoint on the test split: image AUROC/AP/F1-max, pixel "
-                    "AUROC/AP/F1-max and AUPRO (official MVTec algorithm, FPR 0.3). Writes "
-                    "OUT/metrics.json and OUT/metrics.md and prints the markdown row.")
+        "AUROC/AP/F1-max and AUPRO (official MVTec algorithm, FPR 0.3). Writes "
+        "OUT/metrics.json and OUT/metrics.md and prints the markdown row.",
+    )
     add_inference_arguments(p, "checkpoint (model.pt)")
     add_data_arguments(p)
     add_eval_resolution_argument(p)
@@ -36,15 +38,31 @@ def run(args: argparse.Namespace) -> int:
     spec = data_spec(args)
     ckpt, result, overlap = evaluate_checkpoint(args, spec)
     out = args.out or args.model.parent
-    path = write_evaluation(result, out, spec.name, {
-        "eval_resolution": args.eval_resolution, "checkpoint": str(args.model),
-        "overlap": {**overlap.to_dict(), "allowed": args.allow_overlap}})
+    path = write_evaluation(
+        result,
+        out,
+        spec.name,
+        {
+            "eval_resolution": args.eval_resolution,
+            "checkpoint": str(args.model),
+            "overlap": {**overlap.to_dict(), "allowed": args.allow_overlap},
+        },
+    )
     print(markdown_header())
     print(markdown_row(spec.name, result.metrics))
-    print(f"{result.images_per_second:.1f} images/s, peak memory {result.peak_memory_mb:.0f} MiB "
-          f"({result.memory_kind}); metrics: {path}")
+    print(
+        f"{result.images_per_second:.1f} images/s, peak memory {result.peak_memory_mb:.0f} MiB "
+        f"({result.memory_kind}); metrics: {path}"
+    )
     if args.report:
-        report = write_report(result, out / "report.html", ckpt=ckpt, model_path=args.model,
-                              spec=spec, eval_resolution=args.eval_resolution, overlap=overlap)
+        report = write_report(
+            result,
+            out / "report.html",
+            ckpt=ckpt,
+            model_path=args.model,
+            spec=spec,
+            eval_resolution=args.eval_resolution,
+            overlap=overlap,
+        )
         print(f"report: {report}")
     return 0

@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from adps.cli.options import add_data_arguments, add_training_arguments, configs_from_args, data_spec
+from adps.cli.options import (
+    add_data_arguments,
+    add_training_arguments,
+    configs_from_args,
+    data_spec,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "train", help="train a model on normal images",
+        "train",
+        help="train a model on normal images",
         description="Train ADPS on the normal training images of a dataset. Writes OUT/last.pt "
-                    "(resumable: optimiser, scheduler and RNG state) every --checkpoint-every "
-                    "epochs and OUT/model.pt (deployable) at the end. Runs DDP under "
-                    "`torchrun --nproc-per-node N adps train ...`.")
+        "(resumable: optimiser, scheduler and RNG state) every --checkpoint-every "
+        "epochs and OUT/model.pt (deployable) at the end. Runs DDP under "
+        "`torchrun --nproc-per-node N adps train ...`.",
+    )
     add_data_arguments(p)
     add_training_arguments(p)
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder")
@@ -31,15 +38,27 @@ def run(args: argparse.Namespace) -> int:
     spec = data_spec(args)
     dataset = open_split(spec, "train", model_config)
     try:
-        result = train(model_config, train_config, dataset, args.out, resume=args.resume,
-                       device=args.device, weights_file=args.teacher_weights,
-                       allow_download=args.allow_download, cache_dir=spec.cache_dir,
-                       progress=not args.no_progress)
+        result = train(
+            model_config,
+            train_config,
+            dataset,
+            args.out,
+            resume=args.resume,
+            device=args.device,
+            weights_file=args.teacher_weights,
+            allow_download=args.allow_download,
+            cache_dir=spec.cache_dir,
+            progress=not args.no_progress,
+        )
     except KeyboardInterrupt:
         if (args.out / "last.pt").is_file():
-            print(f"interrupted; continue with the same command plus --resume "
-                  f"(from {args.out / 'last.pt'})")
+            print(
+                f"interrupted; continue with the same command plus --resume "
+                f"(from {args.out / 'last.pt'})"
+            )
         raise
-    print(f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.1f} s, "
-          f"{result.images_per_second:.0f} images/s; model: {result.checkpoint}")
+    print(
+        f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.1f} s, "
+        f"{result.images_per_second:.0f} images/s; model: {result.checkpoint}"
+    )
     return 0

@@ -136,8 +136,12 @@ class Decoded(NamedTuple):
 # --------------------------------------------------------------------------- file decoding
 
 
-def _decode(source: Path | io.BytesIO, convert: Callable[[Image.Image], np.ndarray],
-            name: str | Path | None = None, max_pixels: int | None = None) -> np.ndarray:
+def _decode(
+    source: Path | io.BytesIO,
+    convert: Callable[[Image.Image], np.ndarray],
+    name: str | Path | None = None,
+    max_pixels: int | None = None,
+) -> np.ndarray:
     """Open, check the size against ``max_pixels``, fully decode and convert ``source``; every
     failure becomes an AdpsError naming it (or ``name``)."""
     name = source if name is None else name
@@ -145,8 +149,11 @@ def _decode(source: Path | io.BytesIO, convert: Callable[[Image.Image], np.ndarr
         with Image.open(source) as img:
             pixels = img.width * img.height
             if max_pixels is not None and pixels > max_pixels:
-                raise OverPixelLimit(f"{img.width} x {img.height} = {pixels} pixels is over the "
-                                     f"limit of {max_pixels} (--max-pixels)", name)
+                raise OverPixelLimit(
+                    f"{img.width} x {img.height} = {pixels} pixels is over the "
+                    f"limit of {max_pixels} (--max-pixels)",
+                    name,
+                )
             img.load()  # forces full decoding so truncation is detected here, not later
             return convert(img)
     except AdpsError:
@@ -154,10 +161,15 @@ def _decode(source: Path | io.BytesIO, convert: Callable[[Image.Image], np.ndarr
     except FileNotFoundError as exc:
         raise AdpsError("file not found", name) from exc
     except Image.UnidentifiedImageError as exc:
-        empty = (source.getbuffer().nbytes if isinstance(source, io.BytesIO)
-                 else source.stat().st_size) == 0
-        raise AdpsError("empty file: no image data" if empty else
-                        "not an image file (or an unsupported image format)", name) from exc
+        empty = (
+            source.getbuffer().nbytes if isinstance(source, io.BytesIO) else source.stat().st_size
+        ) == 0
+        raise AdpsError(
+            "empty file: no image data"
+            if empty
+            else "not an image file (or an unsupported image format)",
+            name,
+        ) from exc
     except _DECODE_ERRORS as exc:
         raise AdpsError(f"corrupt or truncated image ({exc})", name) from exc
 
@@ -168,7 +180,9 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         grey = ((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if img.mode == "F":
-        raise AdpsError("floating-point images are not supported (convert to 8 or 16 bit)", img.filename)
+        raise AdpsError(
+            "floating-point images are not supported (convert to 8 or 16 bit)", img.filename
+        )
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
     return np.array(img.convert("RGB"), dtype=np.uint8)  # writable copy for torch.from_numpy
@@ -195,8 +209,9 @@ def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     return _decode(Path(path), _to_rgb, max_pixels=max_pixels)
 
 
-def read_image_bytes(data: bytes, name: str | None = "upload",
-                     max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image_bytes(
+    data: bytes, name: str | None = "upload", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode an encoded image held in memory (an upload) like :func:`read_image`; errors
     name ``name``."""
     return _decode(io.BytesIO(data), _to_rgb, name or "upload", max_pixels)
@@ -253,8 +268,9 @@ class Resize:
         """The image alone (prediction and textures use exactly the training resize)."""
         if self.size is None or tuple(image.shape[-2:]) == self.size:
             return image
-        return TF.resize(image, list(self.size), interpolation=InterpolationMode.BILINEAR,
-                         antialias=True)
+        return TF.resize(
+            image, list(self.size), interpolation=InterpolationMode.BILINEAR, antialias=True
+        )
 
     def __repr__(self) -> str:
         return f"Resize({self.size})"
@@ -333,20 +349,25 @@ def _require_dir(directory: Path, what: str = "directory") -> None:
         raise AdpsError(f"{what} is not a directory", directory)
 
 
-def list_files(directory: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS,
-               recursive: bool = False) -> tuple[list[Path], list[Path]]:
+def list_files(
+    directory: str | Path, extensions: Iterable[str] = IMAGE_EXTENSIONS, recursive: bool = False
+) -> tuple[list[Path], list[Path]]:
     """(images, other files) of ``directory``, each sorted; the others are returned so that
     callers can say what they left out instead of dropping it without a word."""
     directory, extensions = Path(directory), _extensions(extensions)
     found = directory.rglob("*") if recursive else directory.iterdir()
     files = sorted(p for p in found if p.is_file())
-    return ([p for p in files if p.suffix.lower() in extensions],
-            [p for p in files if p.suffix.lower() not in extensions])
+    return (
+        [p for p in files if p.suffix.lower() in extensions],
+        [p for p in files if p.suffix.lower() not in extensions],
+    )
 
 
 def name_some(names: Sequence[str], limit: int = 3) -> str:
     """The first ``limit`` names, then how many more: a list that stays one line."""
-    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return ", ".join(names[:limit]) + (
+        f" and {len(names) - limit} more" if len(names) > limit else ""
+    )
 
 
 def find_images(
@@ -366,13 +387,19 @@ def find_images(
     images, others = list_files(directory, extensions, recursive)
     readable = [p for p in others if p.suffix.lower() in Image.registered_extensions()]
     if readable:
-        warnings.warn(f"{len(readable)} file(s) in {directory} are in a format adps does not "
-                      f"take ({', '.join(sorted({p.suffix.lower() for p in readable}))}) and "
-                      f"are left out: {name_some([p.name for p in readable])}", SkippedImagesWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(readable)} file(s) in {directory} are in a format adps does not "
+            f"take ({', '.join(sorted({p.suffix.lower() for p in readable}))}) and "
+            f"are left out: {name_some([p.name for p in readable])}",
+            SkippedImagesWarning,
+            stacklevel=2,
+        )
     if exclude_stem_suffix:
         images = [p for p in images if not p.stem.endswith(exclude_stem_suffix)]
     if not images:
-        raise AdpsError(f"no images found (extensions {', '.join(_extensions(extensions))})", directory)
+        raise AdpsError(
+            f"no images found (extensions {', '.join(_extensions(extensions))})", directory
+        )
     return images
 
 
@@ -406,7 +433,9 @@ def match_masks(
             continue
         key = _mask_key(rel, mask_suffix)
         if key in index:
-            raise AdpsError(f"two masks for the same image: {index[key].name} and {path.name}", mask_dir)
+            raise AdpsError(
+                f"two masks for the same image: {index[key].name} and {path.name}", mask_dir
+            )
         index[key] = path
     masks: list[Path | None] = []
     for image in images:
@@ -449,13 +478,17 @@ def build_records(
                 image_dir,
             )
         return [Record(p, None, 1) for p in images]
-    masks = match_masks(images, image_dir, mask_dir, mask_suffix, mask_required, extensions, recursive)
+    masks = match_masks(
+        images, image_dir, mask_dir, mask_suffix, mask_required, extensions, recursive
+    )
     return [Record(p, m, 1) for p, m in zip(images, masks)]
 
 
 def _records_labelled_by_mask(images: Sequence[Path], masks: Sequence[Path | None]) -> list[Record]:
     """Kolektor style: the label is 1 iff the mask has a non-zero pixel."""
-    return [Record(p, m, int(m is not None and bool(read_mask(m).any()))) for p, m in zip(images, masks)]
+    return [
+        Record(p, m, int(m is not None and bool(read_mask(m).any()))) for p, m in zip(images, masks)
+    ]
 
 
 def _check_split(split: str, allowed: tuple[str, ...]) -> None:
@@ -492,7 +525,9 @@ class MVTecAD(AnomalyDataset):
         if split in ("test", "all"):
             test = base / "test"
             _require_dir(test)
-            kinds = sorted((d.name for d in test.iterdir() if d.is_dir()), key=lambda n: (n != "good", n))
+            kinds = sorted(
+                (d.name for d in test.iterdir() if d.is_dir()), key=lambda n: (n != "good", n)
+            )
             if not kinds:
                 raise AdpsError("no sub-folders (good, <defect>...) in the test directory", test)
             for kind in kinds:
@@ -537,7 +572,9 @@ class Folder(AnomalyDataset):
         if split == "train" and train_dir is None:
             raise AdpsError("Folder dataset: split='train' needs train_dir")
         if split == "test" and normal_test_dir is None and abnormal_test_dir is None:
-            raise AdpsError("Folder dataset: split='test' needs normal_test_dir and/or abnormal_test_dir")
+            raise AdpsError(
+                "Folder dataset: split='test' needs normal_test_dir and/or abnormal_test_dir"
+            )
 
         def resolve(d: str | Path | None) -> Path | None:
             return None if d is None else base / d
@@ -545,13 +582,22 @@ class Folder(AnomalyDataset):
         extensions = _extensions(extensions)
         records: list[Record] = []
         if split != "test" and train_dir is not None:
-            records += build_records(resolve(train_dir), 0, extensions=extensions, recursive=recursive)
+            records += build_records(
+                resolve(train_dir), 0, extensions=extensions, recursive=recursive
+            )
         if split != "train" and normal_test_dir is not None:
-            records += build_records(resolve(normal_test_dir), 0, extensions=extensions, recursive=recursive)
+            records += build_records(
+                resolve(normal_test_dir), 0, extensions=extensions, recursive=recursive
+            )
         if split != "train" and abnormal_test_dir is not None:
             records += build_records(
-                resolve(abnormal_test_dir), 1, resolve(mask_dir), mask_suffix, mask_required,
-                extensions, recursive,
+                resolve(abnormal_test_dir),
+                1,
+                resolve(mask_dir),
+                mask_suffix,
+                mask_required,
+                extensions,
+                recursive,
             )
         super().__init__(records, size)
         self.split = split
@@ -565,7 +611,9 @@ class KolektorSDD2(AnomalyDataset):
     ``"all"`` every image of both.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", size: int | Sequence[int] | None = 256):
+    def __init__(
+        self, root: str | Path, split: str = "train", size: int | Sequence[int] | None = 256
+    ):
         _check_split(split, ("train", "test", "all"))
         _require_dir(Path(root), "dataset root")
         records = []
@@ -600,7 +648,9 @@ class KolektorSDD(AnomalyDataset):
     instead with a split file (``DataSpec.split_file``, ``--split-file``).
     """
 
-    def __init__(self, root: str | Path, split: str = "all", size: int | Sequence[int] | None = 256):
+    def __init__(
+        self, root: str | Path, split: str = "all", size: int | Sequence[int] | None = 256
+    ):
         _check_split(split, ("all", "train", "test"))
         root = Path(root)
         _require_dir(root, "dataset root")
@@ -613,8 +663,11 @@ class KolektorSDD(AnomalyDataset):
         if split == "train":
             records = [r for r in records if r.label == 0]
         if not records:
-            raise AdpsError(f"no images for split {split!r} (train: the normal images of the odd "
-                            "kosNN item folders; test: all images of the even ones)", root)
+            raise AdpsError(
+                f"no images for split {split!r} (train: the normal images of the odd "
+                "kosNN item folders; test: all images of the even ones)",
+                root,
+            )
         super().__init__(records, size)
         self.split = split
 
@@ -624,6 +677,9 @@ def _ksdd_item(root: Path, image: Path) -> int:
     parts = image.relative_to(root).parts
     number = re.search(r"\d+$", parts[0]) if len(parts) > 1 else None
     if number is None:
-        raise AdpsError("a KolektorSDD image must lie in an item folder named like kos01 (its "
-                        "number decides the train/test split)", image)
+        raise AdpsError(
+            "a KolektorSDD image must lie in an item folder named like kos01 (its "
+            "number decides the train/test split)",
+            image,
+        )
     return int(number.group())

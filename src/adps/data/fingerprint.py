@@ -72,19 +72,26 @@ class Fingerprint:
         return self | Fingerprint(calibrated=frozenset(digests))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"hash": HASH, "trained": sorted(self.trained),
-                "calibrated": sorted(self.calibrated)}
+        return {
+            "hash": HASH,
+            "trained": sorted(self.trained),
+            "calibrated": sorted(self.calibrated),
+        }
 
     def __or__(self, other: Fingerprint) -> Fingerprint:
-        return Fingerprint(self.trained | other.trained, self.calibrated | other.calibrated,
-                           self.recorded or other.recorded)
+        return Fingerprint(
+            self.trained | other.trained,
+            self.calibrated | other.calibrated,
+            self.recorded or other.recorded,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> Fingerprint:
         if data is None:
             return cls()
-        return cls(frozenset(data.get("trained", ())), frozenset(data.get("calibrated", ())),
-                   recorded=True)
+        return cls(
+            frozenset(data.get("trained", ())), frozenset(data.get("calibrated", ())), recorded=True
+        )
 
 
 @dataclass(frozen=True)
@@ -100,22 +107,35 @@ class Overlap:
         return bool(self.shared)
 
     def summary(self) -> str:
-        counts = {role: sum(r == role for _, r in self.shared) for role in ("trained",
-                                                                            "calibrated")}
-        how = ", ".join(f"{n} {'trained on' if role == 'trained' else 'set its threshold'}"
-                        for role, n in counts.items() if n)
+        counts = {
+            role: sum(r == role for _, r in self.shared) for role in ("trained", "calibrated")
+        }
+        how = ", ".join(
+            f"{n} {'trained on' if role == 'trained' else 'set its threshold'}"
+            for role, n in counts.items()
+            if n
+        )
         names = ", ".join(Path(p).name for p, _ in self.shared[:_SHOWN])
         more = f" and {len(self.shared) - _SHOWN} more" if len(self.shared) > _SHOWN else ""
-        return (f"{len(self.shared)} of the {self.images} images were learned from by the "
-                f"model ({how}): {names}{more}")
+        return (
+            f"{len(self.shared)} of the {self.images} images were learned from by the "
+            f"model ({how}): {names}{more}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checked": self.checked, "images": self.images, "shared": len(self.shared),
-                "files": [{"path": p, "role": r} for p, r in self.shared]}
+        return {
+            "checked": self.checked,
+            "images": self.images,
+            "shared": len(self.shared),
+            "files": [{"path": p, "role": r} for p, r in self.shared],
+        }
 
 
-def find_overlap(fingerprint: Fingerprint, paths: Sequence[str | Path],
-                 roles: tuple[str, ...] = ("trained", "calibrated")) -> Overlap:
+def find_overlap(
+    fingerprint: Fingerprint,
+    paths: Sequence[str | Path],
+    roles: tuple[str, ...] = ("trained", "calibrated"),
+) -> Overlap:
     """The images of ``paths`` whose content is in ``fingerprint`` under one of ``roles``."""
     sets = {"trained": fingerprint.trained, "calibrated": fingerprint.calibrated}
     shared = []
@@ -126,26 +146,42 @@ def find_overlap(fingerprint: Fingerprint, paths: Sequence[str | Path],
     return Overlap(len(paths), tuple(shared))
 
 
-def check_overlap(fingerprint: Fingerprint, paths: Sequence[str | Path], what: str,
-                  allow: bool = False, roles: tuple[str, ...] = ("trained", "calibrated")
-                  ) -> Overlap:
+def check_overlap(
+    fingerprint: Fingerprint,
+    paths: Sequence[str | Path],
+    what: str,
+    allow: bool = False,
+    roles: tuple[str, ...] = ("trained", "calibrated"),
+) -> Overlap:
     """The overlap of ``paths`` (the images of an evaluation or a calibration, ``what`` says
     which) with what the model learned from; raises an :class:`AdpsError` naming the shared
     files unless ``allow``. The caller reports an allowed overlap beside its results. A model
     without a recorded fingerprint cannot be checked: that is warned about, not refused, so
     that older models keep working."""
     if not fingerprint.recorded:
-        warnings.warn(f"{what}: the model records no training fingerprint (written before adps "
-                      "0.2, or built without the trainer), so whether it learned from these "
-                      "images cannot be checked", stacklevel=2)
+        warnings.warn(
+            f"{what}: the model records no training fingerprint (written before adps "
+            "0.2, or built without the trainer), so whether it learned from these "
+            "images cannot be checked",
+            stacklevel=2,
+        )
         return Overlap(len(paths), checked=False)
     overlap = find_overlap(fingerprint, paths, roles)
     if overlap and not allow:
-        raise AdpsError(f"{what}: {overlap.summary()}. Figures on images a model learned from "
-                        "are inflated: use images it has not seen, or pass --allow-overlap to "
-                        "go on (the output then says so)")
+        raise AdpsError(
+            f"{what}: {overlap.summary()}. Figures on images a model learned from "
+            "are inflated: use images it has not seen, or pass --allow-overlap to "
+            "go on (the output then says so)"
+        )
     return overlap
 
 
-__all__ = ["Fingerprint", "Overlap", "HASH", "check_overlap", "file_digest", "file_digests",
-           "find_overlap"]
+__all__ = [
+    "Fingerprint",
+    "Overlap",
+    "HASH",
+    "check_overlap",
+    "file_digest",
+    "file_digests",
+    "find_overlap",
+]

@@ -88,9 +88,13 @@ def render_surface(size: int, rng: np.random.Generator) -> np.ndarray:
     # Brushing: noise smoothed along x (streaks) on a wider canvas, cropped at a random offset so
     # no image shows the filter's border handling.
     x0 = int(rng.integers(0, 2 * pad + 1))
-    streak = gaussian_filter(rng.standard_normal((h, w + 2 * pad)), sigma=(0.6, 0.15 * size), mode="wrap")
+    streak = gaussian_filter(
+        rng.standard_normal((h, w + 2 * pad)), sigma=(0.6, 0.15 * size), mode="wrap"
+    )
     streak = _normalised(streak[:, x0 : x0 + w])
-    band = gaussian_filter(rng.standard_normal((h, w + 2 * pad)), sigma=(0.03 * size, 0.4 * size), mode="wrap")
+    band = gaussian_filter(
+        rng.standard_normal((h, w + 2 * pad)), sigma=(0.03 * size, 0.4 * size), mode="wrap"
+    )
     band = _normalised(band[:, x0 : x0 + w])
     grain = _normalised(gaussian_filter(rng.standard_normal((h, w)), sigma=0.5))
 
@@ -98,11 +102,7 @@ def render_surface(size: int, rng: np.random.Generator) -> np.ndarray:
     angle = rng.uniform(0.0, 2.0 * np.pi)
     gradient = np.cos(angle) * xx + np.sin(angle) * yy  # in [-0.71, 0.71]
     lum = rng.uniform(0.58, 0.66) * (
-        1.0
-        + 0.055 * streak
-        + 0.025 * band
-        + 0.022 * grain
-        + rng.uniform(0.06, 0.14) * gradient
+        1.0 + 0.055 * streak + 0.025 * band + 0.022 * grain + rng.uniform(0.06, 0.14) * gradient
     )
     tint = np.array([0.97, 1.0, 1.05]) * (1.0 + rng.normal(0.0, 0.012, 3))  # cool steel grey
     return np.clip(255.0 * lum[:, :, None] * tint, 0.0, 255.0).astype(np.float32)
@@ -114,20 +114,26 @@ def render_large_surface(size: int, rng: np.random.Generator, base: int = 256) -
     wider), plus grain at the native pixel. Fast at any size, unlike rendering the streaks at
     ``size`` directly, for tiling tests and benchmarks."""
     small = render_surface(base, rng)
-    big = np.stack([np.asarray(Image.fromarray(small[..., c]).resize((size, size), Image.BICUBIC))
-                    for c in range(3)], axis=-1)
+    big = np.stack(
+        [
+            np.asarray(Image.fromarray(small[..., c]).resize((size, size), Image.BICUBIC))
+            for c in range(3)
+        ],
+        axis=-1,
+    )
     return np.clip(big + rng.normal(0.0, 3.0, (size, size, 1)), 0.0, 255.0).astype(np.float32)
 
 
-def draw_spots(image: np.ndarray, n: int, spot: int, rng: np.random.Generator,
-               depth: float = 70.0) -> tuple[np.ndarray, np.ndarray]:
+def draw_spots(
+    image: np.ndarray, n: int, spot: int, rng: np.random.Generator, depth: float = 70.0
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` dark square pits of ``spot`` x ``spot`` pixels at random places (away from the
     border by 4 spots): the small defect that vanishes when a large image is resized."""
     out, mask = image.astype(np.float32), np.zeros(image.shape[:2], bool)
     margin = 4 * spot
     for y, x in rng.integers(margin, np.array(image.shape[:2]) - margin - spot, (n, 2)):
-        mask[y:y + spot, x:x + spot] = True
-        out[y:y + spot, x:x + spot] -= depth
+        mask[y : y + spot, x : x + spot] = True
+        out[y : y + spot, x : x + spot] -= depth
     return np.clip(out, 0.0, 255.0), mask
 
 
@@ -158,7 +164,9 @@ def _scratch(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.
     for k in range(len(pts) - 1):
         a, b = pts[k], pts[k + 1]
         ab = b - a
-        s = np.clip(((xx - a[0]) * ab[0] + (yy - a[1]) * ab[1]) / max(float(ab @ ab), 1e-6), 0.0, 1.0)
+        s = np.clip(
+            ((xx - a[0]) * ab[0] + (yy - a[1]) * ab[1]) / max(float(ab @ ab), 1e-6), 0.0, 1.0
+        )
         dk = np.hypot(xx - a[0] - s * ab[0], yy - a[1] - s * ab[1])
         closer = dk < dist
         dist = np.where(closer, dk, dist)
@@ -217,7 +225,9 @@ def _stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
     size = img.shape[0]
     u, v, a, b = _ellipse_coords(size, rng, (0.06, 0.13), 1.25)
     r2 = (u / a) ** 2 + (v / b) ** 2
-    noise = _normalised(gaussian_filter(rng.standard_normal((size, size)), sigma=max(1.0, 0.35 * b)))
+    noise = _normalised(
+        gaussian_filter(rng.standard_normal((size, size)), sigma=max(1.0, 0.35 * b))
+    )
     field = (1.0 - r2) + 0.35 * noise  # thresholded at 0: an irregular blob around the ellipse
     alpha = np.clip(field / 0.3, 0.0, 1.0)
     alpha = alpha * alpha * (3.0 - 2.0 * alpha)  # smoothstep: soft edges
@@ -235,7 +245,9 @@ def _stain(img: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.nd
 _DRAWERS = {"scratch": _scratch, "dent": _dent, "stain": _stain}
 
 
-def draw_defect(image: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def draw_defect(
+    image: np.ndarray, kind: str, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw one defect of ``kind`` on a float ``(H, W, 3)`` image.
 
     Returns the new image (float32, clipped to ``[0, 255]``) and its bool mask, whose area is
@@ -245,7 +257,9 @@ def draw_defect(image: np.ndarray, kind: str, rng: np.random.Generator) -> tuple
     if kind not in _DRAWERS:
         raise ValueError(f"unknown defect kind {kind!r}; expected one of {DEFECT_KINDS}")
     if image.ndim != 3 or image.shape[0] != image.shape[1] or image.shape[0] < MIN_SIZE:
-        raise ValueError(f"expected a square (S, S, 3) image with S >= {MIN_SIZE}, got {image.shape}")
+        raise ValueError(
+            f"expected a square (S, S, 3) image with S >= {MIN_SIZE}, got {image.shape}"
+        )
     img = image.astype(np.float32)
     for _ in range(_MAX_TRIES):
         out, mask = _DRAWERS[kind](img, rng)
@@ -302,17 +316,24 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     atomic_write_text(folder / _MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def _generate(folder: Path, size: int, n_train: int, n_test_good: int, n_test_defect: int, seed: int) -> None:
+def _generate(
+    folder: Path, size: int, n_train: int, n_test_good: int, n_test_defect: int, seed: int
+) -> None:
     def rng(stream: int, index: int) -> np.random.Generator:
         return np.random.default_rng([seed, stream, index])
 
-    streams = [("train/good", _STREAM_TRAIN, n_train), ("test/good", _STREAM_TEST_GOOD, n_test_good)]
+    streams = [
+        ("train/good", _STREAM_TRAIN, n_train),
+        ("test/good", _STREAM_TEST_GOOD, n_test_good),
+    ]
     for sub, stream, n in streams:
         if n == 0:
             continue
         (folder / sub).mkdir(parents=True)
         for i in range(n):
-            _save_png(_to_uint8(render_surface(size, rng(stream, i))), folder / sub / f"{i:03d}.png")
+            _save_png(
+                _to_uint8(render_surface(size, rng(stream, i))), folder / sub / f"{i:03d}.png"
+            )
 
     for k, (kind, n) in enumerate(_defect_counts(n_test_defect).items()):
         if n == 0:

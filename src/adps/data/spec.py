@@ -70,8 +70,9 @@ class DataSpec:
         if split not in lists:
             raise AdpsError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
         everything = self._layout("all", size).records
-        return AnomalyDataset(select_split(everything, Path(self.data), lists, split,
-                                           self.split_file), size)
+        return AnomalyDataset(
+            select_split(everything, Path(self.data), lists, split, self.split_file), size
+        )
 
     def _layout(self, split: str, size: int | tuple[int, int] | None) -> AnomalyDataset:
         root = Path(self.data)
@@ -79,24 +80,35 @@ class DataSpec:
             raise AdpsError("dataset folder not found", root)
         fmt = self.format
         if fmt == "auto":
-            fmt = "folder" if self.train_dir or self.defect_dir or self.good_dir else \
-                detect_format(root, self.category)
+            fmt = (
+                "folder"
+                if self.train_dir or self.defect_dir or self.good_dir
+                else detect_format(root, self.category)
+            )
         required = not self.masks_optional
         if fmt == "mvtec":
             parent, category = (root, self.category) if self.category else (root.parent, root.name)
             suffix = self.mask_suffix
             if suffix is None:
                 suffix = detect_mask_suffix(parent / category / "ground_truth")
-            return MVTecAD(parent, category, split, size=size, mask_required=required,
-                           mask_suffix=suffix)
+            return MVTecAD(
+                parent, category, split, size=size, mask_required=required, mask_suffix=suffix
+            )
         if fmt == "ksdd2":
             return KolektorSDD2(root, split, size=size)
         if fmt == "ksdd":
             return KolektorSDD(root, split, size=size)
-        return Folder(root, train_dir=self.train_dir, normal_test_dir=self.good_dir,
-                      abnormal_test_dir=self.defect_dir, mask_dir=self.mask_dir,
-                      mask_suffix=self.mask_suffix or "", mask_required=required, split=split,
-                      size=size)
+        return Folder(
+            root,
+            train_dir=self.train_dir,
+            normal_test_dir=self.good_dir,
+            abnormal_test_dir=self.defect_dir,
+            mask_dir=self.mask_dir,
+            mask_suffix=self.mask_suffix or "",
+            mask_required=required,
+            split=split,
+            size=size,
+        )
 
 
 def detect_mask_suffix(gt_root: Path) -> str:
@@ -114,9 +126,12 @@ def detect_format(root: Path, category: str | None) -> str:
         return "ksdd2"
     if any(root.glob("kos*")):
         return "ksdd"
-    raise AdpsError("cannot tell the dataset layout; expected an MVTec root with --category, a "
-                    "category folder with train/good and test/, a KolektorSDD(2) root, or "
-                    "--format folder with --train-dir/--good-dir/--defect-dir", root)
+    raise AdpsError(
+        "cannot tell the dataset layout; expected an MVTec root with --category, a "
+        "category folder with train/good and test/, a KolektorSDD(2) root, or "
+        "--format folder with --train-dir/--good-dir/--defect-dir",
+        root,
+    )
 
 
 def read_split_file(path: str | Path) -> dict[str, list[str]]:
@@ -134,8 +149,10 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
         raise AdpsError("split file not found", path) from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise AdpsError(f"cannot read the split file ({exc})", path) from exc
-    shape = ('a split file holds {"train": [...], "test": [...]}, lists of image paths '
-             "relative to the dataset root")
+    shape = (
+        'a split file holds {"train": [...], "test": [...]}, lists of image paths '
+        "relative to the dataset root"
+    )
     if not isinstance(loaded, dict) or set(loaded) != set(SPLITS):
         found = sorted(map(str, loaded)) if isinstance(loaded, dict) else type(loaded).__name__
         raise AdpsError(f"{shape}; found {found}", path)
@@ -148,8 +165,13 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
     return lists
 
 
-def select_split(records: list[Record], root: Path, lists: dict[str, list[str]], split: str,
-                 split_file: str | Path) -> list[Record]:
+def select_split(
+    records: list[Record],
+    root: Path,
+    lists: dict[str, list[str]],
+    split: str,
+    split_file: str | Path,
+) -> list[Record]:
     """The records ``lists[split]`` names, in the layout's order, once the whole file has been
     checked against the layout: every listed image exists, none is listed twice or on both
     sides, and no defective image trains (training is one-class)."""
@@ -160,16 +182,23 @@ def select_split(records: list[Record], root: Path, lists: dict[str, list[str]],
             raise AdpsError(f"listed twice in '{key}': {name_some(twice)}", split_file)
     both = sorted(set(lists["train"]) & set(lists["test"]))
     if both:
-        raise AdpsError(f"{len(both)} image(s) listed in both train and test: {name_some(both)}",
-                        split_file)
+        raise AdpsError(
+            f"{len(both)} image(s) listed in both train and test: {name_some(both)}", split_file
+        )
     missing = [e for key in SPLITS for e in lists[key] if e not in by_path]
     if missing:
-        raise AdpsError(f"{len(missing)} listed image(s) are not images of the dataset at {root} "
-                        f"(paths are relative to it): {name_some(missing)}", split_file)
+        raise AdpsError(
+            f"{len(missing)} listed image(s) are not images of the dataset at {root} "
+            f"(paths are relative to it): {name_some(missing)}",
+            split_file,
+        )
     defective = [e for e in lists["train"] if by_path[e].label == 1]
     if defective:
-        raise AdpsError(f"{len(defective)} defective image(s) in the train list (training is "
-                        f"one-class: normal images only): {name_some(defective)}", split_file)
+        raise AdpsError(
+            f"{len(defective)} defective image(s) in the train list (training is "
+            f"one-class: normal images only): {name_some(defective)}",
+            split_file,
+        )
     if not lists[split]:
         raise AdpsError(f"the '{split}' list is empty", split_file)
     chosen = set(lists[split])

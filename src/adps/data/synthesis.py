@@ -103,7 +103,8 @@ def rotate(x: Tensor, degrees: Tensor, padding_mode: str = "zeros") -> Tensor:
 def _yiq(device: torch.device) -> tuple[Tensor, Tensor]:
     """RGB -> YIQ matrix and its inverse on ``device``, cached so no copy happens per batch."""
     rgb_to_yiq = torch.tensor(
-        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+        dtype=torch.float64,
     )
     return rgb_to_yiq.float().to(device), torch.linalg.inv(rgb_to_yiq).float().to(device)
 
@@ -324,7 +325,9 @@ def augment_textures(textures: Tensor, num_ops: int, generator: torch.Generator)
     # A private float copy (each op returns a new tensor; x is never modified in place).
     x = textures.float() / 255 if textures.dtype == torch.uint8 else textures.float().clone()
     device = x.device
-    picks = torch.rand(n, len(_TEXTURE_OPS), generator=generator, device=device).topk(num_ops, dim=1)
+    picks = torch.rand(n, len(_TEXTURE_OPS), generator=generator, device=device).topk(
+        num_ops, dim=1
+    )
     chosen = torch.zeros(n, len(_TEXTURE_OPS), dtype=torch.bool, device=device)
     chosen.scatter_(1, picks.indices, True)
     for i, op in enumerate(_TEXTURE_OPS):
@@ -393,8 +396,9 @@ class TextureBank:
 
         resize = Resize(size)
         files = find_images(folder, (*IMAGE_EXTENSIONS, ".webp"), recursive=True)
-        stacked = torch.stack([resize.image(torch.from_numpy(read_image(p)).permute(2, 0, 1))
-                               for p in files])
+        stacked = torch.stack(
+            [resize.image(torch.from_numpy(read_image(p)).permute(2, 0, 1)) for p in files]
+        )
         return cls(stacked.to(device))
 
     @classmethod
@@ -468,13 +472,19 @@ class AnomalySynthesizer:
             with a zero mask; altered samples always have a non-empty mask.
         """
         if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-            raise ValueError(f"images must be float (B, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be float (B, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if not _same_device(generator.device, images.device):
-            raise ValueError(f"generator is on {generator.device} but images are on {images.device}")
+            raise ValueError(
+                f"generator is on {generator.device} but images are on {images.device}"
+            )
         b, _, h, w = images.shape
         if b == 0:
             return images.clone(), images.new_zeros(b, 1, h, w)
-        altered = torch.rand(b, generator=generator, device=images.device) < self.config.anomaly_prob
+        altered = (
+            torch.rand(b, generator=generator, device=images.device) < self.config.anomaly_prob
+        )
         mask = self._masks(b, h, w, generator)
         texture = self._textures(images, generator)
         beta = _uniform((b,), 0.0, self.config.beta_max, generator)
@@ -490,7 +500,9 @@ class AnomalySynthesizer:
         low, high = cfg.perlin_scale_min, cfg.perlin_scale_max + 1
         exponents = torch.randint(low, high, (2, n), generator=generator, device=generator.device)
         res = torch.ones_like(exponents) << exponents
-        noise = perlin_noise(h, w, res[0], res[1], generator, max_res=1 << cfg.perlin_scale_max).unsqueeze(1)
+        noise = perlin_noise(
+            h, w, res[0], res[1], generator, max_res=1 << cfg.perlin_scale_max
+        ).unsqueeze(1)
         if cfg.rotate_mask:
             noise = rotate(noise, _uniform((n,), -90.0, 90.0, generator), padding_mode="reflection")
         return noise
@@ -511,7 +523,9 @@ class AnomalySynthesizer:
         first = found.to(torch.uint8).argmax(dim=1)  # first non-empty candidate; 0 if none is
         chosen = noise.gather(1, first.view(n, 1, 1, 1).expand(n, 1, h, w))  # (n, 1, H, W)
         flat = chosen.flatten(1)
-        top = max(1, round(flat.shape[1] * _FALLBACK_AREA))  # pixels in the fallback mask (ties aside)
+        top = max(
+            1, round(flat.shape[1] * _FALLBACK_AREA)
+        )  # pixels in the fallback mask (ties aside)
         fallback = chosen >= _bcast(flat.kthvalue(flat.shape[1] - top + 1, dim=1).values)
         mask = torch.where(_bcast(found.any(dim=1)), chosen > self.config.threshold, fallback)
         return mask.float()
@@ -526,9 +540,14 @@ class AnomalySynthesizer:
             texture, recolour = images.index_select(0, source).float(), True
         else:
             self.textures = self.textures.to(images.device)  # a no-op after the first batch
-            texture, recolour = self.textures.sample(b, generator).float() / 255, self.textures.recolour
+            texture, recolour = (
+                self.textures.sample(b, generator).float() / 255,
+                self.textures.recolour,
+            )
             if texture.shape[-2:] != (h, w):
-                texture = F.interpolate(texture, size=(h, w), mode="bilinear", antialias=True).clamp_(0, 1)
+                texture = F.interpolate(
+                    texture, size=(h, w), mode="bilinear", antialias=True
+                ).clamp_(0, 1)
         if recolour:
             texture = _recolour(texture, generator)
         return augment_textures(texture, self.config.texture_ops, generator)
@@ -541,4 +560,6 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     if a.type != "cuda":
         return True
     current = torch.cuda.current_device()
-    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current
+    )

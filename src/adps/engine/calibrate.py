@@ -60,8 +60,11 @@ class Thresholds:
             value = getattr(self, name)
             if value is None and name == "image":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 raise AdpsError(f"thresholds.{name}: must be a finite number, got {value!r}")
             object.__setattr__(self, name, float(value))
         if self.calibration is not None and not isinstance(self.calibration, dict):
@@ -90,8 +93,9 @@ class Thresholds:
         data = dict(data or {})
         unknown = set(data) - {"pixel", "image", "calibration"}
         if unknown:
-            raise AdpsError(f"unknown threshold names {sorted(unknown)}; use 'pixel', 'image' "
-                            "and 'calibration'")
+            raise AdpsError(
+                f"unknown threshold names {sorted(unknown)}; use 'pixel', 'image' and 'calibration'"
+            )
         return cls(**data)
 
 
@@ -113,7 +117,8 @@ def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> 
         raise AdpsError(
             f"{n} normal images cannot support a false-alarm rate of {target_rate:g}: at least "
             f"{needed} are needed (one false alarm among them is the smallest rate they can "
-            f"measure); give more normal images or a larger target rate")
+            f"measure); give more normal images or a larger target rate"
+        )
     allowed = math.floor(target_rate * n + 1e-9)
     ranked = np.sort(scores)[::-1]
     kept = ranked[allowed]  # the highest score that must not be flagged
@@ -127,7 +132,9 @@ def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> 
     flagged = int((scores >= threshold).sum())
     if flagged >= n:  # cannot happen with the rule above; kept as the invariant users rely on
         raise AdpsError("calibration would flag every normal image; refusing")
-    return Calibration(threshold, "false_alarm_rate", n, flagged, target_false_alarm_rate=target_rate)
+    return Calibration(
+        threshold, "false_alarm_rate", n, flagged, target_false_alarm_rate=target_rate
+    )
 
 
 def f1_optimal_threshold(labels, scores) -> Calibration:
@@ -143,8 +150,10 @@ def f1_optimal_threshold(labels, scores) -> Calibration:
         raise AdpsError(f"{len(labels)} labels but {len(scores)} scores")
     n_normal, n_defective = int((labels == 0).sum()), int((labels == 1).sum())
     if n_normal == 0 or n_defective == 0:
-        raise AdpsError("the F1-optimal threshold needs both normal and defective images "
-                        f"(got {n_normal} normal, {n_defective} defective)")
+        raise AdpsError(
+            "the F1-optimal threshold needs both normal and defective images "
+            f"(got {n_normal} normal, {n_defective} defective)"
+        )
     best = f1_max_threshold(labels, scores)
     lower = scores[scores < best]
     threshold = float((best + lower.max()) / 2 if len(lower) else best)
@@ -152,6 +161,13 @@ def f1_optimal_threshold(labels, scores) -> Calibration:
     if flagged == n_normal:
         raise AdpsError(
             f"the F1-optimal threshold ({threshold:.4g}) flags every normal image: the model "
-            f"does not separate these images; use false-alarm calibration instead")
-    return Calibration(threshold, "f1", n_normal, flagged, n_defective=n_defective,
-                       f1=image_metrics(labels, scores)["image_f1max"])
+            f"does not separate these images; use false-alarm calibration instead"
+        )
+    return Calibration(
+        threshold,
+        "f1",
+        n_normal,
+        flagged,
+        n_defective=n_defective,
+        f1=image_metrics(labels, scores)["image_f1max"],
+    )

@@ -50,13 +50,21 @@ class TrainingRecord:
     history: tuple[float, ...] = ()  # mean loss per epoch
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "steps": self.steps, "seconds": self.seconds,
-                "history": list(self.history)}
+        return {
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "history": list(self.history),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainingRecord:
-        return cls(int(data["epochs"]), int(data["steps"]), float(data["seconds"]),
-                   tuple(float(v) for v in data.get("history", ())))
+        return cls(
+            int(data["epochs"]),
+            int(data["steps"]),
+            float(data["seconds"]),
+            tuple(float(v) for v in data.get("history", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,9 @@ class Checkpoint:
     def derive(self, parent: str | Path, change: str, **changes: Any) -> Checkpoint:
         """This checkpoint, read from the file ``parent``, changed by ``change`` (words) and
         ``changes`` (fields), with the step recorded in its lineage."""
-        step = Lineage(file_sha256(parent), change,
-                       datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        step = Lineage(
+            file_sha256(parent), change, datetime.now(timezone.utc).isoformat(timespec="seconds")
+        )
         return self.replace(lineage=(*self.lineage, step), resume=None, **changes)
 
     @property
@@ -115,8 +124,13 @@ class Checkpoint:
         """How images reach the network, derived from the config and its backbone: RGB in
         [0, 1] at ``image_size``, normalised inside the model with ``mean`` and ``std``."""
         spec = get_backbone(self.model_config.backbone)
-        return {"backbone": spec.name, "mean": list(spec.mean), "std": list(spec.std),
-                "image_size": self.model_config.image_size, "input_range": [0.0, 1.0]}
+        return {
+            "backbone": spec.name,
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "image_size": self.model_config.image_size,
+            "input_range": [0.0, 1.0],
+        }
 
     def describe(self) -> dict[str, Any]:
         """Everything but the weights, as JSON-able data: what exports carry as metadata and
@@ -130,18 +144,24 @@ class Checkpoint:
             "fusion_fit": None if self.fusion_fit is None else self.fusion_fit.to_dict(),
             "training": None if self.training is None else self.training.to_dict(),
             "lineage": [step.to_dict() for step in self.lineage],
-            "fingerprint": {"trained": len(self.fingerprint.trained),
-                            "calibrated": len(self.fingerprint.calibrated),
-                            "recorded": self.fingerprint.recorded},
+            "fingerprint": {
+                "trained": len(self.fingerprint.trained),
+                "calibrated": len(self.fingerprint.calibrated),
+                "recorded": self.fingerprint.recorded,
+            },
         }
 
     # --- files ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = self.describe()
         del data["preprocess"], data["fingerprint"]  # derived / summarised: stored in full below
-        return {"format": FORMAT, **data, "model": dict(self.state),
-                "fingerprint": self.fingerprint.to_dict() if self.fingerprint.recorded else None,
-                "resume": None if self.resume is None else dict(self.resume)}
+        return {
+            "format": FORMAT,
+            **data,
+            "model": dict(self.state),
+            "fingerprint": self.fingerprint.to_dict() if self.fingerprint.recorded else None,
+            "resume": None if self.resume is None else dict(self.resume),
+        }
 
     def save(self, path: str | Path) -> Path:
         """Writes the file atomically: a crash leaves the previous file whole."""
@@ -183,8 +203,10 @@ class Checkpoint:
         except Exception as exc:
             raise AdpsError(f"cannot be read as an adps checkpoint ({exc})", path) from exc
         if not isinstance(data, dict) or data.get("format") not in READABLE:
-            raise AdpsError(f"is not an adps checkpoint (expected one of the formats "
-                            f"{', '.join(READABLE)})", path)
+            raise AdpsError(
+                f"is not an adps checkpoint (expected one of the formats {', '.join(READABLE)})",
+                path,
+            )
         return cls.from_dict(data, path)
 
 
@@ -194,9 +216,12 @@ def _upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
     none) dropped."""
     new = {k: v for k, v in data.items() if k not in (*_V1_TRAINING, *_RESUME, "preprocess")}
     if "step" in data:
-        new["training"] = {"epochs": data.get("epoch", 0), "steps": data["step"],
-                           "seconds": data.get("elapsed", 0.0),
-                           "history": data.get("history", ())}
+        new["training"] = {
+            "epochs": data.get("epoch", 0),
+            "steps": data["step"],
+            "seconds": data.get("elapsed", 0.0),
+            "history": data.get("history", ()),
+        }
     if "optimizer" in data:
         new["resume"] = {k: data[k] for k in _RESUME if k in data}
     return new

@@ -8,7 +8,7 @@ from adps.errors import AdpsError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" picks CUDA when present; an explicit CUDA request without CUDA is an error."""
+    """ "auto" picks CUDA when present; an explicit CUDA request without CUDA is an error."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -20,8 +20,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def inference_batch_size(device: torch.device, requested: int | None = None,
-                         runtime: str = "torch") -> int:
+def inference_batch_size(
+    device: torch.device, requested: int | None = None, runtime: str = "torch"
+) -> int:
     """The batch size for inference when the user gives none.
 
     Measured (benchmarks/bench_inference.py, 256 px): on CPU torch runs fastest per image at

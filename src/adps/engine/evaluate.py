@@ -48,10 +48,15 @@ def _peak_memory(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "cpu-rss"
 
 
-def evaluate(model: ADPS, dataset: AnomalyDataset, device: str = "auto",
-             batch_size: int | None = None,
-             eval_resolution: str = "working", progress: bool = True,
-             cache_dir: str | Path | None = None) -> EvalResult:
+def evaluate(
+    model: ADPS,
+    dataset: AnomalyDataset,
+    device: str = "auto",
+    batch_size: int | None = None,
+    eval_resolution: str = "working",
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> EvalResult:
     """Every metric of ``metrics.md`` on one test split.
 
     ``eval_resolution="working"`` scores maps against masks at the model's size (nearest-resized
@@ -64,26 +69,42 @@ def evaluate(model: ADPS, dataset: AnomalyDataset, device: str = "auto",
         raise AdpsError(f"eval_resolution must be 'working' or 'original', not '{eval_resolution}'")
     size = model.config.size
     if dataset.size is None or (not model.config.tiling and dataset.size != size):
-        raise AdpsError(f"the test dataset must be resized to the model's {size[0]} x {size[1]} "
-                        f"(got {dataset.size}); open it with adps.engine.tiling.open_split")
+        raise AdpsError(
+            f"the test dataset must be resized to the model's {size[0]} x {size[1]} "
+            f"(got {dataset.size}); open it with adps.engine.tiling.open_split"
+        )
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     images, masks, labels = load_tensor_stack(dataset, cache_dir=cache_dir, progress=progress)
     forward = tiled(TorchForward(model, dev), model.config, inference_batch_size(dev, batch_size))
-    maps, scores, seconds = infer(forward, images, dev, 1 if model.config.tiling else batch_size,
-                                  progress)
+    maps, scores, seconds = infer(
+        forward, images, dev, 1 if model.config.tiling else batch_size, progress
+    )
     has_mask = np.array([r.has_mask for r in dataset.records])
     labels_np = labels.numpy()
     scores_np = scores.numpy()
     if eval_resolution == "working":
-        metrics = compute_metrics(labels_np, scores_np, masks[:, 0].numpy(), maps.numpy(),
-                                  mask_available=has_mask)
+        metrics = compute_metrics(
+            labels_np, scores_np, masks[:, 0].numpy(), maps.numpy(), mask_available=has_mask
+        )
     else:
         originals = [dataset.original_mask(i).numpy() for i in range(len(dataset))]
         metrics = compute_metrics_original_resolution(
-            labels_np, scores_np, originals, [m.numpy() for m in maps], mask_available=has_mask)
+            labels_np, scores_np, originals, [m.numpy() for m in maps], mask_available=has_mask
+        )
     peak, kind = _peak_memory(dev)
-    return EvalResult(metrics, scores_np, labels_np, images, maps, masks[:, 0], has_mask,
-                      [str(r.image) for r in dataset.records], seconds,
-                      len(images) / seconds if seconds > 0 else 0.0, peak, kind)
+    return EvalResult(
+        metrics,
+        scores_np,
+        labels_np,
+        images,
+        maps,
+        masks[:, 0],
+        has_mask,
+        [str(r.image) for r in dataset.records],
+        seconds,
+        len(images) / seconds if seconds > 0 else 0.0,
+        peak,
+        kind,
+    )

@@ -26,8 +26,9 @@ from adps.models.adps import ADPS
 from adps.models.memory import late_fusion
 
 # (prior exponent, PSM boost); the first is the shipped default, kept on ties
-FUSION_GRID = ((1.0, 2.0),) + tuple((g, a) for g in (1.0, 0.75, 0.5, 0.25)
-                                    for a in (1.0, 2.0, 4.0, 8.0) if (g, a) != (1.0, 2.0))
+FUSION_GRID = ((1.0, 2.0),) + tuple(
+    (g, a) for g in (1.0, 0.75, 0.5, 0.25) for a in (1.0, 2.0, 4.0, 8.0) if (g, a) != (1.0, 2.0)
+)
 
 
 @dataclass(frozen=True)
@@ -51,13 +52,21 @@ class FusionFit:
     scores: tuple[FusionScore, ...]  # every grid point, in grid order
 
     def to_dict(self) -> dict:
-        return {"exponent": self.exponent, "boost": self.boost, "n_images": self.n_images,
-                "scores": [asdict(s) for s in self.scores]}
+        return {
+            "exponent": self.exponent,
+            "boost": self.boost,
+            "n_images": self.n_images,
+            "scores": [asdict(s) for s in self.scores],
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "FusionFit":
-        return cls(data["exponent"], data["boost"], data["n_images"],
-                   tuple(FusionScore(**s) for s in data["scores"]))
+        return cls(
+            data["exponent"],
+            data["boost"],
+            data["n_images"],
+            tuple(FusionScore(**s) for s in data["scores"]),
+        )
 
 
 def check_late_fusion(model: ADPS) -> None:
@@ -65,19 +74,27 @@ def check_late_fusion(model: ADPS) -> None:
     prior."""
     c = model.config
     if model.memory is None:
-        raise AdpsError("the model has no memory prior to fuse (model.prior is 'none'; train "
-                        "with --prior memory)")
+        raise AdpsError(
+            "the model has no memory prior to fuse (model.prior is 'none'; train "
+            "with --prior memory)"
+        )
     if c.prior_fusion != "late":
-        raise AdpsError(f"model.prior_fusion is '{c.prior_fusion}': only late fusion has an "
-                        "exponent and a boost to fit")
+        raise AdpsError(
+            f"model.prior_fusion is '{c.prior_fusion}': only late fusion has an "
+            "exponent and a boost to fit"
+        )
     if not model.memory.fitted:
         raise AdpsError("the model's memory bank is empty")
 
 
 @torch.no_grad()
-def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
-                   batch_size: int | None = None, progress: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def component_maps(
+    model: ADPS,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The PSM's probability and the prior in units of its normal 99.9th percentile, each
     (N, H, W) float32 on the CPU, for (N, 3, H, W) uint8 images."""
     model = model.to(device).eval()
@@ -91,8 +108,12 @@ def component_maps(model: ADPS, images: torch.Tensor, device: torch.device,
     return torch.cat(psm).cpu(), torch.cat(prior).cpu()
 
 
-def choose_fusion(masks: torch.Tensor, psm: torch.Tensor, scaled_prior: torch.Tensor,
-                  grid: tuple[tuple[float, float], ...] = FUSION_GRID) -> FusionFit:
+def choose_fusion(
+    masks: torch.Tensor,
+    psm: torch.Tensor,
+    scaled_prior: torch.Tensor,
+    grid: tuple[tuple[float, float], ...] = FUSION_GRID,
+) -> FusionFit:
     """The (exponent, boost) of ``grid`` whose fused maps score the highest mean of pixel AP
     and AUPRO against ``masks`` (N, H, W); the earlier grid point wins a tie."""
     if not bool(masks.any()):
@@ -106,8 +127,13 @@ def choose_fusion(masks: torch.Tensor, psm: torch.Tensor, scaled_prior: torch.Te
     return FusionFit(best.exponent, best.boost, len(masks), tuple(scores))
 
 
-def fit_fusion(model: ADPS, defects: AnomalyDataset, device: torch.device,
-               batch_size: int | None = None, progress: bool = False) -> FusionFit:
+def fit_fusion(
+    model: ADPS,
+    defects: AnomalyDataset,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> FusionFit:
     """The fusion :func:`choose_fusion` picks for ``defects`` (defective images with masks,
     decoded at the model's working size: ``engine.tiling.working_size``). A tiled model's
     images are cut into its tile grid, since its fusion acts on tile maps."""
@@ -121,5 +147,12 @@ def fit_fusion(model: ADPS, defects: AnomalyDataset, device: torch.device,
     return replace(choose_fusion(masks[:, 0] > 0, psm, prior), n_images=n_images)
 
 
-__all__ = ["FUSION_GRID", "FusionFit", "FusionScore", "check_late_fusion", "choose_fusion",
-           "component_maps", "fit_fusion"]
+__all__ = [
+    "FUSION_GRID",
+    "FusionFit",
+    "FusionScore",
+    "check_late_fusion",
+    "choose_fusion",
+    "component_maps",
+    "fit_fusion",
+]

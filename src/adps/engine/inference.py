@@ -40,9 +40,13 @@ class TorchForward:
         return self.module(batch.contiguous(memory_format=torch.channels_last))
 
 
-def infer(forward: Forward, images: torch.Tensor, device: torch.device,
-          batch_size: int | None = None, progress: bool = False
-          ) -> tuple[torch.Tensor, torch.Tensor, float]:
+def infer(
+    forward: Forward,
+    images: torch.Tensor,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Maps (N, H, W) and scores (N,) on the CPU for a stack of images; also the model seconds.
 
     Results stay on the device until the end, so the loop never waits on the host; on CUDA the
@@ -53,9 +57,10 @@ def infer(forward: Forward, images: torch.Tensor, device: torch.device,
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    for i in tqdm(range(0, len(images), batch_size), desc="infer", unit="batch",
-                  disable=not progress):
-        amap, score = forward(images[i:i + batch_size])
+    for i in tqdm(
+        range(0, len(images), batch_size), desc="infer", unit="batch", disable=not progress
+    ):
+        amap, score = forward(images[i : i + batch_size])
         maps.append(amap[:, 0].float())
         scores.append(score.float())
     if device.type == "cuda":

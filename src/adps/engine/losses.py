@@ -9,9 +9,14 @@ from adps.config import TrainConfig
 from adps.models.adps import cosine_map
 
 
-def distillation_loss(teacher: list[torch.Tensor], student: list[torch.Tensor],
-                      mask: torch.Tensor, kind: str = "cosine", margin: float = 1.0,
-                      eps: float = 1e-8) -> torch.Tensor:
+def distillation_loss(
+    teacher: list[torch.Tensor],
+    student: list[torch.Tensor],
+    mask: torch.Tensor,
+    kind: str = "cosine",
+    margin: float = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """Eq. (7): pull T/S together on normal positions, push them apart on synthetic anomalies.
 
     Y is the mask area-downsampled to each level (a soft fraction; the loss is linear in Y).
@@ -43,14 +48,20 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -
     return (-(1.0 - logp_t.exp()).pow(gamma) * logp_t).mean()
 
 
-def adps_loss(outputs: dict, mask: torch.Tensor, config: TrainConfig,
-              eps: float = 1e-8) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def adps_loss(
+    outputs: dict, mask: torch.Tensor, config: TrainConfig, eps: float = 1e-8
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Eq. (9): L = L_d + lambda * L_s; returns the total and its parts (device tensors)."""
     parts = {}
     if outputs["teacher"] is not None and outputs["student"] is not None:
-        parts["distill"] = distillation_loss(outputs["teacher"], outputs["student"], mask,
-                                             config.distill_loss, config.mse_margin, eps)
+        parts["distill"] = distillation_loss(
+            outputs["teacher"],
+            outputs["student"],
+            mask,
+            config.distill_loss,
+            config.mse_margin,
+            eps,
+        )
     if outputs["logits"] is not None:
-        parts["focal"] = config.lambda_seg * focal_loss(outputs["logits"], mask,
-                                                        config.focal_gamma)
+        parts["focal"] = config.lambda_seg * focal_loss(outputs["logits"], mask, config.focal_gamma)
     return sum(parts.values()), parts

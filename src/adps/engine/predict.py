@@ -49,12 +49,17 @@ class Prediction:
     def summary(self) -> dict[str, Any]:
         """Score (6 digits), decision and defect area: what `adps predict` writes and
         `adps serve` answers, from this one place so that the two agree digit for digit."""
-        return {"score": round(self.score, 6), "decision": self.decision,
-                "defect_area": self.defect_area}
+        return {
+            "score": round(self.score, 6),
+            "decision": self.decision,
+            "defect_area": self.defect_area,
+        }
 
 
-def to_uint8_chw(item: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 ) -> tuple[torch.Tensor, str | None]:
+def to_uint8_chw(
+    item: ImageInput,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> tuple[torch.Tensor, str | None]:
     """One image as a uint8 (3, H, W) tensor, plus its path when it came from a file.
 
     Accepts a path, a PIL image, or an array/tensor shaped (H, W), (H, W, 3) or (3, H, W);
@@ -75,8 +80,9 @@ def to_uint8_chw(item: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     elif tensor.ndim == 3 and tensor.shape[-1] in (1, 3) and tensor.shape[0] not in (1, 3):
         tensor = tensor.permute(2, 0, 1)
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
-        raise AdpsError(f"expected an image shaped (H, W), (H, W, 3) or (3, H, W), got "
-                        f"{tuple(tensor.shape)}")
+        raise AdpsError(
+            f"expected an image shaped (H, W), (H, W, 3) or (3, H, W), got {tuple(tensor.shape)}"
+        )
     if tensor.shape[0] == 1:
         tensor = tensor.expand(3, -1, -1)
     if tensor.dtype == torch.uint8:
@@ -98,9 +104,16 @@ class Predictor:
     tiles), whatever its size.
     """
 
-    def __init__(self, forward: Forward, config: ModelConfig, thresholds: Thresholds,
-                 device: torch.device, batch_size: int = 32, metadata: dict | None = None,
-                 runtime: str = "torch"):
+    def __init__(
+        self,
+        forward: Forward,
+        config: ModelConfig,
+        thresholds: Thresholds,
+        device: torch.device,
+        batch_size: int = 32,
+        metadata: dict | None = None,
+        runtime: str = "torch",
+    ):
         self.config = config
         self.tiling = Tiling.of(config)
         self.forward = tiled(forward, config, batch_size)
@@ -116,13 +129,14 @@ class Predictor:
         """uint8 (3, H, W) images -> uint8 (B, 3, S, S), resized exactly as the datasets do."""
         return torch.stack([self.resize.image(img) for img in images])
 
-    def predict_tensors(self, images: Sequence[torch.Tensor],
-                        paths: Sequence[str | None] | None = None) -> list[Prediction]:
+    def predict_tensors(
+        self, images: Sequence[torch.Tensor], paths: Sequence[str | None] | None = None
+    ) -> list[Prediction]:
         results: list[Prediction] = []
         paths = list(paths) if paths is not None else [None] * len(images)
         step = 1 if self.tiling else self.batch_size  # tiled: a batch is one image's tiles
         for start in range(0, len(images), step):
-            chunk = images[start:start + step]
+            chunk = images[start : start + step]
             if self.tiling:
                 frame = Resize(self.tiling.frame(*chunk[0].shape[-2:])).image(chunk[0])
                 maps, scores = self.forward(frame[None])
@@ -131,18 +145,26 @@ class Predictor:
             maps, scores = maps.float().cpu(), scores.float().cpu()
             for i, img in enumerate(chunk):
                 h, w = img.shape[-2:]
-                amap = maps[i:i + 1]
+                amap = maps[i : i + 1]
                 if tuple(amap.shape[-2:]) != (h, w):
                     amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)
                 amap = amap[0, 0].numpy()
                 score = float(scores[i])
-                results.append(Prediction(score, amap, amap > self.thresholds.pixel,
-                                          score >= self.thresholds.decision, paths[start + i]))
+                results.append(
+                    Prediction(
+                        score,
+                        amap,
+                        amap > self.thresholds.pixel,
+                        score >= self.thresholds.decision,
+                        paths[start + i],
+                    )
+                )
         return results
 
     def __call__(self, inputs: ImageInput | Iterable[ImageInput]) -> Prediction | list[Prediction]:
         single = isinstance(inputs, (str, Path, Image.Image)) or (
-            isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim in (2, 3))
+            isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim in (2, 3)
+        )
         if single:
             inputs = [inputs]
         elif isinstance(inputs, (np.ndarray, torch.Tensor)):
@@ -153,9 +175,12 @@ class Predictor:
         results = self.predict_tensors([c[0] for c in converted], [c[1] for c in converted])
         return results[0] if single else results
 
-    def iter_files(self, paths: Sequence[str | Path], workers: int = 4,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                   ) -> Iterator[tuple[list[Prediction], list[tuple[str, str]]]]:
+    def iter_files(
+        self,
+        paths: Sequence[str | Path],
+        workers: int = 4,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> Iterator[tuple[list[Prediction], list[tuple[str, str]]]]:
         """Per batch: the predictions, and (path, reason) for files that could not be read
         (or are over ``max_pixels``, None = no limit).
 
@@ -169,8 +194,10 @@ class Predictor:
             except AdpsError as exc:
                 return str(exc).removeprefix(f"{path}: ")
 
-        chunks = [[str(p) for p in paths[i:i + self.batch_size]]
-                  for i in range(0, len(paths), self.batch_size)]
+        chunks = [
+            [str(p) for p in paths[i : i + self.batch_size]]
+            for i in range(0, len(paths), self.batch_size)
+        ]
         with ThreadPoolExecutor(max(1, workers)) as pool:
             pending = [pool.submit(load, p) for p in chunks[0]] if chunks else []
             for index, chunk in enumerate(chunks):
@@ -179,13 +206,17 @@ class Predictor:
                     pending = [pool.submit(load, p) for p in chunks[index + 1]]
                 good = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, torch.Tensor)]
                 failed = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, str)]
-                predictions = (self.predict_tensors([t for _, t in good], [p for p, _ in good])
-                               if good else [])
+                predictions = (
+                    self.predict_tensors([t for _, t in good], [p for p, _ in good]) if good else []
+                )
                 yield predictions, failed
 
-    def predict_files(self, paths: Sequence[str | Path], workers: int = 4,
-                      max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                      ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+    def predict_files(
+        self,
+        paths: Sequence[str | Path],
+        workers: int = 4,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
         """All predictions and failures at once (keeps every map: use :meth:`iter_files` for
         large folders)."""
         predictions, failures = [], []
@@ -202,26 +233,44 @@ def _runner_predictor(runner, batch_size: int, runtime: str) -> Predictor:
         maps, scores = runner(batch.numpy())  # the runner converts to the graph's dtype
         return torch.from_numpy(maps), torch.from_numpy(scores)
 
-    return Predictor(forward, from_dict(ModelConfig, runner.metadata["model_config"]),
-                     runner.thresholds, torch.device("cpu"), batch_size, runner.metadata,
-                     runtime)
+    return Predictor(
+        forward,
+        from_dict(ModelConfig, runner.metadata["model_config"]),
+        runner.thresholds,
+        torch.device("cpu"),
+        batch_size,
+        runner.metadata,
+        runtime,
+    )
 
 
 EXPORT_SUFFIXES = (".onnx", ".xml", ".ts", ".torchscript")  # any other file is a checkpoint
 
 
-def checkpoint_predictor(ckpt: Checkpoint, device: str = "auto",
-                         batch_size: int | None = None) -> Predictor:
+def checkpoint_predictor(
+    ckpt: Checkpoint, device: str = "auto", batch_size: int | None = None
+) -> Predictor:
     """A predictor that runs ``ckpt`` in torch; ``batch_size=None`` picks what runs fastest on
     the device (:func:`inference_batch_size`)."""
     dev = resolve_device(device)
     model = ckpt.model()
-    return Predictor(TorchForward(model, dev), model.config, ckpt.thresholds, dev,
-                     inference_batch_size(dev, batch_size), ckpt.describe(), f"torch {dev}")
+    return Predictor(
+        TorchForward(model, dev),
+        model.config,
+        ckpt.thresholds,
+        dev,
+        inference_batch_size(dev, batch_size),
+        ckpt.describe(),
+        f"torch {dev}",
+    )
 
 
-def export_predictor(path: str | Path, device: str = "auto", batch_size: int | None = None,
-                     precision: str | None = None) -> Predictor:
+def export_predictor(
+    path: str | Path,
+    device: str = "auto",
+    batch_size: int | None = None,
+    precision: str | None = None,
+) -> Predictor:
     """A predictor that runs an export on its own runtime: ONNX (``.onnx``), OpenVINO
     (``.xml``) or TorchScript (``.ts``/``.torchscript``); thresholds and pre-processing come
     from the file's metadata. ``precision``: OpenVINO's ("f32", "bf16", "auto"; None = the
@@ -234,20 +283,32 @@ def export_predictor(path: str | Path, device: str = "auto", batch_size: int | N
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
         runner = OnnxRunner(path, providers=providers)
-        return _runner_predictor(runner, inference_batch_size(dev, batch_size, "onnx"),
-                                 f"onnxruntime ({runner.providers[0]})")
+        return _runner_predictor(
+            runner,
+            inference_batch_size(dev, batch_size, "onnx"),
+            f"onnxruntime ({runner.providers[0]})",
+        )
     if suffix == ".xml":
         from adps.engine.runtime import OpenVinoRunner
 
         runner = OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU", precision=precision)
-        return _runner_predictor(runner, inference_batch_size(dev, batch_size),
-                                 f"openvino {runner.device} {runner.precision}")
+        return _runner_predictor(
+            runner,
+            inference_batch_size(dev, batch_size),
+            f"openvino {runner.device} {runner.precision}",
+        )
     if suffix in (".ts", ".torchscript"):
         from adps.engine.runtime import load_torchscript
 
         module, meta = load_torchscript(path, dev)
         forward = TorchForward(module, dev, takes_uint8=meta["input_dtype"] == "uint8")
-        return Predictor(forward, from_dict(ModelConfig, meta["model_config"]),
-                         Thresholds.from_dict(meta.get("thresholds")), dev,
-                         inference_batch_size(dev, batch_size), meta, f"torchscript {dev}")
+        return Predictor(
+            forward,
+            from_dict(ModelConfig, meta["model_config"]),
+            Thresholds.from_dict(meta.get("thresholds")),
+            dev,
+            inference_batch_size(dev, batch_size),
+            meta,
+            f"torchscript {dev}",
+        )
     raise AdpsError(f"is not an export (expected one of {', '.join(EXPORT_SUFFIXES)})", path)

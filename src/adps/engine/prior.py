@@ -33,16 +33,22 @@ class PriorFit:
     seconds: float
 
 
-def image_batches(images: torch.Tensor, device: torch.device, batch_size: int | None,
-                  desc: str, progress: bool):
+def image_batches(
+    images: torch.Tensor, device: torch.device, batch_size: int | None, desc: str, progress: bool
+):
     """(B, 3, H, W) float batches in [0, 1], channels-last on ``device``, of a uint8 stack, with
     a progress bar: how the memory's fit and the fusion's fit read their images."""
-    batch_size = inference_batch_size(device, batch_size) if device.type == "cuda" else (
-        batch_size or 8)
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                  disable=not progress):
-        yield images[i:i + batch_size].to(device).float().div_(255.0).contiguous(
-            memory_format=torch.channels_last)
+    batch_size = (
+        inference_batch_size(device, batch_size) if device.type == "cuda" else (batch_size or 8)
+    )
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress):
+        yield (
+            images[i : i + batch_size]
+            .to(device)
+            .float()
+            .div_(255.0)
+            .contiguous(memory_format=torch.channels_last)
+        )
 
 
 def _statistics(prior: torch.Tensor) -> torch.Tensor:
@@ -53,8 +59,14 @@ def _statistics(prior: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = None,
-              batch_size: int | None = None, progress: bool = False, seed: int = 0) -> PriorFit:
+def fit_prior(
+    model: ADPS,
+    images: torch.Tensor,
+    holdout: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> PriorFit:
     """Fills ``model.memory`` from ``images`` (N, 3, H, W) uint8 normal training images.
 
     The bank is the greedy coreset of their embedded teacher features, of at most
@@ -69,9 +81,12 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     device = model.mean.device
     neighbors = model.config.memory_neighbors
 
-    embedding = torch.cat([embed(model.teacher(model.normalize(batch)))
-                           for batch in image_batches(images, device, batch_size, "memory",
-                                                       progress)])
+    embedding = torch.cat(
+        [
+            embed(model.teacher(model.normalize(batch)))
+            for batch in image_batches(images, device, batch_size, "memory", progress)
+        ]
+    )
     n, c, h, w = embedding.shape
     features = embedding.permute(0, 2, 3, 1).reshape(-1, c)
     sources = torch.arange(n, device=device).repeat_interleave(h * w)
@@ -79,17 +94,30 @@ def fit_prior(model: ADPS, images: torch.Tensor, holdout: torch.Tensor | None = 
     memory.set_bank(features[chosen], sources[chosen])
 
     if holdout is None:  # leave-one-image-out: no image matches its own features
-        prior = torch.cat([memory.distances(embedding[i:i + _IMAGE_CHUNK], neighbors,
-                                            torch.arange(i, min(i + _IMAGE_CHUNK, n),
-                                                         device=device))
-                           for i in range(0, n, _IMAGE_CHUNK)])
+        prior = torch.cat(
+            [
+                memory.distances(
+                    embedding[i : i + _IMAGE_CHUNK],
+                    neighbors,
+                    torch.arange(i, min(i + _IMAGE_CHUNK, n), device=device),
+                )
+                for i in range(0, n, _IMAGE_CHUNK)
+            ]
+        )
     else:
-        prior = torch.cat([memory.distances(embed(model.teacher(model.normalize(batch))), neighbors)
-                           for batch in image_batches(holdout, device, batch_size, "memory stats",
-                                                 progress)])
+        prior = torch.cat(
+            [
+                memory.distances(embed(model.teacher(model.normalize(batch))), neighbors)
+                for batch in image_batches(holdout, device, batch_size, "memory stats", progress)
+            ]
+        )
     memory.stats = _statistics(prior).to(device)
-    return PriorFit(len(chosen), len(features), "leave-one-out" if holdout is None else "holdout",
-                    time.perf_counter() - start)
+    return PriorFit(
+        len(chosen),
+        len(features),
+        "leave-one-out" if holdout is None else "holdout",
+        time.perf_counter() - start,
+    )
 
 
 __all__ = ["PriorFit", "fit_prior", "image_batches"]

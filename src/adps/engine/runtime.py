@@ -25,9 +25,19 @@ from adps.engine.calibrate import Thresholds
 from adps.engine.device import cpu_has_bf16
 from adps.errors import AdpsError
 
-__all__ = ["EXPORT_FORMAT", "METADATA_KEY", "TORCHSCRIPT_EXTRA", "INPUT_NAME", "OUTPUT_NAMES",
-           "INPUT_DTYPES", "OnnxRunner", "OpenVinoRunner", "load_torchscript", "read_onnx_metadata",
-           "quiet_export"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "METADATA_KEY",
+    "TORCHSCRIPT_EXTRA",
+    "INPUT_NAME",
+    "OUTPUT_NAMES",
+    "INPUT_DTYPES",
+    "OnnxRunner",
+    "OpenVinoRunner",
+    "load_torchscript",
+    "read_onnx_metadata",
+    "quiet_export",
+]
 
 EXPORT_FORMAT = "adps-export-v2"  # v2: metadata derived from the checkpoint, nothing twice
 READABLE_EXPORTS = ("adps-export-v1", EXPORT_FORMAT)
@@ -39,9 +49,11 @@ INPUT_DTYPES = ("uint8", "float32")
 
 _OPENVINO_BATCH_SIZES = 8  # compiled graphs an OpenVinoRunner keeps, one per batch size
 # matched from the message's start, hence the leading ".*"
-_NOISE = re.compile(r".*(legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
-                    r"`torch\.jit\.\w+` is deprecated|The feature will be removed|"
-                    r"__array_wrap__)")
+_NOISE = re.compile(
+    r".*(legacy TorchScript-based ONNX export|Constant folding - Only steps=1|"
+    r"`torch\.jit\.\w+` is deprecated|The feature will be removed|"
+    r"__array_wrap__)"
+)
 
 
 class quiet_export(warnings.catch_warnings):
@@ -59,22 +71,30 @@ def parse_metadata(props: dict[str, str], path: Path, what: str = "ONNX") -> dic
     """The adps metadata of an export, checked enough that a predictor can rely on it."""
     raw = props.get(METADATA_KEY)
     if raw is None:
-        raise AdpsError(f"is not an adps {what} export (no adps metadata); export one with "
-                        "`adps export`", path)
+        raise AdpsError(
+            f"is not an adps {what} export (no adps metadata); export one with `adps export`", path
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise AdpsError(f"has unreadable adps metadata ({exc})", path) from exc
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_EXPORTS:
-        raise AdpsError(f"is not an adps export of a known format (expected one of "
-                        f"{', '.join(READABLE_EXPORTS)})", path)
+        raise AdpsError(
+            f"is not an adps export of a known format (expected one of "
+            f"{', '.join(READABLE_EXPORTS)})",
+            path,
+        )
     config = meta.get("model_config")
     size = config.get("image_size") if isinstance(config, dict) else None
     if meta.get("input_dtype") not in INPUT_DTYPES or not (
-            isinstance(size, int) or (isinstance(size, list) and len(size) == 2
-                                      and all(isinstance(side, int) for side in size))):
-        raise AdpsError("has incomplete adps metadata (input_dtype, model_config.image_size)",
-                        path)
+        isinstance(size, int)
+        or (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(side, int) for side in size)
+        )
+    ):
+        raise AdpsError("has incomplete adps metadata (input_dtype, model_config.image_size)", path)
     meta["image_size"] = tuple(size) if isinstance(size, list) else size  # read from one place
     return meta
 
@@ -102,15 +122,19 @@ def _default_providers() -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def _to_input_dtype(images: Any, input_dtype: str, size: tuple[int, int],
-                    path: Path | None) -> np.ndarray:
+def _to_input_dtype(
+    images: Any, input_dtype: str, size: tuple[int, int], path: Path | None
+) -> np.ndarray:
     """(B,3,H,W) uint8 or float array -> what the graph takes (uint8 0..255 / float32 [0,1])."""
     if isinstance(images, torch.Tensor):
         images = images.detach().cpu().numpy()
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1] != 3 or images.shape[2:] != size:
-        raise AdpsError(f"images must be (B, 3, {size[0]}, {size[1]}) (RGB, channels first, at the "
-                        f"exported size), got {images.shape}", path)
+        raise AdpsError(
+            f"images must be (B, 3, {size[0]}, {size[1]}) (RGB, channels first, at the "
+            f"exported size), got {images.shape}",
+            path,
+        )
     if images.dtype == np.uint8:
         if input_dtype == "uint8":
             return np.ascontiguousarray(images)
@@ -148,8 +172,9 @@ class OnnxRunner(_GraphRunner):
     ``providers`` (those the session uses).
     """
 
-    def __init__(self, path: str | Path, providers: Sequence[str] | None = None,
-                 threads: int | None = None):
+    def __init__(
+        self, path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None
+    ):
         import onnxruntime as ort
 
         self.path = path = Path(path)
@@ -160,17 +185,19 @@ class OnnxRunner(_GraphRunner):
             options.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options,
-                providers=list(providers) if providers else _default_providers())
+                str(path),
+                sess_options=options,
+                providers=list(providers) if providers else _default_providers(),
+            )
         except Exception as exc:
             raise AdpsError(f"cannot be loaded as an ONNX model ({exc})", path) from exc
-        self._read_metadata(parse_metadata(self.session.get_modelmeta().custom_metadata_map,
-                                           path))
+        self._read_metadata(parse_metadata(self.session.get_modelmeta().custom_metadata_map, path))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         if len(self.output_names) != 2:
-            raise AdpsError(f"has {len(self.output_names)} outputs, expected 2 "
-                            "(anomaly_map, score)", path)
+            raise AdpsError(
+                f"has {len(self.output_names)} outputs, expected 2 (anomaly_map, score)", path
+            )
         self.providers = self.session.get_providers()
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +207,10 @@ class OnnxRunner(_GraphRunner):
         return maps.astype(np.float32, copy=False), scores.astype(np.float32, copy=False)
 
     def __repr__(self) -> str:
-        return (f"OnnxRunner({str(self.path)!r}, image_size={self.image_size}, "
-                f"input_dtype={self.input_dtype!r}, providers={self.providers})")
+        return (
+            f"OnnxRunner({str(self.path)!r}, image_size={self.image_size}, "
+            f"input_dtype={self.input_dtype!r}, providers={self.providers})"
+        )
 
 
 class OpenVinoRunner(_GraphRunner):
@@ -192,13 +221,21 @@ class OpenVinoRunner(_GraphRunner):
     bf16; maps move by up to ~0.15, see the README); "auto" = bf16 on a CPU with native bf16,
     else f32; None = what the export says."""
 
-    def __init__(self, path: str | Path, device: str = "CPU", threads: int | None = None,
-                 precision: str | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "CPU",
+        threads: int | None = None,
+        precision: str | None = None,
+    ):
         try:
             import openvino as ov
         except ImportError as exc:
-            raise AdpsError("running an OpenVINO model needs the openvino package (pip install "
-                            "'adps[openvino]')", path) from exc
+            raise AdpsError(
+                "running an OpenVINO model needs the openvino package (pip install "
+                "'adps[openvino]')",
+                path,
+            ) from exc
         self.path = path = Path(path)
         if not path.is_file() or not path.with_suffix(".bin").is_file():
             raise AdpsError("OpenVINO model not found (needs the .xml and its .bin)", path)
@@ -207,18 +244,23 @@ class OpenVinoRunner(_GraphRunner):
             model = core.read_model(str(path))
         except Exception as exc:
             raise AdpsError(f"cannot be read as an OpenVINO model ({exc})", path) from exc
-        raw = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info(
-            [METADATA_KEY]) else None
-        self._read_metadata(parse_metadata({} if raw is None else {METADATA_KEY: raw}, path,
-                                           "OpenVINO"))
+        raw = (
+            model.get_rt_info([METADATA_KEY]).astype(str)
+            if model.has_rt_info([METADATA_KEY])
+            else None
+        )
+        self._read_metadata(
+            parse_metadata({} if raw is None else {METADATA_KEY: raw}, path, "OpenVINO")
+        )
         # float32 unless asked, like the other backends: on CPUs with native bf16 OpenVINO
         # would otherwise pick bf16 itself
         precision = precision or self.metadata.get("inference_precision", "f32")
         if precision == "auto":
             precision = "bf16" if device == "CPU" and cpu_has_bf16() else "f32"
         if precision not in ("f32", "bf16"):
-            raise AdpsError(f"OpenVINO precision must be 'f32', 'bf16' or 'auto', got "
-                            f"{precision!r}", path)
+            raise AdpsError(
+                f"OpenVINO precision must be 'f32', 'bf16' or 'auto', got {precision!r}", path
+            )
         self.precision = precision
         self.device = device
         self._core, self._model = core, model
@@ -237,8 +279,9 @@ class OpenVinoRunner(_GraphRunner):
         if request is None:
             model = self._model.clone()
             model.reshape({0: [batch, *self._model.input(0).get_partial_shape()[1:]]})
-            request = self._core.compile_model(model, self.device, self._config
-                                               ).create_infer_request()
+            request = self._core.compile_model(
+                model, self.device, self._config
+            ).create_infer_request()
             self._requests[batch] = request
             if len(self._requests) > _OPENVINO_BATCH_SIZES:
                 self._requests.popitem(last=False)
@@ -251,15 +294,18 @@ class OpenVinoRunner(_GraphRunner):
         request = self._request(len(x))
         request.infer({0: x})
         maps, scores = (request.get_output_tensor(i).data for i in range(2))
-        return (np.array(maps, dtype=np.float32, copy=True),
-                np.array(scores, dtype=np.float32, copy=True))
+        return (
+            np.array(maps, dtype=np.float32, copy=True),
+            np.array(scores, dtype=np.float32, copy=True),
+        )
 
     def __repr__(self) -> str:
         return f"OpenVinoRunner({str(self.path)!r}, device={self.device!r})"
 
 
-def load_torchscript(path: str | Path, device: str | torch.device = "cpu"
-                     ) -> tuple[torch.jit.ScriptModule, dict]:
+def load_torchscript(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.jit.ScriptModule, dict]:
     """Loads a TorchScript export: ``(module, metadata)``; ``module(images)`` returns
     ``(anomaly_map (B,1,H,W), score (B,))`` for images of the exported dtype."""
     path = Path(path)

@@ -44,8 +44,9 @@ def parse_duration(text: str) -> float:
     else:
         parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", value)
         if not parts or "".join(n + u for n, u in parts) != value:
-            raise AdpsError(f"time budget '{text}' is not a duration; use e.g. 90s, 20m, 2h or "
-                            "1h30m")
+            raise AdpsError(
+                f"time budget '{text}' is not a duration; use e.g. 90s, 20m, 2h or 1h30m"
+            )
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
     if seconds <= 0:
         raise AdpsError(f"time budget '{text}' must be longer than zero")

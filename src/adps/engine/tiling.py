@@ -86,8 +86,13 @@ class TiledForward:
     map), never a per-tile score.
     """
 
-    def __init__(self, forward: Forward, tiling: Tiling,
-                 score: Callable[[torch.Tensor], torch.Tensor], tile_batch: int = 8):
+    def __init__(
+        self,
+        forward: Forward,
+        tiling: Tiling,
+        score: Callable[[torch.Tensor], torch.Tensor],
+        tile_batch: int = 8,
+    ):
         if tile_batch < 1:
             raise AdpsError(f"tile_batch must be >= 1, got {tile_batch}")
         self.forward, self.tiling, self.score, self.tile_batch = forward, tiling, score, tile_batch
@@ -105,13 +110,14 @@ class TiledForward:
         pad_h, pad_w = max(0, th - h), max(0, tw - w)
         if pad_h or pad_w:
             frame = F.pad(frame[None].float(), (0, pad_w, 0, pad_h), mode="replicate")[0].to(
-                frame.dtype)
+                frame.dtype
+            )
         height, width = frame.shape[-2:]
         boxes = self.tiling.boxes(height, width)
         total = None
         for i in range(0, len(boxes), self.tile_batch):
-            chunk = boxes[i:i + self.tile_batch]
-            tiles = torch.stack([frame[:, y:y + th, x:x + tw] for y, x in chunk])
+            chunk = boxes[i : i + self.tile_batch]
+            tiles = torch.stack([frame[:, y : y + th, x : x + tw] for y, x in chunk])
             tile_maps, _ = self.forward(tiles)
             tile_maps = tile_maps[:, 0].float()
             if total is None:
@@ -119,7 +125,7 @@ class TiledForward:
                 window = self.tiling.window(device)
                 total = torch.zeros((height, width), device=device)
             for (y, x), tile_map in zip(chunk, tile_maps):
-                total[y:y + th, x:x + tw] += tile_map * window
+                total[y : y + th, x : x + tw] += tile_map * window
         return (total / self._weight_sum(height, width, total.device))[:h, :w]
 
     def _weight_sum(self, height: int, width: int, device: torch.device) -> torch.Tensor:
@@ -130,15 +136,14 @@ class TiledForward:
             window = self.tiling.window(device)
             weights = torch.zeros((height, width), device=device)
             for y, x in self.tiling.boxes(height, width):
-                weights[y:y + th, x:x + tw] += window
+                weights[y : y + th, x : x + tw] += window
             self._weights[key] = weights
         return self._weights[key]
 
 
 def score_function(config: ModelConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model's image score of (B, 1, H, W) maps (kind, sigma and share from ``config``)."""
-    return lambda maps: image_score(maps, config.image_score, config.sigma,
-                                    config.score_top_share)
+    return lambda maps: image_score(maps, config.image_score, config.sigma, config.score_top_share)
 
 
 def tiled(forward: Forward, config: ModelConfig, tile_batch: int = 8) -> Forward:
@@ -153,8 +158,12 @@ def grid_tiles(frames: torch.Tensor, tiling: Tiling) -> torch.Tensor:
     """Every tile of a (N, 3, H, W) stack without overlap (the last flush with the end)."""
     th, tw = tiling.tile
     flat = Tiling(tiling.tile, 0.0, tiling.scale)
-    return torch.cat([torch.stack([f[:, y:y + th, x:x + tw] for y, x in flat.boxes(*f.shape[-2:])])
-                      for f in frames])
+    return torch.cat(
+        [
+            torch.stack([f[:, y : y + th, x : x + tw] for y, x in flat.boxes(*f.shape[-2:])])
+            for f in frames
+        ]
+    )
 
 
 def working_size(config: ModelConfig, first_image: str) -> Size:
@@ -178,5 +187,13 @@ def at_working_size(dataset: AnomalyDataset, config: ModelConfig) -> AnomalyData
     return dataset.resized(working_size(config, str(dataset.records[0].image)))
 
 
-__all__ = ["Tiling", "TiledForward", "at_working_size", "grid_tiles", "open_split",
-           "score_function", "tiled", "working_size"]
+__all__ = [
+    "Tiling",
+    "TiledForward",
+    "at_working_size",
+    "grid_tiles",
+    "open_split",
+    "score_function",
+    "tiled",
+    "working_size",
+]

@@ -53,8 +53,9 @@ class TrainResult:
     history: list[float] = field(default_factory=list)  # mean loss per epoch
 
 
-def random_rotate(images: torch.Tensor, prob: float, max_degrees: float,
-                  generator: torch.Generator) -> torch.Tensor:
+def random_rotate(
+    images: torch.Tensor, prob: float, max_degrees: float, generator: torch.Generator
+) -> torch.Tensor:
     """DRAEM's rotation of the normal image (prob 0.3, +-90 deg), batched; zero fill like imgaug.
 
     Uses synthesis's rotation, which keeps non-square images rigid (no shear)."""
@@ -68,8 +69,9 @@ def random_rotate(images: torch.Tensor, prob: float, max_degrees: float,
     return torch.where(chosen.view(b, 1, 1, 1), rotated, images)
 
 
-def random_crops(images: torch.Tensor, index: torch.Tensor, size: tuple[int, int],
-                 generator: torch.Generator) -> torch.Tensor:
+def random_crops(
+    images: torch.Tensor, index: torch.Tensor, size: tuple[int, int], generator: torch.Generator
+) -> torch.Tensor:
     """One random ``size`` crop of each ``images[index]``, gathered in one indexing operation
     (the frames themselves are never copied whole)."""
     _, c, h, w = images.shape
@@ -101,10 +103,10 @@ def holdout_indices(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Te
             f"holding out {share:g} of {n} training images gives {n_hold}; a "
             f"false-alarm rate of {config.target_false_alarm_rate:g} needs at least {needed} "
             f"(and some left to train on): raise the target rate or name a folder of normal "
-            f"images with `adps calibrate` instead")
+            f"images with `adps calibrate` instead"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
     return order[n_hold:].sort().values, order[:n_hold].sort().values
-
 
 
 class Trainer:
@@ -114,11 +116,19 @@ class Trainer:
     so each can be read, and changed, on its own.
     """
 
-    def __init__(self, model_config: ModelConfig, train_config: TrainConfig,
-                 dataset: AnomalyDataset, out_dir: str | Path, device: str = "auto",
-                 weights_file: str | None = None, allow_download: bool = False,
-                 cache_dir: str | Path | None = None, progress: bool = True,
-                 clock: Callable[[], float] = time.perf_counter):
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        dataset: AnomalyDataset,
+        out_dir: str | Path,
+        device: str = "auto",
+        weights_file: str | None = None,
+        allow_download: bool = False,
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
         self.model_config, self.config = model_config, train_config
         self.out_dir = Path(out_dir)
         self.clock = clock  # wall-clock seconds; tests pass a fake one
@@ -140,8 +150,10 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.progress = progress and self.dist.is_main
         if self.config.batch_size % self.dist.world_size:
-            raise AdpsError(f"batch_size {self.config.batch_size} must be divisible by the "
-                            f"number of processes ({self.dist.world_size})")
+            raise AdpsError(
+                f"batch_size {self.config.batch_size} must be divisible by the "
+                f"number of processes ({self.dist.world_size})"
+            )
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes every step: tune once
 
@@ -154,13 +166,18 @@ class Trainer:
                     f"tiling: the training images, scaled by tile_scale "
                     f"{self.tiling.scale:g}, are {dataset.size} (height, width), smaller than "
                     f"the {size[0]} x {size[1]} tile; raise --tile-scale or choose a smaller "
-                    f"--tile", dataset.records[0].image)
+                    f"--tile",
+                    dataset.records[0].image,
+                )
         elif dataset.size is None or dataset.size != size:
-            raise AdpsError(f"the training dataset must be resized to the model's "
-                            f"{size[0]} x {size[1]} (got {dataset.size})")
+            raise AdpsError(
+                f"the training dataset must be resized to the model's "
+                f"{size[0]} x {size[1]} (got {dataset.size})"
+            )
         if sum(dataset.labels):
-            raise AdpsError("the training set contains anomalous images; ADPS trains on normal "
-                            "images only")
+            raise AdpsError(
+                "the training set contains anomalous images; ADPS trains on normal images only"
+            )
 
     def _load_data(self, dataset: AnomalyDataset, cache_dir: str | Path | None) -> None:
         """The uint8 image stack on the device, the calibration hold-out, the synthesiser, and
@@ -172,28 +189,34 @@ class Trainer:
         self.fingerprint = Fingerprint(
             frozenset(digests[i] for i in kept.tolist()),
             frozenset(() if held is None else (digests[i] for i in held.tolist())),
-            recorded=True)
+            recorded=True,
+        )
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
         textures = None
         if self.config.texture_dir:
-            textures = TextureBank.from_folder(self.config.texture_dir,
-                                               self.model_config.image_size, self.device)
+            textures = TextureBank.from_folder(
+                self.config.texture_dir, self.model_config.image_size, self.device
+            )
         self.synthesizer = AnomalySynthesizer(textures, self.config.synthesis)
 
     def _build_model(self, weights_file: str | None, allow_download: bool) -> None:
         torch.manual_seed(self.config.seed)
-        self.model = ADPS(self.model_config, weights_file=weights_file,
-                          allow_download=allow_download).to(self.device)
-        self.memory_format = (torch.channels_last if self.config.channels_last
-                              else torch.contiguous_format)
+        self.model = ADPS(
+            self.model_config, weights_file=weights_file, allow_download=allow_download
+        ).to(self.device)
+        self.memory_format = (
+            torch.channels_last if self.config.channels_last else torch.contiguous_format
+        )
         self.model.to(memory_format=self.memory_format)
         self.net = self.model
         if self.dist.enabled:
             self.net = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.model_config.variant != "full")
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.model_config.variant != "full",
+            )
         native_bf16 = self.device.type == "cuda" or cpu_has_bf16()
         self.use_amp = self.config.amp and native_bf16
         self.model.autocast_student = self.device.type == "cuda"  # see ADPS.autocast_student
@@ -206,23 +229,36 @@ class Trainer:
         """Each rank draws its own synthetic defects but a disjoint share of every epoch."""
         cfg = self.config
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dist.rank)
-        self.sampler = DistributedSampler(range(len(self.images)), self.dist.world_size,
-                                          self.dist.rank, shuffle=True, seed=cfg.seed)
+        self.sampler = DistributedSampler(
+            range(len(self.images)),
+            self.dist.world_size,
+            self.dist.rank,
+            shuffle=True,
+            seed=cfg.seed,
+        )
         self.local_batch = cfg.batch_size // self.dist.world_size
         self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(self.images) / cfg.batch_size)
 
     # --- state ------------------------------------------------------------------------------
     def checkpoint(self, epoch: int, **fields) -> Checkpoint:
         """The model as it is after ``epoch`` epochs, with what the run did so far."""
-        return Checkpoint.of(self.model, train_config=self.config, fingerprint=self.fingerprint,
-                             training=TrainingRecord(epoch, self.step, self.elapsed,
-                                                     tuple(self.history)), **fields)
+        return Checkpoint.of(
+            self.model,
+            train_config=self.config,
+            fingerprint=self.fingerprint,
+            training=TrainingRecord(epoch, self.step, self.elapsed, tuple(self.history)),
+            **fields,
+        )
 
     def state(self, epoch: int) -> Checkpoint:
         """The resumable checkpoint: the model plus the optimiser and RNG states."""
-        return self.checkpoint(epoch, resume={
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}})
+        return self.checkpoint(
+            epoch,
+            resume={
+                "optimizer": self.optimizer.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
+            },
+        )
 
     def resume(self) -> bool:
         path = self.out_dir / LAST
@@ -230,8 +266,11 @@ class Trainer:
             return False
         ckpt = Checkpoint.load(path)
         if ckpt.model_config != self.model_config:
-            raise AdpsError("was written with a different model configuration; resume with the "
-                            "same settings or start a new output folder", path)
+            raise AdpsError(
+                "was written with a different model configuration; resume with the "
+                "same settings or start a new output folder",
+                path,
+            )
         if ckpt.resume is None or ckpt.training is None:
             raise AdpsError("holds no training state to resume from", path)
         self.model.load_state_dict(ckpt.state, strict=True)
@@ -274,20 +313,26 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         order = torch.tensor(list(self.sampler), dtype=torch.long)
         n = self.steps_per_epoch * self.local_batch
-        return order[torch.arange(n) % len(order)].view(self.steps_per_epoch,
-                                                         self.local_batch).to(self.device)
+        return (
+            order[torch.arange(n) % len(order)]
+            .view(self.steps_per_epoch, self.local_batch)
+            .to(self.device)
+        )
 
     def calibrate(self) -> Thresholds:
         """Image threshold from the held-out normal images (none held out: uncalibrated)."""
         if self.holdout is None:
             return Thresholds()
-        forward = tiled(TorchForward(self.model, self.device), self.model_config,
-                        self.config.batch_size)
-        _, scores, _ = infer(forward, self.holdout, self.device,
-                             1 if self.tiling else self.config.batch_size)
+        forward = tiled(
+            TorchForward(self.model, self.device), self.model_config, self.config.batch_size
+        )
+        _, scores, _ = infer(
+            forward, self.holdout, self.device, 1 if self.tiling else self.config.batch_size
+        )
         self.model.train()
-        calibration = threshold_for_false_alarm_rate(scores.numpy(),
-                                                     self.config.target_false_alarm_rate)
+        calibration = threshold_for_false_alarm_rate(
+            scores.numpy(), self.config.target_false_alarm_rate
+        )
         return Thresholds().calibrated(calibration)
 
     def training_progress(self, session_start: float, elapsed_before: float) -> float:
@@ -316,11 +361,15 @@ class Trainer:
         if cfg.time_budget is not None or not self.dist.is_main or steps == 0:
             return
         total = seconds / steps * (cfg.epochs * self.steps_per_epoch - self.step)
-        message = (f"{cfg.epochs} epochs ({cfg.epochs * self.steps_per_epoch} steps) will take "
-                   f"about {format_duration(total)} more on this machine")
+        message = (
+            f"{cfg.epochs} epochs ({cfg.epochs * self.steps_per_epoch} steps) will take "
+            f"about {format_duration(total)} more on this machine"
+        )
         if self.device.type == "cpu" and total > 3600:
-            message += ("; to train in the time you have, give a budget instead, e.g. "
-                        "--time-budget 30m (the schedule then fits the budget)")
+            message += (
+                "; to train in the time you have, give a budget instead, e.g. "
+                "--time-budget 30m (the schedule then fits the budget)"
+            )
         tqdm.write(message)
 
     def fit_prior(self) -> None:
@@ -330,11 +379,14 @@ class Trainer:
         if self.tiling is not None:  # the memory holds tile features, at the tiles' scale
             images = self._some(grid_tiles(images.cpu(), self.tiling)).to(self.device)
             holdout = None if holdout is None else self._some(grid_tiles(holdout, self.tiling))
-        fit = fit_prior(self.model, images, holdout, self.config.batch_size,
-                        self.progress, self.config.seed)
+        fit = fit_prior(
+            self.model, images, holdout, self.config.batch_size, self.progress, self.config.seed
+        )
         if self.dist.is_main:
-            tqdm.write(f"memory prior: {fit.bank_size} of {fit.features} normal features kept, "
-                       f"scaled by {fit.statistics} statistics ({fit.seconds:.0f} s)")
+            tqdm.write(
+                f"memory prior: {fit.bank_size} of {fit.features} normal features kept, "
+                f"scaled by {fit.statistics} statistics ({fit.seconds:.0f} s)"
+            )
 
     def _some(self, tiles: torch.Tensor) -> torch.Tensor:
         """At most ``_PRIOR_TILES`` of ``tiles``, a fixed draw from the seed."""
@@ -354,12 +406,22 @@ class Trainer:
         session_start = last_save = self.clock()
         elapsed_before, steps = self.elapsed, 0
         if budget is None:
-            bar = tqdm(total=cfg.epochs, initial=self.start_epoch, desc="train", unit="epoch",
-                       disable=not self.progress)
+            bar = tqdm(
+                total=cfg.epochs,
+                initial=self.start_epoch,
+                desc="train",
+                unit="epoch",
+                disable=not self.progress,
+            )
         else:
-            bar = tqdm(total=round(budget), initial=round(min(self.elapsed, budget)),
-                       desc="train", unit="s", disable=not self.progress,
-                       bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{postfix}]")
+            bar = tqdm(
+                total=round(budget),
+                initial=round(min(self.elapsed, budget)),
+                desc="train",
+                unit="s",
+                disable=not self.progress,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s [{postfix}]",
+            )
         epoch, finished = self.start_epoch, False
         while not finished and (budget is not None or epoch < cfg.epochs):
             t0 = self.clock()
@@ -404,15 +466,28 @@ class Trainer:
         if self.dist.is_main:
             # what ran: under a time budget the budget decided the epochs, not cfg.epochs
             ran = cfg if budget is None else dataclasses.replace(cfg, epochs=max(epoch, 1))
-            self.checkpoint(epoch, thresholds=self.calibrate()).replace(train_config=ran
-                                                                        ).save(final)
+            self.checkpoint(epoch, thresholds=self.calibrate()).replace(train_config=ran).save(
+                final
+            )
         images = steps * cfg.batch_size
-        return TrainResult(final, epoch, steps, seconds,
-                           images / seconds if seconds > 0 else 0.0, list(self.history))
+        return TrainResult(
+            final,
+            epoch,
+            steps,
+            seconds,
+            images / seconds if seconds > 0 else 0.0,
+            list(self.history),
+        )
 
 
-def train(model_config: ModelConfig, train_config: TrainConfig, dataset: AnomalyDataset,
-          out_dir: str | Path, resume: bool = False, **kwargs) -> TrainResult:
+def train(
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    dataset: AnomalyDataset,
+    out_dir: str | Path,
+    resume: bool = False,
+    **kwargs,
+) -> TrainResult:
     """Train (or resume) one model; writes ``last.pt`` periodically and ``model.pt`` at the end."""
     trainer = Trainer(model_config, train_config, dataset, out_dir, **kwargs)
     try:

@@ -16,6 +16,7 @@ from adps.config import ModelConfig
 from adps.models.backbones import Encoder, create_encoder, get_backbone
 from adps.models.memory import MEMORY_LEVELS, MemoryPrior
 
+
 def split_patches(x: torch.Tensor, k: int) -> torch.Tensor:
     """(B, C, H, W) -> (B*k*k, C, H/k, W/k), patches in row-major order, one batched view."""
     if k == 1:
@@ -58,13 +59,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = (kernel / kernel.sum()).tolist()
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     height, width = x.shape[-2] - 2 * radius, x.shape[-1] - 2 * radius
-    rows = x[..., radius:radius + height, 0:width] * kernel[0]
+    rows = x[..., radius : radius + height, 0:width] * kernel[0]
     for i in range(1, len(kernel)):
-        rows = rows.add_(x[..., radius:radius + height, i:i + width], alpha=kernel[i])
+        rows = rows.add_(x[..., radius : radius + height, i : i + width], alpha=kernel[i])
     x = F.pad(rows, (0, 0, radius, radius), mode="reflect")
     out = x[..., 0:height, :] * kernel[0]
     for i in range(1, len(kernel)):
-        out = out.add_(x[..., i:i + height, :], alpha=kernel[i])
+        out = out.add_(x[..., i : i + height, :], alpha=kernel[i])
     return out
 
 
@@ -76,9 +77,11 @@ class UpBlock(nn.Module):
         self.up = nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2)
         self.conv = nn.Sequential(
             nn.Conv2d(out_ch + skip_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
             nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,8 +99,9 @@ class PostSegmentation(nn.Module):
     upsamples. The skipped blocks are the widest in pixels, so they cost most of the time.
     """
 
-    def __init__(self, channels: list[int], widths: tuple[int, int, int, int],
-                 output_stride: int = 1):
+    def __init__(
+        self, channels: list[int], widths: tuple[int, int, int, int], output_stride: int = 1
+    ):
         super().__init__()
         c1, c2, c3 = channels
         w1, w2, w3, w4 = widths
@@ -138,17 +142,24 @@ class ADPS(nn.Module):
     the PSM takes the prior as an input, in training and in eval.
     """
 
-    def __init__(self, config: ModelConfig | None = None, *, teacher: Encoder | None = None,
-                 pretrained: bool = True, weights_file: str | None = None,
-                 allow_download: bool = False):
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        *,
+        teacher: Encoder | None = None,
+        pretrained: bool = True,
+        weights_file: str | None = None,
+        allow_download: bool = False,
+    ):
         super().__init__()
         self._config = config = config or ModelConfig()
         spec = get_backbone(config.backbone)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-        self.teacher = teacher or create_encoder(config.backbone, pretrained, weights_file,
-                                                 allow_download)
+        self.teacher = teacher or create_encoder(
+            config.backbone, pretrained, weights_file, allow_download
+        )
         self.teacher.requires_grad_(False)
         self.teacher.eval()
         self.student = create_encoder(config.backbone, pretrained=False)
@@ -168,8 +179,9 @@ class ADPS(nn.Module):
         if config.variant != "no_psm_wmb":
             # early fusion: the prior is one more channel at strides 8 and 16
             psm_channels = [c + (self.early_prior and i > 0) for i, c in enumerate(channels)]
-            self.psm = PostSegmentation(psm_channels, config.psm_widths or spec.psm_widths,
-                                        config.psm_output_stride)
+            self.psm = PostSegmentation(
+                psm_channels, config.psm_widths or spec.psm_widths, config.psm_output_stride
+            )
             if config.psm_init == "draem":
                 draem_init(self.psm)
         self.memory = None
@@ -243,9 +255,15 @@ class ADPS(nn.Module):
                     student = self.student_features(x)
 
         if c.variant == "no_psm_wmb":
-            anomaly = sum(F.interpolate(self._disagreement(t, s), size=images.shape[-2:],
-                                        mode="bilinear", align_corners=False)
-                          for t, s in zip(teacher, student))
+            anomaly = sum(
+                F.interpolate(
+                    self._disagreement(t, s),
+                    size=images.shape[-2:],
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                for t, s in zip(teacher, student)
+            )
             if self.training:  # distillation loss only: there is no PSM to train
                 return {"logits": None, "teacher": teacher, "student": student}
             return anomaly, teacher
@@ -263,8 +281,9 @@ class ADPS(nn.Module):
             fused[2] = torch.cat([fused[2], F.avg_pool2d(prior, 2).to(fused[2].dtype)], dim=1)
         logits = self.psm(fused)
         if c.psm_output_stride > 1:
-            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            logits = F.interpolate(
+                logits, size=images.shape[-2:], mode="bilinear", align_corners=False
+            )
         if self.training:
             return {"logits": logits, "teacher": teacher, "student": student}
         with torch.autocast(images.device.type, enabled=False):  # the map in float32
@@ -291,8 +310,9 @@ class ADPS(nn.Module):
         return image_score(anomaly_map, c.image_score, c.sigma, c.score_top_share)
 
 
-def image_score(anomaly_map: torch.Tensor, kind: str = "max", sigma: float = 4.0,
-                top_share: float = 0.01) -> torch.Tensor:
+def image_score(
+    anomaly_map: torch.Tensor, kind: str = "max", sigma: float = 4.0, top_share: float = 0.01
+) -> torch.Tensor:
     """(B,) scores of (B, 1, H, W) maps from the Gaussian-smoothed map: its max (the paper), or
     with ``kind="top_mean"`` the mean of its highest ``top_share`` of pixels, which a few hot
     pixels on a good part cannot dominate."""
@@ -304,5 +324,4 @@ def image_score(anomaly_map: torch.Tensor, kind: str = "max", sigma: float = 4.0
     return smooth.topk(k, dim=1).values.mean(dim=1)
 
 
-__all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur",
-           "image_score"]
+__all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur", "image_score"]

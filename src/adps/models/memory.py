@@ -29,8 +29,9 @@ def embed(features: list[torch.Tensor], levels: tuple[int, ...] = MEMORY_LEVELS)
     concatenated, in float32."""
     chosen = [F.avg_pool2d(features[i].float(), 3, stride=1, padding=1) for i in levels]
     size = chosen[0].shape[-2:]
-    chosen = [chosen[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False)
-                            for f in chosen[1:]]
+    chosen = [chosen[0]] + [
+        F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in chosen[1:]
+    ]
     return torch.cat(chosen, dim=1)
 
 
@@ -50,7 +51,7 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Te
     if dim > PROJECTION_DIM:
         generator = torch.Generator().manual_seed(seed)
         projection = torch.randn(dim, PROJECTION_DIM, generator=generator, dtype=x.dtype)
-        x = x @ (projection / PROJECTION_DIM ** 0.5).to(x.device)
+        x = x @ (projection / PROJECTION_DIM**0.5).to(x.device)
     norms = x.pow(2).sum(dim=1)
     nearest = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     chosen = torch.zeros(size, dtype=torch.long, device=x.device)
@@ -64,9 +65,14 @@ def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Te
     return chosen
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int = 1,
-                      chunk: int = 4096, query_groups: torch.Tensor | None = None,
-                      bank_groups: torch.Tensor | None = None) -> torch.Tensor:
+def nearest_distances(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    neighbors: int = 1,
+    chunk: int = 4096,
+    query_groups: torch.Tensor | None = None,
+    bank_groups: torch.Tensor | None = None,
+) -> torch.Tensor:
     """(B, neighbors, h, w) Euclidean distances from each position of a (B, C, h, w) map to its
     nearest rows of the (N, C) bank, ascending along dim 1.
 
@@ -80,15 +86,18 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, neighbors: int 
     """
     best = None
     for start in range(0, bank.shape[0], chunk):
-        part = bank[start:start + chunk]
+        part = bank[start : start + chunk]
         d2 = F.conv2d(queries, (-2 * part)[:, :, None, None], part.pow(2).sum(dim=1))
         if query_groups is not None and bank_groups is not None:
-            same = query_groups[:, None] == bank_groups[None, start:start + chunk]
+            same = query_groups[:, None] == bank_groups[None, start : start + chunk]
             d2 = d2.masked_fill(same[:, :, None, None], float("inf"))
         if best is not None:
             d2 = torch.cat([best, d2], dim=1)
-        best = (d2.amin(dim=1, keepdim=True) if neighbors == 1 else
-                d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values)
+        best = (
+            d2.amin(dim=1, keepdim=True)
+            if neighbors == 1
+            else d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values
+        )
     # |q|^2 is the same for every bank row, so it is added after the search
     best = best + queries.pow(2).sum(dim=1, keepdim=True)
     return best.clamp_min(0).sqrt()
@@ -141,36 +150,45 @@ class MemoryPrior(nn.Module):
         self.bank = bank.detach().float().to(self.bank.device).contiguous()
         self.sources = sources.detach().to(self.bank.device)
 
-    def distances(self, embedding: torch.Tensor, neighbors: int = 1,
-                  groups: torch.Tensor | None = None) -> torch.Tensor:
+    def distances(
+        self, embedding: torch.Tensor, neighbors: int = 1, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, 1, h, w) mean distance of each position of an :func:`embed` output to its
         ``neighbors`` nearest bank features; with ``groups`` (B,), never to rows that came from
         that image."""
         if not self.fitted:
             raise RuntimeError("the memory bank is empty: fit it with adps.engine.prior.fit_prior")
-        nearest = nearest_distances(embedding, self.bank, neighbors,
-                                    query_groups=groups, bank_groups=self.sources)
+        nearest = nearest_distances(
+            embedding, self.bank, neighbors, query_groups=groups, bank_groups=self.sources
+        )
         return nearest.mean(dim=1, keepdim=True)
 
-    def standardized(self, teacher_features: list[torch.Tensor], neighbors: int = 1,
-                     groups: torch.Tensor | None = None) -> torch.Tensor:
+    def standardized(
+        self,
+        teacher_features: list[torch.Tensor],
+        neighbors: int = 1,
+        groups: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The prior at the embedding's stride (B, 1, h, w), as (distance - mean) / std of
         normal images: the PSM's extra input under early fusion."""
         mean, std, _ = self.stats
         return (self.distances(embed(teacher_features), neighbors, groups) - mean) / std
 
-    def forward(self, teacher_features: list[torch.Tensor], size: tuple[int, int],
-                neighbors: int = 1) -> torch.Tensor:
+    def forward(
+        self, teacher_features: list[torch.Tensor], size: tuple[int, int], neighbors: int = 1
+    ) -> torch.Tensor:
         prior = self.distances(embed(teacher_features), neighbors)
         return F.interpolate(prior, size=size, mode="bilinear", align_corners=False)
 
-    def fuse(self, psm_map: torch.Tensor, prior_map: torch.Tensor, boost: float,
-             exponent: float = 1.0) -> torch.Tensor:
+    def fuse(
+        self, psm_map: torch.Tensor, prior_map: torch.Tensor, boost: float, exponent: float = 1.0
+    ) -> torch.Tensor:
         return late_fusion(psm_map, prior_map / self.stats[2], boost, exponent)
 
 
-def late_fusion(psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float,
-                exponent: float = 1.0) -> torch.Tensor:
+def late_fusion(
+    psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float, exponent: float = 1.0
+) -> torch.Tensor:
     """``1 - 2^-r`` with ``r = scaled_prior^exponent x (1 + boost x psm_map)``, the prior in
     units of its 99.9th percentile on normal images (see :class:`MemoryPrior`)."""
     if exponent != 1:  # the default graph has no Pow node
@@ -181,5 +199,11 @@ def late_fusion(psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float,
     return 1 - torch.exp(ratio * -math.log(2))
 
 
-__all__ = ["MemoryPrior", "embed", "late_fusion", "greedy_coreset", "nearest_distances",
-           "MEMORY_LEVELS"]
+__all__ = [
+    "MemoryPrior",
+    "embed",
+    "late_fusion",
+    "greedy_coreset",
+    "nearest_distances",
+    "MEMORY_LEVELS",
+]

@@ -84,8 +84,10 @@ def _data_uri(array: np.ndarray, size: tuple[int, int], fmt: str) -> str:
 
 
 def _img(uri: str, alt: str, shown: tuple[int, int]) -> str:
-    return (f'<img src="{uri}" alt="{_esc(alt)}" width="{shown[0]}" height="{shown[1]}" '
-            'loading="eager">')
+    return (
+        f'<img src="{uri}" alt="{_esc(alt)}" width="{shown[0]}" height="{shown[1]}" '
+        'loading="eager">'
+    )
 
 
 def _short_name(path: str) -> str:
@@ -96,15 +98,18 @@ def _short_name(path: str) -> str:
 # --------------------------------------------------------------------------- decisions
 
 
-def _threshold(image_threshold: float | None, labels: np.ndarray,
-               scores: np.ndarray) -> tuple[float | None, str]:
+def _threshold(
+    image_threshold: float | None, labels: np.ndarray, scores: np.ndarray
+) -> tuple[float | None, str]:
     """The image threshold used for decisions and how it was obtained (a sentence)."""
     if image_threshold is not None:
         return float(image_threshold), "calibrated threshold"
     if 0 < labels.sum() < labels.size:
-        return (f1_max_threshold(labels, scores),
-                "F1-optimal threshold (no calibrated threshold was given; chosen on this test set, "
-                "so its decisions are optimistic)")
+        return (
+            f1_max_threshold(labels, scores),
+            "F1-optimal threshold (no calibrated threshold was given; chosen on this test set, "
+            "so its decisions are optimistic)",
+        )
     return None, "no threshold (none was given and the test set has one class only)"
 
 
@@ -133,35 +138,49 @@ def _decision(label: bool, score: float, t: float | None) -> tuple[str, str]:
 def _summary(title: str, info: dict, generated: str) -> str:
     rows = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in info.items())
     nav = " · ".join(f'<a href="#{s}">{s}</a>' for s in SECTIONS[1:])
-    return (f'<section id="summary"><h1>{_esc(title)}</h1>'
-            f'<p class="meta">Generated {_esc(generated)} by adps {_esc(__version__)} · {nav}</p>'
-            f'<table class="info">{rows}</table></section>')
+    return (
+        f'<section id="summary"><h1>{_esc(title)}</h1>'
+        f'<p class="meta">Generated {_esc(generated)} by adps {_esc(__version__)} · {nav}</p>'
+        f'<table class="info">{rows}</table></section>'
+    )
 
 
 def _metrics_section(metrics: dict, pixel_reason: str | None, image_reason: str | None) -> str:
-    head = "<tr><th>level</th><th>AUROC</th><th>AP</th><th>F1-max</th>" \
-           f"<th>AUPRO (FPR ≤ {FPR_LIMIT:g})</th></tr>"
+    head = (
+        "<tr><th>level</th><th>AUROC</th><th>AP</th><th>F1-max</th>"
+        f"<th>AUPRO (FPR ≤ {FPR_LIMIT:g})</th></tr>"
+    )
     body = ""
     for level, keys in _METRIC_ROWS:
-        cells = "".join("<td>—</td>" if k is None else
-                        f'<td class="{"na" if metrics.get(k) is None else "num"}">'
-                        f"{format_percent(metrics.get(k))}</td>" for k in keys)
+        cells = "".join(
+            "<td>—</td>"
+            if k is None
+            else f'<td class="{"na" if metrics.get(k) is None else "num"}">'
+            f"{format_percent(metrics.get(k))}</td>"
+            for k in keys
+        )
         body += f"<tr><th>{level}</th>{cells}</tr>"
     notes = []
     if image_reason:
         notes.append(f"Image metrics are n/a: {_esc(image_reason)}.")
     if pixel_reason:
         notes.append(f"Pixel metrics are n/a: {_esc(pixel_reason)}.")
-    notes.append("Values in percent. AUROC and AUPRO rate the ranking whatever the threshold; AP "
-                 "stresses the rare defects; F1-max is the F1 of the best possible threshold. "
-                 "Pixel metrics pool every pixel of the images with ground truth; AUPRO weighs "
-                 "each defect region equally, whatever its size.")
-    return (f'<section id="metrics"><h2>Metrics</h2><table class="metrics">{head}{body}</table>'
-            + "".join(f'<p class="note">{n}</p>' for n in notes) + "</section>")
+    notes.append(
+        "Values in percent. AUROC and AUPRO rate the ranking whatever the threshold; AP "
+        "stresses the rare defects; F1-max is the F1 of the best possible threshold. "
+        "Pixel metrics pool every pixel of the images with ground truth; AUPRO weighs "
+        "each defect region equally, whatever its size."
+    )
+    return (
+        f'<section id="metrics"><h2>Metrics</h2><table class="metrics">{head}{body}</table>'
+        + "".join(f'<p class="note">{n}</p>' for n in notes)
+        + "</section>"
+    )
 
 
-def _curves_section(result, labels, scores, maps, masks, keep, t, pixel_reason,
-                    image_reason) -> str:
+def _curves_section(
+    result, labels, scores, maps, masks, keep, t, pixel_reason, image_reason
+) -> str:
     m = result.metrics
     image_roc = image_pr = op_roc = op_pr = None
     if image_reason is None:
@@ -176,12 +195,22 @@ def _curves_section(result, labels, scores, maps, masks, keep, t, pixel_reason,
         pix = pixel_curves(masks[keep], maps[keep])
     figures = []
     if image_roc is not None or pix is not None:
-        figures.append(plots.roc_svg(image_roc, pix and pix["roc"], m.get("image_auroc"),
-                                     m.get("pixel_auroc"), op_roc))
-        figures.append(plots.pr_svg(
-            image_pr, pix and pix["pr"], m.get("image_ap"), m.get("pixel_ap"),
-            float(labels.mean()) if image_pr is not None else None,
-            float((masks[keep] != 0).mean()) if pix is not None else None, op_pr))
+        figures.append(
+            plots.roc_svg(
+                image_roc, pix and pix["roc"], m.get("image_auroc"), m.get("pixel_auroc"), op_roc
+            )
+        )
+        figures.append(
+            plots.pr_svg(
+                image_pr,
+                pix and pix["pr"],
+                m.get("image_ap"),
+                m.get("pixel_ap"),
+                float(labels.mean()) if image_pr is not None else None,
+                float((masks[keep] != 0).mean()) if pix is not None else None,
+                op_pr,
+            )
+        )
     if pix is not None:
         figures.append(plots.pro_svg(pix["pro"], m.get("aupro"), FPR_LIMIT))
     notes = []
@@ -191,18 +220,26 @@ def _curves_section(result, labels, scores, maps, masks, keep, t, pixel_reason,
         notes.append(f"Pixel-level curves are not shown: {_esc(pixel_reason)}.")
     else:
         h, w = maps.shape[1:]
-        notes.append(f"Pixel curves pool the {int(keep.sum())} images with ground truth at the "
-                     f"maps' working size ({h}×{w}); dotted lines: precision of a random ranking "
-                     f"(share of defect pixels / images). The shaded band of the per-region "
-                     f"overlap plot is the FPR range 0–{FPR_LIMIT:g} that AUPRO integrates.")
+        notes.append(
+            f"Pixel curves pool the {int(keep.sum())} images with ground truth at the "
+            f"maps' working size ({h}×{w}); dotted lines: precision of a random ranking "
+            f"(share of defect pixels / images). The shaded band of the per-region "
+            f"overlap plot is the FPR range 0–{FPR_LIMIT:g} that AUPRO integrates."
+        )
     body = "".join(f'<figure class="plot">{f}</figure>' for f in figures)
-    return (f'<section id="curves"><h2>Curves</h2><div class="plots">{body}</div>'
-            + "".join(f'<p class="note">{n}</p>' for n in notes) + "</section>")
+    return (
+        f'<section id="curves"><h2>Curves</h2><div class="plots">{body}</div>'
+        + "".join(f'<p class="note">{n}</p>' for n in notes)
+        + "</section>"
+    )
 
 
 def _scores_section(labels, scores, t, source) -> str:
-    label = "calibrated threshold" if source == "calibrated threshold" else (
-        "F1-optimal threshold" if t is not None else "threshold")
+    label = (
+        "calibrated threshold"
+        if source == "calibrated threshold"
+        else ("F1-optimal threshold" if t is not None else "threshold")
+    )
     svg = plots.histogram_svg(scores, labels, t, label)
     if t is None:
         text = f"No decisions: {_esc(source)}."
@@ -210,27 +247,39 @@ def _scores_section(labels, scores, t, source) -> str:
         flagged = scores >= t
         missed = int(np.sum(~flagged & labels))
         alarms = int(np.sum(flagged & ~labels))
-        text = (f"Decision rule: <b>defective if score ≥ {t:.4g}</b> ({_esc(source)}). "
-                f"Missed defects: <b>{missed}</b> of {int(labels.sum())}; false alarms: "
-                f"<b>{alarms}</b> of {int((~labels).sum())} normal images.")
-    return (f'<section id="scores"><h2>Score distribution</h2>'
-            f'<div class="plots"><figure class="plot">{svg}</figure></div>'
-            f'<p class="note">{text}</p></section>')
+        text = (
+            f"Decision rule: <b>defective if score ≥ {t:.4g}</b> ({_esc(source)}). "
+            f"Missed defects: <b>{missed}</b> of {int(labels.sum())}; false alarms: "
+            f"<b>{alarms}</b> of {int((~labels).sum())} normal images."
+        )
+    return (
+        f'<section id="scores"><h2>Score distribution</h2>'
+        f'<div class="plots"><figure class="plot">{svg}</figure></div>'
+        f'<p class="note">{text}</p></section>'
+    )
 
 
 def _legend_bar(vmin: float, vmax: float) -> str:
-    stops = ", ".join(f"rgb({r},{g},{b}) {100 * i / 10:.0f}%"
-                      for i, (r, g, b) in enumerate(plots.colorize(np.linspace(0, 1, 11))))
-    return (f'<span class="cbar"><span>{vmin:.3g}</span><span class="grad" '
-            f'style="background: linear-gradient(to right, {stops})"></span>'
-            f"<span>{vmax:.3g}</span></span>")
+    stops = ", ".join(
+        f"rgb({r},{g},{b}) {100 * i / 10:.0f}%"
+        for i, (r, g, b) in enumerate(plots.colorize(np.linspace(0, 1, 11)))
+    )
+    return (
+        f'<span class="cbar"><span>{vmin:.3g}</span><span class="grad" '
+        f'style="background: linear-gradient(to right, {stops})"></span>'
+        f"<span>{vmax:.3g}</span></span>"
+    )
 
 
-def _gallery_section(images, labels, scores, maps, masks, has_mask, paths, t, pixel_threshold,
-                     max_gallery) -> str:
-    order = gallery_order(scores, labels, t)[:max(0, max_gallery)]
-    vmin, vmax = (0.0, 1.0) if maps.min() >= 0.0 and maps.max() <= 1.0 else \
-        (float(maps.min()), float(maps.max()))
+def _gallery_section(
+    images, labels, scores, maps, masks, has_mask, paths, t, pixel_threshold, max_gallery
+) -> str:
+    order = gallery_order(scores, labels, t)[: max(0, max_gallery)]
+    vmin, vmax = (
+        (0.0, 1.0)
+        if maps.min() >= 0.0 and maps.max() <= 1.0
+        else (float(maps.min()), float(maps.max()))
+    )
     cards = []
     for i in order:
         image = np.ascontiguousarray(images[i].transpose(1, 2, 0))
@@ -240,40 +289,59 @@ def _gallery_section(images, labels, scores, maps, masks, has_mask, paths, t, pi
         size = shown if scale < 1 else (w, h)
         name = _short_name(paths[i]) if i < len(paths) else f"image {i}"
         kind, verdict = _decision(bool(labels[i]), float(scores[i]), t)
-        gt = (_img(_data_uri((masks[i] != 0).astype(np.uint8) * 255, size, "png"),
-                   f"ground truth of {name}", shown) if has_mask[i]
-              else f'<div class="nomask" style="width:{shown[0]}px;height:{shown[1]}px">'
-                   "no mask</div>")
+        gt = (
+            _img(
+                _data_uri((masks[i] != 0).astype(np.uint8) * 255, size, "png"),
+                f"ground truth of {name}",
+                shown,
+            )
+            if has_mask[i]
+            else f'<div class="nomask" style="width:{shown[0]}px;height:{shown[1]}px">no mask</div>'
+        )
         pred = (maps[i] > pixel_threshold).astype(np.uint8) * 255
         tiles = (
             ("input", _img(_data_uri(image, size, "jpeg"), f"input {name}", shown)),
             ("ground truth", gt),
-            ("heatmap", _img(_data_uri(plots.overlay(image, maps[i], vmin=vmin, vmax=vmax),
-                                       size, "jpeg"), f"heatmap of {name}", shown)),
-            (f"map > {pixel_threshold:g}", _img(_data_uri(pred, size, "png"),
-                                                f"predicted mask of {name}", shown)),
+            (
+                "heatmap",
+                _img(
+                    _data_uri(plots.overlay(image, maps[i], vmin=vmin, vmax=vmax), size, "jpeg"),
+                    f"heatmap of {name}",
+                    shown,
+                ),
+            ),
+            (
+                f"map > {pixel_threshold:g}",
+                _img(_data_uri(pred, size, "png"), f"predicted mask of {name}", shown),
+            ),
         )
-        tiles_html = "".join(f"<div class=\"tile\">{content}<span>{cap}</span></div>"
-                             for cap, content in tiles)
+        tiles_html = "".join(
+            f'<div class="tile">{content}<span>{cap}</span></div>' for cap, content in tiles
+        )
         truth = "defective" if labels[i] else "normal"
         cards.append(
             f'<figure class="card {kind}" data-index="{int(i)}" '
             f'data-score="{float(scores[i]):.6g}">'
             f'<figcaption><span class="badge {kind}">{verdict}</span>'
             f'<span class="name" title="{_esc(paths[i] if i < len(paths) else name)}">'
-            f"{_esc(name)}</span><span class=\"score\">{truth} · score "
+            f'{_esc(name)}</span><span class="score">{truth} · score '
             f"<b>{float(scores[i]):.4g}</b></span></figcaption>"
-            f'<div class="tiles">{tiles_html}</div></figure>')
+            f'<div class="tiles">{tiles_html}</div></figure>'
+        )
     n = len(scores)
     shown = f"all {n} images" if len(order) == n else f"the first {len(order)} of {n} images"
-    rule = ("most wrong first: images are sorted by their margin on the wrong side of the image "
-            "threshold (threshold − score for defective images, score − threshold for normal "
-            "ones), so the worst missed defects and the worst false alarms lead, followed by the "
-            "correct decisions from the least to the most confident")
-    return (f'<section id="gallery"><h2>Gallery</h2>'
-            f'<p class="note">Showing {shown}, {rule}. Heatmap colours: {_legend_bar(vmin, vmax)}; '
-            f"the last tile is the predicted defect mask (map &gt; {pixel_threshold:g}).</p>"
-            f'<div class="gallery">{"".join(cards)}</div></section>')
+    rule = (
+        "most wrong first: images are sorted by their margin on the wrong side of the image "
+        "threshold (threshold − score for defective images, score − threshold for normal "
+        "ones), so the worst missed defects and the worst false alarms lead, followed by the "
+        "correct decisions from the least to the most confident"
+    )
+    return (
+        f'<section id="gallery"><h2>Gallery</h2>'
+        f'<p class="note">Showing {shown}, {rule}. Heatmap colours: {_legend_bar(vmin, vmax)}; '
+        f"the last tile is the predicted defect mask (map &gt; {pixel_threshold:g}).</p>"
+        f'<div class="gallery">{"".join(cards)}</div></section>'
+    )
 
 
 # --------------------------------------------------------------------------- the page
@@ -334,9 +402,15 @@ footer { color:var(--muted); font-size:12px; text-align:center; }
 """
 
 
-def build_report(result: EvalResult, out_path: str | Path, *, thresholds: Thresholds,
-                 title: str = "adps evaluation report", info: dict | None = None,
-                 max_gallery: int = 60) -> Path:
+def build_report(
+    result: EvalResult,
+    out_path: str | Path,
+    *,
+    thresholds: Thresholds,
+    title: str = "adps evaluation report",
+    info: dict | None = None,
+    max_gallery: int = 60,
+) -> Path:
     """Write the HTML report of one evaluation and return its path.
 
     The one report builder: ``adps test --report``, ``adps report`` and ``adps demo`` all call
@@ -371,12 +445,15 @@ def build_report(result: EvalResult, out_path: str | Path, *, thresholds: Thresh
     if masks.ndim == 4 and masks.shape[1] == 1:
         masks = masks[:, 0]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1] != 3:
-        raise AdpsError(f"report images must be uint8 (N, 3, H, W), got {images.dtype} "
-                        f"{images.shape}")
+        raise AdpsError(
+            f"report images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}"
+        )
     if not (len(images) == labels.size == maps.shape[0] == masks.shape[0] == has_mask.size == n):
-        raise AdpsError(f"report inputs disagree on the number of images: {n} scores, "
-                        f"{labels.size} labels, {len(images)} images, {maps.shape[0]} maps, "
-                        f"{masks.shape[0]} masks")
+        raise AdpsError(
+            f"report inputs disagree on the number of images: {n} scores, "
+            f"{labels.size} labels, {len(images)} images, {maps.shape[0]} maps, "
+            f"{masks.shape[0]} masks"
+        )
     if maps.shape != masks.shape:
         raise AdpsError(f"maps {maps.shape} and masks {masks.shape} differ in shape")
 
@@ -403,21 +480,40 @@ def build_report(result: EvalResult, out_path: str | Path, *, thresholds: Thresh
     table.setdefault("image threshold", "none" if t is None else f"{t:.4g} ({source})")
     table.setdefault("pixel threshold", f"{pixel_threshold:g}")
     if getattr(result, "images_per_second", 0):
-        table.setdefault("speed", f"{result.images_per_second:.1f} images/s (model time), peak "
-                                  f"memory {result.peak_memory_mb:.0f} MiB ({result.memory_kind})")
+        table.setdefault(
+            "speed",
+            f"{result.images_per_second:.1f} images/s (model time), peak "
+            f"memory {result.peak_memory_mb:.0f} MiB ({result.memory_kind})",
+        )
     generated = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
-    body = "".join((
-        _summary(title, table, generated),
-        _metrics_section(result.metrics, pixel_reason, image_reason),
-        _curves_section(result, labels, scores, maps, masks, keep, t, pixel_reason, image_reason),
-        _scores_section(labels, scores, t, source),
-        _gallery_section(images, labels, scores, maps, masks, has_mask, list(result.paths), t,
-                         pixel_threshold, max_gallery),
-    ))
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>{body}"
-            "<footer>Self-contained report: every image and plot is embedded in this file."
-            "</footer></main></body></html>\n")
+    body = "".join(
+        (
+            _summary(title, table, generated),
+            _metrics_section(result.metrics, pixel_reason, image_reason),
+            _curves_section(
+                result, labels, scores, maps, masks, keep, t, pixel_reason, image_reason
+            ),
+            _scores_section(labels, scores, t, source),
+            _gallery_section(
+                images,
+                labels,
+                scores,
+                maps,
+                masks,
+                has_mask,
+                list(result.paths),
+                t,
+                pixel_threshold,
+                max_gallery,
+            ),
+        )
+    )
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body><main>{body}"
+        "<footer>Self-contained report: every image and plot is embedded in this file."
+        "</footer></main></body></html>\n"
+    )
     return atomic_write_text(out_path, page)

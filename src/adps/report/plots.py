@@ -66,8 +66,14 @@ def _outline(mask: np.ndarray, width: int) -> np.ndarray:
     return mask & ~inner
 
 
-def overlay(image: np.ndarray, amap: np.ndarray, mask: np.ndarray | None = None,
-            alpha: float = 0.5, vmin: float | None = 0.0, vmax: float | None = 1.0) -> np.ndarray:
+def overlay(
+    image: np.ndarray,
+    amap: np.ndarray,
+    mask: np.ndarray | None = None,
+    alpha: float = 0.5,
+    vmin: float | None = 0.0,
+    vmax: float | None = 1.0,
+) -> np.ndarray:
     """Blend an anomaly map, coloured with Turbo, over an image; optionally outline a mask.
 
     The map is scaled from ``[vmin, vmax]`` to [0, 1] (clipped) so that colours mean the same in
@@ -185,11 +191,11 @@ def _svg(fig) -> str:
     with matplotlib.rc_context({**_STYLE, "svg.hashsalt": prefix}):
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     text = buf.getvalue()
-    text = text[text.index("<svg"):].strip()
+    text = text[text.index("<svg") :].strip()
     # matplotlib names elements "figure_1", "axes_1"...: the same in every figure. Prefix every
     # id and every reference to one, so that the plots of one page never share an id.
     text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', text)
-    text = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{prefix}{m.group(1)})", text)
+    text = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{prefix}{m.group(1)})", text)
     return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m.group(1)}"', text)
 
 
@@ -216,79 +222,139 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-def roc_svg(image_curve=None, pixel_curve=None, image_auroc=None, pixel_auroc=None,
-            operating_point: tuple[float, float] | None = None, max_points: int = 2000) -> str:
+def roc_svg(
+    image_curve=None,
+    pixel_curve=None,
+    image_auroc=None,
+    pixel_auroc=None,
+    operating_point: tuple[float, float] | None = None,
+    max_points: int = 2000,
+) -> str:
     """ROC curves (FPR, TPR) of images and pixels in one plot; either may be None.
 
     ``operating_point`` (FPR, TPR) marks where the image threshold sits on the image curve.
     """
+
     def build(fig, ax):
         ax.plot([0, 1], [0, 1], ls=":", lw=1, color="#999999", label="chance")
         if image_curve is not None:
-            ax.plot(*decimate(*image_curve, max_points), color=IMAGE_COLOR, lw=1.8,
-                    drawstyle="default", label=f"image  AUROC {_percent(image_auroc)}")
+            ax.plot(
+                *decimate(*image_curve, max_points),
+                color=IMAGE_COLOR,
+                lw=1.8,
+                drawstyle="default",
+                label=f"image  AUROC {_percent(image_auroc)}",
+            )
         if pixel_curve is not None:
-            ax.plot(*decimate(*pixel_curve, max_points), color=PIXEL_COLOR, lw=1.8,
-                    label=f"pixel  AUROC {_percent(pixel_auroc)}")
+            ax.plot(
+                *decimate(*pixel_curve, max_points),
+                color=PIXEL_COLOR,
+                lw=1.8,
+                label=f"pixel  AUROC {_percent(pixel_auroc)}",
+            )
         if operating_point is not None:
-            ax.plot(*operating_point, "o", ms=6, mfc="white", mec=THRESHOLD_COLOR, mew=1.5,
-                    label="image threshold", zorder=5)
+            ax.plot(
+                *operating_point,
+                "o",
+                ms=6,
+                mfc="white",
+                mec=THRESHOLD_COLOR,
+                mew=1.5,
+                label="image threshold",
+                zorder=5,
+            )
         _unit_axes(ax, "false positive rate", "true positive rate", "ROC")
         ax.legend(loc="lower right")
 
     return _draw(build)
 
 
-def pr_svg(image_curve=None, pixel_curve=None, image_ap=None, pixel_ap=None,
-           image_prevalence: float | None = None, pixel_prevalence: float | None = None,
-           operating_point: tuple[float, float] | None = None, max_points: int = 2000) -> str:
+def pr_svg(
+    image_curve=None,
+    pixel_curve=None,
+    image_ap=None,
+    pixel_ap=None,
+    image_prevalence: float | None = None,
+    pixel_prevalence: float | None = None,
+    operating_point: tuple[float, float] | None = None,
+    max_points: int = 2000,
+) -> str:
     """Precision-recall curves ``(precision, recall)`` of images and pixels; either may be None.
 
     The dashed lines are the precision of a random ranking (the share of anomalous samples);
     ``operating_point`` (recall, precision) marks the image threshold.
     """
+
     def build(fig, ax):
         for curve, ap, prev, color, name in (
-                (image_curve, image_ap, image_prevalence, IMAGE_COLOR, "image"),
-                (pixel_curve, pixel_ap, pixel_prevalence, PIXEL_COLOR, "pixel")):
+            (image_curve, image_ap, image_prevalence, IMAGE_COLOR, "image"),
+            (pixel_curve, pixel_ap, pixel_prevalence, PIXEL_COLOR, "pixel"),
+        ):
             if curve is None:
                 continue
             precision, recall = curve
             r, p = decimate(recall, precision, max_points)
-            ax.plot(r, p, color=color, lw=1.8, drawstyle="steps-post",
-                    label=f"{name}  AP {_percent(ap)}")
+            ax.plot(
+                r,
+                p,
+                color=color,
+                lw=1.8,
+                drawstyle="steps-post",
+                label=f"{name}  AP {_percent(ap)}",
+            )
             if prev is not None:
                 ax.axhline(prev, ls=":", lw=1, color=color, alpha=0.7)
         if operating_point is not None:
-            ax.plot(*operating_point, "o", ms=6, mfc="white", mec=THRESHOLD_COLOR, mew=1.5,
-                    label="image threshold", zorder=5)
+            ax.plot(
+                *operating_point,
+                "o",
+                ms=6,
+                mfc="white",
+                mec=THRESHOLD_COLOR,
+                mew=1.5,
+                label="image threshold",
+                zorder=5,
+            )
         _unit_axes(ax, "recall", "precision", "Precision-recall")
         ax.legend(loc="lower left")
 
     return _draw(build)
 
 
-def pro_svg(curve, aupro_value: float | None = None, fpr_limit: float = 0.3,
-            max_points: int = 2000) -> str:
+def pro_svg(
+    curve, aupro_value: float | None = None, fpr_limit: float = 0.3, max_points: int = 2000
+) -> str:
     """The per-region-overlap curve ``(fpr, pro)``, the integrated FPR range [0, limit] shaded."""
     fpr, pro = curve
 
     def build(fig, ax):
         ax.axvspan(0, fpr_limit, color=PIXEL_COLOR, alpha=0.07, lw=0)
         x, y = decimate(*truncate_pro_curve(fpr, pro, fpr_limit=fpr_limit), max_points)
-        ax.fill_between(x, y, color=PIXEL_COLOR, alpha=0.18, lw=0,
-                        label=f"AUPRO (FPR ≤ {fpr_limit:g}) {_percent(aupro_value)}")
+        ax.fill_between(
+            x,
+            y,
+            color=PIXEL_COLOR,
+            alpha=0.18,
+            lw=0,
+            label=f"AUPRO (FPR ≤ {fpr_limit:g}) {_percent(aupro_value)}",
+        )
         ax.plot(*decimate(fpr, pro, max_points), color=PIXEL_COLOR, lw=1.8, label="PRO")
         ax.axvline(fpr_limit, ls="--", lw=1, color=THRESHOLD_COLOR)
-        _unit_axes(ax, "false positive rate (normal pixels)", "per-region overlap",
-                   "Per-region overlap")
+        _unit_axes(
+            ax, "false positive rate (normal pixels)", "per-region overlap", "Per-region overlap"
+        )
         ax.legend(loc="lower right")
 
     return _draw(build)
 
 
-def histogram_svg(scores, labels, threshold: float | None = None,
-                  threshold_label: str = "threshold", bins: int | None = None) -> str:
+def histogram_svg(
+    scores,
+    labels,
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
+    bins: int | None = None,
+) -> str:
     """Histogram of image scores, normal and defective overlaid, with the threshold line."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
@@ -301,15 +367,28 @@ def histogram_svg(scores, labels, threshold: float | None = None,
     edges = np.linspace(lo, hi, bins + 1)
 
     def build(fig, ax):
-        for mask, color, name in ((~labels, NORMAL_COLOR, "normal"),
-                                  (labels, DEFECT_COLOR, "defective")):
+        for mask, color, name in (
+            (~labels, NORMAL_COLOR, "normal"),
+            (labels, DEFECT_COLOR, "defective"),
+        ):
             if mask.any():
-                ax.hist(scores[mask], bins=edges, color=color, alpha=0.55, lw=0,
-                        label=f"{name} ({int(mask.sum())})")
+                ax.hist(
+                    scores[mask],
+                    bins=edges,
+                    color=color,
+                    alpha=0.55,
+                    lw=0,
+                    label=f"{name} ({int(mask.sum())})",
+                )
                 ax.hist(scores[mask], bins=edges, histtype="step", color=color, lw=1.2)
         if threshold is not None:
-            ax.axvline(threshold, color=THRESHOLD_COLOR, ls="--", lw=1.4,
-                       label=f"{threshold_label} {threshold:.4g}")
+            ax.axvline(
+                threshold,
+                color=THRESHOLD_COLOR,
+                ls="--",
+                lw=1.4,
+                label=f"{threshold_label} {threshold:.4g}",
+            )
         ax.set_xlabel("image score")
         ax.set_ylabel("images")
         ax.set_title("Image scores", loc="left")

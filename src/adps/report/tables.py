@@ -29,15 +29,22 @@ def markdown_header(extra_columns: tuple[str, ...] = ()) -> str:
     return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
 
 
-def write_evaluation(result: EvalResult, out_dir: str | Path, name: str,
-                     extra: dict | None = None) -> Path:
+def write_evaluation(
+    result: EvalResult, out_dir: str | Path, name: str, extra: dict | None = None
+) -> Path:
     """Writes ``metrics.json`` (fractions in [0, 1], plus speed) and ``metrics.md`` (one row)."""
     out = Path(out_dir)
-    payload = {"name": name, "metrics": result.metrics, "num_images": int(len(result.scores)),
-               "images_per_second": result.images_per_second,
-               "peak_memory_mb": result.peak_memory_mb, "memory_kind": result.memory_kind,
-               **(extra or {})}
+    payload = {
+        "name": name,
+        "metrics": result.metrics,
+        "num_images": int(len(result.scores)),
+        "images_per_second": result.images_per_second,
+        "peak_memory_mb": result.peak_memory_mb,
+        "memory_kind": result.memory_kind,
+        **(extra or {}),
+    }
     atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
-    atomic_write_text(out / "metrics.md",
-                      markdown_header() + "\n" + markdown_row(name, result.metrics) + "\n")
+    atomic_write_text(
+        out / "metrics.md", markdown_header() + "\n" + markdown_row(name, result.metrics) + "\n"
+    )
     return out / "metrics.json"

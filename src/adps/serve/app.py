@@ -81,17 +81,29 @@ def _png_base64(array: np.ndarray) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def prediction_json(pred: Prediction, image: np.ndarray, predictor: Predictor, ident: str,
-                    milliseconds: float, outputs: set[str], name: str | None) -> dict[str, Any]:
+def prediction_json(
+    pred: Prediction,
+    image: np.ndarray,
+    predictor: Predictor,
+    ident: str,
+    milliseconds: float,
+    outputs: set[str],
+    name: str | None,
+) -> dict[str, Any]:
     """One image's answer: `adps predict`'s row (:meth:`Prediction.summary`) and more."""
     t = predictor.thresholds
     answer = {
         "filename": name,
         **pred.summary(),
         "is_anomalous": bool(pred.is_anomalous),
-        "threshold": {"image": t.decision, "pixel": t.pixel, "rule": t.rule(),
-                      "source": "calibrated" if t.image is not None
-                      else "uncalibrated: the pixel threshold decides"},
+        "threshold": {
+            "image": t.decision,
+            "pixel": t.pixel,
+            "rule": t.rule(),
+            "source": "calibrated"
+            if t.image is not None
+            else "uncalibrated: the pixel threshold decides",
+        },
         "image_size": [int(image.shape[0]), int(image.shape[1])],
         "model_id": ident,
         "milliseconds": round(milliseconds, 2),
@@ -103,8 +115,9 @@ def prediction_json(pred: Prediction, image: np.ndarray, predictor: Predictor, i
     return answer
 
 
-def create_app(predictor: Predictor, model_path: str | Path,
-               settings: ServeSettings = ServeSettings()) -> FastAPI:
+def create_app(
+    predictor: Predictor, model_path: str | Path, settings: ServeSettings = ServeSettings()
+) -> FastAPI:
     model_path = Path(model_path)
     ident = model_id(model_path)
 
@@ -114,8 +127,7 @@ def create_app(predictor: Predictor, model_path: str | Path,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(run, settings.max_batch, settings.max_wait_ms,
-                               settings.queue_size)
+        batcher = MicroBatcher(run, settings.max_batch, settings.max_wait_ms, settings.queue_size)
         app.state.batcher, app.state.ready = batcher, False
         batcher.start()
         height, width = predictor.config.size
@@ -142,13 +154,22 @@ def create_app(predictor: Predictor, model_path: str | Path,
             return
         given = request.headers.get("authorization", "").encode()
         if not hmac.compare_digest(given, f"Bearer {settings.token}".encode()):
-            raise ServeError(401, "missing or wrong token (send Authorization: Bearer <token>)",
-                             {"WWW-Authenticate": "Bearer"})
+            raise ServeError(
+                401,
+                "missing or wrong token (send Authorization: Bearer <token>)",
+                {"WWW-Authenticate": "Bearer"},
+            )
 
     guarded = [Depends(authenticate)]
-    app = FastAPI(title="adps", version=__version__, lifespan=lifespan, docs_url=None,
-                  redoc_url=None, openapi_url=None,
-                  description="Anomaly maps, scores and decisions from an adps model.")
+    app = FastAPI(
+        title="adps",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="Anomaly maps, scores and decisions from an adps model.",
+    )
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
@@ -156,8 +177,9 @@ def create_app(predictor: Predictor, model_path: str | Path,
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": str(exc.detail)}, exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -181,20 +203,31 @@ def create_app(predictor: Predictor, model_path: str | Path,
     @app.get("/v1/model", dependencies=guarded)
     async def model_info(request: Request) -> dict:
         meta = predictor.metadata
-        return {"model_id": ident, "adps_version": __version__, "runtime": predictor.runtime,
-                "model_config": meta.get("model_config"),
-                "preprocess": meta.get("preprocess") or {
-                    k: meta[k] for k in ("image_size", "mean", "std", "input_dtype",
-                                         "channel_order") if k in meta},
-                "thresholds": predictor.thresholds.to_dict(),
-                "decision_rule": predictor.thresholds.rule(),
-                "batching": {"max_batch": settings.max_batch,
-                             "max_wait_ms": settings.max_wait_ms,
-                             "queue_size": settings.queue_size,
-                             "batches_run": request.app.state.batcher.batches},
-                "limits": {"max_pixels": settings.max_pixels,
-                           "max_body_bytes": settings.max_body_bytes,
-                           "max_files": settings.max_files}}
+        return {
+            "model_id": ident,
+            "adps_version": __version__,
+            "runtime": predictor.runtime,
+            "model_config": meta.get("model_config"),
+            "preprocess": meta.get("preprocess")
+            or {
+                k: meta[k]
+                for k in ("image_size", "mean", "std", "input_dtype", "channel_order")
+                if k in meta
+            },
+            "thresholds": predictor.thresholds.to_dict(),
+            "decision_rule": predictor.thresholds.rule(),
+            "batching": {
+                "max_batch": settings.max_batch,
+                "max_wait_ms": settings.max_wait_ms,
+                "queue_size": settings.queue_size,
+                "batches_run": request.app.state.batcher.batches,
+            },
+            "limits": {
+                "max_pixels": settings.max_pixels,
+                "max_body_bytes": settings.max_body_bytes,
+                "max_files": settings.max_files,
+            },
+        }
 
     @app.post("/v1/predict", dependencies=guarded)
     async def predict(request: Request, outputs: str = "") -> JSONResponse:
@@ -202,13 +235,14 @@ def create_app(predictor: Predictor, model_path: str | Path,
         wanted = {o for o in outputs.split(",") if o}
         unknown = wanted - set(OUTPUTS)
         if unknown:
-            raise ServeError(400, f"unknown outputs {sorted(unknown)}; choose from "
-                                  f"{list(OUTPUTS)}")
+            raise ServeError(400, f"unknown outputs {sorted(unknown)}; choose from {list(OUTPUTS)}")
         uploads, single = await _read_uploads(request, settings)
 
         def decode() -> list[np.ndarray]:  # in a worker thread: PIL releases the GIL
-            return [read_image_bytes(data, name or "the request body", settings.max_pixels)
-                    for name, data in uploads]
+            return [
+                read_image_bytes(data, name or "the request body", settings.max_pixels)
+                for name, data in uploads
+            ]
 
         try:
             images = await run_in_threadpool(decode)
@@ -217,45 +251,62 @@ def create_app(predictor: Predictor, model_path: str | Path,
         try:
             predictions = await request.app.state.batcher.submit(images)
         except Busy:
-            raise ServeError(503, "the server is busy (request queue full); retry later",
-                             {"Retry-After": str(settings.retry_after_s)}) from None
+            raise ServeError(
+                503,
+                "the server is busy (request queue full); retry later",
+                {"Retry-After": str(settings.retry_after_s)},
+            ) from None
         except Exception as exc:  # the model failed on this batch; the server goes on
             log.exception("model failure")
             raise ServeError(500, f"model failure: {exc}") from None
         milliseconds = (time.perf_counter() - start) * 1000
-        answers = [prediction_json(p, image, predictor, ident, milliseconds, wanted, name)
-                   for p, image, (name, _) in zip(predictions, images, uploads)]
+        answers = [
+            prediction_json(p, image, predictor, ident, milliseconds, wanted, name)
+            for p, image, (name, _) in zip(predictions, images, uploads)
+        ]
         return JSONResponse(answers[0] if single else answers)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("adps.serve").joinpath("page.html").read_text(
-            encoding="utf-8"))
+        return HTMLResponse(
+            resources.files("adps.serve").joinpath("page.html").read_text(encoding="utf-8")
+        )
 
     return app
 
 
-async def _read_uploads(request: Request, settings: ServeSettings
-                        ) -> tuple[list[tuple[str | None, bytes]], bool]:
+async def _read_uploads(
+    request: Request, settings: ServeSettings
+) -> tuple[list[tuple[str | None, bytes]], bool]:
     """(file name, bytes) of every uploaded image, and whether the body was one raw image."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-        raise ServeError(413, f"the request is {int(length)} bytes, over the limit of "
-                              f"{settings.max_body_bytes}")
+        raise ServeError(
+            413, f"the request is {int(length)} bytes, over the limit of {settings.max_body_bytes}"
+        )
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "multipart/form-data":
         await _body(request, settings)  # the size limit; the form parser reads it from cache
         form = await request.form(max_files=settings.max_files, max_fields=16)
-        files = [(getattr(v, "filename", None) or key, await v.read())
-                 for key, v in form.multi_items() if hasattr(v, "read")]
+        files = [
+            (getattr(v, "filename", None) or key, await v.read())
+            for key, v in form.multi_items()
+            if hasattr(v, "read")
+        ]
         if not files:
-            raise ServeError(400, "the multipart request holds no file (send the image as a "
-                                  "file field, e.g. curl -F file=@part.png)")
+            raise ServeError(
+                400,
+                "the multipart request holds no file (send the image as a "
+                "file field, e.g. curl -F file=@part.png)",
+            )
         return files, len(files) == 1
     if not kind.startswith(IMAGE_TYPES):
-        raise ServeError(415, f"unsupported content type {kind or '(none)'!r}: send an image "
-                              "(image/png, image/jpeg, ..., application/octet-stream) or "
-                              "multipart/form-data")
+        raise ServeError(
+            415,
+            f"unsupported content type {kind or '(none)'!r}: send an image "
+            "(image/png, image/jpeg, ..., application/octet-stream) or "
+            "multipart/form-data",
+        )
     body = await _body(request, settings)
     if not body:
         raise ServeError(400, "empty body: the request holds no image")
@@ -268,8 +319,9 @@ async def _body(request: Request, settings: ServeSettings) -> bytes:
     async for chunk in request.stream():
         size += len(chunk)
         if size > settings.max_body_bytes:
-            raise ServeError(413, f"the request is over the limit of {settings.max_body_bytes} "
-                                  "bytes")
+            raise ServeError(
+                413, f"the request is over the limit of {settings.max_body_bytes} bytes"
+            )
         chunks.append(chunk)
     body = b"".join(chunks)
     request._body = body  # starlette's form parser reads the cached body

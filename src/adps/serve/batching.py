@@ -19,8 +19,13 @@ class Busy(Exception):
 
 
 class MicroBatcher:
-    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch: int = 8,
-                 max_wait_ms: float = 5.0, queue_size: int = 64):
+    def __init__(
+        self,
+        run: Callable[[list[Any]], Sequence[Any]],
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 64,
+    ):
         if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
             raise ValueError("max_batch and queue_size must be >= 1 and max_wait_ms >= 0")
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
@@ -84,7 +89,7 @@ class MicroBatcher:
                     if error is not None:
                         future.set_exception(error)
                     else:
-                        future.set_result(list(results[start:start + len(request)]))
+                        future.set_result(list(results[start : start + len(request)]))
                 start += len(request)
                 self.queue.task_done()
 

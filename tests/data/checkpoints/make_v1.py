@@ -23,18 +23,41 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "battery_weld"
 
 if __name__ == "__main__":
-    model = ModelConfig(image_size=64, k=4, prior="memory", memory_size=64, psm_output_stride=2,
-                        prior_exponent=0.5, psm_boost=4.0)
+    model = ModelConfig(
+        image_size=64,
+        k=4,
+        prior="memory",
+        memory_size=64,
+        psm_output_stride=2,
+        prior_exponent=0.5,
+        psm_boost=4.0,
+    )
     config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=4, lr=4e-4, seed=0)
-    result = train(model, config, MVTecAD(DATA, "welding", "train", size=64), "/tmp/v1-run",
-                   device="cpu", progress=False)
-    store_thresholds(load_checkpoint(result.checkpoint),
-                     Calibration(threshold=0.42, method="false_alarm_rate", n_normal=20,
-                                 normal_flagged=0, target_false_alarm_rate=0.05),
-                     HERE / "v1.pt")
+    result = train(
+        model,
+        config,
+        MVTecAD(DATA, "welding", "train", size=64),
+        "/tmp/v1-run",
+        device="cpu",
+        progress=False,
+    )
+    store_thresholds(
+        load_checkpoint(result.checkpoint),
+        Calibration(
+            threshold=0.42,
+            method="false_alarm_rate",
+            n_normal=20,
+            normal_flagged=0,
+            target_false_alarm_rate=0.05,
+        ),
+        HERE / "v1.pt",
+    )
     images = sorted((DATA / "welding" / "test").rglob("*.png"))[:2]
     predictions = adps.load(HERE / "v1.pt", device="cpu", backend="torch")(images)
-    np.savez_compressed(HERE / "v1_maps.npz", names=[p.name for p in images],
-                        maps=np.stack([p.anomaly_map for p in predictions]),
-                        scores=np.array([p.score for p in predictions]),
-                        decisions=np.array([p.is_anomalous for p in predictions]))
+    np.savez_compressed(
+        HERE / "v1_maps.npz",
+        names=[p.name for p in images],
+        maps=np.stack([p.anomaly_map for p in predictions]),
+        scores=np.array([p.score for p in predictions]),
+        decisions=np.array([p.is_anomalous for p in predictions]),
+    )
