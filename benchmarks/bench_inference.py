@@ -42,9 +42,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -436,10 +436,10 @@ def print_table(results: list[Result], batch_sizes: list[int]) -> None:
             r.threads,
             "-" if r.latency_ms is None else f"{r.latency_ms:.1f} ({r.latency_runs})",
         ]
-        for b in batch_sizes:
-            row.append(
-                f"{r.throughput[b][0]:.1f} ({r.throughput[b][1]})" if b in r.throughput else "-"
-            )
+        row.extend(
+            f"{r.throughput[b][0]:.1f} ({r.throughput[b][1]})" if b in r.throughput else "-"
+            for b in batch_sizes
+        )
         if r.throughput:
             best = max(r.throughput, key=lambda b: r.throughput[b][0])
             row.append(f"{r.throughput[best][0]:.1f} @b{best}")
@@ -447,8 +447,11 @@ def print_table(results: list[Result], batch_sizes: list[int]) -> None:
             row.append("-")
         row += [f"{r.setup_s:.0f}", r.note.strip()]
         rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
     print()
     print(line(head))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")

@@ -10,8 +10,8 @@ the training split as ``--recipe fast`` does, so the default recipe's graph is w
 
 from __future__ import annotations
 
-import dataclasses
 import argparse
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -22,10 +22,10 @@ import torch
 
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
-from adps.engine.checkpoint import Checkpoint
 from adps.engine.calibrate import f1_optimal_threshold
-from adps.engine.prior import fit_prior
+from adps.engine.checkpoint import Checkpoint
 from adps.engine.inference import TorchForward
+from adps.engine.prior import fit_prior
 from adps.engine.runtime import OpenVinoRunner
 from adps.export import export_openvino
 from adps.metrics import compute_metrics
@@ -79,7 +79,9 @@ def main() -> None:
         x1 = images[:1].numpy()
         results = {}
         for name, run in runs.items():
-            maps, scores = zip(*(run(images[i : i + 1].numpy()) for i in range(len(images))))
+            maps, scores = zip(
+                *(run(images[i : i + 1].numpy()) for i in range(len(images))), strict=True
+            )
             maps = np.concatenate([np.asarray(m) for m in maps])[:, 0]
             scores = np.concatenate([np.asarray(s) for s in scores])
             metrics = compute_metrics(

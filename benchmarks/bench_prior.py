@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from adps.config import from_dict, to_dict, ModelConfig
+from adps.config import ModelConfig, from_dict, to_dict
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
 from adps.engine.checkpoint import Checkpoint
@@ -70,7 +70,7 @@ def main() -> None:
         with torch.no_grad():
             scores = model.score(maps).numpy()
         m = compute_metrics(labels, scores, masks, maps[:, 0].numpy(), mask_available=has_mask)
-        rows.append({"name": name, **{k: v for k, v in m.items()}, **extra})
+        rows.append({"name": name, **dict(m.items()), **extra})
         r = rows[-1]
         print(
             f"| {name} | "
@@ -127,7 +127,7 @@ def main() -> None:
             )
         latency = latency_ms(model, images[0])
         peak, _ = _peak_memory(torch.device("cpu"))
-        for boost in [0.0] + args.boosts:
+        for boost in [0.0, *args.boosts]:
             fused = model.memory.fuse(psm_map, prior_map, boost)
             name = (
                 f"prior alone, memory {fit.bank_size}"

@@ -50,14 +50,18 @@ def bench(device: torch.device, iters: int, warmup: int) -> float:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else threads
     rate = iters * BATCH / seconds
     print(
-        f"{device.type:4s} [{name}]: {rate:10.1f} img/s  ({iters} batches of {BATCH}x3x{SIZE}x{SIZE} "
-        f"after {warmup} warm-up, {seconds / iters * 1000:.1f} ms/batch, textures from {source})"
+        f"{device.type:4s} [{name}]: {rate:10.1f} img/s  "
+        f"({iters} batches of {BATCH}x3x{SIZE}x{SIZE} after {warmup} warm-up, "
+        f"{seconds / iters * 1000:.1f} ms/batch, textures from {source})"
     )
     return rate
 
 
 def check_sync_free(device: torch.device) -> str:
-    """One warmed-up CUDA call with synchronising CUDA calls turned into errors; a one-line verdict."""
+    """One warmed-up CUDA call with synchronising CUDA calls turned into errors.
+
+    Returns a one-line verdict.
+    """
     textures = TextureBank.from_folder(DTD_IMAGES, SIZE, device) if DTD_IMAGES.is_dir() else None
     synth = AnomalySynthesizer(textures)
     generator = torch.Generator(device).manual_seed(0)

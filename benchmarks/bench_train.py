@@ -56,7 +56,9 @@ def measure(trainer: Trainer, steps: int) -> dict[str, float]:
         teacher = model.teacher(x)
     with torch.no_grad():
         student = model.student_features(x)
-        fused = [model._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student))]
+        fused = [
+            model._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student, strict=True))
+        ]
 
     def synthesis():
         trainer.synthesizer(trainer.images[index].float().div_(255.0), trainer.generator)

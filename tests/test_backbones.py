@@ -24,7 +24,9 @@ def test_feature_shapes_and_channels(name):
         features = encoder(torch.rand(1, 3, 64, 96))
     assert encoder.channels == CHANNELS[name]
     assert encoder.reductions == [4, 8, 16]
-    for feature, channels, stride in zip(features, encoder.channels, encoder.reductions):
+    for feature, channels, stride in zip(
+        features, encoder.channels, encoder.reductions, strict=True
+    ):
         assert feature.shape == (1, channels, 64 // stride, 96 // stride)
 
 
@@ -38,7 +40,7 @@ def test_lite0_loads_the_wheel_strictly_and_exactly():
     get_backbone("efficientnet_lite0").load_pretrained(full, None, False)  # strict inside
     loaded = list(full.state_dict().values())
     assert len(loaded) == len(source)
-    for got, expected in zip(loaded, source.values()):
+    for got, expected in zip(loaded, source.values(), strict=True):
         assert torch.equal(got, expected)
     # the encoder keeps exactly those tensors (first stages), not fresh random ones
     encoder = create_encoder("efficientnet_lite0", pretrained=True)
@@ -86,7 +88,7 @@ def test_pretrained_weights_and_normalisation_recognise_real_textures():
 
 
 def test_resnet_without_weights_is_a_clear_error_not_random():
-    with pytest.raises(AdpsError, match="--teacher-weights|allow"):
+    with pytest.raises(AdpsError, match=r"--teacher-weights|allow"):
         create_encoder("resnet18", pretrained=True)
 
 
@@ -106,11 +108,11 @@ def test_bad_weight_files(tmp_path):
         create_encoder("resnet18", pretrained=True, weights_file=str(tmp_path / "none.pth"))
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
-    with pytest.raises(AdpsError, match="junk.pth"):
+    with pytest.raises(AdpsError, match=r"junk\.pth"):
         create_encoder("resnet18", pretrained=True, weights_file=str(junk))
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, wrong)
-    with pytest.raises(AdpsError, match="wrong.pth"):
+    with pytest.raises(AdpsError, match=r"wrong\.pth"):
         create_encoder("resnet18", pretrained=True, weights_file=str(wrong))
 
 
@@ -145,8 +147,10 @@ def test_normalisation_travels_with_the_weights():
         expected = Normalize(mean=list(spec.mean), std=list(spec.std))(x)
         model = ADPS(ModelConfig(backbone=name, image_size=64, k=4), pretrained=False).eval()
         torch.testing.assert_close(model.normalize(x), expected, rtol=0, atol=1e-6)
-        seen = []
-        hook = model.teacher.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        seen: list[torch.Tensor] = []
+        hook = model.teacher.register_forward_pre_hook(
+            lambda m, args, seen=seen: seen.append(args[0])
+        )
         with torch.no_grad():
             model(x)
         hook.remove()

@@ -223,7 +223,7 @@ def test_a_changed_setting_retrains_that_entry_and_only_that_one(
     assert (b / f"stale-{b_hash_x[:8]}" / "model.pt").read_bytes() == b_x["model.pt"][0]
     payload = json.loads((out / "benchmark.json").read_text())
     assert payload["train_config"]["lr"] == float(Y_LR)
-    for row, folder in zip(payload["rows"], (a, b)):
+    for row, folder in zip(payload["rows"], (a, b), strict=True):
         assert row["entry"] == entry_of(folder)
         assert row["entry"]["identity"]["train"]["lr"] == float(Y_LR)
 

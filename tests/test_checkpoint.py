@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datapaths import WELD
 
 import adps
 import adps.cli
@@ -25,6 +24,7 @@ from adps.engine.checkpoint import Checkpoint
 from adps.engine.train import holdout_indices, train
 from adps.errors import AdpsError
 from adps.models.adps import ADPS
+from datapaths import WELD
 
 LEGACY = Path(__file__).parent / "data" / "checkpoints"
 SIZE = 64

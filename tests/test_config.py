@@ -128,7 +128,9 @@ def test_the_table_covers_every_field():
         assert fields == {name for s, name, _ in BAD if s == section}
 
 
-@pytest.mark.parametrize("section, name, value", BAD, ids=[f"{s}.{n}={v!r}" for s, n, v in BAD])
+@pytest.mark.parametrize(
+    ("section", "name", "value"), BAD, ids=[f"{s}.{n}={v!r}" for s, n, v in BAD]
+)
 def test_every_field_refuses_a_bad_value(section, name, value):
     with pytest.raises(AdpsError, match=re.escape(f"{section}.{name}")):
         CLASSES[section](**{name: value})
@@ -149,7 +151,7 @@ def test_messages_say_field_value_and_what_is_allowed():
         ModelConfig(psm_widths=(64, 32, 16, 0))
     with pytest.raises(AdpsError, match=r"model\.k: must be an integer >= 1, got 2\.0$"):
         ModelConfig(k=2.0)
-    with pytest.raises(AdpsError, match="1.0e-4"):  # PyYAML 1.1 reads `lr: 1e-4` as a string
+    with pytest.raises(AdpsError, match=r"1\.0e-4"):  # PyYAML 1.1 reads `lr: 1e-4` as a string
         TrainConfig(lr="1e-4")
 
 
@@ -184,7 +186,7 @@ def test_nested_synthesis_errors_name_the_path():
 
 
 @pytest.mark.parametrize(
-    "size, k, splits, step, nearest",
+    ("size", "k", "splits", "step", "nearest"),
     [
         (100, 8, (), 128, "128"),  # nothing valid below 100
         (300, 8, (), 128, "256, 384"),
@@ -216,7 +218,8 @@ def test_non_square_geometry_names_the_nearest_valid_sizes_per_side():
 
 
 @pytest.mark.parametrize(
-    "text, size", [("256", 256), ("640x256", (640, 256)), ("128X128", 128), ("96 x 64", (96, 64))]
+    ("text", "size"),
+    [("256", 256), ("640x256", (640, 256)), ("128X128", 128), ("96 x 64", (96, 64))],
 )
 def test_parse_size(text, size):
     assert parse_size(text) == size
@@ -260,7 +263,7 @@ def _yaml(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "text, match",
+    ("text", "match"),
     [
         ("5\n", "expected a mapping"),  # a bare number: was a TypeError
         ("- model\n- train\n", "expected a mapping"),

@@ -33,7 +33,6 @@ from adps.errors import AdpsError
 from datapaths import WELD, shared
 from pngheader import png_header
 
-
 # --------------------------------------------------------------------------- helpers
 
 
@@ -72,13 +71,13 @@ def folder_layout(tmp: Path, n_train: int = 2, n_good: int = 1, n_bad: int = 2) 
 
 
 def folder_test(root: Path, **kw) -> Folder:
-    args = dict(
-        normal_test_dir="good",
-        abnormal_test_dir="bad",
-        mask_dir="masks",
-        mask_suffix="_mask",
-        split="test",
-    )
+    args = {
+        "normal_test_dir": "good",
+        "abnormal_test_dir": "bad",
+        "mask_dir": "masks",
+        "mask_suffix": "_mask",
+        "split": "test",
+    }
     args.update(kw)
     return Folder(root, **args)
 
@@ -133,12 +132,12 @@ def test_battery_weld_folder_with_same_name_masks():
     orphans = sorted(set(masks) - set(defective))
     assert train_good and test_good and set(defective) <= set(masks)
     assert orphans  # the subset keeps some masks without an image, so the warning is exercised
-    kw = dict(
-        train_dir="train/good",
-        normal_test_dir="test/good",
-        abnormal_test_dir="test/defective",
-        mask_dir="ground_truth/defective",
-    )
+    kw = {
+        "train_dir": "train/good",
+        "normal_test_dir": "test/good",
+        "abnormal_test_dir": "test/defective",
+        "mask_dir": "ground_truth/defective",
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the train split looks at no masks: no warning
         train = Folder(WELD, split="train", **kw)
@@ -198,7 +197,7 @@ def test_empty_training_folder_ignores_non_images(tmp_path):
 def test_defective_image_without_mask_raises(tmp_path):
     root = folder_layout(tmp_path)
     (root / "masks" / "b1_mask.png").unlink()
-    with pytest.raises(AdpsError, match="b1.png"):
+    with pytest.raises(AdpsError, match=r"b1\.png"):
         folder_test(root)
     with pytest.raises(AdpsError, match="mask_required"):
         Folder(root, abnormal_test_dir="bad", split="test")  # no mask_dir at all
@@ -209,7 +208,7 @@ def test_corrupt_image_raises_at_load(tmp_path):
     (tmp_path / "train" / "garbage.png").write_bytes(os.urandom(300))
     ds = Folder(tmp_path, train_dir="train")
     idx = [Path(r.image).name for r in ds.records].index("garbage.png")
-    with pytest.raises(AdpsError, match="garbage.png"):
+    with pytest.raises(AdpsError, match=r"garbage\.png"):
         ds.decode(idx)
 
 
@@ -229,7 +228,7 @@ def test_text_file_with_image_extension_raises(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "readme.jpg").write_text("hello, I am text")
     ds = Folder(tmp_path, train_dir="train")
-    with pytest.raises(AdpsError, match="readme.jpg.*not an image"):
+    with pytest.raises(AdpsError, match=r"readme\.jpg.*not an image"):
         ds.decode(0)
 
 
@@ -237,9 +236,9 @@ def test_mask_size_mismatch_raises_at_load(tmp_path):
     root = folder_layout(tmp_path, n_bad=1)
     save_mask(root / "masks" / "b0_mask.png", h=21, w=30)
     ds = folder_test(root)
-    with pytest.raises(AdpsError, match="b0_mask.png.*differs"):
+    with pytest.raises(AdpsError, match=r"b0_mask\.png.*differs"):
         last(ds)
-    with pytest.raises(AdpsError, match="b0_mask.png"):
+    with pytest.raises(AdpsError, match=r"b0_mask\.png"):
         ds.original_mask(len(ds) - 1)
 
 
@@ -405,7 +404,7 @@ def test_kolektor_sdd2_layout(tmp_path):
     assert [r.image.parent.name for r in everything.records] == ["train"] * 3 + ["test"] * 3
     assert everything.labels == [0, 0, 1, 0, 0, 1]  # train/'s defect too: a split file may use it
     (tmp_path / "test" / "11_GT.png").unlink()
-    with pytest.raises(AdpsError, match="11.png"):
+    with pytest.raises(AdpsError, match=r"11\.png"):
         KolektorSDD2(tmp_path, "test")
 
 
@@ -477,7 +476,7 @@ def test_kolektor_sdd_v1_refuses_what_the_rule_cannot_place(tmp_path):
         KolektorSDD(root, "test")
     save(root / "extra" / "Part0.jpg", rgb(), "L")
     save_mask(root / "extra" / "Part0_label.bmp", box=None)
-    with pytest.raises(AdpsError, match="extra/Part0.jpg.*item folder named like kos01"):
+    with pytest.raises(AdpsError, match=r"extra/Part0\.jpg.*item folder named like kos01"):
         KolektorSDD(root, "train")
     assert len(KolektorSDD(root, "all")) == 7  # "all" needs no item numbers
 
@@ -508,8 +507,8 @@ def test_tensor_stack_matches_direct_decoding(tmp_path):
         assert torch.equal(images[i], s.image) and torch.equal(masks[i], s.mask)
     serial = load_tensor_stack(ds, num_workers=0, progress=False)
     threaded = load_tensor_stack(ds, num_workers=4, progress=False)
-    assert all(torch.equal(a, b) for a, b in zip(threaded, (images, masks, labels)))
-    assert all(torch.equal(a, b) for a, b in zip(serial, (images, masks, labels)))
+    assert all(torch.equal(a, b) for a, b in zip(threaded, (images, masks, labels), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(serial, (images, masks, labels), strict=True))
 
 
 def test_disk_cache_reused_and_invalidated(tmp_path, monkeypatch):
@@ -523,7 +522,7 @@ def test_disk_cache_reused_and_invalidated(tmp_path, monkeypatch):
     assert len(files) == 1 and files[0].suffix == ".pt"  # no temp files left behind
     second = load_tensor_stack(ds, progress=False, cache_dir=cache)
     assert len(calls) == len(ds)  # nothing decoded the second time
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     load_tensor_stack(
         folder_test(root, size=8), progress=False, cache_dir=cache
     )  # other size, other file
@@ -538,7 +537,7 @@ def test_disk_cache_reused_and_invalidated(tmp_path, monkeypatch):
 def test_tensor_stack_needs_uniform_size(tmp_path):
     save(tmp_path / "train" / "a.png", rgb(20, 30))
     save(tmp_path / "train" / "b.png", rgb(21, 30))
-    with pytest.raises(AdpsError, match="b.png"):
+    with pytest.raises(AdpsError, match=r"b\.png"):
         load_tensor_stack(Folder(tmp_path, train_dir="train", size=None), progress=False)
 
 
@@ -572,7 +571,7 @@ def test_the_pixel_limit_is_ours_and_read_from_the_header(tmp_path):
         read_image(path, max_pixels=100_000_000)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # PIL's DecompressionBombWarning would fail here
-        with pytest.raises(AdpsError, match="line.png: corrupt or truncated") as err:
+        with pytest.raises(AdpsError, match=r"line\.png: corrupt or truncated") as err:
             read_image(path)
     assert "bomb" not in str(err.value)
     with pytest.raises(OverPixelLimit, match="upload: 30000 x 30000 = 900000000 pixels"):
@@ -585,7 +584,7 @@ def test_the_pixel_limit_is_ours_and_read_from_the_header(tmp_path):
     (tmp_path / "train" / "huge.png").write_bytes(png_header(40000, 30000))
     with pytest.raises(
         OverPixelLimit,
-        match="huge.png: 40000 x 30000 = 1200000000 pixels is over the limit of 1000000000",
+        match=r"huge\.png: 40000 x 30000 = 1200000000 pixels is over the limit of 1000000000",
     ):
         Folder(tmp_path, train_dir="train").decode(0)  # datasets keep the default limit
 
@@ -593,12 +592,12 @@ def test_the_pixel_limit_is_ours_and_read_from_the_header(tmp_path):
 def test_an_empty_file_says_empty(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "zero.png").write_bytes(b"")
-    with pytest.raises(AdpsError, match="zero.png: empty file"):
+    with pytest.raises(AdpsError, match=r"zero\.png: empty file"):
         Folder(tmp_path, train_dir="train").decode(0)
-    with pytest.raises(AdpsError, match="up.png: empty file"):
+    with pytest.raises(AdpsError, match=r"up\.png: empty file"):
         read_image_bytes(b"", "up.png")
     (tmp_path / "train" / "zero.png").write_bytes(b"\0")
-    with pytest.raises(AdpsError, match="zero.png: not an image file"):
+    with pytest.raises(AdpsError, match=r"zero\.png: not an image file"):
         Folder(tmp_path, train_dir="train").decode(0)
 
 

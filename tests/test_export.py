@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from datapaths import WELD
-
 from adps.config import ModelConfig
 from adps.engine.calibrate import Thresholds
 from adps.engine.runtime import OnnxRunner, load_torchscript, read_onnx_metadata
 from adps.errors import AdpsError
 from adps.export import DeployModule, export_onnx, export_torchscript
 from adps.models.adps import ADPS
+from datapaths import WELD
 
 SIZE, K = 128, 4
 TOL = 1e-3
@@ -203,7 +202,7 @@ def test_non_adps_onnx_is_an_adps_error(tmp_path):
         read_onnx_metadata(plain)
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"not a protobuf at all")
-    with pytest.raises(AdpsError, match="garbage.onnx"):
+    with pytest.raises(AdpsError, match=r"garbage\.onnx"):
         OnnxRunner(garbage)
     with pytest.raises(AdpsError, match="not found"):
         OnnxRunner(tmp_path / "missing.onnx")
@@ -228,7 +227,7 @@ def test_non_adps_torchscript_is_an_adps_error(tmp_path):
         load_torchscript(plain)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"nope")
-    with pytest.raises(AdpsError, match="garbage.pt"):
+    with pytest.raises(AdpsError, match=r"garbage\.pt"):
         load_torchscript(garbage)
 
 
@@ -291,6 +290,7 @@ def test_openvino_predictor_equals_the_checkpoints(openvino_uint8, checkpoint_pa
     for ov_pred, pt_pred in zip(
         load_predictor(openvino_uint8, "cpu")(files),
         load_predictor(checkpoint_path, "cpu", backend="torch")(files),
+        strict=True,
     ):
         assert abs(ov_pred.score - pt_pred.score) < TOL
         assert np.abs(ov_pred.anomaly_map - pt_pred.anomaly_map).max() < TOL
@@ -301,7 +301,7 @@ def test_openvino_errors_name_the_file(tmp_path, onnx_uint8):
     from adps.engine.runtime import OpenVinoRunner
     from adps.export import export_openvino
 
-    with pytest.raises(AdpsError, match="missing.xml"):
+    with pytest.raises(AdpsError, match=r"missing\.xml"):
         OpenVinoRunner(tmp_path / "missing.xml")
     with pytest.raises(AdpsError, match=r"\.xml"):
         export_openvino(onnx_uint8, tmp_path / "model.onnx")
@@ -321,7 +321,7 @@ def test_openvino_bf16_precision_travels_in_the_file(checkpoint_path, images, re
     path = export_openvino(checkpoint_path, tmp_path / "bf16.xml", precision="bf16")
     runner = OpenVinoRunner(path)
     assert runner.precision == "bf16" and runner.metadata["inference_precision"] == "bf16"
-    maps, scores = runner(images.numpy())
+    maps, _scores = runner(images.numpy())
     assert np.abs(maps - reference[0]).mean() < 0.05  # close on average, not bit-exact
     exact = OpenVinoRunner(path, precision="f32")  # the caller can still ask for float32
     _assert_parity(*exact(images.numpy()), reference)

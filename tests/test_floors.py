@@ -7,6 +7,8 @@ requirement that such a run could not pin, and on a test-only package imported b
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 import subprocess
 import sys
@@ -32,7 +34,10 @@ def test_every_dependency_has_a_floor_ci_pins():
     assert result.returncode == 0, result.stderr
     pins = dict(line.split("==") for line in result.stdout.split())
     project = _project()
-    names = [*project["dependencies"], *sum(project["optional-dependencies"].values(), [])]
+    names = [
+        *project["dependencies"],
+        *functools.reduce(operator.iadd, project["optional-dependencies"].values(), []),
+    ]
     for req in names:
         name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", req).group()).lower()
         assert name in pins, req

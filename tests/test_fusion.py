@@ -178,22 +178,22 @@ def test_the_model_fuses_with_its_configured_exponent_and_exports_it(
     torch.testing.assert_close(got_prior, prior[:, 0])
     # the exports carry the exponent: parity within 1e-3
     runner = OnnxRunner(export_onnx(model, tmp_path / "m.onnx"))
-    for got, want in zip(runner(images[:3].numpy()), (fused.numpy(), score.numpy())):
+    for got, want in zip(runner(images[:3].numpy()), (fused.numpy(), score.numpy()), strict=True):
         assert np.abs(got - want).max() < 1e-3
     scripted, _ = load_torchscript(export_torchscript(model, tmp_path / "m.ts"))
     with torch.no_grad():
-        for got, want in zip(scripted(images[:3]), (fused, score)):
+        for got, want in zip(scripted(images[:3]), (fused, score), strict=True):
             assert (got - want).abs().max() < 1e-3
 
 
 def test_check_late_fusion_names_the_field(prior_model):
     """No prior, early fusion, an empty bank: each refused, naming what is wrong."""
-    with pytest.raises(AdpsError, match="model.prior is 'none'"):
+    with pytest.raises(AdpsError, match=r"model\.prior is 'none'"):
         check_late_fusion(ADPS(ModelConfig(image_size=SIZE, k=4), pretrained=False))
     early = ADPS(
         ModelConfig(image_size=SIZE, k=4, prior="memory", prior_fusion="early"), pretrained=False
     )
-    with pytest.raises(AdpsError, match="model.prior_fusion is 'early'"):
+    with pytest.raises(AdpsError, match=r"model\.prior_fusion is 'early'"):
         check_late_fusion(early)
     with pytest.raises(AdpsError, match="memory bank is empty"):
         check_late_fusion(ADPS(ModelConfig(image_size=SIZE, k=4, prior="memory"), pretrained=False))

@@ -19,7 +19,7 @@ from adps.export import export_onnx, export_torchscript
 from adps.models.adps import ADPS
 from adps.models.memory import embed, greedy_coreset, nearest_distances
 
-SMALL = dict(image_size=64, k=4)
+SMALL = {"image_size": 64, "k": 4}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,7 +34,7 @@ def brute_force_greedy(x: np.ndarray, size: int) -> list[int]:
     return chosen
 
 
-@pytest.mark.parametrize("n, dim, size", [(50, 3, 10), (200, 16, 40), (64, 8, 64)])
+@pytest.mark.parametrize(("n", "dim", "size"), [(50, 3, 10), (200, 16, 40), (64, 8, 64)])
 def test_coreset_equals_brute_force_greedy(n, dim, size):
     x = np.random.default_rng(n).normal(size=(n, dim))
     got = greedy_coreset(torch.from_numpy(x), size).tolist()
@@ -54,7 +54,7 @@ def test_coreset_projects_wide_features_and_rejects_bad_sizes():
     x = torch.randn(300, 512, generator=torch.Generator().manual_seed(1))
     chosen = greedy_coreset(x, 30)
     assert len(set(chosen.tolist())) == 30  # distinct rows, on the random projection
-    with pytest.raises(ValueError, match="1..300"):
+    with pytest.raises(ValueError, match=r"1\.\.300"):
         greedy_coreset(x, 301)
 
 
@@ -67,7 +67,7 @@ def _as_rows(maps: torch.Tensor) -> np.ndarray:
     return maps.permute(0, 2, 3, 1).reshape(-1, maps.shape[1]).numpy()
 
 
-@pytest.mark.parametrize("neighbors, chunk", [(1, 4096), (1, 7), (3, 7), (5, 64)])
+@pytest.mark.parametrize(("neighbors", "chunk"), [(1, 4096), (1, 7), (3, 7), (5, 64)])
 def test_nearest_distances_equal_brute_force(neighbors, chunk):
     rng = np.random.default_rng(neighbors * chunk)
     queries, bank = rng.normal(size=(2 * 4 * 5, 6)), rng.normal(size=(50, 6))
@@ -198,7 +198,7 @@ def test_bank_round_trips_through_the_checkpoint(fitted, images):
     torch.testing.assert_close(again.memory.stats, fitted.memory.stats, rtol=0, atol=0)
     x = images[6:].float() / 255
     with torch.no_grad():
-        for got, want in zip(again(x), fitted(x)):
+        for got, want in zip(again(x), fitted(x), strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -210,11 +210,11 @@ def test_bank_travels_inside_the_exports(fitted, images, tmp_path):
         want = [t.numpy() for t in fitted(images[6:9].float() / 255)]
     runner = OnnxRunner(export_onnx(fitted, tmp_path / "m.onnx"))
     assert runner.metadata["model_config"]["prior"] == "memory"
-    for got, ref in zip(runner(images[6:9].numpy()), want):
+    for got, ref in zip(runner(images[6:9].numpy()), want, strict=True):
         assert np.abs(got - ref).max() < 1e-3
     scripted, _ = load_torchscript(export_torchscript(fitted, tmp_path / "m.ts"))
     with torch.no_grad():
-        for got, ref in zip(scripted(images[6:9]), want):
+        for got, ref in zip(scripted(images[6:9]), want, strict=True):
             assert np.abs(got.numpy() - ref).max() < 1e-3
 
 
@@ -240,7 +240,7 @@ def test_without_the_prior_the_model_is_exactly_as_before(fitted, images):
 
 
 def test_the_memory_needs_the_teacher():
-    with pytest.raises(AdpsError, match="model.prior"):
+    with pytest.raises(AdpsError, match=r"model\.prior"):
         ModelConfig(**SMALL, prior="memory", variant="no_teacher")
 
 
@@ -288,7 +288,7 @@ def test_early_fusion_map_is_the_psm_probability_and_exports(early, images, tmp_
         fused, score = early(x)
         psm, _ = early.psm_map(x)
     torch.testing.assert_close(fused, psm, rtol=0, atol=0)  # no late mixing
-    assert 0 <= fused.min() and fused.max() <= 1
+    assert fused.min() >= 0 and fused.max() <= 1
     runner = OnnxRunner(export_onnx(early, tmp_path / "early.onnx"))
-    for got, ref in zip(runner(images[6:9].numpy()), (fused.numpy(), score.numpy())):
+    for got, ref in zip(runner(images[6:9].numpy()), (fused.numpy(), score.numpy()), strict=True):
         assert np.abs(got - ref).max() < 1e-3

@@ -3,6 +3,8 @@ values of docs/metrics.md (sections 4.3 and 6)."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -49,7 +51,7 @@ def brute_aupro(maps, masks, limit=0.3) -> float:
         points.append((fpr, pro))
     points.append((1.0, 1.0))
     area = 0.0
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
         if x0 >= limit:
             break
         if x1 > limit:  # cut the segment at the limit
@@ -341,11 +343,11 @@ def brute_pro_points(maps, masks):
         pred = maps >= t
         fpr.append((pred & ~gt).sum() / (~gt).sum())
         pro.append(np.mean([pred[i][reg].mean() for i, reg in regions]))
-    return np.array(fpr + [1.0]), np.array(pro + [1.0])
+    return np.array([*fpr, 1.0]), np.array([*pro, 1.0])
 
 
 def assert_curve(got, want, tol=1e-12):
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=0, atol=tol)
 

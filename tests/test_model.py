@@ -8,7 +8,7 @@ from adps.engine.losses import adps_loss, distillation_loss, focal_loss
 from adps.errors import AdpsError
 from adps.models.adps import ADPS, gaussian_blur, merge_patches, split_patches
 
-SMALL = dict(image_size=64, k=4)
+SMALL = {"image_size": 64, "k": 4}
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def test_psm_output_stride_shapes_and_gradients(stride):
     assert m.psm.head.weight.grad.abs().sum() > 0 and m.psm.up1.up.weight.grad.abs().sum() > 0
     assert (m.psm.up3 is None) == (stride == 4) and (m.psm.up4 is None) == (stride > 1)
     with torch.no_grad():
-        amap, score = m.eval()(x)
+        amap, _score = m.eval()(x)
     assert amap.shape == (2, 1, 64, 64) and torch.all((amap >= 0) & (amap <= 1))
 
 
@@ -231,13 +231,14 @@ def test_teacher_stays_frozen_through_an_optimiser_step():
     assert all(p.grad is None for p in m.teacher.parameters())
     student_before = ADPS(ModelConfig(**SMALL), pretrained=False).student  # sanity: it moved
     assert any(
-        not torch.equal(a, b) for a, b in zip(m.student.parameters(), student_before.parameters())
+        not torch.equal(a, b)
+        for a, b in zip(m.student.parameters(), student_before.parameters(), strict=True)
     )
 
 
 def test_student_init_from_teacher():
     m = ADPS(ModelConfig(**SMALL, student_init="teacher"))
-    for a, b in zip(m.student.state_dict().values(), m.teacher.state_dict().values()):
+    for a, b in zip(m.student.state_dict().values(), m.teacher.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

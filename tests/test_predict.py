@@ -11,10 +11,10 @@ from PIL import Image
 
 import adps
 from adps.cli import main
+from adps.cli.predict import _pixels, collect_inputs
 from adps.config import ModelConfig, TrainConfig
 from adps.data.datasets import MVTecAD, read_image
 from adps.data.procedural import make_demo_dataset
-from adps.cli.predict import _pixels, collect_inputs
 from adps.engine.calibrate import Thresholds
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.predict import Prediction, to_uint8_chw
@@ -124,7 +124,7 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
         predictor(np.full((8, 8, 3), 2.0))
     with pytest.raises(AdpsError, match="shaped"):
         predictor(np.zeros((8, 8, 5), np.uint8))
-    with pytest.raises(AdpsError, match="missing.png"):
+    with pytest.raises(AdpsError, match=r"missing\.png"):
         predictor(tmp_path / "missing.png")
 
 
@@ -289,7 +289,7 @@ def test_every_refusal_names_its_cause(trained, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "text, value", [("4e7", 40_000_000), ("1000", 1000), ("0", None), ("None", None)]
+    ("text", "value"), [("4e7", 40_000_000), ("1000", 1000), ("0", None), ("None", None)]
 )
 def test_max_pixels_values(text, value):
     assert _pixels(text) == value
@@ -350,7 +350,7 @@ def test_onnx_and_torchscript_predictions_match_torch(trained, tmp_path):
         out = tmp_path / f"model{suffix}"
         assert main(["export", "--model", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
         exported = adps.load(out, device="cpu")(files)
-        for a, b in zip(reference, exported):
+        for a, b in zip(reference, exported, strict=True):
             assert b.score == pytest.approx(a.score, abs=1e-3)
             assert np.abs(b.anomaly_map - a.anomaly_map).max() < 1e-3
             assert a.is_anomalous == b.is_anomalous
@@ -461,7 +461,9 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(
     before = set(conversion_cache.glob("openvino/*.xml"))
     exact = adps.load(checkpoint, device="cpu")  # float32 unless asked
     assert exact.runtime.startswith("openvino CPU f32 (converted from")
-    for a, b in zip(exact(files), torch_run(files)):  # real images: torch's maps within 1e-3
+    for a, b in zip(
+        exact(files), torch_run(files), strict=True
+    ):  # real images: torch's maps within 1e-3
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-3)
         assert a.score == pytest.approx(b.score, abs=1e-3)
     converted = sorted(set(conversion_cache.glob("openvino/*.xml")) - before)
@@ -523,7 +525,7 @@ def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(trained, tmp_pat
     monkeypatch.setenv("ADPS_CACHE_DIR", str(blocker))
     with pytest.warns(UserWarning, match="cannot run it with OpenVINO"):
         assert adps.load(checkpoint, device="cpu").runtime == "torch cpu"
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="not-a-folder"):
         adps.load(checkpoint, device="cpu", backend="openvino")
 
 

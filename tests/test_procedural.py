@@ -22,7 +22,7 @@ from adps.data.procedural import (
 )
 from adps.errors import AdpsError
 
-SMALL = dict(size=64, n_train=6, n_test_good=3, n_test_defect=7)
+SMALL = {"size": 64, "n_train": 6, "n_test_good": 3, "n_test_defect": 7}
 
 
 def _png(path: Path) -> np.ndarray:
@@ -44,7 +44,7 @@ def test_layout_and_counts(small: Path) -> None:
     assert len(_pngs(small / "train" / "good")) == 6
     assert len(_pngs(small / "test" / "good")) == 3
     # 7 defects over 3 kinds: 3, 2, 2 in DEFECT_KINDS order.
-    for kind, n in zip(DEFECT_KINDS, (3, 2, 2)):
+    for kind, n in zip(DEFECT_KINDS, (3, 2, 2), strict=True):
         assert [p.name for p in _pngs(small / "test" / kind)] == [f"{i:03d}.png" for i in range(n)]
         assert [p.name for p in _pngs(small / "ground_truth" / kind)] == [
             f"{i:03d}_mask.png" for i in range(n)
@@ -169,11 +169,11 @@ def test_foreign_folder_is_not_replaced(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(size=16),
-        dict(n_train=0),
-        dict(n_test_good=-1),
-        dict(seed=-1),
-        dict(n_test_good=0, n_test_defect=0),
+        {"size": 16},
+        {"n_train": 0},
+        {"n_test_good": -1},
+        {"seed": -1},
+        {"n_test_good": 0, "n_test_defect": 0},
     ],
 )
 def test_bad_parameters(tmp_path: Path, kwargs: dict) -> None:

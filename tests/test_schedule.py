@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from adps.config import ModelConfig, TrainConfig
+from adps.data.cache import load_tensor_stack
 from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
-from adps.data.cache import load_tensor_stack
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import cpu_has_bf16
 from adps.engine.schedule import format_duration, lr_factor, parse_duration

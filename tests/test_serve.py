@@ -21,21 +21,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from datapaths import WELD
 from PIL import Image
+
+from datapaths import WELD
 from pngheader import png_header
 
 pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
+from fastapi.testclient import TestClient
 
-from adps.cli import main as cli_main  # noqa: E402
-from adps.config import ModelConfig  # noqa: E402
-from adps.engine.calibrate import Thresholds  # noqa: E402
-from adps.engine.checkpoint import Checkpoint  # noqa: E402
-from adps import load  # noqa: E402  (the default runtime, as adps predict and serve use)
-from adps.models.adps import ADPS  # noqa: E402
-from adps.serve.app import ServeSettings, create_app  # noqa: E402
-from adps.serve.batching import Busy, MicroBatcher  # noqa: E402
+from adps import load
+from adps.cli import main as cli_main
+from adps.config import ModelConfig
+from adps.engine.calibrate import Thresholds
+from adps.engine.checkpoint import Checkpoint
+from adps.models.adps import ADPS
+from adps.serve.app import ServeSettings, create_app
+from adps.serve.batching import Busy, MicroBatcher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FILES = (
@@ -112,7 +113,7 @@ def test_predict_answers_equal_adps_predict_digit_for_digit(client, model_path, 
     )
     assert code == 0
     rows = list(csv.DictReader((tmp_path / "predictions.csv").open()))
-    for path, row in zip(FILES, rows):
+    for path, row in zip(FILES, rows, strict=True):
         answer = client.post(
             "/v1/predict", content=png(path), headers={"Content-Type": "image/png"}
         ).json()
@@ -160,7 +161,7 @@ def _truncated() -> bytes:
 
 
 @pytest.mark.parametrize(
-    "body, content_type, status, message",
+    ("body", "content_type", "status", "message"),
     [
         (b"this is not an image", "image/png", 400, "not an image file"),
         (_truncated(), "image/png", 400, "corrupt or truncated"),

@@ -1,11 +1,11 @@
 import argparse
 
 import pytest
-from datapaths import WELD, shared
 
 from adps.cli.options import add_data_arguments, data_spec
 from adps.data.spec import DataSpec, detect_format
 from adps.errors import AdpsError
+from datapaths import WELD, shared
 
 
 def parse(*argv) -> DataSpec:

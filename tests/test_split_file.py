@@ -127,7 +127,7 @@ def test_any_layout_takes_one_folder_and_kolektor(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content, message",
+    ("content", "message"),
     [
         ("{not json: [", "cannot read the split file"),
         ("- a.png\n- b.png\n", r'holds \{"train": \[...\], "test": \[...\]\}.*found list'),
@@ -151,12 +151,14 @@ def test_any_layout_takes_one_folder_and_kolektor(tmp_path):
                 "train": ["train/good/000.png", "gone/1.png", "gone/2.png"],
                 "test": ["gone/3.png", "gone/4.png", "test/good/000.png", "test/crack/002.png"],
             },
-            r"5 listed image.s. are not images of the dataset at .*part \(paths are relative to it\): "
+            r"5 listed image.s. are not images of the dataset at .*part "
+            r"\(paths are relative to it\): "
             "gone/1.png, gone/2.png, gone/3.png and 2 more",
         ),
         (
             {"train": ["train/good/000.png", "test/crack/000.png"], "test": []},
-            r"1 defective image.s. in the train list \(training is one-class: normal images only\): "
+            r"1 defective image.s. in the train list "
+            r"\(training is one-class: normal images only\): "
             "test/crack/000.png",
         ),
         ({"train": [], "test": ["test/good/000.png"]}, "the 'train' list is empty"),
@@ -170,7 +172,7 @@ def test_refusals_name_the_split_file_and_the_problem(category, tmp_path, conten
 
 
 def test_a_missing_split_file(category, tmp_path):
-    with pytest.raises(AdpsError, match="split.json: split file not found"):
+    with pytest.raises(AdpsError, match=r"split\.json: split file not found"):
         DataSpec(category, split_file=tmp_path / "split.json").open("test", None)
 
 

@@ -52,7 +52,7 @@ def synth(request: pytest.FixtureRequest) -> AnomalySynthesizer:
     return AnomalySynthesizer(textures)
 
 
-# ---------------------------------------------------------------------------------------------- core
+# -------------------------------------------------------------------------------------------- core
 
 
 def test_output_shapes_ranges_and_untouched_samples(synth: AnomalySynthesizer) -> None:
@@ -74,7 +74,7 @@ def test_output_shapes_ranges_and_untouched_samples(synth: AnomalySynthesizer) -
 
 def test_altered_masks_are_never_empty_even_with_an_unreachable_threshold() -> None:
     config = SynthesisConfig(anomaly_prob=1.0, threshold=5.0)  # noise never exceeds ~1
-    out, masks = AnomalySynthesizer(None, config)(_images(4, 64), _gen(0))
+    _out, masks = AnomalySynthesizer(None, config)(_images(4, 64), _gen(0))
     areas = masks.flatten(1).mean(dim=1)
     assert (areas > 0).all() and (areas < 0.05).all()  # the top-1% fallback
 
@@ -84,7 +84,7 @@ def test_same_seed_same_batch_different_seed_differs(synth: AnomalySynthesizer) 
     out1, masks1 = synth(images, _gen(3))
     out2, masks2 = synth(images, _gen(3))
     assert torch.equal(out1, out2) and torch.equal(masks1, masks2)
-    out3, masks3 = synth(images, _gen(4))
+    _out3, masks3 = synth(images, _gen(4))
     assert not torch.equal(masks1, masks3)
 
 
@@ -118,14 +118,14 @@ def test_bank_of_another_size_is_resized(dtd_bank: TextureBank) -> None:
 
 def test_rejects_bad_inputs() -> None:
     synth = AnomalySynthesizer(None)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be float"):
         synth(torch.rand(2, 1, 32, 32), _gen(0))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be float"):
         synth((torch.rand(2, 3, 32, 32) * 255).to(torch.uint8), _gen(0))
 
 
 @pytest.mark.parametrize(
-    "field, value",
+    ("field", "value"),
     [
         ("anomaly_prob", 1.5),
         ("beta_max", -0.1),
@@ -142,7 +142,7 @@ def test_config_validation(field: str, value: float) -> None:
         SynthesisConfig(**kwargs)
 
 
-# ----------------------------------------------------------------------------------------- host syncs
+# -------------------------------------------------------------------------------------- host syncs
 
 
 class _HostSync(AssertionError):
@@ -165,7 +165,8 @@ _SYNC_FUNCTIONS = ("nonzero", "unique", "masked_select", "unique_consecutive")
 
 @contextlib.contextmanager
 def _no_host_syncs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Make every tensor -> Python value conversion and data-dependent-shape op raise ``_HostSync``."""
+    """Make every tensor -> Python value conversion and data-dependent-shape op raise
+    ``_HostSync``."""
 
     def forbid(name: str) -> Callable[..., None]:
         def raiser(*args: object, **kwargs: object) -> None:
@@ -313,7 +314,7 @@ def test_masks_take_the_first_non_empty_candidate_else_the_top_percent(
     assert torch.equal(masks[2, 0], (fields[2, 0] > 0.5).float())  # first, though 1 is too
 
 
-# ------------------------------------------------------------------------------------------ blending
+# ---------------------------------------------------------------------------------------- blending
 
 
 def test_blend_formula_on_hand_made_tensors() -> None:
@@ -331,7 +332,7 @@ def test_blend_formula_on_hand_made_tensors() -> None:
     )
 
 
-# -------------------------------------------------------------------------------------- Perlin noise
+# ------------------------------------------------------------------------------------ Perlin noise
 
 
 def _draem_perlin(shape: tuple[int, int], res: tuple[int, int], angles: np.ndarray) -> np.ndarray:
@@ -365,7 +366,7 @@ def test_perlin_matches_draem_reference() -> None:
     noise = perlin_noise(64, 64, res_y, res_x, _gen(0), max_res=32)
     # perlin_noise draws its (B, 33, 33) gradient angles first; redraw them from the same seed.
     angles = torch.rand(3, 33, 33, generator=_gen(0)).mul_(2 * math.pi).double().numpy()
-    for i, (ry, rx) in enumerate(zip(res_y.tolist(), res_x.tolist())):
+    for i, (ry, rx) in enumerate(zip(res_y.tolist(), res_x.tolist(), strict=True)):
         reference = _draem_perlin((64, 64), (ry, rx), angles[i, : ry + 1, : rx + 1])
         np.testing.assert_allclose(noise[i].numpy(), reference, atol=1e-5)
 
@@ -385,7 +386,7 @@ def test_perlin_range_and_frequency() -> None:
     assert total_variation(fine) > 10 * total_variation(coarse)
 
 
-# ------------------------------------------------------------------------------------------ textures
+# ---------------------------------------------------------------------------------------- textures
 
 
 def test_texture_bank_from_dtd_folder() -> None:
@@ -405,7 +406,7 @@ def test_texture_bank_errors(tmp_path: Path) -> None:
         TextureBank.from_folder(tmp_path / "missing", 32)
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "a.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(AdpsError, match="a.jpg"):
+    with pytest.raises(AdpsError, match=r"a\.jpg"):
         TextureBank.from_folder(tmp_path / "broken", 32)
 
 

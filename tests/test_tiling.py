@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 
 import numpy as np
 import pytest
 import torch
-from datapaths import WELD
 from PIL import Image
 
 from adps.config import ModelConfig, TrainConfig
@@ -21,14 +21,14 @@ from adps.data.datasets import Folder, MVTecAD, Resize, read_image
 from adps.data.procedural import draw_spots, make_demo_dataset, render_large_surface
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import evaluate
-from adps.export import load_predictor
 from adps.engine.prior import fit_prior
-from adps.engine.tiling import Tiling, TiledForward, grid_tiles, open_split, working_size
+from adps.engine.tiling import TiledForward, Tiling, grid_tiles, open_split, working_size
 from adps.engine.train import random_crops, train
 from adps.errors import AdpsError
-from adps.export import export_onnx
+from adps.export import export_onnx, load_predictor
 from adps.metrics import aupro
 from adps.models.adps import ADPS
+from datapaths import WELD
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-3
@@ -54,7 +54,7 @@ def max_score(maps: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "length, tile, overlap",
+    ("length", "tile", "overlap"),
     [
         (64, 64, 0.25),
         (65, 64, 0.25),
@@ -74,7 +74,7 @@ def test_tile_starts_cover_the_side_with_at_least_the_overlap(length, tile, over
         return
     assert starts[-1] == length - tile  # flush with the end, never past it
     step = tile * (1 - overlap)
-    assert all(b - a <= max(1.0, step) + 0.5 for a, b in zip(starts, starts[1:]))
+    assert all(b - a <= max(1.0, step) + 0.5 for a, b in itertools.pairwise(starts))
     covered = np.zeros(length, bool)
     for s in starts:
         covered[s : s + tile] = True
@@ -82,7 +82,7 @@ def test_tile_starts_cover_the_side_with_at_least_the_overlap(length, tile, over
 
 
 @pytest.mark.parametrize(
-    "height, width, tile, overlap, batch",
+    ("height", "width", "tile", "overlap", "batch"),
     [
         (200, 333, (64, 64), 0.25, 5),
         (64, 64, (64, 64), 0.25, 1),
@@ -143,7 +143,7 @@ def test_random_crops_equal_slices_at_the_drawn_offsets():
     ys = torch.randint(0, 40 - 16 + 1, (4,), generator=replay)
     xs = torch.randint(0, 90 - 32 + 1, (4,), generator=replay)
     assert crops.shape == (4, 3, 16, 32) and crops.dtype == torch.uint8
-    for crop, i, y, x in zip(crops, index, ys, xs):
+    for crop, i, y, x in zip(crops, index, ys, xs, strict=True):
         assert torch.equal(crop, images[i, :, y : y + 16, x : x + 32])
 
 
@@ -200,7 +200,14 @@ def tiled_checkpoint(images: list[torch.Tensor], **config) -> dict:
     """A tiled model (64 px tiles, k = 4) whose map is its memory prior alone (psm_boost 0):
     meaningful without training, fitted on the non-overlapping tiles of ``images`` (uint8
     (3, H, W) each, at the tiling's scale)."""
-    values = dict(image_size=64, k=4, tiling=True, prior="memory", memory_size=512, psm_boost=0.0)
+    values = {
+        "image_size": 64,
+        "k": 4,
+        "tiling": True,
+        "prior": "memory",
+        "memory_size": 512,
+        "psm_boost": 0.0,
+    }
     values.update(config)
     model = ADPS(ModelConfig(**values)).eval()
     tiling = Tiling.of(model.config)
@@ -227,7 +234,7 @@ def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
     ]
     torch_predictions = load_predictor(tmp_path / "model.pt", "cpu", backend="torch")(files)
     onnx_predictions = load_predictor(tmp_path / "model.onnx", "cpu")(files)
-    for t, o, path in zip(torch_predictions, onnx_predictions, files):
+    for t, o, path in zip(torch_predictions, onnx_predictions, files, strict=True):
         h, w = np.array(Image.open(path)).shape[:2]
         assert t.anomaly_map.shape == o.anomaly_map.shape == (h, w)  # 256 x 400, not a square
         np.testing.assert_allclose(o.anomaly_map, t.anomaly_map, atol=TOL)
@@ -341,7 +348,7 @@ def test_tiles_larger_than_the_scaled_images_are_refused(big_demo, tmp_path):
 
 
 def test_early_fusion_with_tiling_is_refused_by_name():
-    with pytest.raises(AdpsError, match="model.prior_fusion: must be 'late' with tiling"):
+    with pytest.raises(AdpsError, match=r"model\.prior_fusion: must be 'late' with tiling"):
         ModelConfig(image_size=64, k=4, tiling=True, prior="memory", prior_fusion="early")
 
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from adps.config import ModelConfig, TrainConfig
+from adps.data.cache import load_tensor_stack
 from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
+from adps.engine.calibrate import threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
-from adps.data.cache import load_tensor_stack
-from adps.engine.calibrate import threshold_for_false_alarm_rate
 from adps.engine.train import LAST, Trainer, holdout_indices, train
 from adps.errors import AdpsError
 from adps.metrics import METRIC_KEYS
@@ -30,7 +30,7 @@ def maps_and_scores(model, images):
 
 
 def tiny_train(**overrides) -> TrainConfig:
-    values = dict(epochs=3, batch_size=4, steps_per_epoch=2, checkpoint_every=1, seed=3)
+    values = {"epochs": 3, "batch_size": 4, "steps_per_epoch": 2, "checkpoint_every": 1, "seed": 3}
     values.update(overrides)
     return TrainConfig(**values)
 

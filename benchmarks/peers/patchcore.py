@@ -64,7 +64,7 @@ def wheel_state_dict_as_timm() -> tuple[dict[str, torch.Tensor], Path]:
     if len(source) != len(target):
         sys.exit(f"{path}: {len(source)} tensors, timm's {TIMM_NAME} has {len(target)}")
     mapped = {}
-    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != ref.shape or tensor.dtype != ref.dtype:
             sys.exit(
                 f"{path}: '{src_key}' {tuple(tensor.shape)} {tensor.dtype} does not fit "

@@ -84,7 +84,8 @@ def main(names: list[str]) -> None:
         print(
             f"| {name} | "
             + " | ".join(pct(r[k]) for k, _ in COLUMNS)
-            + f" | {sec(r['fit_seconds'])} | {sec(r['fit_cpu_seconds'])} | {sec(r['infer_seconds'])} |"
+            + f" | {sec(r['fit_seconds'])} | {sec(r['fit_cpu_seconds'])}"
+            + f" | {sec(r['infer_seconds'])} |"
         )
     print(f"\nwrote {OUT / 'patchcore.json'}")
 

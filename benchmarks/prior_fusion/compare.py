@@ -5,7 +5,11 @@ adps ships (README, "A memory of normal features") was chosen from this table.
     python benchmarks/prior_fusion/compare.py OUT.npz
 """
 
-import sys, numpy as np, torch
+import sys
+
+import numpy as np
+import torch
+
 from adps.metrics import compute_metrics
 from adps.models.adps import image_score
 

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 from adps.data.cache import load_tensor_stack
 from adps.data.spec import DataSpec
 from adps.engine.checkpoint import Checkpoint

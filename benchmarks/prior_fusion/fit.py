@@ -57,4 +57,8 @@ print(
 print("| map | " + " | ".join(KEYS) + " |\n|---|" + "---|" * len(KEYS))
 for name, rows in rows_of.items():
     mean, spread = np.mean(rows, axis=0), np.std(rows, axis=0)
-    print(f"| {name} | " + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, spread)) + " |")
+    print(
+        f"| {name} | "
+        + " | ".join(f"{m:.1f} ± {s:.1f}" for m, s in zip(mean, spread, strict=True))
+        + " |"
+    )

@@ -147,7 +147,7 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
         ax.set_ylabel("percent")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))  # one entry per label
+        unique = dict(zip(labels, handles, strict=True))  # one entry per label
         ax.legend(
             unique.values(),
             unique.keys(),

@@ -23,7 +23,7 @@ if __name__ == "__main__":
     train = find_images(root / "train" / "good")
     test = find_images(root / "test", recursive=True)
     trained = set(file_digests(train))
-    kept = [p for p, d in zip(test, file_digests(test)) if d not in trained]
+    kept = [p for p, d in zip(test, file_digests(test), strict=True) if d not in trained]
     dropped = sorted(p.relative_to(root).as_posix() for p in set(test) - set(kept))
     print(
         f"{len(dropped)} of {len(test)} test images are training images: {dropped}", file=sys.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import operator
 import typing
@@ -166,7 +167,7 @@ def _items(
     for i, item in enumerate(value):
         check(f"{where}[{i}]", item)
     if (distinct and len(set(value)) != len(value)) or (
-        increasing and any(a >= b for a, b in zip(value, value[1:]))
+        increasing and any(a >= b for a, b in itertools.pairwise(value))
     ):
         _fail(where, value, allowed)
 
@@ -272,7 +273,7 @@ class ModelConfig:
     _SECTION: ClassVar[str] = "model"
 
     @classmethod
-    def from_recipe(cls, name: str = "paper", **changes: Any) -> "ModelConfig":
+    def from_recipe(cls, name: str = "paper", **changes: Any) -> ModelConfig:
         """The model settings of recipe ``name`` (:data:`RECIPES`), with ``changes`` on top."""
         return cls(**{**recipe(name).model, **changes})
 
@@ -426,7 +427,7 @@ class TrainConfig:
     _SECTION: ClassVar[str] = "train"
 
     @classmethod
-    def from_recipe(cls, name: str = "paper", **changes: Any) -> "TrainConfig":
+    def from_recipe(cls, name: str = "paper", **changes: Any) -> TrainConfig:
         """The training settings of recipe ``name`` (:data:`RECIPES`), with ``changes`` on top."""
         return cls(**{**recipe(name).train, **changes})
 

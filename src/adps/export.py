@@ -34,14 +34,14 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from adps.version import __version__
 from adps.engine.calibrate import Thresholds
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import resolve_device
@@ -51,7 +51,6 @@ from adps.engine.predict import (
     checkpoint_predictor,
     export_predictor,
 )
-from adps.engine.tiling import Tiling
 from adps.engine.runtime import (
     EXPORT_FORMAT,
     INPUT_DTYPES,
@@ -61,20 +60,22 @@ from adps.engine.runtime import (
     TORCHSCRIPT_EXTRA,
     quiet_export,
 )
+from adps.engine.tiling import Tiling
 from adps.errors import AdpsError
 from adps.fileio import atomic_write, file_sha256
 from adps.models.adps import ADPS
+from adps.version import __version__
 
 __all__ = [
+    "BACKENDS",
     "DeployModule",
-    "export_onnx",
-    "export_torchscript",
-    "export_openvino",
-    "export_metadata",
     "cache_dir",
     "cached_openvino",
+    "export_metadata",
+    "export_onnx",
+    "export_openvino",
+    "export_torchscript",
     "load_predictor",
-    "BACKENDS",
 ]
 
 InputDtype = Literal["uint8", "float32"]
@@ -111,7 +112,7 @@ class DeployModule(nn.Module):
 
 # --------------------------------------------------------------------------- model + metadata
 
-Source = Union[ADPS, Checkpoint, str, Path]
+Source = ADPS | Checkpoint | str | Path
 
 
 def _resolve(source: Source, thresholds: Thresholds | None) -> tuple[ADPS, Checkpoint]:
@@ -166,7 +167,7 @@ def _example(input_dtype: str, batch: int, size: tuple[int, int], seed: int) -> 
 def _check_close(
     name: str, batch: int, got: Sequence[np.ndarray], want: Sequence[torch.Tensor]
 ) -> None:
-    for out_name, g, w in zip(OUTPUT_NAMES, got, want):
+    for out_name, g, w in zip(OUTPUT_NAMES, got, want, strict=True):
         w = w.detach().cpu().numpy()
         if g.shape != w.shape:
             raise RuntimeError(

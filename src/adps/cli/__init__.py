@@ -11,8 +11,8 @@ import importlib
 import sys
 import warnings
 
-from adps.version import __version__
 from adps.errors import AdpsError
+from adps.version import __version__
 
 COMMANDS = (
     "info",

@@ -72,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def benchmark_entries(args: argparse.Namespace) -> list[tuple[str, "DataSpec"]]:
+def benchmark_entries(args: argparse.Namespace) -> list[tuple[str, DataSpec]]:
     """(unique name, data) per entry: each category of --data, then each --datasets folder."""
     specs = []
     if args.data:
@@ -101,7 +101,7 @@ def config_dicts(model_config, train_config) -> dict[str, dict]:
     return {"model": to_dict(model_config), "train": to_dict(train_config)}
 
 
-def entry_identity(args: argparse.Namespace, spec: "DataSpec", configs: dict) -> dict:
+def entry_identity(args: argparse.Namespace, spec: DataSpec, configs: dict) -> dict:
     """Everything that changes an entry's numbers, as JSON data: the version, the configs, the
     data (path resolved, so the same relative path from another folder is not taken for the
     same data) and the evaluation. Not the cache folder, device or progress bars, which change
@@ -285,11 +285,11 @@ def summary_table(rows: list[dict]) -> tuple[str, dict]:
         values = [r["metrics"][key] for r in rows if r["metrics"].get(key) is not None]
         mean[key] = sum(values) / len(values) if values else None
     lines = [markdown_header(("train s", "test s"))]
-    for r in rows:
-        lines.append(
-            markdown_row(r["name"], r["metrics"])
-            + f" {r['train_seconds']:.0f} | {r['test_seconds']:.0f} |"
-        )
+    lines.extend(
+        markdown_row(r["name"], r["metrics"])
+        + f" {r['train_seconds']:.0f} | {r['test_seconds']:.0f} |"
+        for r in rows
+    )
     total_train = sum(r["train_seconds"] for r in rows)
     total_test = sum(r["test_seconds"] for r in rows)
     lines.append(markdown_row("**mean**", mean) + f" {total_train:.0f} | {total_test:.0f} |")

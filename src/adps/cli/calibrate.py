@@ -120,8 +120,8 @@ def calibrate(args: argparse.Namespace, model_path: Path, normal_images: list[Pa
 
     from adps.data.datasets import find_images
     from adps.engine.calibrate import f1_optimal_threshold, threshold_for_false_alarm_rate
-    from adps.export import load_predictor
     from adps.errors import AdpsError
+    from adps.export import load_predictor
 
     # scored by the runtime adps predict and serve use by default, so that the stored
     # threshold flags the same images there

@@ -131,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     import torch
 
-    from adps.version import __version__
     from adps.models.backbones import BACKBONES
+    from adps.version import __version__
 
     print(f"adps {__version__}, torch {torch.__version__}")
     print("\ndevices:")
-    print("  cpu: %d threads" % torch.get_num_threads())
+    print(f"  cpu: {torch.get_num_threads()} threads")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             print(f"  cuda:{i}: {torch.cuda.get_device_name(i)}")

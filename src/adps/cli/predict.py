@@ -176,8 +176,8 @@ def run(args: argparse.Namespace) -> int:
 
     from adps.engine.device import resolve_device
     from adps.engine.distributed import init_distributed, shutdown_distributed
-    from adps.export import load_predictor as load
     from adps.errors import AdpsError
+    from adps.export import load_predictor as load
     from adps.fileio import atomic_write_text
 
     files, failures, skipped = collect_inputs(args.inputs, args.recursive)
@@ -204,8 +204,8 @@ def run(args: argparse.Namespace) -> int:
         ) as bar:
             for batch, failed in predictor.iter_files(shard, max_pixels=args.max_pixels):
                 shard_failures += failed
-                for pred in batch:  # written as they come: memory stays at one batch
-                    rows.append(_write_outputs(pred, Path(out_name[pred.path]), args))
+                # written as they come: memory stays at one batch
+                rows.extend(_write_outputs(pred, Path(out_name[pred.path]), args) for pred in batch)
                 bar.update(len(batch) + len(failed))
         if ctx.enabled:
             order = {str(path): i for i, (path, _) in enumerate(files)}

@@ -75,10 +75,10 @@ def load_tensor_stack(
     """Decode every sample once into ``(images uint8 (N,3,H,W), masks uint8 (N,1,H,W),
     labels int64 (N,))``.
 
-    ``num_workers > 0`` (default: one per CPU core, at most 8) decodes in a thread pool (PIL and torch release the GIL while
-    decoding/resizing, so threads scale without process start-up or pickling). With
-    ``cache_dir`` the stack is read from / written to one ``.pt`` file per dataset and size.
-    All images must share one size, so ``size=None`` only works for uniform datasets.
+    ``num_workers > 0`` (default: one per CPU core, at most 8) decodes in a thread pool (PIL and
+    torch release the GIL while decoding/resizing, so threads scale without process start-up or
+    pickling). With ``cache_dir`` the stack is read from / written to one ``.pt`` file per dataset
+    and size. All images must share one size, so ``size=None`` only works for uniform datasets.
     """
     n = len(dataset)
     if num_workers is None:
@@ -101,7 +101,8 @@ def load_tensor_stack(
     def put(i: int, d: Decoded) -> None:
         if d.image.shape != first.image.shape:
             raise AdpsError(
-                f"image size {tuple(d.image.shape[1:])} differs from {tuple(first.image.shape[1:])}; "
+                f"image size {tuple(d.image.shape[1:])} differs from "
+                f"{tuple(first.image.shape[1:])}; "
                 "set a fixed size to stack images of different sizes",
                 dataset.records[i].image,
             )
@@ -114,7 +115,7 @@ def load_tensor_stack(
         if num_workers > 0 and n > 1:
             pool = ThreadPoolExecutor(max_workers=num_workers)
             try:
-                for i, d in zip(rest, pool.map(dataset.decode, rest)):
+                for i, d in zip(rest, pool.map(dataset.decode, rest), strict=True):
                     put(i, d)
                     bar.update(1)
             finally:

@@ -46,6 +46,7 @@ from torchvision.transforms.v2 import functional as TF
 from adps.errors import AdpsError
 
 __all__ = [
+    "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "AnomalyDataset",
     "Decoded",
@@ -53,7 +54,6 @@ __all__ = [
     "KolektorSDD",
     "KolektorSDD2",
     "MVTecAD",
-    "DEFAULT_MAX_PIXELS",
     "OrphanMaskWarning",
     "OverPixelLimit",
     "Record",
@@ -292,7 +292,7 @@ class AnomalyDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def resized(self, size: int | Sequence[int] | None) -> "AnomalyDataset":
+    def resized(self, size: int | Sequence[int] | None) -> AnomalyDataset:
         """The same records decoded at another size."""
         other = copy.copy(self)
         other.size = normalize_size(size)
@@ -481,13 +481,14 @@ def build_records(
     masks = match_masks(
         images, image_dir, mask_dir, mask_suffix, mask_required, extensions, recursive
     )
-    return [Record(p, m, 1) for p, m in zip(images, masks)]
+    return [Record(p, m, 1) for p, m in zip(images, masks, strict=True)]
 
 
 def _records_labelled_by_mask(images: Sequence[Path], masks: Sequence[Path | None]) -> list[Record]:
     """Kolektor style: the label is 1 iff the mask has a non-zero pixel."""
     return [
-        Record(p, m, int(m is not None and bool(read_mask(m).any()))) for p, m in zip(images, masks)
+        Record(p, m, int(m is not None and bool(read_mask(m).any())))
+        for p, m in zip(images, masks, strict=True)
     ]
 
 
@@ -655,7 +656,9 @@ class KolektorSDD(AnomalyDataset):
         root = Path(root)
         _require_dir(root, "dataset root")
         images = find_images(root, recursive=True, exclude_stem_suffix="_label")
-        pairs = list(zip(images, match_masks(images, root, root, "_label", recursive=True)))
+        pairs = list(
+            zip(images, match_masks(images, root, root, "_label", recursive=True), strict=True)
+        )
         if split != "all":
             side = 1 if split == "train" else 0
             pairs = [(i, m) for i, m in pairs if _ksdd_item(root, i) % 2 == side]

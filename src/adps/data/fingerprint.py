@@ -139,7 +139,7 @@ def find_overlap(
     """The images of ``paths`` whose content is in ``fingerprint`` under one of ``roles``."""
     sets = {"trained": fingerprint.trained, "calibrated": fingerprint.calibrated}
     shared = []
-    for path, digest in zip(paths, file_digests(paths)):
+    for path, digest in zip(paths, file_digests(paths), strict=True):
         role = next((r for r in roles if digest in sets[r]), None)
         if role is not None:
             shared.append((str(path), role))
@@ -177,9 +177,9 @@ def check_overlap(
 
 
 __all__ = [
+    "HASH",
     "Fingerprint",
     "Overlap",
-    "HASH",
     "check_overlap",
     "file_digest",
     "file_digests",

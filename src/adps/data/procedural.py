@@ -54,8 +54,8 @@ __all__ = [
     "MAX_DEFECT_AREA",
     "MIN_DEFECT_AREA",
     "draw_defect",
-    "make_demo_dataset",
     "draw_spots",
+    "make_demo_dataset",
     "render_large_surface",
     "render_surface",
 ]

@@ -4,26 +4,27 @@ ADPS trains on normal images only and learns to segment *synthetic* defects that
 ``data_loader.py`` (ADPS-method.md, section 7): a thresholded, randomly rotated Perlin-noise blob is
 filled with a photometrically augmented texture and blended into the image.
 
-DRAEM builds one sample at a time in NumPy/imgaug inside the data-loader workers. Here the whole batch
-is synthesised at once, with torch ops on whatever device the images live on, so the GPU does the work
-and no per-sample Python loop is left in the hot path. Everything random comes from one
-``torch.Generator`` that lives on the images' device, so a seed reproduces a batch bit for bit (tested
-on CPU; CPU and CUDA generators give different streams, so the two devices do not match each other).
+DRAEM builds one sample at a time in NumPy/imgaug inside the data-loader workers. Here the whole
+batch is synthesised at once, with torch ops on whatever device the images live on, so the GPU does
+the work and no per-sample Python loop is left in the hot path. Everything random comes from one
+``torch.Generator`` that lives on the images' device, so a seed reproduces a batch bit for bit
+(tested on CPU; CPU and CUDA generators give different streams, so the two devices do not match each
+other).
 
-A call is free of host synchronisations: no ``.item()``, ``.tolist()``, ``.nonzero()``, ``bool(tensor)``,
-boolean-mask indexing or other op whose output shape depends on the data. Every step runs densely on
-the whole batch (every sample gets a mask and a texture, every texture op runs on every texture) and
-per-sample choices are made with ``torch.where``. The CPU then never waits for the GPU inside the
-training step, and the step can be captured in a CUDA graph (after one warm-up call, which caches a
-few small constants on the device). The price is wasted work on samples that end up untouched, cheap
-on a GPU; on CPU a call is somewhat slower than a subset-based one would be.
+A call is free of host synchronisations: no ``.item()``, ``.tolist()``, ``.nonzero()``,
+``bool(tensor)``, boolean-mask indexing or other op whose output shape depends on the data. Every
+step runs densely on the whole batch (every sample gets a mask and a texture, every texture op runs
+on every texture) and per-sample choices are made with ``torch.where``. The CPU then never waits for
+the GPU inside the training step, and the step can be captured in a CUDA graph (after one warm-up
+call, which caches a few small constants on the device). The price is wasted work on samples that
+end up untouched, cheap on a GPU; on CPU a call is somewhat slower than a subset-based one would be.
 
 Deviations from DRAEM, each chosen on purpose:
 
-* Perlin noise is evaluated at any image size: cell coordinates are ``pixel * res / size`` instead of
-  DRAEM's ``np.repeat`` tiling, so the size need not be a multiple of ``2**perlin_scale_max``.
-* The rotated noise uses reflection padding, so rotated corners can hold anomalies too (imgaug filled
-  them with 0, i.e. never anomalous).
+* Perlin noise is evaluated at any image size: cell coordinates are ``pixel * res / size`` instead
+  of DRAEM's ``np.repeat`` tiling, so the size need not be a multiple of ``2**perlin_scale_max``.
+* The rotated noise uses reflection padding, so rotated corners can hold anomalies too (imgaug
+  filled them with 0, i.e. never anomalous).
 * An altered sample whose mask came out empty gets fresh noise (a few candidates, drawn up front);
   DRAEM relabelled it as normal. See :meth:`AnomalySynthesizer._masks`.
 * Each texture still receives three distinct random ops, but they are applied in one fixed,
@@ -136,14 +137,15 @@ def _apply_colour_matrix(x: Tensor, matrix: Tensor) -> Tensor:
 def perlin_noise(
     height: int, width: int, res_y: Tensor, res_x: Tensor, generator: torch.Generator, max_res: int
 ) -> Tensor:
-    """Batched single-octave 2-D Perlin noise: DRAEM's ``rand_perlin_2d_np``, one lattice per sample.
+    """Batched one-octave 2-D Perlin noise: DRAEM's ``rand_perlin_2d_np``, one lattice per sample.
 
     Perlin noise is bilinear in the corner gradients: with the fade weights ``t`` and the offsets
-    ``f`` of a pixel inside its cell, ``noise = sum_corners w_y w_x (g_y (f_y - dy) + g_x (f_x - dx))``.
-    Each factor depends on one axis only, so the whole batch is two batched matrix products
+    ``f`` of a pixel inside its cell,
+    ``noise = sum_corners w_y w_x (g_y (f_y - dy) + g_x (f_x - dx))``. Each factor depends on one
+    axis only, so the whole batch is two batched matrix products
     ``[R_y @ G_y, W_y @ G_x] @ [W_x, R_x]^T`` with sparse (2 non-zeros per row) per-axis matrices:
-    no gathers, one full-resolution pass in all, and any per-sample lattice in one call. It
-    equals DRAEM's formula up to float rounding (about 1e-7; about 1e-3 if TF32 matmuls are enabled,
+    no gathers, one full-resolution pass in all, and any per-sample lattice in one call. It equals
+    DRAEM's formula up to float rounding (about 1e-7; about 1e-3 if TF32 matmuls are enabled,
     harmless for thresholded masks).
 
     Args:
@@ -162,7 +164,7 @@ def perlin_noise(
     angles = torch.rand(b, g, g, generator=generator, device=device).mul_(2.0 * math.pi)
 
     def axis(size: int, res: Tensor) -> tuple[Tensor, Tensor]:
-        """(B, size, G) fade weights ``w`` and weighted offsets ``w * (f - d)`` of the 2 lattice nodes."""
+        """(B, size, G) fade weights ``w`` and offsets ``w * (f - d)`` of the 2 lattice nodes."""
         # Integer product, then one correctly rounded division: floor() lands on the exact cell.
         pos = (torch.arange(size, device=device) * res.view(-1, 1)).float() / size
         cell = pos.floor()
@@ -208,8 +210,8 @@ def _gamma_contrast(x: Tensor, g: torch.Generator) -> Tensor:
 def _brightness(x: Tensor, g: torch.Generator) -> Tensor:
     """imgaug ``MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30))``.
 
-    imgaug scales and shifts the luma Y of YCrCb; with chroma fixed, that adds ``(mul-1)*Y + add`` to
-    every RGB channel.
+    imgaug scales and shifts the luma Y of YCrCb; with chroma fixed, that adds ``(mul-1)*Y + add``
+    to every RGB channel.
     """
     n = x.shape[0]
     luma = (x * _yiq(x.device)[0][0].view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
@@ -241,7 +243,7 @@ def _hue_saturation(x: Tensor, g: torch.Generator) -> Tensor:
 
 
 def _solarize(x: Tensor, g: torch.Generator) -> Tensor:
-    """imgaug ``Solarize(0.5, threshold=(32, 128))``: half the samples invert values >= threshold."""
+    """imgaug ``Solarize(0.5, threshold=(32, 128))``: half the samples invert values >= it."""
     n = x.shape[0]
     threshold = _uniform((n, 1, 1, 1), 32 / 255, 128 / 255, g)
     active = _bcast(torch.rand(n, generator=g, device=x.device) < 0.5)
@@ -305,10 +307,10 @@ assert len(_TEXTURE_OPS) == NUM_TEXTURE_OPS, "adps.config.NUM_TEXTURE_OPS must m
 def augment_textures(textures: Tensor, num_ops: int, generator: torch.Generator) -> Tensor:
     """Apply ``num_ops`` distinct random ops from DRAEM's list to each texture, batched, sync-free.
 
-    Each sample draws its ``num_ops`` ops (a top-k of uniform scores on the device). The loop is over
-    the ten ops, never over samples: each op runs once, vectorised, on the whole batch, and
-    ``torch.where`` keeps its result only for the samples that drew it. The selected ops thus apply in
-    a fixed order (DRAEM's list order; DRAEM shuffles them per sample). Every op draws its random
+    Each sample draws its ``num_ops`` ops (a top-k of uniform scores on the device). The loop is
+    over the ten ops, never over samples: each op runs once, vectorised, on the whole batch, and
+    ``torch.where`` keeps its result only for the samples that drew it. The selected ops thus apply
+    in a fixed order (DRAEM's list order; DRAEM shuffles them per sample). Every op draws its random
     parameters for every sample, so the generator advances by the same amount whatever was drawn.
 
     Args:
@@ -348,7 +350,7 @@ def _recolour(x: Tensor, g: torch.Generator) -> Tensor:
     x = torch.where(_bcast(flips[:, 0]), x.flip(-1), x)
     x = torch.where(_bcast(flips[:, 1]), x.flip(-2), x)
     channel_order = torch.rand(n, 3, generator=g, device=device).argsort(dim=1)
-    # One-hot rows: row i picks input channel channel_order[i] (F.one_hot checks ranges with a sync).
+    # One-hot rows: row i picks input channel channel_order[i] (F.one_hot syncs to check ranges).
     permute = torch.zeros(n, 3, 3, device=device).scatter_(2, channel_order.unsqueeze(2), 1.0)
     hue = _hue_matrix(_uniform((n,), 0.0, 2 * math.pi, g), torch.ones(n, device=device))
     return _apply_colour_matrix(x, hue @ permute).clamp_(0, 1)
@@ -458,8 +460,9 @@ class AnomalySynthesizer:
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """Synthesise anomalies into a share ``anomaly_prob`` of the batch, without host syncs.
 
-        Every sample gets a mask, a texture and a blend; ``torch.where`` then keeps the blend for the
-        altered samples and the input for the others, so no data-dependent shape or branch exists.
+        Every sample gets a mask, a texture and a blend; ``torch.where`` then keeps the blend for
+        the altered samples and the input for the others, so no data-dependent shape or branch
+        exists.
 
         Args:
             images: (B, 3, H, W) float in [0, 1], on any device.
@@ -495,7 +498,7 @@ class AnomalySynthesizer:
         return images_aug, masks
 
     def _noise(self, n: int, h: int, w: int, generator: torch.Generator) -> Tensor:
-        """(n, 1, H, W) Perlin noise with per-sample scales ``2**a x 2**b``, rotated if configured."""
+        """(n, 1, H, W) Perlin noise, per-sample scales ``2**a x 2**b``, rotated if configured."""
         cfg = self.config
         low, high = cfg.perlin_scale_min, cfg.perlin_scale_max + 1
         exponents = torch.randint(low, high, (2, n), generator=generator, device=generator.device)
@@ -512,9 +515,9 @@ class AnomalySynthesizer:
 
         Coarse lattices (e.g. 1 x 1) sometimes stay below the threshold everywhere. DRAEM then
         labels the sample normal; here a sample chosen for an anomaly keeps that promise. Each
-        sample draws ``_MASK_CANDIDATES`` noise fields up front (one batched call) and uses the first
-        whose mask is non-empty (an ``argmax`` over the candidates' "non-empty" flags); if all are
-        empty, its mask becomes the top ``_FALLBACK_AREA`` of its first field's noise values (a
+        sample draws ``_MASK_CANDIDATES`` noise fields up front (one batched call) and uses the
+        first whose mask is non-empty (an ``argmax`` over the candidates' "non-empty" flags); if all
+        are empty, its mask becomes the top ``_FALLBACK_AREA`` of its first field's noise values (a
         per-sample ``kthvalue`` threshold, computed for every sample and selected with ``where``).
         """
         c = _MASK_CANDIDATES

@@ -5,10 +5,10 @@ Decision rule everywhere: an image is anomalous iff ``score >= threshold``.
 False-alarm calibration: with n normal validation scores and a target rate r, at most
 a = floor(r * n) of them may be flagged, so the threshold lies above the (a+1)-th highest normal
 score: halfway to the next higher score, so that round-off between backends (torch, ONNX, CPU,
-GPU) cannot flip a decision on the calibration images themselves. Two refusals protect users from thresholds that look valid but are not:
-fewer than ceil(1 / r) normal images cannot measure a rate of r at all, and a threshold that
-would flag every normal validation image (what an F1 search on normal-only data does
-elsewhere) is never returned.
+GPU) cannot flip a decision on the calibration images themselves. Two refusals protect users from
+thresholds that look valid but are not: fewer than ceil(1 / r) normal images cannot measure a rate
+of r at all, and a threshold that would flag every normal validation image (what an F1 search on
+normal-only data does elsewhere) is never returned.
 """
 
 from __future__ import annotations
@@ -81,14 +81,14 @@ class Thresholds:
             return f"score >= {self.pixel:g} (uncalibrated: the pixel threshold)"
         return f"score >= {self.image:.6g} (calibrated)"
 
-    def calibrated(self, calibration: "Calibration") -> "Thresholds":
+    def calibrated(self, calibration: Calibration) -> Thresholds:
         return replace(self, image=calibration.threshold, calibration=calibration.as_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "Thresholds":
+    def from_dict(cls, data: dict[str, Any] | None) -> Thresholds:
         """From a checkpoint or export; missing keys take their defaults, unknown ones refuse."""
         data = dict(data or {})
         unknown = set(data) - {"pixel", "image", "calibration"}

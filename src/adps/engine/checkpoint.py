@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +114,7 @@ class Checkpoint:
     def derive(self, parent: str | Path, change: str, **changes: Any) -> Checkpoint:
         """This checkpoint, read from the file ``parent``, changed by ``change`` (words) and
         ``changes`` (fields), with the step recorded in its lineage."""
-        step = Lineage(
-            file_sha256(parent), change, datetime.now(timezone.utc).isoformat(timespec="seconds")
-        )
+        step = Lineage(file_sha256(parent), change, datetime.now(UTC).isoformat(timespec="seconds"))
         return self.replace(lineage=(*self.lineage, step), resume=None, **changes)
 
     @property
@@ -227,4 +225,4 @@ def _upgrade_v1(data: Mapping[str, Any]) -> dict[str, Any]:
     return new
 
 
-__all__ = ["Checkpoint", "FORMAT", "Lineage", "READABLE", "TrainingRecord"]
+__all__ = ["FORMAT", "READABLE", "Checkpoint", "Lineage", "TrainingRecord"]

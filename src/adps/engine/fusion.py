@@ -26,8 +26,9 @@ from adps.models.adps import ADPS
 from adps.models.memory import late_fusion
 
 # (prior exponent, PSM boost); the first is the shipped default, kept on ties
-FUSION_GRID = ((1.0, 2.0),) + tuple(
-    (g, a) for g in (1.0, 0.75, 0.5, 0.25) for a in (1.0, 2.0, 4.0, 8.0) if (g, a) != (1.0, 2.0)
+FUSION_GRID = (
+    (1.0, 2.0),
+    *((g, a) for g in (1.0, 0.75, 0.5, 0.25) for a in (1.0, 2.0, 4.0, 8.0) if (g, a) != (1.0, 2.0)),
 )
 
 
@@ -60,7 +61,7 @@ class FusionFit:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FusionFit":
+    def from_dict(cls, data: dict) -> FusionFit:
         return cls(
             data["exponent"],
             data["boost"],

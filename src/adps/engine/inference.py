@@ -10,7 +10,7 @@ through it, so they cannot pre-process differently.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm

@@ -25,7 +25,7 @@ def distillation_loss(
     distance has no natural "opposite" the way cosine has -1.
     """
     total = mask.new_zeros(())
-    for t, s in zip(teacher, student):
+    for t, s in zip(teacher, student, strict=True):
         y = F.interpolate(mask.float(), size=t.shape[-2:], mode="area")
         if kind == "cosine":
             cos = cosine_map(t, s, eps)

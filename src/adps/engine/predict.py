@@ -7,10 +7,11 @@ training. The same :class:`Predictor` runs a torch checkpoint, an ONNX file or T
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from adps.engine.inference import Forward, TorchForward
 from adps.engine.tiling import Tiling, tiled
 from adps.errors import AdpsError
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
 
 @dataclass
@@ -204,8 +205,12 @@ class Predictor:
                 loaded = [future.result() for future in pending]
                 if index + 1 < len(chunks):
                     pending = [pool.submit(load, p) for p in chunks[index + 1]]
-                good = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, torch.Tensor)]
-                failed = [(p, t) for p, t in zip(chunk, loaded) if isinstance(t, str)]
+                good = [
+                    (p, t)
+                    for p, t in zip(chunk, loaded, strict=True)
+                    if isinstance(t, torch.Tensor)
+                ]
+                failed = [(p, t) for p, t in zip(chunk, loaded, strict=True) if isinstance(t, str)]
                 predictions = (
                     self.predict_tensors([t for _, t in good], [p for p, _ in good]) if good else []
                 )

@@ -14,8 +14,9 @@ import json
 import re
 import warnings
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,16 +28,16 @@ from adps.errors import AdpsError
 
 __all__ = [
     "EXPORT_FORMAT",
-    "METADATA_KEY",
-    "TORCHSCRIPT_EXTRA",
-    "INPUT_NAME",
-    "OUTPUT_NAMES",
     "INPUT_DTYPES",
+    "INPUT_NAME",
+    "METADATA_KEY",
+    "OUTPUT_NAMES",
+    "TORCHSCRIPT_EXTRA",
     "OnnxRunner",
     "OpenVinoRunner",
     "load_torchscript",
-    "read_onnx_metadata",
     "quiet_export",
+    "read_onnx_metadata",
 ]
 
 EXPORT_FORMAT = "adps-export-v2"  # v2: metadata derived from the checkpoint, nothing twice

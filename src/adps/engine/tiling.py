@@ -16,8 +16,8 @@ signature, so evaluation, calibration and the predictor tile the same way around
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,7 @@ class Tiling:
     scale: float = 1.0  # resize factor applied to the image before tiling
 
     @classmethod
-    def of(cls, config: ModelConfig) -> "Tiling | None":
+    def of(cls, config: ModelConfig) -> Tiling | None:
         """The tiling a model's configuration asks for, or None (whole images resized)."""
         if not config.tiling:
             return None
@@ -124,7 +124,7 @@ class TiledForward:
                 device = tile_maps.device
                 window = self.tiling.window(device)
                 total = torch.zeros((height, width), device=device)
-            for (y, x), tile_map in zip(chunk, tile_maps):
+            for (y, x), tile_map in zip(chunk, tile_maps, strict=True):
                 total[y : y + th, x : x + tw] += tile_map * window
         return (total / self._weight_sum(height, width, total.device))[:h, :w]
 
@@ -188,8 +188,8 @@ def at_working_size(dataset: AnomalyDataset, config: ModelConfig) -> AnomalyData
 
 
 __all__ = [
-    "Tiling",
     "TiledForward",
+    "Tiling",
     "at_working_size",
     "grid_tiles",
     "open_split",

@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -161,7 +161,7 @@ class Trainer:
         size = self.model_config.size
         self.tiling = Tiling.of(self.model_config)
         if self.tiling is not None:  # any frame size that holds a tile
-            if dataset.size is None or any(f < t for f, t in zip(dataset.size, size)):
+            if dataset.size is None or any(f < t for f, t in zip(dataset.size, size, strict=True)):
                 raise AdpsError(
                     f"tiling: the training images, scaled by tile_scale "
                     f"{self.tiling.scale:g}, are {dataset.size} (height, width), smaller than "

@@ -194,7 +194,7 @@ class ADPS(nn.Module):
         its structure follows it (build a new model for other settings)."""
         return self._config
 
-    def train(self, mode: bool = True) -> "ADPS":
+    def train(self, mode: bool = True) -> ADPS:
         super().train(mode)
         self.teacher.eval()  # frozen: BatchNorm statistics must never move
         return self
@@ -262,7 +262,7 @@ class ADPS(nn.Module):
                     mode="bilinear",
                     align_corners=False,
                 )
-                for t, s in zip(teacher, student)
+                for t, s in zip(teacher, student, strict=True)
             )
             if self.training:  # distillation loss only: there is no PSM to train
                 return {"logits": None, "teacher": teacher, "student": student}
@@ -273,7 +273,9 @@ class ADPS(nn.Module):
         elif c.variant == "no_teacher":
             fused = student
         else:
-            fused = [self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student))]
+            fused = [
+                self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student, strict=True))
+            ]
         if self.early_prior:
             with torch.autocast(images.device.type, enabled=False):  # distances in float32
                 prior = self.memory.standardized(teacher, c.memory_neighbors, groups)
@@ -324,4 +326,4 @@ def image_score(
     return smooth.topk(k, dim=1).values.mean(dim=1)
 
 
-__all__ = ["ADPS", "split_patches", "merge_patches", "cosine_map", "gaussian_blur", "image_score"]
+__all__ = ["ADPS", "cosine_map", "gaussian_blur", "image_score", "merge_patches", "split_patches"]

@@ -10,9 +10,9 @@ back to random weights.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -120,7 +120,7 @@ def _lite_weights_loader(
                 path,
             )
         mapped = {}
-        for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items()):
+        for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
             if tensor.shape != ref.shape:
                 raise AdpsError(
                     f"tensor '{src_key}' has shape {tuple(tensor.shape)}, expected "
@@ -169,9 +169,9 @@ def _torchvision_loader(weights_enum: str) -> Callable[[nn.Module, str | None, b
             return
         if not allow_download:
             raise AdpsError(
-                "this backbone's pretrained weights are not installed with adps; pass a torchvision "
-                "state-dict file (--teacher-weights FILE) or allow the one-time torchvision "
-                "download explicitly (--allow-download)"
+                "this backbone's pretrained weights are not installed with adps; pass a "
+                "torchvision state-dict file (--teacher-weights FILE) or allow the one-time "
+                "torchvision download explicitly (--allow-download)"
             )
         import torchvision
 

@@ -200,10 +200,10 @@ def late_fusion(
 
 
 __all__ = [
+    "MEMORY_LEVELS",
     "MemoryPrior",
     "embed",
-    "late_fusion",
     "greedy_coreset",
+    "late_fusion",
     "nearest_distances",
-    "MEMORY_LEVELS",
 ]

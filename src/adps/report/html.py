@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from adps.version import __version__
 from adps.engine.calibrate import Thresholds
 from adps.engine.evaluate import EvalResult
 from adps.errors import AdpsError
@@ -40,6 +39,7 @@ from adps.metrics import (
 )
 from adps.report import plots
 from adps.report.tables import format_percent
+from adps.version import __version__
 
 __all__ = ["SECTIONS", "build_report", "gallery_order"]
 

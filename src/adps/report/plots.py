@@ -1,10 +1,10 @@
 """Pictures for reports and predictions: heatmap overlays and the evaluation plots.
 
-:func:`overlay` needs numpy, Pillow and matplotlib's colormaps, no figure (the ``predict``
-command writes overlay PNGs with it). The plots are drawn with matplotlib's object API (``Figure`` + the SVG canvas, never ``pyplot``),
-so no global backend is switched and nothing needs a display; each plot is returned as an inline
-``<svg>`` string with text kept as text (small, sharp, selectable) and figure-unique element ids,
-so several plots can live in one HTML page.
+:func:`overlay` needs numpy, Pillow and matplotlib's colormaps, no figure (the ``predict`` command
+writes overlay PNGs with it). The plots are drawn with matplotlib's object API (``Figure`` + the SVG
+canvas, never ``pyplot``), so no global backend is switched and nothing needs a display; each plot
+is returned as an inline ``<svg>`` string with text kept as text (small, sharp, selectable) and
+figure-unique element ids, so several plots can live in one HTML page.
 """
 
 from __future__ import annotations

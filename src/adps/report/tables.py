@@ -37,7 +37,7 @@ def write_evaluation(
     payload = {
         "name": name,
         "metrics": result.metrics,
-        "num_images": int(len(result.scores)),
+        "num_images": len(result.scores),
         "images_per_second": result.images_per_second,
         "peak_memory_mb": result.peak_memory_mb,
         "memory_kind": result.memory_kind,

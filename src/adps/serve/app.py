@@ -262,7 +262,7 @@ def create_app(
         milliseconds = (time.perf_counter() - start) * 1000
         answers = [
             prediction_json(p, image, predictor, ident, milliseconds, wanted, name)
-            for p, image, (name, _) in zip(predictions, images, uploads)
+            for p, image, (name, _) in zip(predictions, images, uploads, strict=True)
         ]
         return JSONResponse(answers[0] if single else answers)
 

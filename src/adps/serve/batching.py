@@ -10,8 +10,9 @@ limit, so an overloaded server answers 503 instead of timing every client out.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any
 
 
 class Busy(Exception):
@@ -72,7 +73,7 @@ class MicroBatcher:
                         break
                     try:
                         item = await asyncio.wait_for(self.queue.get(), left)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 batch.append(item)
                 count += len(item[0])
