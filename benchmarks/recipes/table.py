@@ -1,9 +1,12 @@
 """The recipe runs of benchmarks/recipes/run.sh as one markdown table, and the plot of pixel AP
 and AUPRO against training minutes with PatchCore's point (benchmarks/peers/out/patchcore.json
-when the peer script ran here, else the figures recorded in benchmarks/peers/measured.json).
+when the peer script ran here, else the figures recorded in benchmarks/results/patchcore.json).
 A run whose folder also holds prior.json (benchmarks/bench_prior.py --out) gains a row for the
-same model with the late-fusion memory prior. earlier.json holds the rows of runs whose folders
-an earlier session did not keep (their figures as that session's README recorded them).
+same model with the late-fusion memory prior. The rows of runs whose folders an earlier session
+did not keep come from benchmarks/results/accuracy_per_minute.json (the rows with a "session").
+The committed figures and the docs pages are benchmarks/results/ and
+`python benchmarks/results/render.py`; this script prints the runs of one machine's runs/ folder
+beside them, to be added to a result file.
 
     python benchmarks/recipes/table.py [--runs runs/recipes] [--plot benchmarks/recipes/minutes.png]
 """
@@ -16,10 +19,35 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "benchmarks" / "peers" / "out" / "patchcore.json"
-RECORDED_PEERS = ROOT / "benchmarks" / "peers" / "measured.json"
-EARLIER = Path(__file__).resolve().parent / "earlier.json"
+RESULTS = ROOT / "benchmarks" / "results"
 COLUMNS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "aupro")
 PRIOR_ROW = "fused, boost 2, memory 4096"  # bench_prior's row for the default prior
+
+
+def recorded_peers() -> dict:
+    """benchmarks/results/patchcore.json in this script's shape (fractions, by dataset)."""
+    rows = json.loads((RESULTS / "patchcore.json").read_text())["rows"]
+    return {{"battery weld": "weld"}.get(r["dataset"], r["dataset"]):
+            {**{k: v / 100 for k, v in r["metrics"].items()}, "fit_seconds": r["fit_seconds"]}
+            for r in rows if not r.get("quoted")}
+
+
+def earlier_rows() -> list[dict]:
+    """The committed rows of runs whose folders were not kept."""
+    rows = json.loads((RESULTS / "accuracy_per_minute.json").read_text())["rows"]
+    out = []
+    for r in rows:
+        if "session" not in r:
+            continue
+        s = r["settings"]
+        recipe = (f"{s['lr_schedule']} lr {s['lr']:g}, batch {s['batch']}, "
+                  f"{'bf16' if s['precision'] == 'bf16' else 'fp32'}, PSM stride "
+                  f"{s['psm_stride']}, budget {r['budget_minutes']:g} min")
+        out.append({"run": f"{r['run']} (earlier session)",
+                    "dataset": "welding" if r["dataset"] == "battery weld" else r["dataset"],
+                    "minutes": float(r["train_minutes"]), "recipe": recipe,
+                    "metrics": {k: v / 100 for k, v in r["metrics"].items()}})
+    return out
 
 
 def load_runs(runs: Path) -> list[dict]:
@@ -73,7 +101,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "recipes")
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
-    rows = json.loads(EARLIER.read_text()) + load_runs(args.runs)
+    rows = earlier_rows() + load_runs(args.runs)
     print("| run | dataset | settings | train min | " + " | ".join(COLUMNS) + " |")
     print("|---|---|---|---|" + "---|" * len(COLUMNS))
     for r in rows:
@@ -82,7 +110,7 @@ def main() -> None:
             + " | ".join(f"{100 * r['metrics'][c]:.1f}" for c in COLUMNS)
             + " |"
         )
-    peers = json.loads((PEERS if PEERS.is_file() else RECORDED_PEERS).read_text())
+    peers = json.loads(PEERS.read_text()) if PEERS.is_file() else recorded_peers()
     peers = {{"weld": "welding"}.get(k, k): v for k, v in peers.items()}  # adps's entry names
     for name, p in peers.items():
         print(
