@@ -484,7 +484,8 @@ def page_accuracy(d: Data, plots: dict) -> Page:
           f"training images among its {w['test_good']} normal test images, byte-identical. "
           f"`adps test` refuses such a split since {w['refused_since']} (commit "
           f"`{w['refused_commit']}`); `{w['disjoint_split']}` is the disjoint split that "
-          f"`benchmarks/recipes/run.sh` now uses. Every battery-weld row on these pages was "
+          f"`benchmarks/recipes/run.sh` now uses. Every battery-weld row on these pages "
+          f"{'other than the comparison below ' if 'overlap_weld' in d.docs else ''}was "
           f"measured before that, on the published split.\n")
     if "overlap_weld" in d.docs:
         p.add(generic(d.docs["overlap_weld"]))
