@@ -492,6 +492,10 @@ def page_accuracy(d: Data, plots: dict) -> Page:
     else:
         p.add("The comparison of the same weld model on both splits (`overlap_weld.json`) is "
               "not in `benchmarks/results/` yet.\n")
+    if "fingerprint" in d.docs:
+        p.uses("fingerprint")
+        p.add("## What the overlap check costs\n")
+        p.add(generic(d.docs["fingerprint"]))
     return p
 
 
