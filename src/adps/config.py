@@ -30,9 +30,12 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, NoReturn, TypeVar, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn, TypeVar, get_args, get_origin
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 from adps.errors import AdpsError
 
@@ -70,7 +73,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _literals(config: Any) -> None:
+def _literals(config: DataclassInstance) -> None:
     """Checks every ``Literal`` field against the choices of its annotation (so they are typed
     once, in the annotation)."""
     for name, hint in _hints(type(config)).items():
@@ -512,7 +515,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-T = TypeVar("T")
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
@@ -534,7 +537,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     for key, value in data.items():
         default = getattr(defaults, key)
         if dataclasses.is_dataclass(default) and not isinstance(value, type(default)):
-            value = from_dict(type(default), value)
+            value = from_dict(typing.cast("type[DataclassInstance]", type(default)), value)
         elif isinstance(value, list):
             value = tuple(value)
         values[key] = value

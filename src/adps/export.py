@@ -17,9 +17,9 @@ Exporter (checked with torch 2.14): the TorchScript-based ONNX exporter
 (``torch.onnx.export(..., dynamo=False)``) at opset 17 produces a correct graph with a dynamic
 batch axis (the student's patch split records its reshapes from ``x.shape``, so the batch size is
 not baked in), timm's dynamic SAME padding and the reflect-padded Gaussian blur included, and
-exports about 3x faster than the ``torch.export``-based exporter; ``exporter="dynamo"``
-(opset 18) gives an equivalent graph. Every export is verified before it is written: the graph,
-traced at batch 2, is run at batch 3 and compared with the eager model.
+exports faster than the ``torch.export``-based exporter; ``exporter="dynamo"`` (opset 18) gives an
+equivalent graph. Every export is verified before it is written: the graph, traced at batch 2, is
+run at batch 3 and compared with the eager model.
 
 :func:`load_predictor` (``adps.load``) runs a checkpoint on the fastest runtime installed: on
 CPU an OpenVINO conversion, made once and cached by :func:`cached_openvino`.
@@ -36,7 +36,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -65,6 +65,9 @@ from adps.errors import AdpsError
 from adps.fileio import atomic_write, file_sha256
 from adps.models.adps import ADPS
 from adps.version import __version__
+
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = [
     "BACKENDS",
@@ -134,7 +137,9 @@ def _resolve(source: Source, thresholds: Thresholds | None) -> tuple[ADPS, Check
     return model, ckpt if thresholds is None else ckpt.replace(thresholds=thresholds)
 
 
-def export_metadata(ckpt: Checkpoint, input_dtype: InputDtype, kind: str, **extra: Any) -> dict:
+def export_metadata(
+    ckpt: Checkpoint, input_dtype: InputDtype, kind: str, **extra: Any
+) -> dict[str, Any]:
     """The JSON-able description every export carries: the checkpoint's (:meth:`Checkpoint.
     describe`) and how to call the graph. The graph normalises its input itself, so the
     backbone's mean and std are there for information only (under ``preprocess``)."""
@@ -168,13 +173,13 @@ def _check_close(
     name: str, batch: int, got: Sequence[np.ndarray], want: Sequence[torch.Tensor]
 ) -> None:
     for out_name, g, w in zip(OUTPUT_NAMES, got, want, strict=True):
-        w = w.detach().cpu().numpy()
-        if g.shape != w.shape:
+        expected = w.detach().cpu().numpy()
+        if g.shape != expected.shape:
             raise RuntimeError(
                 f"{name} export is wrong at batch {batch}: {out_name} has shape "
-                f"{g.shape}, expected {w.shape}"
+                f"{g.shape}, expected {expected.shape}"
             )
-        err = float(np.abs(g.astype(np.float32) - w).max())
+        err = float(np.abs(g.astype(np.float32) - expected).max())
         if not err <= _VERIFY_ATOL:
             raise RuntimeError(
                 f"{name} export is wrong at batch {batch}: {out_name} differs "
@@ -305,7 +310,9 @@ def export_openvino(
     return out_path
 
 
-def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset: int):
+def _export_torchscript_onnx(
+    deploy: DeployModule, example: torch.Tensor, opset: int
+) -> onnx.ModelProto:
     import onnx
 
     buffer = io.BytesIO()
@@ -313,7 +320,7 @@ def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset:
         torch.onnx.export(
             deploy,
             (example,),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter also takes a file object
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
@@ -328,7 +335,7 @@ def _export_torchscript_onnx(deploy: DeployModule, example: torch.Tensor, opset:
     return onnx.load_model_from_string(buffer.getvalue())
 
 
-def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int):
+def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad(), quiet_export():
         program = torch.onnx.export(
@@ -341,6 +348,8 @@ def _export_dynamo_onnx(deploy: DeployModule, example: torch.Tensor, opset: int)
             dynamic_shapes={"images": {0: batch}},
             verbose=False,
         )
+    if program is None:  # only dynamo=False returns nothing
+        raise RuntimeError("torch.onnx.export returned no ONNX program")
     return program.model_proto
 
 
@@ -380,7 +389,9 @@ def export_torchscript(
     size = model.config.size
     example = _example(input_dtype, _TRACE_BATCH, size, seed=0)
     with torch.no_grad(), quiet_export():
-        traced = torch.jit.trace(deploy, (example,), check_trace=False)
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            deploy, (example,), check_trace=False
+        )
     if verify:  # the graph as traced; optimisation passes would only add minutes on CPU
         x = _example(input_dtype, _VERIFY_BATCH, size, seed=1)
         with torch.no_grad(), torch.jit.optimized_execution(False):
@@ -453,7 +464,8 @@ def load_predictor(
 
     An export runs on its own runtime whatever ``backend`` says. A checkpoint runs on the
     fastest runtime installed: with ``backend="auto"`` on CPU that is OpenVINO when the
-    ``openvino`` package is there (3x torch's speed at batch 1), else torch. It is converted
+    ``openvino`` package is there (faster than torch at batch 1, see
+    benchmarks/bench_inference.py), else torch. It is converted
     once, verified, and kept in a cache (:func:`cached_openvino`); ``backend="torch"`` runs it
     in torch (the maps ``adps test`` scored). ``precision`` (OpenVINO): "f32" (the default for a
     converted checkpoint) gives torch's maps within 1e-3, so thresholds calibrated in training

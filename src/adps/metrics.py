@@ -3,9 +3,9 @@
 Every metric is rank based, so all of them are read off ONE descending sort of the pooled scores:
 at each distinct score (a run of tied scores is one threshold, as in scikit-learn's
 ``_binary_clf_curve``) we know the cumulated true and false positives, and AUROC, AP, F1-max and
-AUPRO are short reductions over those running counts. Sorting 6.5 M pixels once and summing in
-float64 is several times faster than calling scikit-learn three times, and agrees with it to
-round-off (tested to 1e-9).
+AUPRO are short reductions over those running counts. Sorting the pooled pixels once and summing
+in float64 is faster than calling scikit-learn three times (one sort instead of three; see
+benchmarks/bench_metrics.py), and agrees with it to round-off (tested to 1e-9).
 
 Conventions: label 1 = anomalous, higher score = more anomalous, any non-zero mask pixel is
 anomalous. Pixel metrics pool all pixels of all images of one category ("micro over pixels");
@@ -14,9 +14,11 @@ averaging over categories is the caller's job.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from adps.errors import AdpsError
@@ -49,14 +51,15 @@ METRIC_KEYS = IMAGE_KEYS + PIXEL_KEYS
 # --------------------------------------------------------------------------- input validation
 
 
-def _to_numpy(x, name: str) -> np.ndarray:
+def _to_numpy(x: ArrayLike | None, name: str) -> np.ndarray:
     """Arrays, lists and (CPU or GPU) torch tensors as a numeric numpy array."""
-    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu()
-        if x.is_floating_point() and x.element_size() < 4:  # bfloat16 has no numpy dtype
-            x = x.float()
-        x = x.numpy()
-    a = np.asarray(x)
+    t: Any = x
+    if hasattr(t, "detach"):  # torch.Tensor, without importing torch
+        t = t.detach().cpu()
+        if t.is_floating_point() and t.element_size() < 4:  # bfloat16 has no numpy dtype
+            t = t.float()
+        t = t.numpy()
+    a = np.asarray(t)
     if a.dtype.kind not in "biuf":
         raise AdpsError(f"{name} must be numeric, got dtype {a.dtype}")
     return a
@@ -69,14 +72,14 @@ def _check_finite(a: np.ndarray, name: str) -> np.ndarray:
     return a
 
 
-def _scores(x, name: str, ndim: int | None = None) -> np.ndarray:
+def _scores(x: ArrayLike, name: str, ndim: int | None = None) -> np.ndarray:
     a = _check_finite(_to_numpy(x, name), name)
     if ndim is not None and a.ndim != ndim:
         raise AdpsError(f"{name} must be {ndim}-D, got shape {a.shape}")
     return a
 
 
-def _labels(x, name: str) -> np.ndarray:
+def _labels(x: ArrayLike, name: str) -> np.ndarray:
     a = _to_numpy(x, name)
     if a.ndim != 1:
         raise AdpsError(f"{name} must be 1-D, got shape {a.shape}")
@@ -85,7 +88,7 @@ def _labels(x, name: str) -> np.ndarray:
     return a.astype(bool)
 
 
-def _stack(x, name: str) -> np.ndarray:
+def _stack(x: ArrayLike | None, name: str) -> np.ndarray:
     """(N,H,W), (N,1,H,W) or a single (H,W) map as an (N,H,W) array."""
     a = _to_numpy(x, name)
     if a.ndim == 4 and a.shape[1] == 1:
@@ -239,7 +242,9 @@ class _Pixels(NamedTuple):
         return self.pro_weights > 0
 
 
-def _pool(maps, masks) -> _Pixels:
+def _pool(
+    maps: Sequence[np.ndarray] | np.ndarray, masks: Sequence[np.ndarray] | np.ndarray
+) -> _Pixels:
     """Pool pairs of equally shaped 2-D maps and masks, labelling each mask's regions on its own."""
     weights, n_regions = [], 0
     for mask in masks:
@@ -265,13 +270,13 @@ def _pixel_scores(px: _Pixels, fpr_limit: float, with_curves: bool = True) -> di
     return out
 
 
-def _pixel_pair(masks, maps) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_pair(masks: ArrayLike, maps: ArrayLike | None) -> tuple[np.ndarray, np.ndarray]:
     masks, maps = _stack(masks, "masks"), _check_finite(_stack(maps, "maps"), "maps")
     _same_shape(maps, "maps", masks, "masks")
     return masks, maps
 
 
-def _pooled_pixels(masks, maps, need_regions: bool) -> _Pixels:
+def _pooled_pixels(masks: ArrayLike, maps: ArrayLike, need_regions: bool) -> _Pixels:
     masks, maps = _pixel_pair(masks, maps)
     px = _pool(maps, masks)
     if need_regions and px.n_regions == 0:
@@ -284,7 +289,7 @@ def _pooled_pixels(masks, maps, need_regions: bool) -> _Pixels:
 # --------------------------------------------------------------------------- public metrics
 
 
-def image_metrics(labels, scores) -> dict[str, float]:
+def image_metrics(labels: ArrayLike, scores: ArrayLike) -> dict[str, float]:
     """Image AUROC, AP and F1-max, with scikit-learn's semantics.
 
     AUROC is the probability that a random anomalous image outscores a random normal one (ties
@@ -306,7 +311,7 @@ def image_metrics(labels, scores) -> dict[str, float]:
     return _prefixed("image", _rank(scores, labels))
 
 
-def aupro(masks, maps, *, fpr_limit: float = 0.3) -> float:
+def aupro(masks: ArrayLike, maps: ArrayLike, *, fpr_limit: float = 0.3) -> float:
     """Normalised area under the per-region-overlap curve up to ``fpr_limit`` (official MVTec AD).
 
     Pixel AUROC is dominated by large defects; PRO instead averages, over every connected GT region
@@ -326,7 +331,7 @@ def aupro(masks, maps, *, fpr_limit: float = 0.3) -> float:
     return _pixel_scores(px, fpr_limit, with_curves=False)["aupro"]
 
 
-def pixel_metrics(masks, maps, *, fpr_limit: float = 0.3) -> dict[str, float]:
+def pixel_metrics(masks: ArrayLike, maps: ArrayLike, *, fpr_limit: float = 0.3) -> dict[str, float]:
     """Pixel AUROC, AP, F1-max (as :func:`image_metrics`) and AUPRO (as :func:`aupro`).
 
     All pixels of all images are pooled into one evaluation set (normal images contribute only
@@ -350,7 +355,7 @@ def pixel_metrics(masks, maps, *, fpr_limit: float = 0.3) -> dict[str, float]:
 # --------------------------------------------------------------------------- curves
 
 
-def _binary_ranking(labels, scores, need_negatives: bool = True) -> _Ranking:
+def _binary_ranking(labels: ArrayLike, scores: ArrayLike, need_negatives: bool = True) -> _Ranking:
     labels, scores = _labels(labels, "labels"), _scores(scores, "scores", ndim=1)
     _same_shape(scores, "scores", labels, "labels")
     if need_negatives:
@@ -360,14 +365,16 @@ def _binary_ranking(labels, scores, need_negatives: bool = True) -> _Ranking:
     return _rank(scores, labels)
 
 
-def _flat_pair(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def _flat_pair(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Any-shape labels (non-zero = anomalous) and scores, e.g. masks and maps, as 1-D arrays."""
     labels, scores = _to_numpy(labels, "labels"), _to_numpy(scores, "scores")
     _same_shape(scores, "scores", labels, "labels")
     return np.ravel(labels) != 0, np.ravel(scores)
 
 
-def roc_curve(labels, scores, *, drop_intermediate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """ROC curve ``(fpr, tpr)``: the points of ``sklearn.metrics.roc_curve``.
 
     One point per distinct score (ties are one threshold, "anomalous if score >= t"), from
@@ -384,7 +391,9 @@ def roc_curve(labels, scores, *, drop_intermediate: bool = True) -> tuple[np.nda
     return _roc_points(_binary_ranking(labels, scores), drop_intermediate)
 
 
-def pr_curve(labels, scores, *, drop_intermediate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def pr_curve(
+    labels: ArrayLike, scores: ArrayLike, *, drop_intermediate: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Precision-recall curve ``(precision, recall)``: the points of
     ``sklearn.metrics.precision_recall_curve``.
 
@@ -400,7 +409,9 @@ def pr_curve(labels, scores, *, drop_intermediate: bool = False) -> tuple[np.nda
     return _pr_points(_binary_ranking(labels, scores, need_negatives=False), drop_intermediate)
 
 
-def pro_curve(masks, maps, *, fpr_limit: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pro_curve(
+    masks: ArrayLike, maps: ArrayLike, *, fpr_limit: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-region-overlap curve ``(fpr, pro)`` of the official MVTec algorithm (see :func:`aupro`).
 
     One point per distinct map value, from (0, 0) to (1, 1), FPR non-decreasing: exactly the
@@ -421,7 +432,9 @@ def pro_curve(masks, maps, *, fpr_limit: float | None = None) -> tuple[np.ndarra
     return (fpr, pro) if fpr_limit is None else truncate_pro_curve(fpr, pro, fpr_limit=fpr_limit)
 
 
-def truncate_pro_curve(fpr, pro, *, fpr_limit: float) -> tuple[np.ndarray, np.ndarray]:
+def truncate_pro_curve(
+    fpr: ArrayLike, pro: ArrayLike, *, fpr_limit: float
+) -> tuple[np.ndarray, np.ndarray]:
     """A whole PRO curve (from :func:`pro_curve` or :func:`pixel_curves`) cut at ``fpr_limit``.
 
     Keeps the points with FPR <= limit and, when the limit is not a curve point, ends with the
@@ -433,7 +446,7 @@ def truncate_pro_curve(fpr, pro, *, fpr_limit: float) -> tuple[np.ndarray, np.nd
     return (x, y) if y_lim is None else (np.r_[x, fpr_limit], np.r_[y, y_lim])
 
 
-def pixel_curves(masks, maps) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def pixel_curves(masks: ArrayLike, maps: ArrayLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """:func:`roc_curve`, :func:`pr_curve` and :func:`pro_curve` of pooled pixels from ONE sort.
 
     Pixel curves of a test set cost a sort of millions of values each; the report needs all
@@ -449,7 +462,7 @@ def pixel_curves(masks, maps) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
-def f1_max_threshold(labels, scores) -> float:
+def f1_max_threshold(labels: ArrayLike, scores: ArrayLike) -> float:
     """The score ``t`` whose decision "anomalous if score >= t" reaches F1-max.
 
     Among thresholds with equal F1 the lowest is returned (it catches the most defects). The
@@ -466,7 +479,7 @@ def f1_max_threshold(labels, scores) -> float:
 # --------------------------------------------------------------------------- evaluation helpers
 
 
-def _available(mask_available, n: int) -> np.ndarray:
+def _available(mask_available: ArrayLike | None, n: int) -> np.ndarray:
     if mask_available is None:
         return np.ones(n, dtype=bool)
     available = _labels(mask_available, "mask_available")
@@ -475,15 +488,17 @@ def _available(mask_available, n: int) -> np.ndarray:
     return available
 
 
-def _image_pair(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+def _image_pair(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     labels, scores = _labels(labels, "labels"), _scores(scores, "scores", 1)
     _same_shape(scores, "scores", labels, "labels")
     return labels, scores
 
 
-def _report(labels, scores, px: _Pixels | None, fpr_limit: float) -> dict:
+def _report(
+    labels: np.ndarray, scores: np.ndarray, px: _Pixels | None, fpr_limit: float
+) -> dict[str, float | None]:
     """The flat result dict; a metric that is undefined for these data is None, not 0."""
-    out = dict.fromkeys(METRIC_KEYS)
+    out: dict[str, float | None] = dict.fromkeys(METRIC_KEYS)
     if 0 < labels.sum() < labels.size:
         out.update(image_metrics(labels, scores))
     if px is not None and 0 < np.count_nonzero(px.positive) < px.scores.size:
@@ -492,12 +507,12 @@ def _report(labels, scores, px: _Pixels | None, fpr_limit: float) -> dict:
 
 
 def compute_metrics(
-    labels,
-    scores,
-    masks=None,
-    maps=None,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    masks: ArrayLike | None = None,
+    maps: ArrayLike | None = None,
     *,
-    mask_available=None,
+    mask_available: ArrayLike | None = None,
     fpr_limit: float = 0.3,
 ) -> dict[str, float | None]:
     """All metrics of one category at the evaluation resolution of the maps.
@@ -529,12 +544,12 @@ def compute_metrics(
 
 
 def compute_metrics_original_resolution(
-    labels,
-    scores,
-    masks,
-    maps,
+    labels: ArrayLike,
+    scores: ArrayLike,
+    masks: Sequence[ArrayLike | None],
+    maps: Sequence[ArrayLike],
     *,
-    mask_available=None,
+    mask_available: ArrayLike | None = None,
     fpr_limit: float = 0.3,
 ) -> dict[str, float | None]:
     """:func:`compute_metrics` for images of different sizes, each scored at its mask's resolution.
@@ -560,15 +575,15 @@ def compute_metrics_original_resolution(
     if not len(maps) == len(masks) == scores.size:
         raise AdpsError(f"got {len(masks)} masks, {len(maps)} maps and {scores.size} image scores")
     pooled_maps, pooled_masks = [], []
-    for i in np.flatnonzero(_available(mask_available, scores.size)):
+    for i in np.flatnonzero(_available(mask_available, scores.size)).tolist():
         amap, mask = _scores(maps[i], f"maps[{i}]", 2), _to_numpy(masks[i], f"masks[{i}]")
         if mask.ndim != 2:
             raise AdpsError(f"masks[{i}] must be 2-D, got shape {mask.shape}")
         amap = amap.astype(np.float32, copy=False)
         if amap.shape != mask.shape:
             t = torch.from_numpy(np.ascontiguousarray(amap))[None, None]
-            amap = F.interpolate(t, size=mask.shape, mode="bilinear", align_corners=False)[0, 0]
-            amap = amap.numpy()
+            resized = F.interpolate(t, size=mask.shape, mode="bilinear", align_corners=False)
+            amap = resized[0, 0].numpy()
         pooled_maps.append(amap)
         pooled_masks.append(mask)
     return _report(labels, scores, _pool(pooled_maps, pooled_masks), fpr_limit)

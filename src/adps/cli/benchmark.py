@@ -329,10 +329,10 @@ def run(args: argparse.Namespace) -> int:
         raise AdpsError("nothing to benchmark: give --data (with --categories) or --datasets")
     model_config, train_config = configs_from_args(args)
     configs = config_dicts(model_config, train_config)
-    plans = []
+    plans: list[tuple[str, DataSpec, dict[str, Any], str, dict | None, str]] = []
     for name, spec in entries:
         identity = entry_identity(args, spec, configs)
-        entry = {"hash": identity_hash(identity), "identity": identity}
+        entry: dict[str, Any] = {"hash": identity_hash(identity), "identity": identity}
         plans.append((name, spec, entry, *_plan(args, name, entry)))
     refused = [
         f"entry '{name}': {why}" for name, _, _, action, _, why in plans if action == "refuse"

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             # failed calibration leaves the checkpoint as it was
             ckpt = fit_fusion(args, ckpt)
             model_path = ckpt.save(Path(scratch) / args.model.name)
+            assert ckpt.fusion_fit is not None  # fit_fusion sets it
             changes.append(f"late fusion fitted on {ckpt.fusion_fit.n_images} defective images")
         chosen = calibrate(args, model_path, normal)
     changes.append(

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 from adps.cli.options import add_device_argument
 
-DEMO_MODEL = {"image_size": 128, "k": 4}  # 32 px student patches, as the paper's k=8 at 256
-DEMO_TRAIN = {
+DEMO_MODEL: dict[str, Any] = {
+    "image_size": 128,
+    "k": 4,
+}  # 32 px student patches, as the paper's k=8 at 256
+DEMO_TRAIN: dict[str, Any] = {
     "epochs": 30,
     "batch_size": 16,
     "steps_per_epoch": 8,
@@ -18,7 +22,7 @@ DEMO_TRAIN = {
     "calibration_holdout": 0.2,
     "target_false_alarm_rate": 0.05,
 }
-DEMO_DATA = {"n_train": 100, "n_test_good": 20, "n_test_defect": 40}
+DEMO_DATA: dict[str, Any] = {"n_train": 100, "n_test_good": 20, "n_test_defect": 40}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

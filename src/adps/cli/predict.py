@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
         predictor = load(args.model, device, args.batch_size, args.backend, args.precision)
         out_name = {str(path): name for path, name in files}
         shard = [p for p, _ in files][ctx.rank :: ctx.world_size]
-        rows, shard_failures = [], []
+        rows: list[dict] = []
+        shard_failures = []
         with tqdm(
             total=len(shard),
             unit="img",
@@ -205,7 +206,9 @@ def run(args: argparse.Namespace) -> int:
             for batch, failed in predictor.iter_files(shard, max_pixels=args.max_pixels):
                 shard_failures += failed
                 # written as they come: memory stays at one batch
-                rows.extend(_write_outputs(pred, Path(out_name[pred.path]), args) for pred in batch)
+                rows.extend(
+                    _write_outputs(pred, Path(out_name[str(pred.path)]), args) for pred in batch
+                )
                 bar.update(len(batch) + len(failed))
         if ctx.enabled:
             order = {str(path): i for i, (path, _) in enumerate(files)}

@@ -144,7 +144,7 @@ def _decode(
 ) -> np.ndarray:
     """Open, check the size against ``max_pixels``, fully decode and convert ``source``; every
     failure becomes an AdpsError naming it (or ``name``)."""
-    name = source if name is None else name
+    name = str(source) if name is None else name  # what errors name (AdpsError takes a str)
     try:
         with Image.open(source) as img:
             pixels = img.width * img.height
@@ -181,7 +181,8 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
         return np.repeat(grey[:, :, None], 3, axis=2)
     if img.mode == "F":
         raise AdpsError(
-            "floating-point images are not supported (convert to 8 or 16 bit)", img.filename
+            "floating-point images are not supported (convert to 8 or 16 bit)",
+            getattr(img, "filename", None),
         )
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
@@ -532,9 +533,8 @@ class MVTecAD(AnomalyDataset):
             if not kinds:
                 raise AdpsError("no sub-folders (good, <defect>...) in the test directory", test)
             for kind in kinds:
-                gt: Path | None = base / "ground_truth" / kind
-                if not mask_required and not gt.is_dir():
-                    gt = None
+                gt_dir = base / "ground_truth" / kind
+                gt = gt_dir if mask_required or gt_dir.is_dir() else None
                 label = 0 if kind == "good" else 1
                 records += build_records(test / kind, label, gt, mask_suffix, mask_required)
         super().__init__(records, size)
@@ -577,8 +577,8 @@ class Folder(AnomalyDataset):
                 "Folder dataset: split='test' needs normal_test_dir and/or abnormal_test_dir"
             )
 
-        def resolve(d: str | Path | None) -> Path | None:
-            return None if d is None else base / d
+        def resolve(d: str | Path) -> Path:
+            return base / d
 
         extensions = _extensions(extensions)
         records: list[Record] = []
@@ -594,7 +594,7 @@ class Folder(AnomalyDataset):
             records += build_records(
                 resolve(abnormal_test_dir),
                 1,
-                resolve(mask_dir),
+                None if mask_dir is None else resolve(mask_dir),
                 mask_suffix,
                 mask_required,
                 extensions,

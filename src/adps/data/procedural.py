@@ -116,7 +116,9 @@ def render_large_surface(size: int, rng: np.random.Generator, base: int = 256) -
     small = render_surface(base, rng)
     big = np.stack(
         [
-            np.asarray(Image.fromarray(small[..., c]).resize((size, size), Image.BICUBIC))
+            np.asarray(
+                Image.fromarray(small[..., c]).resize((size, size), Image.Resampling.BICUBIC)
+            )
             for c in range(3)
         ],
         axis=-1,

@@ -223,8 +223,9 @@ def _sharpness(x: Tensor, g: torch.Generator) -> Tensor:
     """PIL-like ``EnhanceSharpness(factor=(0.0, 2.0))``: extrapolate from PIL's smoothed image.
 
     PIL's smoothing kernel ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13`` (border pixels kept) is a 3x3
-    box sum plus 4x the centre; ``avg_pool2d`` computes it several times faster than torchvision's
-    grouped ``conv2d`` (``adjust_sharpness``) on CPU, with the same result.
+    box sum plus 4x the centre; ``avg_pool2d`` computes it faster than torchvision's grouped
+    ``conv2d`` (``adjust_sharpness``) on CPU, with the same result (benchmarks/bench_synthesis.py
+    times the synthesis).
     """
     smooth = x.clone()
     smooth[..., 1:-1, 1:-1] = (F.avg_pool2d(x, 3, stride=1) * 9 + 4 * x[..., 1:-1, 1:-1]) / 13

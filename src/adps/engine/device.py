@@ -25,9 +25,9 @@ def inference_batch_size(
 ) -> int:
     """The batch size for inference when the user gives none.
 
-    Measured (benchmarks/bench_inference.py, 256 px): on CPU torch runs fastest per image at
-    batch 1 (the full-resolution decoder's activations then stay in cache; 20 img/s vs 10 at 32),
-    onnxruntime on CPU and every GPU runtime prefer large batches.
+    Measured with benchmarks/bench_inference.py: on CPU torch runs fastest per image at batch 1
+    (the full-resolution decoder's activations then stay in cache), while onnxruntime on CPU and
+    every GPU runtime prefer large batches.
     """
     if requested is not None:
         if requested < 1:

@@ -99,13 +99,15 @@ def component_maps(
     """The PSM's probability and the prior in units of its normal 99.9th percentile, each
     (N, H, W) float32 on the CPU, for (N, 3, H, W) uint8 images."""
     model = model.to(device).eval()
+    memory = model.memory
+    assert memory is not None, "component maps need a model with a memory prior"
     size = images.shape[-2:]
     psm, prior = [], []
     for x in image_batches(images, device, batch_size, "fusion maps", progress):
         p, teacher = model.psm_map(x)
         psm.append(p[:, 0].float())
-        prior_map = model.memory(teacher, size, model.config.memory_neighbors)
-        prior.append((prior_map / model.memory.stats[2])[:, 0])
+        prior_map = memory(teacher, size, model.config.memory_neighbors)
+        prior.append((prior_map / memory.stats[2])[:, 0])
     return torch.cat(psm).cpu(), torch.cat(prior).cpu()
 
 

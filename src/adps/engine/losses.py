@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.nn.functional as F
 
@@ -64,4 +67,4 @@ def adps_loss(
         )
     if outputs["logits"] is not None:
         parts["focal"] = config.lambda_seg * focal_loss(outputs["logits"], mask, config.focal_gamma)
-    return sum(parts.values()), parts
+    return functools.reduce(operator.add, parts.values()), parts

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from adps.engine.device import inference_batch_size, resolve_device
 from adps.engine.inference import Forward, TorchForward
 from adps.engine.tiling import Tiling, tiled
 from adps.errors import AdpsError
+
+if TYPE_CHECKING:
+    from adps.engine.runtime import OnnxRunner, OpenVinoRunner
 
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -112,7 +115,7 @@ class Predictor:
         thresholds: Thresholds,
         device: torch.device,
         batch_size: int = 32,
-        metadata: dict | None = None,
+        metadata: dict[str, Any] | None = None,
         runtime: str = "torch",
     ):
         self.config = config
@@ -146,10 +149,10 @@ class Predictor:
             maps, scores = maps.float().cpu(), scores.float().cpu()
             for i, img in enumerate(chunk):
                 h, w = img.shape[-2:]
-                amap = maps[i : i + 1]
-                if tuple(amap.shape[-2:]) != (h, w):
-                    amap = F.interpolate(amap, size=(h, w), mode="bilinear", align_corners=False)
-                amap = amap[0, 0].numpy()
+                one = maps[i : i + 1]
+                if tuple(one.shape[-2:]) != (h, w):
+                    one = F.interpolate(one, size=(h, w), mode="bilinear", align_corners=False)
+                amap = one[0, 0].numpy()
                 score = float(scores[i])
                 results.append(
                     Prediction(
@@ -166,13 +169,16 @@ class Predictor:
         single = isinstance(inputs, (str, Path, Image.Image)) or (
             isinstance(inputs, (np.ndarray, torch.Tensor)) and inputs.ndim in (2, 3)
         )
+        items: Iterable[ImageInput]
         if single:
-            inputs = [inputs]
+            items = [cast(ImageInput, inputs)]
         elif isinstance(inputs, (np.ndarray, torch.Tensor)):
             if inputs.ndim != 4:
                 raise AdpsError(f"a batch must be shaped (B, 3, H, W), got {tuple(inputs.shape)}")
-            inputs = list(inputs)
-        converted = [to_uint8_chw(item) for item in inputs]
+            items = list(inputs)
+        else:
+            items = cast(Iterable[ImageInput], inputs)
+        converted = [to_uint8_chw(item) for item in items]
         results = self.predict_tensors([c[0] for c in converted], [c[1] for c in converted])
         return results[0] if single else results
 
@@ -231,7 +237,9 @@ class Predictor:
         return predictions, failures
 
 
-def _runner_predictor(runner, batch_size: int, runtime: str) -> Predictor:
+def _runner_predictor(
+    runner: OnnxRunner | OpenVinoRunner, batch_size: int, runtime: str
+) -> Predictor:
     """A predictor around an ONNX or OpenVINO runner (numpy in and out, on the host)."""
 
     def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -287,11 +295,11 @@ def export_predictor(
         from adps.engine.runtime import OnnxRunner
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
-        runner = OnnxRunner(path, providers=providers)
+        onnx_runner = OnnxRunner(path, providers=providers)
         return _runner_predictor(
-            runner,
+            onnx_runner,
             inference_batch_size(dev, batch_size, "onnx"),
-            f"onnxruntime ({runner.providers[0]})",
+            f"onnxruntime ({onnx_runner.providers[0]})",
         )
     if suffix == ".xml":
         from adps.engine.runtime import OpenVinoRunner

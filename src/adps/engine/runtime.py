@@ -156,7 +156,9 @@ class _GraphRunner:
     def _read_metadata(self, metadata: dict) -> None:
         self.metadata = metadata
         self.image_size: int | tuple[int, int] = metadata["image_size"]
-        self.size = normalize_size(self.image_size)  # (height, width)
+        size = normalize_size(self.image_size)  # (height, width)
+        assert size is not None  # an export always records its input size
+        self.size = size
         self.input_dtype: str = metadata["input_dtype"]
         self.thresholds = Thresholds.from_dict(metadata.get("thresholds"))
 
@@ -218,9 +220,9 @@ class OpenVinoRunner(_GraphRunner):
     """Runs an adps OpenVINO export (``model.xml`` + ``model.bin``) with the OpenVINO runtime,
     with the same call and attributes as :class:`OnnxRunner`. ``device`` is OpenVINO's
     ("CPU", "GPU", ...); ``threads`` its inference thread count (None = its default);
-    ``precision`` "f32" (the same maps as torch) or "bf16" (2-3x faster on CPUs with native
-    bf16; maps move by up to ~0.15, see the README); "auto" = bf16 on a CPU with native bf16,
-    else f32; None = what the export says."""
+    ``precision`` "f32" (the same maps as torch) or "bf16" (faster on CPUs with native bf16, at
+    the cost of maps that move: benchmarks/bench_openvino.py measures both); "auto" = bf16 on a
+    CPU with native bf16, else f32; None = what the export says."""
 
     def __init__(
         self,
@@ -274,8 +276,8 @@ class OpenVinoRunner(_GraphRunner):
     def _request(self, batch: int):
         """The infer request of a graph compiled for exactly ``batch`` images (the most recent
         :data:`_OPENVINO_BATCH_SIZES` kept). With the batch left dynamic OpenVINO ran the
-        default recipe's graph (the memory prior) 2.8x slower at batch 1 (README); a static
-        graph compiles in under a second."""
+        default recipe's graph (the memory prior) markedly slower at batch 1 (measured with
+        benchmarks/bench_inference.py), and a static graph compiles quickly."""
         request = self._requests.get(batch)
         if request is None:
             model = self._model.clone()

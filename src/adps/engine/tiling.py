@@ -99,8 +99,7 @@ class TiledForward:
         self._weights: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = [self.map(frame) for frame in frames]
-        maps = torch.stack(maps)[:, None]
+        maps = torch.stack([self.map(frame) for frame in frames])[:, None]
         return maps, self.score(maps)
 
     def map(self, frame: torch.Tensor) -> torch.Tensor:
@@ -126,6 +125,7 @@ class TiledForward:
                 total = torch.zeros((height, width), device=device)
             for (y, x), tile_map in zip(chunk, tile_maps, strict=True):
                 total[y : y + th, x : x + tw] += tile_map * window
+        assert total is not None  # a grid has at least one tile
         return (total / self._weight_sum(height, width, total.device))[:h, :w]
 
     def _weight_sum(self, height: int, width: int, device: torch.device) -> torch.Tensor:

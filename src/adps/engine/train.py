@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm import tqdm
@@ -210,7 +211,7 @@ class Trainer:
             torch.channels_last if self.config.channels_last else torch.contiguous_format
         )
         self.model.to(memory_format=self.memory_format)
-        self.net = self.model
+        self.net: nn.Module = self.model
         if self.dist.enabled:
             self.net = DistributedDataParallel(
                 self.model,
@@ -229,8 +230,8 @@ class Trainer:
         """Each rank draws its own synthetic defects but a disjoint share of every epoch."""
         cfg = self.config
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed * 1000 + self.dist.rank)
-        self.sampler = DistributedSampler(
-            range(len(self.images)),
+        self.sampler: DistributedSampler[int] = DistributedSampler(
+            range(len(self.images)),  # type: ignore[arg-type]  # a sampler only needs len()
             self.dist.world_size,
             self.dist.rank,
             shuffle=True,

@@ -8,6 +8,9 @@ training.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,7 +50,7 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     Same kernel as ``scipy.ndimage.gaussian_filter(..., truncate=4)`` with ``mode="mirror"``
     (torch's "reflect" padding). Each pass is a weighted sum of shifted views, so it exports as
     plain slices and needs memory for a few maps only: a 1-channel convolution on CPU unfolds
-    its input ``2 * radius + 1`` times (1.4 GiB for the 20-megapixel map of a tiled image).
+    its input ``2 * radius + 1`` times (gigabytes for the multi-megapixel map of a tiled image).
     Exported, the sums also keep OpenVINO's bf16 mode from rounding the image score to bf16
     (it runs these additions in float32; a convolution it would run in bf16, and scores tie).
     """
@@ -56,16 +59,16 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = int(4.0 * sigma + 0.5)
     coords = torch.arange(-radius, radius + 1, dtype=torch.float64)
     kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).tolist()
+    weights: list[float] = (kernel / kernel.sum()).tolist()
     x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     height, width = x.shape[-2] - 2 * radius, x.shape[-1] - 2 * radius
-    rows = x[..., radius : radius + height, 0:width] * kernel[0]
-    for i in range(1, len(kernel)):
-        rows = rows.add_(x[..., radius : radius + height, i : i + width], alpha=kernel[i])
+    rows = x[..., radius : radius + height, 0:width] * weights[0]
+    for i in range(1, len(weights)):
+        rows = rows.add_(x[..., radius : radius + height, i : i + width], alpha=weights[i])
     x = F.pad(rows, (0, 0, radius, radius), mode="reflect")
-    out = x[..., 0:height, :] * kernel[0]
-    for i in range(1, len(kernel)):
-        out = out.add_(x[..., i : i + height, :], alpha=kernel[i])
+    out = x[..., 0:height, :] * weights[0]
+    for i in range(1, len(weights)):
+        out = out.add_(x[..., i : i + height, :], alpha=weights[i])
     return out
 
 
@@ -142,6 +145,9 @@ class ADPS(nn.Module):
     the PSM takes the prior as an input, in training and in eval.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         config: ModelConfig | None = None,
@@ -165,8 +171,9 @@ class ADPS(nn.Module):
         self.student = create_encoder(config.backbone, pretrained=False)
         # Under a bf16 autocast, whether the student takes part. A run-time switch, not
         # configuration: on CPU (oneDNN, torch 2.14) the backward of its depthwise convolutions
-        # on the many small patches is ~2x slower in bf16 than in float32, so the trainer keeps
-        # the student in float32 there and lets the teacher and the PSM use bf16.
+        # on the many small patches is slower in bf16 than in float32 (benchmarks/bench_train.py
+        # measures both), so the trainer keeps the student in float32 there and lets the teacher
+        # and the PSM use bf16.
         self.autocast_student = True
         if config.student_init == "teacher":
             self.student.load_state_dict(self.teacher.state_dict())
@@ -255,32 +262,41 @@ class ADPS(nn.Module):
                     student = self.student_features(x)
 
         if c.variant == "no_psm_wmb":
-            anomaly = sum(
-                F.interpolate(
-                    self._disagreement(t, s),
-                    size=images.shape[-2:],
-                    mode="bilinear",
-                    align_corners=False,
-                )
-                for t, s in zip(teacher, student, strict=True)
+            assert teacher is not None and student is not None  # this variant needs both
+            anomaly = functools.reduce(
+                operator.add,
+                (
+                    F.interpolate(
+                        self._disagreement(t, s),
+                        size=images.shape[-2:],
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                    for t, s in zip(teacher, student, strict=True)
+                ),
             )
             if self.training:  # distillation loss only: there is no PSM to train
                 return {"logits": None, "teacher": teacher, "student": student}
             return anomaly, teacher
 
         if c.variant == "no_student":
+            assert teacher is not None
             fused = list(teacher)
         elif c.variant == "no_teacher":
+            assert student is not None
             fused = student
         else:
+            assert teacher is not None and student is not None
             fused = [
                 self._fuse(i, t, s) for i, (t, s) in enumerate(zip(teacher, student, strict=True))
             ]
         if self.early_prior:
+            assert self.memory is not None and teacher is not None  # early fusion: memory prior
             with torch.autocast(images.device.type, enabled=False):  # distances in float32
                 prior = self.memory.standardized(teacher, c.memory_neighbors, groups)
             fused[1] = torch.cat([fused[1], prior.to(fused[1].dtype)], dim=1)
             fused[2] = torch.cat([fused[2], F.avg_pool2d(prior, 2).to(fused[2].dtype)], dim=1)
+        assert self.psm is not None  # only the no_psm_wmb variant, handled above, has none
         logits = self.psm(fused)
         if c.psm_output_stride > 1:
             logits = F.interpolate(
@@ -303,6 +319,7 @@ class ADPS(nn.Module):
             return self._disagreement(t, s).to(t.dtype) * t  # Eq. (2): C_i = (1 - W_i) * T_i
         if fusion == "diff":
             return t - s
+        assert self.fuse is not None  # built for fusion == "conv"
         return self.fuse[level](torch.cat([t, s.to(t.dtype)], dim=1))
 
     def score(self, anomaly_map: torch.Tensor) -> torch.Tensor:

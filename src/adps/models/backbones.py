@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +80,7 @@ def _build_timm(model_name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _efficientnet_encoder(model: nn.Module) -> Encoder:
+def _efficientnet_encoder(model: Any) -> Encoder:  # a timm model, its submodules by name
     # timm tf_efficientnet_lite*: blocks[1] ends at stride 4, blocks[2] at 8, blocks[4] at 16;
     # blocks[5:] (stride 32) and the head are dropped.
     stem = nn.Sequential(model.conv_stem, model.bn1, model.blocks[0])
@@ -145,7 +146,7 @@ def _build_torchvision(model_name: str) -> Callable[[], nn.Module]:
     return build
 
 
-def _resnet_encoder(model: nn.Module) -> Encoder:
+def _resnet_encoder(model: Any) -> Encoder:  # a torchvision ResNet, its submodules by name
     stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
     stages = [model.layer1, model.layer2, model.layer3]
     channels = [_resnet_out_channels(s) for s in stages]
@@ -153,8 +154,8 @@ def _resnet_encoder(model: nn.Module) -> Encoder:
 
 
 def _resnet_out_channels(layer: nn.Sequential) -> int:
-    block = layer[-1]
-    return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
+    block: Any = layer[-1]
+    return int((block.bn3 if hasattr(block, "bn3") else block.bn2).num_features)
 
 
 def _torchvision_loader(weights_enum: str) -> Callable[[nn.Module, str | None, bool], None]:

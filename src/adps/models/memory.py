@@ -79,12 +79,12 @@ def nearest_distances(
     Each chunk of the bank is one 1 x 1 convolution (|b|^2 - 2 q.b, with |b|^2 as its bias) and
     a running top-k, so memory stays at ``chunk`` distances per position whatever the bank's
     size (the loop unrolls into a static graph on export). A convolution needs no reshape of
-    the batch into rows, and ran slightly faster than the matrix product in torch and in
-    OpenVINO (0.4-0.6 ms of 12 and 20). With
-    ``query_groups`` (B,) and ``bank_groups`` (N,) (say, the image each row came from), a
-    position never matches a bank row of its own group: leave-one-image-out distances.
+    the batch into rows, and measured faster than the matrix product in torch and in OpenVINO
+    (see benchmarks/bench_nn_search.py). With ``query_groups`` (B,) and ``bank_groups`` (N,)
+    (say, the image each row came from), a position never matches a bank row of its own group:
+    leave-one-image-out distances.
     """
-    best = None
+    best: torch.Tensor | None = None
     for start in range(0, bank.shape[0], chunk):
         part = bank[start : start + chunk]
         d2 = F.conv2d(queries, (-2 * part)[:, :, None, None], part.pow(2).sum(dim=1))
@@ -98,6 +98,8 @@ def nearest_distances(
             if neighbors == 1
             else d2.topk(min(neighbors, d2.shape[1]), dim=1, largest=False).values
         )
+    if best is None:
+        raise ValueError("an empty bank has no nearest rows")
     # |q|^2 is the same for every bank row, so it is added after the search
     best = best + queries.pow(2).sum(dim=1, keepdim=True)
     return best.clamp_min(0).sqrt()
@@ -127,6 +129,10 @@ class MemoryPrior(nn.Module):
     spread on normal images; in training each image is scored without its own bank entries
     (``groups``), as a new image would be.
     """
+
+    bank: torch.Tensor
+    sources: torch.Tensor
+    stats: torch.Tensor
 
     def __init__(self, channels: int):
         super().__init__()

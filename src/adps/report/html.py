@@ -197,13 +197,17 @@ def _curves_section(
     if image_roc is not None or pix is not None:
         figures.append(
             plots.roc_svg(
-                image_roc, pix and pix["roc"], m.get("image_auroc"), m.get("pixel_auroc"), op_roc
+                image_roc,
+                None if pix is None else pix["roc"],
+                m.get("image_auroc"),
+                m.get("pixel_auroc"),
+                op_roc,
             )
         )
         figures.append(
             plots.pr_svg(
                 image_pr,
-                pix and pix["pr"],
+                None if pix is None else pix["pr"],
                 m.get("image_ap"),
                 m.get("pixel_ap"),
                 float(labels.mean()) if image_pr is not None else None,
@@ -329,7 +333,7 @@ def _gallery_section(
             f'<div class="tiles">{tiles_html}</div></figure>'
         )
     n = len(scores)
-    shown = f"all {n} images" if len(order) == n else f"the first {len(order)} of {n} images"
+    listed = f"all {n} images" if len(order) == n else f"the first {len(order)} of {n} images"
     rule = (
         "most wrong first: images are sorted by their margin on the wrong side of the image "
         "threshold (threshold − score for defective images, score − threshold for normal "
@@ -338,7 +342,7 @@ def _gallery_section(
     )
     return (
         f'<section id="gallery"><h2>Gallery</h2>'
-        f'<p class="note">Showing {shown}, {rule}. Heatmap colours: {_legend_bar(vmin, vmax)}; '
+        f'<p class="note">Showing {listed}, {rule}. Heatmap colours: {_legend_bar(vmin, vmax)}; '
         f"the last tile is the predicted defect mask (map &gt; {pixel_threshold:g}).</p>"
         f'<div class="gallery">{"".join(cards)}</div></section>'
     )

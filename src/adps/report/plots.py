@@ -12,10 +12,14 @@ from __future__ import annotations
 import io
 import itertools
 import re
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 from adps.errors import AdpsError
 from adps.metrics import truncate_pro_curve
@@ -97,7 +101,7 @@ def overlay(
     """
     if hasattr(amap, "detach"):
         amap = amap.detach().cpu().float().numpy()
-    if hasattr(mask, "detach"):
+    if mask is not None and hasattr(mask, "detach"):
         mask = mask.detach().cpu().numpy()
     image = np.asarray(image)
     if image.ndim == 2:
@@ -158,7 +162,7 @@ def decimate(x, y, max_points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------- figures
 
 _salt = itertools.count()
-_STYLE = {
+_STYLE: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",  # text stays <text>: the browser's sans-serif renders it
     "font.family": "sans-serif",
     "font.sans-serif": ["DejaVu Sans", "Helvetica", "Arial"],
@@ -223,10 +227,10 @@ def _percent(value: float | None) -> str:
 
 
 def roc_svg(
-    image_curve=None,
-    pixel_curve=None,
-    image_auroc=None,
-    pixel_auroc=None,
+    image_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    pixel_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    image_auroc: float | None = None,
+    pixel_auroc: float | None = None,
     operating_point: tuple[float, float] | None = None,
     max_points: int = 2000,
 ) -> str:
@@ -270,10 +274,10 @@ def roc_svg(
 
 
 def pr_svg(
-    image_curve=None,
-    pixel_curve=None,
-    image_ap=None,
-    pixel_ap=None,
+    image_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    pixel_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    image_ap: float | None = None,
+    pixel_ap: float | None = None,
     image_prevalence: float | None = None,
     pixel_prevalence: float | None = None,
     operating_point: tuple[float, float] | None = None,

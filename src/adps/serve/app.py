@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import io
 import logging
@@ -138,7 +139,8 @@ def create_app(
 
         async def warm_up() -> None:
             for size in sorted(sizes):
-                await batcher.call(lambda n=size: run([np.zeros((height, width, 3), np.uint8)] * n))
+                frames = [np.zeros((height, width, 3), np.uint8)] * size
+                await batcher.call(functools.partial(run, frames))
             app.state.ready = True
 
         warming = asyncio.get_running_loop().create_task(warm_up())

@@ -90,6 +90,7 @@ class MicroBatcher:
                     if error is not None:
                         future.set_exception(error)
                     else:
+                        assert results is not None
                         future.set_result(list(results[start : start + len(request)]))
                 start += len(request)
                 self.queue.task_done()
