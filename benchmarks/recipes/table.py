@@ -8,7 +8,7 @@ The committed figures and the docs pages are benchmarks/results/ and
 `python benchmarks/results/render.py`; this script prints the runs of one machine's runs/ folder
 beside them, to be added to a result file.
 
-    python benchmarks/recipes/table.py [--runs runs/recipes] [--plot benchmarks/recipes/minutes.png]
+    python benchmarks/recipes/table.py [--runs runs/recipes] [--plot /tmp/minutes.png]
 """
 
 from __future__ import annotations
