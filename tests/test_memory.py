@@ -16,6 +16,7 @@ from adps.engine.prior import fit_prior
 from adps.engine.runtime import OnnxRunner, load_torchscript
 from adps.errors import AdpsError
 from adps.export import export_onnx, export_torchscript
+from adps.models import memory
 from adps.models.adps import ADPS
 from adps.models.memory import embed, greedy_coreset, nearest_distances
 
@@ -39,6 +40,32 @@ def test_coreset_equals_brute_force_greedy(n, dim, size):
     x = np.random.default_rng(n).normal(size=(n, dim))
     got = greedy_coreset(torch.from_numpy(x), size).tolist()
     assert got == brute_force_greedy(x, size)
+
+
+@pytest.mark.parametrize(
+    ("n", "dim", "size", "candidates"), [(300, 4, 60, 8), (500, 16, 120, 32), (400, 2, 400, 16)]
+)
+def test_coreset_in_rounds_equals_brute_force_greedy(monkeypatch, n, dim, size, candidates):
+    """With few candidates per round, most rounds stop early (a row outside the round could be
+    the farthest), so many rounds and distance updates run: the choice must still be plain
+    greedy's, row for row."""
+    monkeypatch.setattr(memory, "_CANDIDATES", candidates)
+    rounds = []
+    x = np.random.default_rng(n).normal(size=(n, dim))
+    got = greedy_coreset(torch.from_numpy(x), size, progress=rounds.append).tolist()
+    assert got == brute_force_greedy(x, size)
+    assert len(rounds) > size // candidates and rounds[-1] == size  # progress, round by round
+
+
+def test_coreset_covers_as_the_sequential_greedy_does():
+    """On float32 features the rounds may resolve near-ties differently from the one-row-at-a-
+    time loop; what matters, the coverage radius (the farthest row's distance to its nearest
+    chosen row), stays within 1% of brute force's."""
+    x = np.random.default_rng(7).standard_t(3, size=(3000, 24)).astype(np.float32)
+    ours = greedy_coreset(torch.from_numpy(x), 200).numpy()
+    radius = cdist(x, x[ours]).min(axis=1).max()
+    reference = cdist(x, x[brute_force_greedy(x.astype(np.float64), 200)]).min(axis=1).max()
+    assert radius <= 1.01 * reference
 
 
 def test_coreset_keeps_the_rare_feature():

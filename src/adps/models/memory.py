@@ -14,6 +14,7 @@ the prior's statistics on normal images, and the fusion with the PSM.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,8 @@ from torch import nn
 
 MEMORY_LEVELS = (1, 2)  # the teacher's stride-8 and stride-16 features (PatchCore's layers)
 PROJECTION_DIM = 128  # the coreset selection works on a random projection above this width
+_CANDIDATES = 1024  # rows a coreset round chooses among (greedy_coreset)
+_UPDATE_CHUNK = 65536  # rows per distance update of a coreset round: a 256 MiB block at 1024
 
 
 def embed(features: list[torch.Tensor], levels: tuple[int, ...] = MEMORY_LEVELS) -> torch.Tensor:
@@ -35,33 +38,66 @@ def embed(features: list[torch.Tensor], levels: tuple[int, ...] = MEMORY_LEVELS)
     return torch.cat(chosen, dim=1)
 
 
-def greedy_coreset(features: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+def greedy_coreset(
+    features: torch.Tensor, size: int, seed: int = 0, progress: Callable[[int], None] | None = None
+) -> torch.Tensor:
     """Indices of ``size`` rows chosen by greedy k-centre selection (PatchCore): start from row 0,
     then repeatedly take the row farthest from everything chosen so far. It keeps the rare
     features that random subsampling would drop, so the bank covers all of normal.
 
     Distances are squared Euclidean; above :data:`PROJECTION_DIM` channels they are taken on a
     seeded Gaussian random projection (Johnson-Lindenstrauss), which keeps the ranking and cuts
-    the cost. Each step is one matrix-vector product on the device and no host sync.
+    the cost.
+
+    The selection is the plain greedy one, computed in rounds so that the work is matrix
+    products rather than one pass over every row per chosen row: a round takes the
+    :data:`_CANDIDATES` rows farthest from the chosen set, runs the greedy steps among them
+    (their distances to each other are one small Gram matrix) for as long as the farthest
+    candidate is still at least as far as the nearest row left out of the round (so that no
+    row outside could have been the greedy choice), and then updates every row's distance to
+    the chosen set with one matrix product per chunk of rows. Ties aside, the result is the
+    sequential greedy's. ``progress`` is called with the number of rows chosen after each round.
     """
     n, dim = features.shape
     if not 0 < size <= n:
         raise ValueError(f"coreset size must be in 1..{n}, got {size}")
-    x = features.float() if features.dtype == torch.float16 else features
+    x = features.float() if features.dtype in (torch.float16, torch.bfloat16) else features
     if dim > PROJECTION_DIM:
         generator = torch.Generator().manual_seed(seed)
         projection = torch.randn(dim, PROJECTION_DIM, generator=generator, dtype=x.dtype)
         x = x @ (projection / PROJECTION_DIM**0.5).to(x.device)
     norms = x.pow(2).sum(dim=1)
     nearest = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
-    chosen = torch.zeros(size, dtype=torch.long, device=x.device)
-    index = torch.zeros((), dtype=torch.long, device=x.device)
-    for i in range(size):
-        chosen[i] = index
-        centre = x.index_select(0, index.view(1))[0]
-        distance = torch.addmv(norms, x, centre, alpha=-2) + centre.pow(2).sum()
-        nearest = torch.minimum(nearest, distance.clamp_min_(0))
-        index = nearest.argmax()
+
+    def update(centres: torch.Tensor) -> None:
+        # min_j |x - c_j|^2 = |x|^2 + min_j (|c_j|^2 - 2 x.c_j): one product per chunk of rows
+        c, c_norms = x[centres], norms[centres]
+        for start in range(0, n, _UPDATE_CHUNK):
+            rows = slice(start, start + _UPDATE_CHUNK)
+            d = torch.addmm(c_norms[None, :], x[rows], c.T, alpha=-2).amin(dim=1)
+            torch.minimum(nearest[rows], d.add_(norms[rows]).clamp_min_(0), out=nearest[rows])
+
+    chosen = torch.zeros(1, dtype=torch.long, device=x.device)
+    update(chosen)
+    while len(chosen) < size:
+        m = min(_CANDIDATES, n)
+        top, candidates = nearest.topk(min(m + 1, n))
+        bound = top[m] if m < n else top.new_tensor(-1.0)  # the farthest row left out
+        distance = top[:m].clone()
+        cx, c_norms = x[candidates[:m]], norms[candidates[:m]]
+        gram = (c_norms[:, None] + c_norms[None, :]).addmm_(cx, cx.T, alpha=-2).clamp_min_(0)
+        picked = []
+        while len(chosen) + len(picked) < size:
+            j = distance.argmax()
+            if picked and not distance[j] >= bound:
+                break  # a row outside the round could be farther now
+            picked.append(j)
+            torch.minimum(distance, gram[j], out=distance)
+        centres = candidates[torch.stack(picked)]
+        chosen = torch.cat([chosen, centres])
+        update(centres)
+        if progress is not None:
+            progress(len(chosen))
     return chosen
 
 
