@@ -21,6 +21,7 @@ from adps.errors import AdpsError
 
 SIZE = 64
 MODEL = ModelConfig(image_size=SIZE, k=4)
+PRIOR_MODEL = ModelConfig(image_size=SIZE, k=4, prior="memory", memory_size=32)
 GRID = np.linspace(0, 1, 1001)
 
 
@@ -88,7 +89,7 @@ def data(tmp_path_factory):
     )
 
 
-def budget_trainer(data, out, budget, clock, step_seconds=1.0, **overrides):
+def budget_trainer(data, out, budget, clock, step_seconds=1.0, model=MODEL, **overrides):
     config = TrainConfig(
         **{
             "epochs": 1,
@@ -103,7 +104,7 @@ def budget_trainer(data, out, budget, clock, step_seconds=1.0, **overrides):
         }
     )
     trainer = Trainer(
-        MODEL,
+        model,
         config,
         MVTecAD(data.parent, data.name, "train", size=SIZE),
         out,
@@ -139,6 +140,45 @@ def test_a_budget_ends_training_within_one_step_and_shapes_the_schedule(data, tm
     assert ckpt.training.seconds == pytest.approx(8.0) and ckpt.training.steps == 8
     # what ran, not the `epochs` the budget overrode
     assert ckpt.training.epochs == ckpt.train_config.epochs == 3
+
+
+def _slow_memory_fit(monkeypatch, clock, seconds):
+    """The memory's fit takes ``seconds`` of the fake clock."""
+    import adps.engine.train as train_module
+
+    real = train_module.fit_prior
+
+    def fit(*args, **kwargs):
+        clock.now += seconds
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "fit_prior", fit)
+
+
+def test_the_budget_counts_the_memory_fit(data, tmp_path, monkeypatch):
+    """The budget is the wall time from the start to model.pt: a fit of 3 s leaves 4.5 s of a
+    7.5 s budget to training, which then ends within one step of the budget, and the schedule
+    spans the 4.5 s (its warm-up is not spent on the fit)."""
+    clock = FakeClock()
+    _slow_memory_fit(monkeypatch, clock, 3.0)
+    start = clock.now
+    trainer, lrs = budget_trainer(data, tmp_path, 7.5, clock, model=PRIOR_MODEL)
+    result = trainer.fit()
+    assert result.steps == 5  # training at 0, 1, ..., 4 < 4.5 s
+    assert 0 <= (clock.now - start) - 7.5 < 1.0
+    assert lrs == pytest.approx([1e-4 * lr_factor(t / 4.5, trainer.config) for t in range(5)])
+    # the memory's fit is saved before training, so a resumed run does not redo it
+    assert Checkpoint.load(tmp_path / LAST).state["memory.bank"].shape[0] > 0
+
+
+def test_a_budget_spent_before_training_trains_one_step_and_says_why(
+    data, tmp_path, monkeypatch, capsys
+):
+    clock = FakeClock()
+    _slow_memory_fit(monkeypatch, clock, 10.0)
+    trainer, _ = budget_trainer(data, tmp_path, 7.5, clock, model=PRIOR_MODEL)
+    assert trainer.fit().steps == 1
+    assert "of the 8s budget; training one step only" in capsys.readouterr().out
 
 
 def test_resume_keeps_the_budgets_accounting(data, tmp_path):

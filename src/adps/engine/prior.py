@@ -21,7 +21,9 @@ from adps.engine.device import inference_batch_size
 from adps.models.adps import ADPS
 from adps.models.memory import embed, greedy_coreset
 
-_IMAGE_CHUNK = 8  # training images per distance block when scoring them leave-one-out
+# training images per distance block when scoring them leave-one-out: each holds a distance
+# per position and bank chunk (nearest_distances), 84 MB for two 640 x 256 images
+_IMAGE_CHUNK = 2
 _SCALE_QUANTILE = 0.999  # late fusion: 0.5 is "farther from normal than this share of normal"
 
 
@@ -89,19 +91,28 @@ def fit_prior(
     )
     n, c, h, w = embedding.shape
     features = embedding.permute(0, 2, 3, 1).reshape(-1, c)
+    del embedding  # the rows are a copy: keep one (features.view gives the maps back)
     sources = torch.arange(n, device=device).repeat_interleave(h * w)
-    chosen = greedy_coreset(features, min(model.config.memory_size, len(features)), seed)
+    size = min(model.config.memory_size, len(features))
+    with tqdm(total=size, desc="memory coreset", unit="row", disable=not progress) as bar:
+        chosen = greedy_coreset(features, size, seed, progress=lambda k: bar.update(k - bar.n))
     memory.set_bank(features[chosen], sources[chosen])
 
     if holdout is None:  # leave-one-image-out: no image matches its own features
+        maps = features.view(n, h, w, c).permute(0, 3, 1, 2)
         prior = torch.cat(
             [
                 memory.distances(
-                    embedding[i : i + _IMAGE_CHUNK],
+                    maps[i : i + _IMAGE_CHUNK],
                     neighbors,
                     torch.arange(i, min(i + _IMAGE_CHUNK, n), device=device),
                 )
-                for i in range(0, n, _IMAGE_CHUNK)
+                for i in tqdm(
+                    range(0, n, _IMAGE_CHUNK),
+                    desc="memory stats",
+                    unit="chunk",
+                    disable=not progress,
+                )
             ]
         )
     else:

@@ -130,9 +130,10 @@ class Trainer:
         progress: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ):
+        self.clock = clock  # wall-clock seconds; tests pass a fake one
+        self.started = clock()  # a time budget counts from here: decoding and the memory too
         self.model_config, self.config = model_config, train_config
         self.out_dir = Path(out_dir)
-        self.clock = clock  # wall-clock seconds; tests pass a fake one
         self._init_process_group(device, progress)
         self._check_dataset(dataset)
         self._load_data(dataset, cache_dir)
@@ -142,6 +143,10 @@ class Trainer:
         self.start_epoch = 0
         self.step = 0  # optimiser steps done, over every session of this run
         self.elapsed = 0.0  # training seconds spent, over every session (the budget's account)
+        # seconds the budget spent outside training steps, over every session (decoding, the
+        # memory's fit), and those it keeps for the calibration after training (estimated)
+        self.overhead = 0.0
+        self.reserve = 0.0
         self.history: list[float] = []
 
     def _init_process_group(self, device: str, progress: bool) -> None:
@@ -256,6 +261,7 @@ class Trainer:
         return self.checkpoint(
             epoch,
             resume={
+                "overhead": self.overhead,
                 "optimizer": self.optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             },
@@ -280,6 +286,7 @@ class Trainer:
         torch.set_rng_state(ckpt.resume["rng"]["torch"])
         self.generator.set_state(ckpt.resume["rng"]["generator"])
         self.start_epoch = ckpt.training.epochs
+        self.overhead = float(ckpt.resume.get("overhead", 0.0))
         self.history = list(ckpt.training.history)
         # what earlier sessions learned from counts too, should the data have changed since
         self.fingerprint = ckpt.fingerprint | self.fingerprint
@@ -343,12 +350,31 @@ class Trainer:
         cfg = self.config
         if cfg.time_budget is None:
             return self.step / (cfg.epochs * self.steps_per_epoch)
-        value = (elapsed_before + self.clock() - session_start) / cfg.time_budget
+        value = (elapsed_before + self.clock() - session_start) / self.training_budget
         if self.dist.enabled:
             shared = torch.tensor([value], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(shared, 0)
             value = float(shared)
         return value
+
+    @property
+    def training_budget(self) -> float:
+        """The seconds of the time budget left for training steps: the budget is the user's wall
+        time from start to model.pt, so decoding, the memory's fit and the calibration after
+        training come out of it."""
+        assert self.config.time_budget is not None
+        return max(self.config.time_budget - self.overhead - self.reserve, 1e-9)
+
+    def _calibration_seconds(self) -> float:
+        """How long :meth:`calibrate` will take, from one timed batch of the hold-out."""
+        if self.holdout is None:
+            return 0.0
+        batch = 1 if self.tiling else self.config.batch_size
+        start = self.clock()
+        forward = tiled(TorchForward(self.model, self.device), self.model_config, batch)
+        infer(forward, self.holdout[:batch], self.device, batch)
+        self.model.train()
+        return (self.clock() - start) * math.ceil(len(self.holdout) / batch)
 
     def set_lr(self, progress: float) -> float:
         lr = self.config.lr * lr_factor(progress, self.config)
@@ -364,7 +390,9 @@ class Trainer:
         total = seconds / steps * (cfg.epochs * self.steps_per_epoch - self.step)
         message = (
             f"{cfg.epochs} epochs ({cfg.epochs * self.steps_per_epoch} steps) will take "
-            f"about {format_duration(total)} more on this machine"
+            f"about {format_duration(total)} more on this machine, "
+            f"{format_duration(total + self.overhead + self.reserve)} in all with decoding, the "
+            "memory's fit and calibration"
         )
         if self.device.type == "cpu" and total > 3600:
             message += (
@@ -402,7 +430,17 @@ class Trainer:
         cfg = self.config
         if self.model.memory is not None and not self.model.memory.fitted:  # resumed: last.pt
             self.fit_prior()
+            self.save(self.start_epoch)  # resumable from here on without fitting it again
         budget = cfg.time_budget
+        self.reserve = self._calibration_seconds()
+        self.overhead += self.clock() - self.started
+        outside = self.overhead + self.reserve
+        if budget is not None and outside >= budget and self.dist.is_main:
+            tqdm.write(
+                f"warning: decoding, the memory's fit and calibration take "
+                f"{format_duration(outside)} of the {format_duration(budget)} budget; "
+                "training one step only (give a larger budget, or a smaller --memory-size)"
+            )
         self.model.train()
         session_start = last_save = self.clock()
         elapsed_before, steps = self.elapsed, 0
@@ -417,7 +455,7 @@ class Trainer:
         else:
             bar = tqdm(
                 total=round(budget),
-                initial=round(min(self.elapsed, budget)),
+                initial=round(min(self.overhead + self.elapsed, budget)),
                 desc="train",
                 unit="s",
                 disable=not self.progress,
@@ -429,7 +467,7 @@ class Trainer:
             total, done_steps = torch.zeros((), device=self.device), 0
             for index in self.epoch_indices(epoch):
                 progress = self.training_progress(session_start, elapsed_before)
-                if budget is not None and progress >= 1.0:
+                if budget is not None and progress >= 1.0 and self.step > 0:
                     finished = True
                     break
                 lr = self.set_lr(progress)
@@ -451,8 +489,9 @@ class Trainer:
             if budget is None:
                 bar.update(1)
             else:
-                postfix["left"] = format_duration(budget - self.elapsed)
-                bar.update(round(min(self.elapsed, budget)) - bar.n)
+                spent = self.overhead + self.elapsed
+                postfix["left"] = format_duration(max(budget - spent, 0.0))
+                bar.update(round(min(spent, budget)) - bar.n)
             bar.set_postfix(postfix)
             last_epoch = finished or (budget is None and epoch == cfg.epochs)
             overdue = now - last_save > 60 * cfg.checkpoint_minutes

@@ -39,7 +39,10 @@ def embed(features: list[torch.Tensor], levels: tuple[int, ...] = MEMORY_LEVELS)
 
 
 def greedy_coreset(
-    features: torch.Tensor, size: int, seed: int = 0, progress: Callable[[int], None] | None = None
+    features: torch.Tensor,
+    size: int,
+    seed: int = 0,
+    progress: Callable[[int], object] | None = None,
 ) -> torch.Tensor:
     """Indices of ``size`` rows chosen by greedy k-centre selection (PatchCore): start from row 0,
     then repeatedly take the row farthest from everything chosen so far. It keeps the rare
@@ -86,7 +89,7 @@ def greedy_coreset(
         distance = top[:m].clone()
         cx, c_norms = x[candidates[:m]], norms[candidates[:m]]
         gram = (c_norms[:, None] + c_norms[None, :]).addmm_(cx, cx.T, alpha=-2).clamp_min_(0)
-        picked = []
+        picked: list[torch.Tensor] = []
         while len(chosen) + len(picked) < size:
             j = distance.argmax()
             if picked and not distance[j] >= bound:
