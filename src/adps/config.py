@@ -1,4 +1,5 @@
-"""Typed configs. Defaults are the paper's; every "OUR CHOICE" of the method spec is a field.
+"""Typed configs. Defaults are the paper's; every "OUR CHOICE" of the method (docs/method.md) is
+a field.
 
 Configs are frozen dataclasses: a model built from one cannot be told one thing and do another,
 and ``dataclasses.replace`` makes a changed copy. They serialise into checkpoints as dicts and
@@ -501,7 +502,7 @@ RECIPES: dict[str, Recipe] = {
     )
 }
 # measured ahead of "paper" per image seen and per minute, and the prior ahead of the PSM alone
-# on bottle and battery weld (README)
+# on bottle and battery weld (docs/benchmarks/accuracy.md)
 DEFAULT_RECIPE = "fast"
 
 

@@ -270,7 +270,7 @@ def export_openvino(
     :func:`export_onnx` converted by OpenVINO, the same metadata in its ``rt_info``. With
     ``verify`` the compiled model is run at batch 3 in f32 and compared with the eager model
     first. ``precision`` is the inference precision runners use by default (``bf16``: faster
-    on CPUs with native bf16, at the accuracy cost the README measures).
+    on CPUs with native bf16, at the accuracy cost docs/benchmarks/inference.md measures).
     """
     if precision not in ("f32", "bf16"):
         raise AdpsError(f"precision must be 'f32' or 'bf16', got {precision!r}")

@@ -1,4 +1,4 @@
-"""Image- and pixel-level anomaly-detection metrics (docs/metrics.md is the specification).
+"""Image- and pixel-level anomaly-detection metrics (docs/metrics.md defines them).
 
 Every metric is rank based, so all of them are read off ONE descending sort of the pooled scores:
 at each distinct score (a run of tied scores is one threshold, as in scikit-learn's

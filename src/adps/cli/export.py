@@ -43,8 +43,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=("f32", "bf16"),
         default="f32",
         help="openvino: the inference precision stored in the file (default f32, "
-        "the torch model's maps; bf16 is 2-3x faster on CPUs with native bf16, "
-        "maps within ~0.14, see the README)",
+        "the torch model's maps; bf16 is faster on CPUs with native bf16 and moves the "
+        "maps: docs/benchmarks/inference.md measures both)",
     )
     p.set_defaults(func=run)
 

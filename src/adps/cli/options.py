@@ -101,7 +101,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="OpenVINO's inference precision: f32 = torch's maps within 1e-3 "
         "(default for a checkpoint; an .xml export keeps its own); auto = "
-        "bf16 on CPUs with native bf16 (1.6x faster; scores move, so "
+        "bf16 on CPUs with native bf16 (faster; scores move, so "
         "calibrate with the same setting), else f32",
     )
 

@@ -1,7 +1,7 @@
 """DRAEM-style synthetic anomalies, generated batched on the images' device.
 
 ADPS trains on normal images only and learns to segment *synthetic* defects that follow DRAEM's
-``data_loader.py`` (ADPS-method.md, section 7): a thresholded, randomly rotated Perlin-noise blob is
+``data_loader.py`` (docs/method.md): a thresholded, randomly rotated Perlin-noise blob is
 filled with a photometrically augmented texture and blended into the image.
 
 DRAEM builds one sample at a time in NumPy/imgaug inside the data-loader workers. Here the whole

@@ -1,8 +1,8 @@
 """Fitting the late fusion of the PSM and the memory prior to one surface, from labelled defects.
 
-Which map should decide the ranking depends on the surface (README, "A memory of normal
-features"): where the synthetic defects resemble the real ones, the PSM's sharp map (a low prior
-exponent, a high boost); where they do not, the prior's (exponent 1, the default). Normal images
+Which map should decide the ranking depends on the surface (docs/benchmarks/memory-prior.md):
+where the synthetic defects resemble the real ones, the PSM's sharp map (a low prior exponent,
+a high boost); where they do not, the prior's (exponent 1, the default). Normal images
 cannot tell the two cases apart, and one fixed fusion measured below the PSM alone on one surface
 or below PatchCore on another. A few defective images with masks can: each (exponent, boost) of
 a small grid is scored by the mean of pixel AP and AUPRO on them, from PSM and prior maps that

@@ -1,4 +1,4 @@
-"""ADPS training losses (method spec section 6): distillation Eq. (7) + focal Eq. (8), Eq. (9)."""
+"""ADPS training losses (docs/method.md): distillation Eq. (7) + focal Eq. (8), Eq. (9)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ class BackboneSpec:
     to_encoder: Callable[[nn.Module], Encoder]
     load_pretrained: Callable[[nn.Module, str | None, bool], None]
     weights_hint: str  # how a user gets the weights, shown in errors
-    # OUR CHOICE (method spec section 5): the PSM's up-block widths for this family's channels
+    # OUR CHOICE (docs/method.md): the PSM's up-block widths for this family's channels
     psm_widths: tuple[int, int, int, int] = (128, 64, 32, 32)
     weights_package: str | None = None  # the installed module that ships the weights, if any
 
