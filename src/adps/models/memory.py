@@ -158,11 +158,11 @@ class MemoryPrior(nn.Module):
     maps, and it keeps the prior's ranking where the PSM is silent, which matters where the
     synthetic defects taught the PSM little (docs/benchmarks/memory-prior.md). The result is
     squashed to [0, 1) by ``1 - 2^(-r)``, with ``r`` the boosted prior over the prior's 99.9th
-    percentile on normal images, so the pixel threshold 0.5 keeps a meaning: farther from normal than almost
-    every normal pixel. ``exponent`` < 1 flattens the prior before the product, so the PSM's
-    sharper map decides more of the ranking: right where the synthetic defects resemble the
-    real ones, wrong where they do not, so it is fitted per surface on labelled defects
-    (engine/fusion.py).
+    percentile on normal images, so the pixel threshold 0.5 keeps a meaning: farther from normal
+    than almost every normal pixel. ``exponent`` < 1 flattens the prior before the product, so
+    the PSM's sharper map decides more of the ranking: right where the synthetic defects
+    resemble the real ones, wrong where they do not, so it is fitted per surface on labelled
+    defects (engine/fusion.py).
 
     Early fusion, :meth:`standardized`, gives the PSM the prior as an input, in units of its
     spread on normal images; in training each image is scored without its own bank entries
