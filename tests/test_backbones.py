@@ -1,3 +1,6 @@
+"""The teacher backbones (adps.models.backbones): feature shapes, strictly loaded weights and their
+normalisation, and clear errors for missing or wrong weight files."""
+
 import importlib.util
 
 import numpy as np

@@ -102,6 +102,8 @@ def entry_of(folder: Path) -> dict:
     return json.loads((folder / "metrics.json").read_text())["entry"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_benchmark_command_table_and_json(data, tmp_path, capsys, trained):
     second = make_demo_dataset(
         tmp_path / "second", size=SIZE, n_train=6, n_test_good=2, n_test_defect=2, seed=5
@@ -158,6 +160,8 @@ def test_benchmark_command_table_and_json(data, tmp_path, capsys, trained):
     assert capsys.readouterr().out.count("reusing") == 2
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp_path):
     out = tmp_path / "bench"
     assert (
@@ -193,6 +197,7 @@ def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp
     assert ckpt.training.seconds >= 2.0 and ckpt.training.steps >= 1
 
 
+@pytest.mark.integration
 def test_a_changed_setting_retrains_that_entry_and_only_that_one(
     data, copy_of_finished, trained, capsys
 ):
@@ -228,6 +233,7 @@ def test_a_changed_setting_retrains_that_entry_and_only_that_one(
         assert row["entry"]["identity"]["train"]["lr"] == float(Y_LR)
 
 
+@pytest.mark.integration
 def test_settings_that_do_not_change_the_numbers_reuse_both_entries(
     data, copy_of_finished, trained, tmp_path
 ):
@@ -237,6 +243,7 @@ def test_settings_that_do_not_change_the_numbers_reuse_both_entries(
     assert {name: snapshot(copy_of_finished / name) for name in before} == before
 
 
+@pytest.mark.integration
 def test_reuse_refuses_a_changed_setting_naming_the_entry_and_the_field(
     data, copy_of_finished, trained, capsys
 ):
@@ -252,6 +259,7 @@ def test_reuse_refuses_a_changed_setting_naming_the_entry_and_the_field(
     assert trained == []
 
 
+@pytest.mark.integration
 def test_a_new_adps_version_retrains(data, copy_of_finished, trained, capsys, monkeypatch):
     import adps.version
 
@@ -269,6 +277,7 @@ def test_a_new_adps_version_retrains(data, copy_of_finished, trained, capsys, mo
     assert (a / f"stale-{old_hash[:8]}" / "model.pt").is_file()
 
 
+@pytest.mark.integration
 def test_an_entry_from_before_the_check_counts_as_changed(data, copy_of_finished, trained, capsys):
     """Written by the adps that did not record its settings: no 'entry' block, no entry.json."""
     a = copy_of_finished / "surface"
@@ -287,6 +296,7 @@ def test_an_entry_from_before_the_check_counts_as_changed(data, copy_of_finished
     assert "entry" in json.loads((a / "metrics.json").read_text())
 
 
+@pytest.mark.integration
 def test_an_interrupted_entry_resumes_with_its_settings_and_restarts_with_others(
     data, copy_of_finished, trained
 ):

@@ -1,3 +1,6 @@
+"""Thresholds (adps.engine.calibrate): the false-alarm and F1 rules against brute force, their
+refusals, and calibration through `adps calibrate` and at the end of training."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -80,6 +83,8 @@ def test_f1_refuses_single_class_and_useless_models():
         f1_optimal_threshold(np.r_[np.zeros(5), np.ones(5)], np.r_[np.ones(5), np.zeros(5)])
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_calibrate_command_stores_threshold(tmp_path, capsys):
     """End to end: a tiny model, 100 normal images from the procedural generator."""
     import torch

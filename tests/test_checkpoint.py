@@ -176,6 +176,7 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_testing_on_training_images_is_refused_then_allowed(weld, trained, tmp_path, capsys):
     """The weld subset's test/good shares 4-+9_row0_17.png with train/good, byte for byte."""
     shared = "4-+9_row0_17.png"
@@ -204,6 +205,7 @@ def test_testing_on_training_images_is_refused_then_allowed(weld, trained, tmp_p
     assert Path(overlap["files"][0]["path"]).name == shared
 
 
+@pytest.mark.integration
 def test_a_folder_test_split_that_is_the_training_folder_is_refused(weld, trained, capsys):
     argv = [
         "test",
@@ -228,6 +230,7 @@ def test_a_folder_test_split_that_is_the_training_folder_is_refused(weld, traine
     assert f"of the {n_train} images were learned from" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_calibrating_on_training_images_is_refused_then_allowed(weld, trained, tmp_path, capsys):
     out = tmp_path / "calibrated.pt"
     argv = [
@@ -258,6 +261,7 @@ def test_calibrating_on_training_images_is_refused_then_allowed(weld, trained, t
     assert "image threshold" in calibrated.lineage[-1].change
 
 
+@pytest.mark.integration
 def test_calibrating_on_unseen_images_is_not_refused(weld, trained, tmp_path, capsys):
     fresh = tmp_path / "fresh"
     fresh.mkdir()

@@ -31,17 +31,32 @@ from adps.config import ModelConfig, SynthesisConfig, TrainConfig, from_dict, lo
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 README = ROOT / "README.md"
-PAGES = sorted(DOCS.rglob("*.md")) + [README]
+PAGES = [*sorted(DOCS.rglob("*.md")), README]
 sys.path.insert(0, str(DOCS))
 import hooks  # noqa: E402 (docs/hooks.py, the CLI reference generator)
 import screenshot  # noqa: E402 (docs/screenshot.py)
 
 # programs whose flags are not adps's (a code span that starts with one is not checked,
 # unless an `adps COMMAND` follows inside it)
-OTHER_PROGRAMS = {"pip", "python", "python3", "torchrun", "bash", "curl", "mkdocs", "chromium",
-                  "cp", "cat", "git", "apt-get", "ADPS_TOKEN=s3cret", "/usr/bin/time"}
-FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```",
-                   re.M | re.S)
+OTHER_PROGRAMS = {
+    "pip",
+    "python",
+    "python3",
+    "torchrun",
+    "bash",
+    "curl",
+    "mkdocs",
+    "chromium",
+    "cp",
+    "cat",
+    "git",
+    "apt-get",
+    "ADPS_TOKEN=s3cret",
+    "/usr/bin/time",
+}
+FENCE = re.compile(
+    r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S
+)
 INLINE = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
 FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
@@ -54,7 +69,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
 
 PARSER, COMMANDS = _parsers()
 ALL_FLAGS = set(PARSER._option_string_actions).union(
-    *(set(p._option_string_actions) for p in COMMANDS.values()))
+    *(set(p._option_string_actions) for p in COMMANDS.values())
+)
 
 
 def _code_snippets(text: str) -> list[str]:
@@ -79,17 +95,23 @@ def _flag_problems(snippet: str, bare: bool = True) -> list[str]:
         first = snippet.split()[0] if snippet.split() else ""
         if first in OTHER_PROGRAMS or not bare:
             return []
-        return [f"{flag!r} is no flag of any adps command" for flag in FLAG.findall(snippet)
-                if flag.startswith("--") and flag not in ALL_FLAGS]
+        return [
+            f"{flag!r} is no flag of any adps command"
+            for flag in FLAG.findall(snippet)
+            if flag.startswith("--") and flag not in ALL_FLAGS
+        ]
     for call in calls:
-        rest = re.split(r"\|\||&&|;|\|", snippet[call.start():])[0]
+        rest = re.split(r"\|\||&&|;|\|", snippet[call.start() :])[0]
         word = call[1]
         parser = COMMANDS.get(word, PARSER)
-        known = parser._option_string_actions if word in COMMANDS or word.startswith("-") \
-            else ALL_FLAGS
-        for flag in FLAG.findall(rest[len("adps"):]):
-            if flag not in known:
-                problems.append(f"adps {word}: no flag {flag!r}")
+        known = (
+            parser._option_string_actions if word in COMMANDS or word.startswith("-") else ALL_FLAGS
+        )
+        problems.extend(
+            f"adps {word}: no flag {flag!r}"
+            for flag in FLAG.findall(rest[len("adps") :])
+            if flag not in known
+        )
     return problems
 
 
@@ -105,12 +127,15 @@ def test_every_flag_the_docs_mention_exists():
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize(("snippet", "bad"), [
-    ("adps train --data d --no-such-flag", "--no-such-flag"),
-    ("adps predict x/ --model m.pt --epochs 3", "--epochs"),  # a train flag, not predict's
-    ("torchrun --nproc-per-node 2 adps train --resume --typo", "--typo"),
-    ("--tile-overlapp", "--tile-overlapp"),
-])
+@pytest.mark.parametrize(
+    ("snippet", "bad"),
+    [
+        ("adps train --data d --no-such-flag", "--no-such-flag"),
+        ("adps predict x/ --model m.pt --epochs 3", "--epochs"),  # a train flag, not predict's
+        ("torchrun --nproc-per-node 2 adps train --resume --typo", "--typo"),
+        ("--tile-overlapp", "--tile-overlapp"),
+    ],
+)
 def test_the_flag_check_catches_drift(snippet, bad):
     problems = _flag_problems(snippet)
     assert problems and all(bad in p for p in problems)
@@ -128,8 +153,11 @@ def test_the_cli_reference_covers_every_command_and_flag():
 
 # --------------------------------------------------------------------------- configs and tests
 
-CONFIGS = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig,
-           "SynthesisConfig": SynthesisConfig}
+CONFIGS = {
+    "ModelConfig": ModelConfig,
+    "TrainConfig": TrainConfig,
+    "SynthesisConfig": SynthesisConfig,
+}
 
 
 def test_every_config_field_is_on_the_method_page():
@@ -137,18 +165,24 @@ def test_every_config_field_is_on_the_method_page():
     lines = (DOCS / "method.md").read_text(encoding="utf-8").splitlines()
     missing = []
     for name, cls in CONFIGS.items():
-        for field in dataclasses.fields(cls):
-            if not any(f"`{name}.{field.name}`" in line
-                       or (f"`{name}." in line and f"`{field.name}`" in line) for line in lines):
-                missing.append(f"{name}.{field.name}")
+        missing.extend(
+            f"{name}.{field.name}"
+            for field in dataclasses.fields(cls)
+            if not any(
+                f"`{name}.{field.name}`" in line
+                or (f"`{name}." in line and f"`{field.name}`" in line)
+                for line in lines
+            )
+        )
     assert not missing, f"docs/method.md does not document {missing}"
 
 
 def test_every_config_field_the_docs_name_exists():
     wrong = []
     for page in PAGES:
-        for name, attr in re.findall(r"\b(ModelConfig|TrainConfig|SynthesisConfig)\.(\w+)",
-                                     page.read_text(encoding="utf-8")):
+        for name, attr in re.findall(
+            r"\b(ModelConfig|TrainConfig|SynthesisConfig)\.(\w+)", page.read_text(encoding="utf-8")
+        ):
             cls = CONFIGS[name]
             if attr not in {f.name for f in dataclasses.fields(cls)} and not hasattr(cls, attr):
                 wrong.append(f"{page.relative_to(ROOT)}: {name}.{attr}")
@@ -169,9 +203,12 @@ MARKED = re.compile(r"<!-- test -->\s*\n```(?P<lang>\w+)[^\n]*\n(?P<body>.*?)^``
 
 
 def _marked(lang: str) -> list[tuple[str, str]]:
-    return [(str(page.relative_to(ROOT)), block["body"]) for page in PAGES
-            for block in MARKED.finditer(page.read_text(encoding="utf-8"))
-            if block["lang"] == lang]
+    return [
+        (str(page.relative_to(ROOT)), block["body"])
+        for page in PAGES
+        for block in MARKED.finditer(page.read_text(encoding="utf-8"))
+        if block["lang"] == lang
+    ]
 
 
 def test_there_are_marked_examples():
@@ -184,20 +221,37 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PATH": path}
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize(("page", "body"), _marked("bash"))
 def test_marked_shell_examples_run(page, body, tmp_path):
     for line in body.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        result = subprocess.run(shlex.split(line, comments=True), cwd=tmp_path, env=_env(),
-                                capture_output=True, text=True, timeout=300, check=False)
+        result = subprocess.run(
+            shlex.split(line, comments=True),
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert result.returncode == 0, f"{page}: {line}\n{result.stdout}\n{result.stderr}"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("page", "body"), _marked("python"))
 def test_marked_python_examples_run(page, body, tmp_path):
-    result = subprocess.run([sys.executable, "-c", body], cwd=tmp_path, env=_env(),
-                            capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", body],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, f"{page}:\n{body}\n{result.stderr}"
 
 
@@ -230,21 +284,25 @@ def test_readme_headline_equals_the_result_files():
     rows = [r for r in comment[2].splitlines()[2:] if r.startswith("|")]
     assert len(rows) == len(sources) >= 1
     columns = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
-    for source, row in zip(sources, rows):
+    for source, row in zip(sources, rows, strict=True):
         file, run = source.split("#", 1)
         results = json.loads((ROOT / "benchmarks" / "results" / file).read_text("utf-8"))
         entry = next((r for r in results["rows"] if r["run"] == run), None)
         assert entry is not None, f"{file} has no run {run!r}"
-        cells = [c.strip() for c in row.strip("|").split("|")][-len(columns):]
+        cells = [c.strip() for c in row.strip("|").split("|")][-len(columns) :]
         assert [float(c) for c in cells] == [entry["metrics"][k] for k in columns], (source, row)
 
 
 # --------------------------------------------------------------------------- the site
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_site_builds_strictly_and_renders(tmp_path):
-    if importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") \
-            is None:
+    if (
+        importlib.util.find_spec("mkdocs") is None
+        or importlib.util.find_spec("mkdocstrings") is None
+    ):
         pytest.skip("the docs extra is not installed (pip install -e '.[docs]')")
     built = screenshot.build_site(tmp_path / "site")
     assert built.returncode == 0, built.stderr[-5000:]

@@ -231,6 +231,7 @@ def test_non_adps_torchscript_is_an_adps_error(tmp_path):
         load_torchscript(garbage)
 
 
+@pytest.mark.slow
 def test_onnx_dynamo_exporter(model, images, reference, tmp_path):
     path = export_onnx(model, tmp_path / "dynamo.onnx", exporter="dynamo")
     runner = OnnxRunner(path)
@@ -240,6 +241,7 @@ def test_onnx_dynamo_exporter(model, images, reference, tmp_path):
     _assert_parity(*runner(x[1:4]), reference, slice(1, 4))
 
 
+@pytest.mark.slow
 def test_the_image_score_and_psm_stride_travel_inside_the_graph(images, tmp_path):
     """A model with the top-mean image score and the PSM at stride 2 exports with both inside
     the graph: ONNX scores and maps equal the eager model's, and the metadata names them."""
@@ -313,6 +315,7 @@ def test_openvino_errors_name_the_file(tmp_path, onnx_uint8):
         OpenVinoRunner(tmp_path / "plain.xml")
 
 
+@pytest.mark.slow
 def test_openvino_bf16_precision_travels_in_the_file(checkpoint_path, images, reference, tmp_path):
     pytest.importorskip("openvino")
     from adps.engine.runtime import OpenVinoRunner

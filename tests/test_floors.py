@@ -15,6 +15,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FLOORS = ROOT / ".ci" / "floors.py"
 
@@ -29,6 +31,7 @@ def _floors(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_every_dependency_has_a_floor_ci_pins():
     result = _floors(str(ROOT / "pyproject.toml"))
     assert result.returncode == 0, result.stderr
@@ -50,6 +53,7 @@ def test_requires_python_is_the_python_ci_runs():
     assert sys.version_info >= (3, 11)
 
 
+@pytest.mark.integration
 def test_a_requirement_without_a_floor_is_refused(tmp_path):
     bad = tmp_path / "pyproject.toml"
     bad.write_text(
@@ -73,3 +77,24 @@ def test_test_only_packages_are_not_imported_by_the_library():
         if pattern.search(path.read_text(encoding="utf-8"))
     ]
     assert not offenders
+
+
+@pytest.mark.integration
+def test_pre_commit_runs_the_checkers_ci_runs():
+    """.pre-commit-config.yaml pins ruff and mypy (and mypy's type stubs) to the dev extra's
+    floors, the versions .ci/run's static checks install, so a commit and CI agree."""
+    import yaml
+
+    result = _floors(str(ROOT / "pyproject.toml"))
+    assert result.returncode == 0, result.stderr
+    pins = dict(line.split("==") for line in result.stdout.split())
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    repos = {repo["repo"].rsplit("/", 1)[-1]: repo for repo in config["repos"]}
+    assert repos["ruff-pre-commit"]["rev"] == f"v{pins['ruff']}"
+    assert repos["mirrors-mypy"]["rev"] == f"v{pins['mypy']}"
+    (mypy_hook,) = repos["mirrors-mypy"]["hooks"]
+    stubs = [r for r in mypy_hook["additional_dependencies"] if r.lower().startswith("types-")]
+    assert stubs
+    for req in stubs:
+        name, floor = req.split(">=")
+        assert pins[name.lower()] == floor, req

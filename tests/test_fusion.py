@@ -200,6 +200,7 @@ def test_check_late_fusion_names_the_field(prior_model):
     check_late_fusion(prior_model)  # fitted and late: no error
 
 
+@pytest.mark.integration
 def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp_path, capsys):
     """The stored pair is the best of the grid by a brute force over the model's own fused maps
     (one model per pair); the threshold is set on the refitted model's scores; `adps info`
@@ -326,6 +327,8 @@ def test_calibrate_fits_the_fusion_then_the_threshold(prior_model, category, tmp
     assert "only read by --fit-fusion" in capsys.readouterr().err
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_tiled_model_is_fitted_on_its_tiles(tmp_path, tmp_path_factory, capsys):
     """A tiled model fuses each tile's maps before blending them, so its fit is on the tile
     grid of its frames (128 px frames, 64 px tiles: 4 per image); the stored pair is the best

@@ -1,3 +1,6 @@
+"""The ADPS model (adps.models.adps) and its losses (adps.engine.losses): shapes, the patch
+student, WMB fusion, the ablation variants, the blur and the image score, the frozen teacher."""
+
 import numpy as np
 import pytest
 import torch
@@ -41,6 +44,7 @@ def test_split_merge_round_trip_and_order():
     assert torch.equal(merge_patches(patches, 4), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split_after", [(), (1,)])
 def test_batched_patches_equal_separate_patch_forwards(split_after):
     k = 2 if split_after else 4
@@ -186,6 +190,7 @@ def test_top_mean_score_is_the_mean_of_the_highest_smoothed_pixels(share):
     assert torch.all(m.score(amap) <= paper + 1e-6)  # a mean of the top never exceeds the max
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_psm_output_stride_shapes_and_gradients(stride):
     torch.manual_seed(0)

@@ -1,3 +1,7 @@
+"""The predictor (adps.engine.predict, adps.load / adps.export.load_predictor) and `adps predict`
+(adps.cli.predict): every input kind, thresholds, inputs and refusals, exported graphs, the
+OpenVINO default and its cache, and sharding under torchrun."""
+
 import argparse
 import csv
 import json
@@ -52,6 +56,7 @@ def photo(tmp_path):
     return path, array
 
 
+@pytest.mark.slow
 def test_every_input_kind_gives_the_same_answer(trained, photo):
     checkpoint, _ = trained
     predictor = adps.load(checkpoint, device="cpu")
@@ -74,6 +79,7 @@ def test_every_input_kind_gives_the_same_answer(trained, photo):
         np.testing.assert_allclose(result.anomaly_map, reference.anomaly_map, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_grey_and_batch_inputs(trained, photo):
     checkpoint, _ = trained
     predictor = adps.load(checkpoint, device="cpu")
@@ -87,6 +93,7 @@ def test_grey_and_batch_inputs(trained, photo):
     assert results[0].score == pytest.approx(predictor(array).score, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_preprocessing_matches_the_dataset_path(trained):
     """The predictor on a file equals the model on the dataset's own decoded sample."""
     checkpoint, category = trained
@@ -102,6 +109,7 @@ def test_preprocessing_matches_the_dataset_path(trained):
     np.testing.assert_allclose([p.score for p in predictions], expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_decisions_follow_the_thresholds(trained, photo):
     checkpoint, _ = trained
     predictor = adps.load(checkpoint, device="cpu")
@@ -118,6 +126,7 @@ def test_decisions_follow_the_thresholds(trained, photo):
     assert predictor(photo[0]).defect_area == 0
 
 
+@pytest.mark.slow
 def test_bad_inputs_raise_clear_errors(trained, tmp_path):
     predictor = adps.load(trained[0], device="cpu")
     with pytest.raises(AdpsError, match="float images must lie in"):
@@ -128,6 +137,8 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
         predictor(tmp_path / "missing.png")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained, tmp_path, capsys):
     checkpoint, category = trained
     folder = tmp_path / "inputs"
@@ -178,6 +189,7 @@ def test_predict_command_writes_csv_masks_overlays_and_reports_failures(trained,
     assert len(payload["predictions"]) == 4
 
 
+@pytest.mark.slow
 def test_predict_with_nothing_to_read_is_an_error(trained, tmp_path):
     assert (
         main(
@@ -228,6 +240,7 @@ def test_input_discovery_folders_globs_and_recursion(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_every_refusal_names_its_cause(trained, tmp_path, capsys):
     """GIF, WebP and text files in a folder are counted and named; an empty file says empty;
     a 30000 x 30000 image is refused by --max-pixels (from its header), not by PIL's guard."""
@@ -313,6 +326,8 @@ def test_a_read_only_array_is_taken_without_a_warning():
     assert not array.flags.writeable  # the caller's array is left as it was
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_same_file_names_from_two_folders_get_distinct_outputs(trained, tmp_path):
     one, two = _png(tmp_path / "x" / "001.png", 10), _png(tmp_path / "y" / "001.png", 200)
     files, _, _ = collect_inputs(
@@ -342,6 +357,8 @@ def test_same_file_names_from_two_folders_get_distinct_outputs(trained, tmp_path
     assert [r["path"] for r in rows] == [str(one), str(two)]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_onnx_and_torchscript_predictions_match_torch(trained, tmp_path):
     checkpoint, category = trained
     files = [r.image for r in MVTecAD(category.parent, category.name, "test", size=SIZE).records]
@@ -368,6 +385,8 @@ def test_default_inference_batch_size():
         inference_batch_size(cpu, 0)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_torchrun_shards_the_inputs_and_writes_one_merged_table(trained, tmp_path, free_port):
     """`torchrun --nproc-per-node 2 adps predict`: each rank scores a disjoint half, rank 0
     writes one CSV/JSON in input order, equal to the single-process one, and reports a failed
@@ -447,6 +466,7 @@ def _weld_files(n: int = 3) -> list:
     return sorted((WELD / "test/defective").glob("*.png"))[:n]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_runs_on_openvino_by_default_converted_once(
     trained, monkeypatch, conversion_cache
 ):
@@ -491,6 +511,7 @@ def test_a_checkpoint_runs_on_openvino_by_default_converted_once(
     assert again(files[0]).score == pytest.approx(torch_run(files[0]).score, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_a_changed_checkpoint_is_converted_again(trained, tmp_path, conversion_cache):
     pytest.importorskip("openvino")
     checkpoint, _ = trained
@@ -505,6 +526,7 @@ def test_a_changed_checkpoint_is_converted_again(trained, tmp_path, conversion_c
     assert len(new) == 1 and predictor.thresholds.image == 0.25
 
 
+@pytest.mark.slow
 def test_without_openvino_a_checkpoint_runs_in_torch(trained, monkeypatch):
     import sys
 
@@ -517,6 +539,7 @@ def test_without_openvino_a_checkpoint_runs_in_torch(trained, monkeypatch):
         adps.load(checkpoint, device="cpu", backend="onnx")
 
 
+@pytest.mark.slow
 def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(trained, tmp_path, monkeypatch):
     pytest.importorskip("openvino")
     checkpoint, _ = trained
@@ -529,6 +552,8 @@ def test_an_unwritable_cache_falls_back_to_torch_with_a_warning(trained, tmp_pat
         adps.load(checkpoint, device="cpu", backend="openvino")
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_predict_command_takes_the_backend_and_says_which_ran(trained, tmp_path):
     pytest.importorskip("openvino")
     checkpoint, _ = trained

@@ -341,6 +341,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(
     _CHROMIUM is None,
     reason="chromium is not installed (apt-get install "
@@ -379,6 +380,7 @@ def test_report_renders_in_headless_chromium(tmp_path, surface):
 # --------------------------------------------------------------------------- the command
 
 
+@pytest.mark.integration
 def test_report_command_end_to_end(tmp_path, surface, capsys):
     from adps.cli import report
     from adps.config import ModelConfig

@@ -87,6 +87,8 @@ def png(path: Path) -> bytes:
 # ---------------------------------------------------------------------------- the endpoints
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_health_and_model(client, model_path):
     health = client.get("/v1/health").json()
     assert health["status"] == "ready" and health["model_id"].startswith("model.pt@")
@@ -96,6 +98,8 @@ def test_health_and_model(client, model_path):
     assert client.get("/openapi.json").json()["paths"]["/v1/predict"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_predict_answers_equal_adps_predict_digit_for_digit(client, model_path, tmp_path):
     code = cli_main(
         [
@@ -124,6 +128,8 @@ def test_predict_answers_equal_adps_predict_digit_for_digit(client, model_path, 
         assert answer["threshold"]["source"] == "calibrated" and answer["milliseconds"] > 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_multipart_files_give_a_list_in_order(client):
     singles = [
         client.post("/v1/predict", content=png(p), headers={"Content-Type": "image/png"}).json()
@@ -137,6 +143,8 @@ def test_multipart_files_give_a_list_in_order(client):
     assert isinstance(one.json(), dict) and one.json()["score"] == singles[0]["score"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_outputs_mask_and_overlay_are_pngs_at_the_image_size(client, model_path):
     answer = client.post(
         "/v1/predict?outputs=mask,overlay",
@@ -160,6 +168,8 @@ def _truncated() -> bytes:
     return data[: len(data) // 2]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "message"),
     [
@@ -180,6 +190,8 @@ def test_bad_bodies_get_a_4xx_that_names_the_problem(client, body, content_type,
     assert ok.status_code == 200  # the server goes on
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_limits_on_pixels_size_files_and_outputs(model_path):
     with client_for(model_path, max_pixels=50_000, max_body_bytes=400_000, max_files=2) as c:
         wait_ready(c)
@@ -197,6 +209,8 @@ def test_limits_on_pixels_size_files_and_outputs(model_path):
         assert unknown.status_code == 400 and "heatmap" in unknown.json()["error"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_huge_image_is_refused_by_our_limit_not_by_pils_guard(client):
     """900 MP is over PIL's decompression-bomb guard too; the answer must name --max-pixels."""
     for files, content in (
@@ -217,6 +231,8 @@ def test_a_huge_image_is_refused_by_our_limit_not_by_pils_guard(client):
     assert "wide.png" in error  # a multipart file is named
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_model_failure_is_a_500_and_the_next_request_succeeds(model_path):
     predictor = load(model_path, "cpu")
     armed = threading.Event()  # set once the warm-up is over
@@ -239,6 +255,8 @@ def test_a_model_failure_is_a_500_and_the_next_request_succeeds(model_path):
         assert good.status_code == 200
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_a_full_queue_answers_503_with_retry_after(model_path, monkeypatch):
     async def busy(self, items):
         raise Busy()
@@ -256,6 +274,8 @@ def test_a_full_queue_answers_503_with_retry_after(model_path, monkeypatch):
 # -------------------------------------------------------------------------------- the token
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_the_token_guards_every_endpoint_but_health(model_path):
     with client_for(model_path, token="s3cret") as c:
         wait_ready(c)
@@ -341,6 +361,8 @@ def test_stop_finishes_what_is_queued():
 # ------------------------------------------------------------------ the real server, the page
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_adps_serve_answers_and_sigterm_finishes_the_request_in_flight(model_path, free_port):
     import httpx
 
@@ -427,6 +449,8 @@ window.addEventListener("load", async () => {
 </script>"""
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.skipif(
     _CHROMIUM is None,
     reason="chromium is not installed (apt-get install chromium); CI installs it to check the page",

@@ -1,3 +1,6 @@
+"""Data specs (adps.data.spec, the data flags of adps.cli.options): every dataset layout gives the
+same spec from flags and from code, and an unknown layout says what is expected."""
+
 import argparse
 
 import pytest

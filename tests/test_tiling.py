@@ -255,6 +255,7 @@ def test_tiled_predictor_matches_its_onnx_export_at_the_original_size(tmp_path):
     assert abs(float(score) - torch_predictions[0].score) <= 1e-5
 
 
+@pytest.mark.slow
 def test_tiling_finds_small_defects_that_resizing_erases(tmp_path):
     """A 2048 x 2048 procedural surface with 8-pixel spots: the same model (tiles of 64 px at
     native resolution, vs the whole image resized to 64 px) localises them only when tiled."""

@@ -1,3 +1,7 @@
+"""Training (adps.engine.train) and evaluation (adps.engine.evaluate) end to end: checkpoints and
+exact resume, the loss and metrics files, DDP on two processes, and the CLI commands (`train`,
+`info`, `demo`, help and user errors)."""
+
 import json
 import os
 import subprocess
@@ -130,6 +134,7 @@ def test_training_refuses_bad_inputs(data, tmp_path):
         Trainer(MODEL, tiny_train(), wrong_size, tmp_path, device="cpu", progress=False)
 
 
+@pytest.mark.integration
 def test_loss_decreases_and_metrics_file(data, tmp_path):
     from adps.cli import main
 
@@ -235,6 +240,8 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_ddp_two_processes_on_gloo(data, tmp_path, free_port):
     """`torchrun --nproc-per-node 2 adps train` runs DDP on CPU (gloo); rank 0 alone writes, and
     both ranks end with identical weights (gradients were averaged every step)."""
@@ -322,6 +329,7 @@ def test_cli_reports_user_errors_cleanly(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_info_lists_backbones_and_datasets(capsys):
     from adps.cli import main
     from datapaths import WELD  # the battery-weld subset committed under tests/data
@@ -335,6 +343,8 @@ def test_info_lists_backbones_and_datasets(capsys):
     assert "cpu" in out
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_demo_command_end_to_end_short(tmp_path, capsys):
     """The README's main command, one epoch instead of thirty."""
     from adps.cli import main
@@ -382,6 +392,7 @@ def test_time_based_checkpoints_keep_long_epochs_safe(data, tmp_path):
     assert saved == [1, 2, 3]  # every epoch, although checkpoint_every is 100
 
 
+@pytest.mark.integration
 def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     """--prior memory: the bank is fitted after training (statistics on the held-out normal
     images), calibration sees the fused score, `adps info` reports the bank, and predict and
