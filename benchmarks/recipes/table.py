@@ -27,9 +27,14 @@ PRIOR_ROW = "fused, boost 2, memory 4096"  # bench_prior's row for the default p
 def recorded_peers() -> dict:
     """benchmarks/results/patchcore.json in this script's shape (fractions, by dataset)."""
     rows = json.loads((RESULTS / "patchcore.json").read_text())["rows"]
-    return {{"battery weld": "weld"}.get(r["dataset"], r["dataset"]):
-            {**{k: v / 100 for k, v in r["metrics"].items()}, "fit_seconds": r["fit_seconds"]}
-            for r in rows if not r.get("quoted")}
+    return {
+        {"battery weld": "weld"}.get(r["dataset"], r["dataset"]): {
+            **{k: v / 100 for k, v in r["metrics"].items()},
+            "fit_seconds": r["fit_seconds"],
+        }
+        for r in rows
+        if not r.get("quoted")
+    }
 
 
 def earlier_rows() -> list[dict]:
@@ -40,13 +45,20 @@ def earlier_rows() -> list[dict]:
         if "session" not in r:
             continue
         s = r["settings"]
-        recipe = (f"{s['lr_schedule']} lr {s['lr']:g}, batch {s['batch']}, "
-                  f"{'bf16' if s['precision'] == 'bf16' else 'fp32'}, PSM stride "
-                  f"{s['psm_stride']}, budget {r['budget_minutes']:g} min")
-        out.append({"run": f"{r['run']} (earlier session)",
-                    "dataset": "welding" if r["dataset"] == "battery weld" else r["dataset"],
-                    "minutes": float(r["train_minutes"]), "recipe": recipe,
-                    "metrics": {k: v / 100 for k, v in r["metrics"].items()}})
+        recipe = (
+            f"{s['lr_schedule']} lr {s['lr']:g}, batch {s['batch']}, "
+            f"{'bf16' if s['precision'] == 'bf16' else 'fp32'}, PSM stride "
+            f"{s['psm_stride']}, budget {r['budget_minutes']:g} min"
+        )
+        out.append(
+            {
+                "run": f"{r['run']} (earlier session)",
+                "dataset": "welding" if r["dataset"] == "battery weld" else r["dataset"],
+                "minutes": float(r["train_minutes"]),
+                "recipe": recipe,
+                "metrics": {k: v / 100 for k, v in r["metrics"].items()},
+            }
+        )
     return out
 
 
