@@ -538,7 +538,8 @@ def page_accuracy(d: Data, plots: dict) -> Page:
         f"- The prior's fit ({d.f('prior_costs', 'fit_weld_s')} s on weld, "
         f"{d.f('prior_costs', 'fit_bottle_min_low')} to "
         f"{d.f('prior_costs', 'fit_bottle_min_high')} minutes on bottle on a busy "
-        f"machine) comes before the budget and is not counted in it."
+        f"machine) came before the budget and was not counted in it in these runs; since "
+        f"2026-12-04 the budget counts it (see the memory fit below)."
     )
     p.add("\n".join(says) + "\n")
     p.add(caveats(rows, label=lambda r: f"{r['dataset']}, {r['label']}, seed {r['seed']}"))
