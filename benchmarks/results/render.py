@@ -646,6 +646,10 @@ def page_accuracy(d: Data, plots: dict) -> Page:
         p.uses("fingerprint")
         p.add("## What the overlap check costs\n")
         p.add(generic(d.docs["fingerprint"]))
+    if "memory_fit" in d.docs:
+        p.uses("memory_fit")
+        p.add("## The memory's fit\n")
+        p.add(generic(d.docs["memory_fit"]))
     return p
 
 
