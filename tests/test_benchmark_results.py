@@ -17,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks"
 ROW_FIELDS = ("run", "dataset", "settings", "seed", "machine", "command", "source")
-WELD_SPLIT = "published (7 training images in test/good)"
+# the weld test splits a row may be measured on: the published one, whose test/good holds 7
+# training images, or the disjoint one that benchmarks/splits/make_disjoint.py writes
+WELD_SPLITS = (
+    "published (7 training images in test/good)",
+    "disjoint (benchmarks/splits/battery_weld.json)",
+)
 TRANSCRIBED_FROM = "028ff55"  # README.md at this commit holds the tables transcribed
 
 
@@ -50,7 +55,7 @@ def test_result_files_have_the_required_fields():
                 "overlap_weld",
                 "memory_fit",
             ):
-                assert row.get("test_split") == WELD_SPLIT, f"{where}: no test_split"
+                assert row.get("test_split") in WELD_SPLITS, f"{where}: no known test_split"
 
 
 def test_committed_pages_are_what_the_generator_writes(tmp_path):

