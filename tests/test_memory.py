@@ -18,7 +18,12 @@ from adps.errors import AdpsError
 from adps.export import export_onnx, export_torchscript
 from adps.models import memory
 from adps.models.adps import ADPS
-from adps.models.memory import embed, greedy_coreset, nearest_distances
+from adps.models.memory import (
+    embed,
+    greedy_coreset,
+    leave_one_out_distances,
+    nearest_distances,
+)
 
 SMALL = {"image_size": 64, "k": 4}
 
@@ -121,6 +126,25 @@ def test_nearest_distances_leave_own_group_out():
         bank_groups=torch.from_numpy(b_groups),
     )
     np.testing.assert_allclose(_as_rows(got), want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("neighbors", "chunk"), [(1, 512), (1, 7), (3, 16)])
+def test_leave_one_out_distances_equal_brute_force(neighbors, chunk):
+    rng = np.random.default_rng(chunk)
+    rows, bank = rng.normal(size=(60, 5)), rng.normal(size=(45, 5))
+    groups, bank_groups = rng.integers(0, 4, 60), rng.integers(0, 4, 45)
+    d = cdist(rows, bank)
+    d[groups[:, None] == bank_groups[None, :]] = np.inf
+    want = np.sort(d, axis=1)[:, :neighbors].mean(axis=1)
+    done = []
+    got = leave_one_out_distances(
+        *map(torch.from_numpy, (rows, groups, bank, bank_groups)),
+        neighbors,
+        chunk,
+        progress=done.append,
+    )
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-9)
+    assert done[-1] == len(rows) and len(done) == -(-len(rows) // chunk)
 
 
 def test_embedding_is_3x3_mean_and_upsampled_concatenation():

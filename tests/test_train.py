@@ -19,7 +19,7 @@ from adps.engine.calibrate import threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
-from adps.engine.train import LAST, Trainer, holdout_indices, train
+from adps.engine.train import LAST, Trainer, holdout_indices, micro_batches, train
 from adps.errors import AdpsError
 from adps.metrics import METRIC_KEYS
 
@@ -117,6 +117,42 @@ def test_resume_continues_exactly(data, tmp_path, model):
     a = Checkpoint.load(straight.checkpoint).state
     b = Checkpoint.load(resumed.checkpoint).state
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("batch", "pixels", "limit", "parts"),
+    [(16, 256 * 256, 2**20, 1), (16, 640 * 256, 2**20, 4), (16, 300 * 300, 2**20, 2),
+     (6, 100, 250, 3), (3, 10**6, 1, 3), (16, 10**6, None, 1)],
+)  # fmt: skip
+def test_micro_batches_are_the_fewest_equal_parts_under_the_limit(batch, pixels, limit, parts):
+    assert micro_batches(batch, pixels, limit) == parts
+
+
+def test_a_step_in_micro_batches_gives_the_whole_batch_gradient(data, tmp_path):
+    """The parts' gradients add up to the one-pass gradient (BatchNorm frozen, where the two
+    would legitimately differ: it normalises over what it sees), and so does the loss."""
+    steps = {}
+    for limit in (None, 2 * SIZE * SIZE):  # one pass; two parts of two images
+        trainer = Trainer(
+            MODEL,
+            tiny_train(micro_batch_pixels=limit, amp=False),
+            datasets(data),
+            tmp_path / str(limit),
+            device="cpu",
+            progress=False,
+        )
+        assert trainer.parts == (1 if limit is None else 2)
+        for module in trainer.model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        loss = trainer.train_step(torch.arange(4))
+        grads = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
+        steps[limit] = loss, grads
+    (whole, whole_grads), (parts, part_grads) = steps.values()
+    assert len(whole_grads) == len(part_grads) > 0
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-6)
+    for a, b in zip(part_grads, whole_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_resume_without_checkpoint_is_an_error(data, tmp_path):

@@ -427,6 +427,11 @@ class TrainConfig:
     # float32 elsewhere, where bf16 would be emulated and slower
     amp: bool = True
     channels_last: bool = True
+    # Training memory: a step's batch goes through the network in equal micro-batches of at most
+    # this many image pixels (images x height x width) whose gradients add up to the batch's, so
+    # activation memory stays bounded at any image size (BatchNorm sees the micro-batch). None:
+    # 2**19 on a CPU (8 images of 256 x 256, 2 of 640 x 256), no split on a GPU.
+    micro_batch_pixels: int | None = None
 
     _SECTION: ClassVar[str] = "train"
 
@@ -465,6 +470,7 @@ class TrainConfig:
         _number(self, "target_false_alarm_rate", gt=0, lt=1)
         _instance(self, "amp", bool, "true or false")
         _instance(self, "channels_last", bool, "true or false")
+        _number(self, "micro_batch_pixels", integer=True, ge=1, optional=True)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ _FIELDS = {
     "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"),
     "amp": ("train", "amp"),
+    "micro_batch_pixels": ("train", "micro_batch_pixels"),
     "prior": ("model", "prior"),
     "memory_size": ("model", "memory_size"),
     "tile_overlap": ("model", "tile_overlap"),
@@ -397,6 +398,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="train in float32 even where bf16 autocast is available (bf16 "
         f"autocast default {d['amp']})",
+    )
+    t.add_argument(
+        "--micro-batch-pixels",
+        type=int,
+        metavar="N",
+        help="bound training memory: each step's batch runs in equal parts of at most N image "
+        "pixels whose gradients add up to the batch's (default: 524288 on a CPU, no split "
+        "on a GPU)",
     )
     t.add_argument("--seed", type=int, help=f"random seed (default {d['seed']})")
     t.add_argument(

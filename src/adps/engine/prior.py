@@ -19,11 +19,8 @@ from tqdm import tqdm
 
 from adps.engine.device import inference_batch_size
 from adps.models.adps import ADPS
-from adps.models.memory import embed, greedy_coreset
+from adps.models.memory import embed, greedy_coreset, leave_one_out_distances
 
-# training images per distance block when scoring them leave-one-out: each holds a distance
-# per position and bank chunk (nearest_distances), 84 MB for two 640 x 256 images
-_IMAGE_CHUNK = 2
 _SCALE_QUANTILE = 0.999  # late fusion: 0.5 is "farther from normal than this share of normal"
 
 
@@ -83,15 +80,16 @@ def fit_prior(
     device = model.mean.device
     neighbors = model.config.memory_neighbors
 
-    embedding = torch.cat(
-        [
-            embed(model.teacher(model.normalize(batch)))
-            for batch in image_batches(images, device, batch_size, "memory", progress)
-        ]
-    )
-    n, c, h, w = embedding.shape
-    features = embedding.permute(0, 2, 3, 1).reshape(-1, c)
-    del embedding  # the rows are a copy: keep one (features.view gives the maps back)
+    # one (positions, channels) table filled batch by batch: the features are held once
+    features = torch.empty(0, device=device)
+    n, row = len(images), 0
+    for batch in image_batches(images, device, batch_size, "memory", progress):
+        embedding = embed(model.teacher(model.normalize(batch)))
+        b, c, h, w = embedding.shape
+        if not len(features):
+            features = torch.empty(n * h * w, c, device=device)
+        features[row : row + b * h * w] = embedding.permute(0, 2, 3, 1).reshape(-1, c)
+        row += b * h * w
     sources = torch.arange(n, device=device).repeat_interleave(h * w)
     size = min(model.config.memory_size, len(features))
     with tqdm(total=size, desc="memory coreset", unit="row", disable=not progress) as bar:
@@ -99,22 +97,17 @@ def fit_prior(
     memory.set_bank(features[chosen], sources[chosen])
 
     if holdout is None:  # leave-one-image-out: no image matches its own features
-        maps = features.view(n, h, w, c).permute(0, 3, 1, 2)
-        prior = torch.cat(
-            [
-                memory.distances(
-                    maps[i : i + _IMAGE_CHUNK],
-                    neighbors,
-                    torch.arange(i, min(i + _IMAGE_CHUNK, n), device=device),
-                )
-                for i in tqdm(
-                    range(0, n, _IMAGE_CHUNK),
-                    desc="memory stats",
-                    unit="chunk",
-                    disable=not progress,
-                )
-            ]
-        )
+        with tqdm(
+            total=len(features), desc="memory stats", unit="row", disable=not progress
+        ) as bar:
+            prior = leave_one_out_distances(
+                features,
+                sources,
+                memory.bank,
+                memory.sources,
+                neighbors,
+                progress=lambda k: bar.update(k - bar.n),
+            )
     else:
         prior = torch.cat(
             [

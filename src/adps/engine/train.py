@@ -12,6 +12,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from adps.errors import AdpsError
 from adps.models.adps import ADPS
 
 _PRIOR_TILES = 1024  # tiling: at most this many tiles of the frames go into the memory's fit
+_CPU_MICRO_BATCH_PIXELS = 2**19  # TrainConfig.micro_batch_pixels's default on a CPU
 _ANNOUNCE_AFTER = 3  # steps before the duration estimate (the first one includes warm-up)
 LAST = "last.pt"  # the resumable checkpoint (optimiser, progress, RNG states)
 FINAL = "model.pt"  # the deployable checkpoint (weights, configs, thresholds)
@@ -85,6 +87,17 @@ def random_crops(
     cols = (xs[:, None] + torch.arange(tw, device=dev))[:, None, None, :]
     channels = torch.arange(c, device=dev)[None, :, None, None]
     return images[index.view(b, 1, 1, 1), channels, rows, cols]
+
+
+def micro_batches(batch: int, image_pixels: int, limit: int | None) -> int:
+    """Into how many equal parts a step's ``batch`` is split: the fewest whose size divides the
+    batch and holds at most ``limit`` pixels (one image per part at the least; None: one)."""
+    if limit is None:
+        return 1
+    return next(
+        (p for p in range(1, batch + 1) if batch % p == 0 and batch // p * image_pixels <= limit),
+        batch,
+    )
 
 
 def holdout_indices(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -243,6 +256,11 @@ class Trainer:
             seed=cfg.seed,
         )
         self.local_batch = cfg.batch_size // self.dist.world_size
+        limit = cfg.micro_batch_pixels
+        if limit is None and self.device.type == "cpu":
+            limit = _CPU_MICRO_BATCH_PIXELS
+        h, w = self.model_config.size
+        self.parts = micro_batches(self.local_batch, h * w, limit)
         self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(self.images) / cfg.batch_size)
 
     # --- state ------------------------------------------------------------------------------
@@ -309,13 +327,26 @@ class Trainer:
         images = random_rotate(images, cfg.rotate_prob, 90.0, self.generator)
         images, masks = self.synthesizer(images, self.generator)
         images = images.contiguous(memory_format=self.memory_format)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
-            outputs = self.net(images, groups=index if self.model.early_prior else None)
-        loss, _ = adps_loss(outputs, masks, cfg, self.model_config.cos_eps)
+        early = self.model.early_prior  # the prior of each image leaves its own features out
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = torch.zeros((), device=self.device)
+        for part in range(self.parts):  # the losses are means: each part's share adds up
+            rows = slice(part * len(images) // self.parts, (part + 1) * len(images) // self.parts)
+            # under DDP, gradients are averaged across processes once, after the last part
+            last = part == self.parts - 1
+            sync = (
+                self.net.no_sync()
+                if isinstance(self.net, DistributedDataParallel) and not last
+                else nullcontext()
+            )
+            with sync:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+                    outputs = self.net(images[rows], groups=index[rows] if early else None)
+                part_loss, _ = adps_loss(outputs, masks[rows], cfg, self.model_config.cos_eps)
+                (part_loss / self.parts).backward()
+            loss += part_loss.detach() / self.parts
         self.optimizer.step()
-        return loss.detach()
+        return loss
 
     def epoch_indices(self, epoch: int) -> torch.Tensor:
         self.sampler.set_epoch(epoch)
