@@ -2,7 +2,11 @@
 (compare.py) needs: the test images' maps and the training images' leave-one-image-out prior.
 The prior is fitted exactly as training fits it (adps.engine.prior.fit_prior, memory 4096).
 
-    python benchmarks/prior_fusion/dump.py MODEL.pt DATA CATEGORY|"" OUT.npz
+    python benchmarks/prior_fusion/dump.py MODEL.pt DATA CATEGORY|- OUT.npz [SPLIT_FILE]
+
+With the model's own memory (``prior == "memory"``, the default recipe's) the bank is kept as
+trained; otherwise a 4096-row memory is fitted. OUT.npz also holds the prior's statistics and
+the late fusion's settings, so the fused map can be rebuilt from the two maps.
 """
 
 import dataclasses
@@ -19,17 +23,22 @@ from adps.engine.prior import fit_prior
 from adps.models.adps import ADPS
 from adps.models.memory import embed
 
-model_path, data, category, out = sys.argv[1], sys.argv[2], sys.argv[3] or None, sys.argv[4]
+model_path, data, out = sys.argv[1], sys.argv[2], sys.argv[4]
+category = None if sys.argv[3] in ("", "-") else sys.argv[3]
+split_file = sys.argv[5] if len(sys.argv) > 5 else None
 ckpt = Checkpoint.load(model_path)
+own_memory = ckpt.model_config.prior == "memory"
 config = dataclasses.replace(ckpt.model_config, prior="memory", memory_size=4096)
 model = ADPS(config, pretrained=False)
-model.load_state_dict(ckpt.state, strict=False)  # the memory is fitted below
-size = config.image_size
-spec = DataSpec(data, category=category)
-train, _, _ = load_tensor_stack(spec.open("train", size), progress=False)
-test_set = spec.open("test", size)
+model.load_state_dict(ckpt.state, strict=own_memory)  # else the memory is fitted below
+size = config.size
+# image-level sets (screw) have no masks: their test images count as unmasked
+spec = DataSpec(data, category=category, split_file=split_file, masks_optional=True)
+train, _, _ = load_tensor_stack(spec.open("train", config.image_size), progress=False)
+test_set = spec.open("test", config.image_size)
 test, masks, labels = load_tensor_stack(test_set, progress=False)
-fit_prior(model, train)
+if not own_memory:
+    fit_prior(model, train)
 model.eval()
 
 
@@ -44,7 +53,7 @@ def maps(images: torch.Tensor, leave_own_out: bool):
         prior.append(
             F.interpolate(
                 model.memory.distances(embed(teacher), model.config.memory_neighbors, groups),
-                size=(size, size),
+                size=size,
                 mode="bilinear",
                 align_corners=False,
             )
@@ -63,4 +72,8 @@ np.savez_compressed(
     masks=masks[:, 0].numpy(),
     labels=labels.numpy(),
     has_mask=np.array([r.has_mask for r in test_set.records]),
+    stats=model.memory.stats.numpy(),
+    psm_boost=config.psm_boost,
+    prior_exponent=config.prior_exponent,
+    names=np.array([str(r.image) for r in test_set.records]),
 )
