@@ -43,6 +43,7 @@ from adps.errors import AdpsError
 Fusion = Literal["wmb", "diff", "conv"]
 Variant = Literal["full", "no_psm_wmb", "no_student", "no_teacher"]
 ImageScore = Literal["max", "top_mean"]
+ImageDecision = Literal["auto", "fused", "standardized"]
 LrSchedule = Literal["multistep", "cosine"]
 Prior = Literal["none", "memory"]
 
@@ -249,6 +250,17 @@ class ModelConfig:
     # of its highest ``score_top_share`` of pixels, which a few hot pixels cannot dominate.
     image_score: ImageScore = "max"
     score_top_share: float = 0.01
+    # OUR CHOICE (not in the paper): what decides pass/fail with the memory prior (late fusion).
+    # "fused": the image score of the fused map. "standardized": the memory's and the PSM's own
+    # image scores, each in standard deviations above its mean on normal images the model did
+    # not learn from (the memory's training images leave-one-image-out, the PSM's calibration
+    # hold-out, else its training images), summed with the PSM's weighted by
+    # ``decision_psm_weight``: the memory ranks parts unlike any normal one, the PSM those like
+    # the synthetic defects, and neither's scale swamps the other (benchmarks/decision).
+    # "auto": "standardized" where it applies (memory prior, late fusion, whole images), else
+    # "fused" (a tiled image is scored from its blended map).
+    image_decision: ImageDecision = "auto"
+    decision_psm_weight: float = 1.0
     # OUR CHOICE (not in the paper): "memory" adds a memory of the teacher's features of the
     # normal training images (PatchCore's idea); each position's distance to its nearest normal
     # features is a prior map, fused with the PSM as `prior_fusion` says. "none" is the paper's
@@ -281,6 +293,23 @@ class ModelConfig:
         """The model settings of recipe ``name`` (:data:`RECIPES`), with ``changes`` on top."""
         return cls(**{**recipe(name).model, **changes})
 
+    @property
+    def _standardizable(self) -> bool:
+        return (
+            self.prior == "memory"
+            and self.prior_fusion == "late"
+            and self.variant != "no_psm_wmb"
+            and not self.tiling
+        )
+
+    @property
+    def standardized_decision(self) -> bool:
+        """Whether the image score is the standardized sum of the memory's and the PSM's
+        (``image_decision``, "auto" resolved)."""
+        return self.image_decision == "standardized" or (
+            self.image_decision == "auto" and self._standardizable
+        )
+
     def __post_init__(self) -> None:
         _literals(self)
         _text(self, "backbone")  # whether it is a known one: adps.models.backbones.get_backbone
@@ -304,6 +333,7 @@ class ModelConfig:
         _number(self, "sigma", ge=0)
         _number(self, "cos_eps", gt=0)
         _number(self, "score_top_share", gt=0, le=1)
+        _number(self, "decision_psm_weight", ge=0)
         _number(self, "memory_size", integer=True, ge=1)
         _number(self, "memory_neighbors", integer=True, ge=1)
         _number(self, "psm_boost", ge=0)
@@ -317,6 +347,14 @@ class ModelConfig:
                 self.prior,
                 "'none' with variant 'no_teacher'",
                 " (the memory holds teacher features)",
+            )
+        if self.image_decision == "standardized" and not self._standardizable:
+            _fail(
+                _where(self, "image_decision"),
+                self.image_decision,
+                "'fused' or 'auto' here",
+                " (the standardized decision needs the memory prior with late fusion and a "
+                "PSM, on whole images: a tiled image is scored from its blended map)",
             )
         if self.prior_fusion == "early" and self.variant == "no_psm_wmb":
             _fail(_where(self, "prior_fusion"), self.prior_fusion, "'late' without a PSM")

@@ -28,7 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(models trained with --prior memory), the late fusion's prior exponent and "
         "PSM boost are first fitted to --defect-dir and its masks (--mask-dir): the "
         "pair with the best mean of pixel AP and AUPRO on them is stored, and the "
-        "threshold is set for the refitted model.",
+        "threshold is set for the refitted model. A model whose image score is the standardized "
+        "decision (--image-decision) first re-standardises the memory's and the PSM's scores on "
+        "--normal-dir, normal images the PSM did not learn from.",
     )
     add_inference_arguments(p, "checkpoint (model.pt)")
     add_backend_arguments(p)
@@ -98,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
             model_path = ckpt.save(Path(scratch) / args.model.name)
             assert ckpt.fusion_fit is not None  # fit_fusion sets it
             changes.append(f"late fusion fitted on {ckpt.fusion_fit.n_images} defective images")
+        if ckpt.model_config.standardized_decision and "memory.score_stats" in ckpt.state:
+            ckpt = refit_decision(args, ckpt)  # on images the PSM did not learn from
+            model_path = ckpt.save(Path(scratch) / args.model.name)
+            changes.append(f"decision statistics refitted on {len(normal)} normal images")
         chosen = calibrate(args, model_path, normal)
     changes.append(
         f"image threshold {chosen.threshold:.6g} set ({chosen.method}) on "
@@ -167,6 +173,27 @@ def calibrate(args: argparse.Namespace, model_path: Path, normal_images: list[Pa
     elif args.method == "f1":
         raise AdpsError("--method f1 needs labelled defective images (--defect-dir)")
     return chosen
+
+
+def refit_decision(args: argparse.Namespace, ckpt: Checkpoint) -> Checkpoint:
+    """``ckpt`` with the standardized decision's statistics fitted on ``--normal-dir``."""
+    from adps.data.cache import load_tensor_stack
+    from adps.data.datasets import Folder
+    from adps.engine.checkpoint import Checkpoint
+    from adps.engine.device import resolve_device
+    from adps.engine.prior import fit_decision
+
+    model = ckpt.model(resolve_device(args.device))
+    normal = Folder(
+        train_dir=args.normal_dir, split="train", recursive=True, size=model.config.size
+    )
+    images, _, _ = load_tensor_stack(normal, progress=not args.no_progress)
+    stats = fit_decision(model, images, images, args.batch_size, not args.no_progress)
+    print(
+        f"decision statistics on {len(images)} normal images: memory score "
+        f"{stats[0]:.4g} +- {stats[1]:.3g}, PSM score {stats[2]:.4g} +- {stats[3]:.3g}"
+    )
+    return ckpt.replace(state=Checkpoint.of(model).state)
 
 
 def fit_fusion(args: argparse.Namespace, ckpt: Checkpoint) -> Checkpoint:

@@ -79,6 +79,7 @@ def describe_checkpoint(path: Path) -> list[str]:
     """Lines that say what a checkpoint holds, read from it without building the model."""
     from adps.config import size_text
     from adps.engine.checkpoint import Checkpoint
+    from adps.models.memory import UNFITTED_SCORE_STATS
 
     ckpt = Checkpoint.load(path)
     m = ckpt.model_config
@@ -112,12 +113,25 @@ def describe_checkpoint(path: Path) -> list[str]:
             f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion"
         )
         if m.prior_fusion == "late":
-            fitted = ckpt.fusion_fit
-            source = f", fitted on {fitted.n_images} defective images" if fitted else ""
+            fusion = ckpt.fusion_fit
+            source = f", fitted on {fusion.n_images} defective images" if fusion else ""
             lines.append(
                 f"  late fusion: prior exponent {m.prior_exponent:g}, PSM boost "
                 f"{m.psm_boost:g}{source}"
             )
+        stats = ckpt.state.get("memory.score_stats")
+        if (
+            m.standardized_decision
+            and stats is not None
+            and tuple(stats.tolist()) != UNFITTED_SCORE_STATS
+        ):
+            lines.append(
+                f"  image score: memory's + {m.decision_psm_weight:g} x PSM's, standardized on "
+                f"normal images (memory {stats[0]:.4g} +- {stats[1]:.3g}, PSM {stats[2]:.4g} "
+                f"+- {stats[3]:.3g})"
+            )
+        else:
+            lines.append(f"  image score: {m.image_score} of the fused map")
     lines.append(f"  decision: {ckpt.thresholds.rule()}")
     lines += [
         f"  made from: {step.parent[:12]} ({step.change}, {step.when})" for step in ckpt.lineage

@@ -48,6 +48,8 @@ _FIELDS = {
     "psm_output_stride": ("model", "psm_output_stride"),
     "image_score": ("model", "image_score"),
     "score_top_share": ("model", "score_top_share"),
+    "image_decision": ("model", "image_decision"),
+    "decision_psm_weight": ("model", "decision_psm_weight"),
     "lr_schedule": ("train", "lr_schedule"),
     "warmup": ("train", "warmup"),
     "time_budget": ("train", "time_budget"),
@@ -293,6 +295,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="SHARE",
         help=f"share of pixels for --image-score top_mean (default {d['score_top_share']})",
+    )
+    m.add_argument(
+        "--image-decision",
+        choices=("auto", "fused", "standardized"),
+        help="what decides pass/fail with the memory prior: the image score of the fused map "
+        "(fused), or the memory's and the PSM's own image scores, each in standard deviations "
+        "above normal images, summed (standardized); auto = standardized with the memory "
+        f"prior's late fusion on whole images, else fused (default {d['image_decision']})",
+    )
+    m.add_argument(
+        "--decision-psm-weight",
+        type=float,
+        metavar="W",
+        help="standardized decision: the PSM's weight beside the memory's 1 "
+        f"(default {d['decision_psm_weight']})",
     )
     m.add_argument(
         "--prior",

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from adps.engine.device import inference_batch_size
@@ -124,4 +125,72 @@ def fit_prior(
     )
 
 
-__all__ = ["PriorFit", "fit_prior", "image_batches"]
+@torch.no_grad()
+def decision_scores(
+    model: ADPS,
+    images: torch.Tensor,
+    leave_own_out: bool,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(memory scores (N,), PSM scores (N,)): the two image scores that the standardized
+    decision combines, of ``images`` (N, 3, H, W) uint8. With ``leave_own_out`` the images are
+    the memory's source images, in its order, and each is scored without its own bank rows."""
+    memory = model.memory
+    assert memory is not None  # the standardized decision needs the memory prior
+    was_training, device = model.training, model.mean.device
+    model.eval()
+    neighbors, memory_scores, psm_scores, start = model.config.memory_neighbors, [], [], 0
+    for batch in image_batches(images, device, batch_size, "decision stats", progress):
+        psm_map, teacher = model.psm_map(batch)
+        assert teacher is not None  # the memory prior needs the teacher
+        groups = torch.arange(start, start + len(batch), device=device) if leave_own_out else None
+        prior = F.interpolate(
+            memory.distances(embed(teacher), neighbors, groups),
+            size=batch.shape[-2:],
+            mode="bilinear",
+            align_corners=False,
+        )
+        memory_scores.append(model.score(prior))
+        psm_scores.append(model.score(psm_map))
+        start += len(batch)
+    model.train(was_training)
+    return torch.cat(memory_scores), torch.cat(psm_scores)
+
+
+def fit_decision(
+    model: ADPS,
+    images: torch.Tensor,
+    holdout: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Fits the standardized decision's statistics (``MemoryPrior.score_stats``) after training
+    and returns them: the memory's and the PSM's image scores on normal images the model did
+    not learn from, the ``holdout`` where there is one; else the training ``images`` (N, 3, H, W)
+    uint8, the memory's sources in its order, each scored leave-one-image-out by the memory.
+
+    The PSM has learned from its training images, so there its scores are lower and tighter
+    than on new normal images: its standardised score runs high on new parts, which weights
+    it up a little; a hold-out (``TrainConfig.calibration_holdout``) or ``adps calibrate`` on
+    a folder of normal images avoids that.
+    """
+    if model.memory is None:
+        raise ValueError("the model has no memory prior (config.prior is 'none')")
+    source = images if holdout is None else holdout
+    if len(source) < 2:
+        raise ValueError(
+            f"the decision's statistics need 2 normal images or more, got {len(source)}"
+        )
+    memory_scores, psm_scores = decision_scores(
+        model, source, holdout is None, batch_size, progress
+    )
+    stats = torch.stack(
+        [memory_scores.mean(), memory_scores.std(), psm_scores.mean(), psm_scores.std()]
+    )
+    stats[1::2] = stats[1::2].clamp_min(1e-6)  # a constant score standardises to 0, not inf
+    model.memory.set_score_stats(stats)
+    return stats
+
+
+__all__ = ["PriorFit", "decision_scores", "fit_decision", "fit_prior", "image_batches"]

@@ -33,7 +33,7 @@ from adps.engine.device import cpu_has_bf16, resolve_device
 from adps.engine.distributed import DistContext, init_distributed, shutdown_distributed
 from adps.engine.inference import TorchForward, infer
 from adps.engine.losses import adps_loss
-from adps.engine.prior import fit_prior
+from adps.engine.prior import fit_decision, fit_prior
 from adps.engine.schedule import format_duration, lr_factor
 from adps.engine.tiling import Tiling, grid_tiles, tiled
 from adps.errors import AdpsError
@@ -358,6 +358,16 @@ class Trainer:
             .to(self.device)
         )
 
+    @property
+    def decides_standardized(self) -> bool:
+        return self.model.memory is not None and self.model_config.standardized_decision
+
+    def fit_decision(self) -> None:
+        """The standardized decision's statistics, after training: the PSM's scores are those
+        of the trained PSM (engine/prior.py, fit_decision)."""
+        fit_decision(self.model, self.images, self.holdout, self.config.batch_size, self.progress)
+        self.model.train()
+
     def calibrate(self) -> Thresholds:
         """Image threshold from the held-out normal images (none held out: uncalibrated)."""
         if self.holdout is None:
@@ -397,15 +407,19 @@ class Trainer:
         return max(self.config.time_budget - self.overhead - self.reserve, 1e-9)
 
     def _calibration_seconds(self) -> float:
-        """How long :meth:`calibrate` will take, from one timed batch of the hold-out."""
-        if self.holdout is None:
-            return 0.0
+        """How long :meth:`fit_decision` and :meth:`calibrate` will take, from one timed batch
+        of the images they read (the hold-out, else the training images)."""
         batch = 1 if self.tiling else self.config.batch_size
+        read = [] if self.holdout is None else [self.holdout]  # calibration
+        if self.decides_standardized:
+            read.append(self.images if self.holdout is None else self.holdout)
+        if not read:
+            return 0.0
         start = self.clock()
         forward = tiled(TorchForward(self.model, self.device), self.model_config, batch)
-        infer(forward, self.holdout[:batch], self.device, batch)
+        infer(forward, read[0][:batch], self.device, batch)
         self.model.train()
-        return (self.clock() - start) * math.ceil(len(self.holdout) / batch)
+        return (self.clock() - start) * sum(math.ceil(len(x) / batch) for x in read)
 
     def set_lr(self, progress: float) -> float:
         lr = self.config.lr * lr_factor(progress, self.config)
@@ -537,6 +551,8 @@ class Trainer:
         if self.dist.is_main:
             # what ran: under a time budget the budget decided the epochs, not cfg.epochs
             ran = cfg if budget is None else dataclasses.replace(cfg, epochs=max(epoch, 1))
+            if self.decides_standardized:
+                self.fit_decision()
             self.checkpoint(epoch, thresholds=self.calibrate()).replace(train_config=ran).save(
                 final
             )

@@ -139,7 +139,10 @@ class ADPS(nn.Module):
     ``forward(images)`` takes (B, 3, H, W) images in [0, 1]. In training mode it returns a dict
     with the PSM ``logits`` (B, 2, H, W) and the per-level ``teacher``/``student`` features (for
     the distillation loss); in eval mode it returns ``(anomaly_map, score)``: the anomalous-class
-    probability (B, 1, H, W) and the image score (B,) of :meth:`score`. With the memory prior
+    probability (B, 1, H, W) and the image score (B,): :meth:`score` of the map, or with the
+    memory prior's standardized decision (``config.standardized_decision``, fitted by
+    adps.engine.prior.fit_decision) :meth:`MemoryPrior.decide` of the prior's and the PSM's
+    own scores. With the memory prior
     (``config.prior == "memory"``) and late fusion, the eval map is the PSM's probability mixed
     with the prior map (:meth:`MemoryPrior.fuse`) and training is the paper's; with early fusion
     the PSM takes the prior as an input, in training and in eval.
@@ -233,12 +236,18 @@ class ADPS(nn.Module):
         if self.training:
             return self._forward(images, groups)
         psm_map, teacher = self.psm_map(images)
-        if self.memory is not None and not self.early_prior:
-            with torch.autocast(images.device.type, enabled=False):  # distances in float32
-                c = self.config
-                prior = self.memory(teacher, images.shape[-2:], c.memory_neighbors)
-                psm_map = self.memory.fuse(psm_map, prior, c.psm_boost, c.prior_exponent)
-        return psm_map, self.score(psm_map)
+        if self.memory is None or self.early_prior:
+            return psm_map, self.score(psm_map)
+        with torch.autocast(images.device.type, enabled=False):  # distances in float32
+            c = self.config
+            prior = self.memory(teacher, images.shape[-2:], c.memory_neighbors)
+            fused = self.memory.fuse(psm_map, prior, c.psm_boost, c.prior_exponent)
+            if c.standardized_decision and self.memory.decision_fitted:
+                score = self.memory.decide(
+                    self.score(prior), self.score(psm_map), c.decision_psm_weight
+                )
+                return fused, score
+        return fused, self.score(fused)
 
     def psm_map(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
         """Eval: the PSM's anomaly map (B, 1, H, W) in float32, before any late fusion, and the

@@ -26,6 +26,11 @@ _CANDIDATES = 1024  # rows a coreset round chooses among (greedy_coreset)
 _UPDATE_CHUNK = 16384  # rows per distance update of a coreset round: a 64 MiB block at 1024
 
 
+# the standardized decision: score statistics that standardise nothing, before they are fitted
+UNFITTED_SCORE_STATS = (0.0, 1.0, 0.0, 1.0)
+UNCALIBRATED_Z = 3.0  # standardized_score's 0.5: this many standard deviations above normal
+
+
 def embed(features: list[torch.Tensor], levels: tuple[int, ...] = MEMORY_LEVELS) -> torch.Tensor:
     """(B, C, h, w) patch features at the finest chosen level: each level averaged over a 3 x 3
     neighbourhood (a little context, robust to a one-cell shift), coarser ones upsampled, all
@@ -207,6 +212,7 @@ class MemoryPrior(nn.Module):
     bank: torch.Tensor
     sources: torch.Tensor
     stats: torch.Tensor
+    score_stats: torch.Tensor
 
     def __init__(self, channels: int):
         super().__init__()
@@ -214,6 +220,12 @@ class MemoryPrior(nn.Module):
         self.register_buffer("sources", torch.zeros(0, dtype=torch.long))  # each row's image
         # the prior's mean, standard deviation and 99.9th percentile on normal images
         self.register_buffer("stats", torch.tensor([0.0, 1.0, 1.0]))
+        # the standardized decision (:meth:`decide`): mean and standard deviation of the
+        # memory's image score, then of the PSM's, on normal images the model did not learn from
+        self.register_buffer("score_stats", torch.tensor(UNFITTED_SCORE_STATS))
+        # plain data, so that an export traces one branch: models from before the standardized
+        # decision, and models whose statistics were never fitted, decide on the fused map
+        self.decision_fitted = False
 
     @property
     def fitted(self) -> bool:
@@ -224,7 +236,25 @@ class MemoryPrior(nn.Module):
             value = state_dict.get(prefix + name)
             if value is not None:
                 setattr(self, name, torch.empty_like(value, device=self.bank.device))
+        stats = state_dict.get(prefix + "score_stats")
+        if stats is None and prefix + "bank" in state_dict:
+            # a checkpoint from before the standardized decision: it loads unfitted
+            stats = state_dict[prefix + "score_stats"] = torch.tensor(UNFITTED_SCORE_STATS)
+        if stats is not None:
+            self.decision_fitted = tuple(stats.tolist()) != UNFITTED_SCORE_STATS
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def set_score_stats(self, stats: torch.Tensor) -> None:
+        """The standardized decision's statistics (:func:`standardized_score`), fitted by
+        adps.engine.prior.fit_decision."""
+        self.score_stats = stats.detach().float().to(self.bank.device)
+        self.decision_fitted = True
+
+    def decide(
+        self, memory_score: torch.Tensor, psm_score: torch.Tensor, psm_weight: float
+    ) -> torch.Tensor:
+        """The standardized decision (:func:`standardized_score`) with this memory's statistics."""
+        return standardized_score(memory_score, psm_score, self.score_stats, psm_weight)
 
     def set_bank(self, bank: torch.Tensor, sources: torch.Tensor) -> None:
         self.bank = bank.detach().float().to(self.bank.device).contiguous()
@@ -266,6 +296,26 @@ class MemoryPrior(nn.Module):
         return late_fusion(psm_map, prior_map / self.stats[2], boost, exponent)
 
 
+def standardized_score(
+    memory_score: torch.Tensor,
+    psm_score: torch.Tensor,
+    score_stats: torch.Tensor,
+    psm_weight: float = 1.0,
+) -> torch.Tensor:
+    """(B,) image scores in [0, 1) from the memory's and the PSM's (B,) image scores.
+
+    Each is standardised by its (mean, std) on normal images, ``score_stats`` =
+    (memory mean, memory std, PSM mean, PSM std); their sum, the PSM's weighted by
+    ``psm_weight``, divided by its standard deviation for independent unit-variance terms,
+    is ``z``. The score is ``sigmoid(z - 3)``: monotone in ``z`` (so it ranks, and a calibrated
+    threshold decides, as ``z`` does), and the uncalibrated threshold 0.5 (``Thresholds``)
+    sits three standard deviations above normal images.
+    """
+    m_mean, m_std, p_mean, p_std = score_stats.unbind()
+    z = (memory_score - m_mean) / m_std + psm_weight * (psm_score - p_mean) / p_std
+    return torch.sigmoid(z / math.sqrt(1 + psm_weight**2) - UNCALIBRATED_Z)
+
+
 def late_fusion(
     psm_map: torch.Tensor, scaled_prior: torch.Tensor, boost: float, exponent: float = 1.0
 ) -> torch.Tensor:
@@ -287,4 +337,5 @@ __all__ = [
     "late_fusion",
     "leave_one_out_distances",
     "nearest_distances",
+    "standardized_score",
 ]
