@@ -192,3 +192,58 @@ def test_the_decision_needs_the_memory_late_and_whole_images(images):
         ModelConfig(**SMALL, decision_psm_weight=-1)
     with pytest.raises(ValueError, match="2 normal images"):
         fit_decision(_model(), images[:6], holdout=images[6:7])
+
+
+@pytest.mark.integration
+def test_training_fits_the_decision_on_the_holdout_and_calibrate_refits_it(tmp_path, capsys):
+    """End to end: after training, the statistics are those of the held-out images (brute
+    force), the stored threshold is set on the standardized scores; `adps calibrate` then
+    re-standardises on its --normal-dir."""
+    from adps.cli import main
+    from adps.config import TrainConfig
+    from adps.data.cache import load_tensor_stack
+    from adps.data.datasets import MVTecAD
+    from adps.data.procedural import make_demo_dataset
+    from adps.engine.calibrate import threshold_for_false_alarm_rate
+    from adps.engine.train import Trainer, holdout_indices
+
+    category = make_demo_dataset(
+        tmp_path / "d", size=64, n_train=28, n_test_good=1, n_test_defect=1
+    )
+    dataset = MVTecAD(category.parent, category.name, "train", size=64)
+    others = dataset.records[16:]  # kept for adps calibrate
+    dataset.records = dataset.records[:16]
+    config = TrainConfig(
+        epochs=1, batch_size=4, steps_per_epoch=1, calibration_holdout=0.5,
+        target_false_alarm_rate=0.125,
+    )  # fmt: skip
+    model_config = ModelConfig(**SMALL, prior="memory", memory_size=200)
+    trainer = Trainer(model_config, config, dataset, tmp_path / "run", device="cpu", progress=False)
+    ckpt = Checkpoint.load(trainer.fit().checkpoint)
+    model = ckpt.model()
+    assert model.memory.decision_fitted
+    images, _, _ = load_tensor_stack(dataset, progress=False)
+    held_out = images[holdout_indices(len(images), config)[1]]
+    want = _reference_stats(*_reference_scores(model, held_out, leave_own_out=False))
+    # a PSM trained one step scores about 0.52 everywhere: its spread is float32 round-off
+    np.testing.assert_allclose(model.memory.score_stats.numpy(), want, rtol=2e-4, atol=1e-7)
+    with torch.no_grad():
+        _, scores = model(held_out.float() / 255)
+    assert ckpt.thresholds.image == pytest.approx(
+        threshold_for_false_alarm_rate(scores.numpy(), 0.125).threshold, rel=1e-5
+    )
+
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    for record in others:
+        (normal / record.image.name).write_bytes(record.image.read_bytes())
+    out = tmp_path / "calibrated.pt"
+    args = ["calibrate", "--model", str(tmp_path / "run" / "model.pt"), "--normal-dir"]
+    assert main([*args, str(normal), "--target-far", "0.1", "--out", str(out)]) == 0
+    assert "decision statistics on 12 normal images" in capsys.readouterr().out
+    refitted = Checkpoint.load(out).model()
+    every = MVTecAD(category.parent, category.name, "train", size=64)
+    others_images = load_tensor_stack(every, progress=False)[0][16:]
+    want = _reference_stats(*_reference_scores(refitted, others_images, leave_own_out=False))
+    np.testing.assert_allclose(refitted.memory.score_stats.numpy(), want, rtol=2e-4, atol=1e-7)
+    assert not np.allclose(want, model.memory.score_stats.numpy())
