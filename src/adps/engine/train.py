@@ -366,7 +366,6 @@ class Trainer:
         """The standardized decision's statistics, after training: the PSM's scores are those
         of the trained PSM (engine/prior.py, fit_decision)."""
         fit_decision(self.model, self.images, self.holdout, self.config.batch_size, self.progress)
-        self.model.train()
 
     def calibrate(self) -> Thresholds:
         """Image threshold from the held-out normal images (none held out: uncalibrated)."""
