@@ -194,10 +194,12 @@ def test_benchmark_with_a_time_budget_trains_each_entry_for_the_budget(data, tmp
     ckpt = Checkpoint.load(out / data.name / "model.pt")
     assert ckpt.train_config.time_budget == 2.0
     # ran until the budget was spent: training steps plus what came out of the budget before
-    # them (decoding, the memory's fit; last.pt keeps that account for a resume)
+    # them (decoding, the memory's fit) and what was set aside for after them (the decision's
+    # fit, calibration); last.pt keeps that account for a resume
     last = Checkpoint.load(out / data.name / "last.pt")
     assert last.resume is not None and ckpt.training.steps >= 1
-    assert last.training.seconds + last.resume["overhead"] >= 2.0
+    assert last.training.steps == ckpt.training.steps
+    assert last.training.seconds + last.resume["overhead"] + last.resume["reserve"] >= 2.0
 
 
 @pytest.mark.integration

@@ -181,6 +181,20 @@ def test_a_budget_spent_before_training_trains_one_step_and_says_why(
     assert "of the 8s budget; training one step only" in capsys.readouterr().out
 
 
+def test_a_budget_spent_as_an_epoch_begins_still_saves_the_end_state(data, tmp_path):
+    """Steps at 0..5 s fill two epochs of 3; the budget of 6 s is spent as the third begins,
+    before any of its steps: last.pt holds the end state although no epoch was due to save."""
+    clock = FakeClock()
+    trainer, _ = budget_trainer(data, tmp_path, 6.0, clock, checkpoint_every=10)
+    result = trainer.fit()
+    assert result.steps == 6 and result.epochs == 2
+    last = Checkpoint.load(tmp_path / LAST)
+    assert last.training.steps == 6 and last.training.epochs == 2
+    assert last.training.seconds + last.resume["overhead"] + last.resume["reserve"] >= 6.0
+    final = Checkpoint.load(result.checkpoint).state
+    assert all(torch.equal(final[k], last.state[k]) for k in final)
+
+
 def test_resume_keeps_the_budgets_accounting(data, tmp_path):
     straight, straight_lrs = budget_trainer(data, tmp_path / "a", 7.5, FakeClock())
     straight.fit()

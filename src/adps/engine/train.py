@@ -280,6 +280,8 @@ class Trainer:
             epoch,
             resume={
                 "overhead": self.overhead,
+                # the seconds set aside for the decision's fit and calibration after training
+                "reserve": self.reserve,
                 "optimizer": self.optimizer.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "generator": self.generator.get_state()},
             },
@@ -522,6 +524,9 @@ class Trainer:
                 if steps == _ANNOUNCE_AFTER:
                     self.announce_duration(steps, self.clock() - session_start)
             if done_steps == 0:
+                if finished:  # the budget ran out as an epoch began: last.pt gets the end state
+                    self.elapsed = elapsed_before + self.clock() - session_start
+                    self.save(epoch)
                 break
             epoch += 1
             mean_loss = float(total) / done_steps  # one host sync per epoch
