@@ -22,6 +22,7 @@ COMMANDS = (
     "benchmark",
     "predict",
     "calibrate",
+    "update",
     "report",
     "export",
     "serve",

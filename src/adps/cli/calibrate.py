@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             model_path = ckpt.save(Path(scratch) / args.model.name)
             assert ckpt.fusion_fit is not None  # fit_fusion sets it
             changes.append(f"late fusion fitted on {ckpt.fusion_fit.n_images} defective images")
-        if ckpt.model_config.standardized_decision and "memory.score_stats" in ckpt.state:
+        if ckpt.standardized_decision:
             ckpt = refit_decision(args, ckpt)  # on images the PSM did not learn from
             model_path = ckpt.save(Path(scratch) / args.model.name)
             changes.append(f"decision statistics refitted on {len(normal)} normal images")

@@ -6,6 +6,10 @@ import argparse
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adps.engine.checkpoint import Lineage
 
 DEFAULT_SEARCH = ("../shared/datasets", "datasets", "data")
 
@@ -133,10 +137,19 @@ def describe_checkpoint(path: Path) -> list[str]:
         else:
             lines.append(f"  image score: {m.image_score} of the fused map")
     lines.append(f"  decision: {ckpt.thresholds.rule()}")
-    lines += [
-        f"  made from: {step.parent[:12]} ({step.change}, {step.when})" for step in ckpt.lineage
-    ]
+    lines += [f"  made from: {lineage_text(step)}" for step in ckpt.lineage]
     return lines
+
+
+def lineage_text(step: Lineage) -> str:
+    """One lineage step in words: the parent's hash, what was done and when, and for an update
+    the images it learned from (their count and set hash) and what it changed."""
+    text = f"{step.parent[:12]} ({step.change}, {step.when})"
+    if step.images_added:
+        text += f"; {step.images_added} images added (set {(step.images_hash or '?')[:12]})"
+    if step.updated:
+        text += f"; updated: {', '.join(step.updated)}"
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,7 +65,8 @@ _FIELDS = {
 }
 
 
-def _duration(text: str) -> float:
+def duration(text: str) -> float:
+    """A duration flag's value in seconds (90s, 20m, 2h), for argparse's ``type``."""
     try:
         return parse_duration(text)
     except AdpsError as exc:  # argparse reports ArgumentTypeError as a usage error
@@ -382,7 +383,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--time-budget",
-        type=_duration,
+        type=duration,
         metavar="DURATION",
         help="train for this long (90s, 20m, 2h) instead of --epochs; warm-up and "
         f"decay scale with the budget (default {d['time_budget']})",

@@ -19,6 +19,7 @@ their pixels as well, so a pixel hash would not see them either.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,13 @@ def file_digests(paths: Sequence[str | Path]) -> list[str]:
         return [file_digest(p) for p in paths]
     with ThreadPoolExecutor(_WORKERS) as pool:
         return list(pool.map(file_digest, paths))
+
+
+def set_digest(digests: Iterable[str]) -> str:
+    """One SHA-256 (hex) for a set of content hashes, whatever their order or repeats: which
+    images a model update learned from, in a line of its lineage."""
+    text = "\n".join(sorted(set(digests)))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -184,4 +192,5 @@ __all__ = [
     "file_digest",
     "file_digests",
     "find_overlap",
+    "set_digest",
 ]

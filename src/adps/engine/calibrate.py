@@ -14,13 +14,24 @@ normal-only data does elsewhere) is never returned.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from adps.errors import AdpsError
 from adps.metrics import f1_max_threshold, image_metrics
+
+REFERENCE_SIZE = 4096  # normal scores kept at most; a larger set keeps this many quantiles
+
+
+def reference_scores(scores: np.ndarray) -> list[float]:
+    """The normal scores a calibration keeps: all of them sorted, or :data:`REFERENCE_SIZE`
+    evenly spaced quantiles (at (i + 0.5) / size) of more."""
+    ranked = np.sort(np.asarray(scores, np.float64).ravel())
+    if len(ranked) > REFERENCE_SIZE:
+        ranked = np.quantile(ranked, (np.arange(REFERENCE_SIZE) + 0.5) / REFERENCE_SIZE)
+    return [float(v) for v in ranked]
 
 
 @dataclass
@@ -32,6 +43,8 @@ class Calibration:
     target_false_alarm_rate: float | None = None
     n_defective: int = 0
     f1: float | None = None
+    # the normal images' scores, sorted (reference_scores): the drift watch's reference
+    normal_scores: list[float] | None = field(default=None, repr=False)
 
     @property
     def false_alarm_rate(self) -> float:
@@ -75,6 +88,20 @@ class Thresholds:
         """The image threshold in force: calibrated, else the pixel threshold."""
         return self.pixel if self.image is None else self.image
 
+    @property
+    def normal_scores(self) -> np.ndarray | None:
+        """The calibration's normal scores, sorted (None: not kept, an older calibration)."""
+        scores = (self.calibration or {}).get("normal_scores")
+        return None if scores is None else np.sort(np.asarray(scores, np.float64))
+
+    def summary(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the normal scores counted instead of listed (for reports)."""
+        data = self.to_dict()
+        cal = data.get("calibration")
+        if cal is not None and cal.get("normal_scores") is not None:
+            data["calibration"] = {**cal, "normal_scores": f"{len(cal['normal_scores'])} kept"}
+        return data
+
     def rule(self) -> str:
         """The decision rule as a sentence fragment, for CLI output and reports."""
         if self.image is None:
@@ -106,12 +133,12 @@ def _finite(scores, what: str) -> np.ndarray:
     return scores
 
 
-def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> Calibration:
-    """Lowest threshold whose false-alarm rate on ``normal_scores`` is at most ``target_rate``."""
+def check_calibration_size(n: int, target_rate: float) -> None:
+    """Refuses a target rate outside (0, 1), and ``n`` normal images too few to measure it
+    (fewer than ``ceil(1 / target_rate)``): what :func:`threshold_for_false_alarm_rate`
+    checks first, for callers that want to refuse before they score anything."""
     if not 0 < target_rate < 1:
         raise AdpsError(f"the target false-alarm rate must lie in (0, 1), got {target_rate}")
-    scores = _finite(normal_scores, "normal scores")
-    n = len(scores)
     needed = math.ceil(1 / target_rate - 1e-9)
     if n < needed:
         raise AdpsError(
@@ -119,6 +146,15 @@ def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> 
             f"{needed} are needed (one false alarm among them is the smallest rate they can "
             f"measure); give more normal images or a larger target rate"
         )
+
+
+def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> Calibration:
+    """Lowest threshold whose false-alarm rate on ``normal_scores`` is at most ``target_rate``."""
+    if not 0 < target_rate < 1:
+        raise AdpsError(f"the target false-alarm rate must lie in (0, 1), got {target_rate}")
+    scores = _finite(normal_scores, "normal scores")
+    n = len(scores)
+    check_calibration_size(n, target_rate)
     allowed = math.floor(target_rate * n + 1e-9)
     ranked = np.sort(scores)[::-1]
     kept = ranked[allowed]  # the highest score that must not be flagged
@@ -133,7 +169,12 @@ def threshold_for_false_alarm_rate(normal_scores, target_rate: float = 0.01) -> 
     if flagged >= n:  # cannot happen with the rule above; kept as the invariant users rely on
         raise AdpsError("calibration would flag every normal image; refusing")
     return Calibration(
-        threshold, "false_alarm_rate", n, flagged, target_false_alarm_rate=target_rate
+        threshold,
+        "false_alarm_rate",
+        n,
+        flagged,
+        target_false_alarm_rate=target_rate,
+        normal_scores=reference_scores(scores),
     )
 
 
@@ -170,4 +211,5 @@ def f1_optimal_threshold(labels, scores) -> Calibration:
         flagged,
         n_defective=n_defective,
         f1=image_metrics(labels, scores)["image_f1max"],
+        normal_scores=reference_scores(scores[labels == 0]),
     )

@@ -15,7 +15,7 @@ format (:data:`READABLE`) keep loading.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from adps.config import ModelConfig, TrainConfig, from_dict, to_dict
-from adps.data.fingerprint import Fingerprint
+from adps.data.fingerprint import Fingerprint, set_digest
 from adps.engine.calibrate import Thresholds
 from adps.engine.fusion import FusionFit
 from adps.errors import AdpsError
@@ -69,14 +69,42 @@ class TrainingRecord:
 
 @dataclass(frozen=True)
 class Lineage:
-    """One step from a parent model file to this one."""
+    """One step from a parent model file to this one.
+
+    A step that learned from new images (``adps update``) also records how many
+    (``images_added``), which (``images_hash``: :func:`adps.data.fingerprint.set_digest` of
+    their content hashes, so two models can be compared without the images) and what it changed
+    (``updated``, e.g. ``("memory", "threshold")``). Steps of files written before these fields
+    existed read with their defaults, and a step without them is written as before.
+    """
 
     parent: str  # SHA-256 of the parent checkpoint's file
     change: str  # what was done, in words
     when: str  # ISO 8601, UTC
+    images_added: int = 0
+    images_hash: str | None = None
+    updated: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, str]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"parent": self.parent, "change": self.change, "when": self.when}
+        if self.images_added or self.images_hash is not None:
+            data.update(images_added=self.images_added, images_hash=self.images_hash)
+        if self.updated:
+            data["updated"] = list(self.updated)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Lineage:
+        """From a stored step; keys a later version may add are ignored."""
+        images_hash = data.get("images_hash")
+        return cls(
+            str(data["parent"]),
+            str(data["change"]),
+            str(data["when"]),
+            int(data.get("images_added", 0)),
+            None if images_hash is None else str(images_hash),
+            tuple(str(v) for v in data.get("updated", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -111,11 +139,35 @@ class Checkpoint:
     def replace(self, **changes: Any) -> Checkpoint:
         return dataclasses.replace(self, **changes)
 
-    def derive(self, parent: str | Path, change: str, **changes: Any) -> Checkpoint:
+    def derive(
+        self,
+        parent: str | Path,
+        change: str,
+        *,
+        images: Collection[str] = (),
+        updated: Sequence[str] = (),
+        **changes: Any,
+    ) -> Checkpoint:
         """This checkpoint, read from the file ``parent``, changed by ``change`` (words) and
-        ``changes`` (fields), with the step recorded in its lineage."""
-        step = Lineage(file_sha256(parent), change, datetime.now(UTC).isoformat(timespec="seconds"))
+        ``changes`` (fields), with the step recorded in its lineage; with ``images`` (the
+        content hashes of the images this step learned from) their count and
+        :func:`set_digest`, with ``updated`` what the step changed."""
+        step = Lineage(
+            file_sha256(parent),
+            change,
+            datetime.now(UTC).isoformat(timespec="seconds"),
+            len(set(images)),
+            set_digest(images) if images else None,
+            tuple(updated),
+        )
         return self.replace(lineage=(*self.lineage, step), resume=None, **changes)
+
+    @property
+    def standardized_decision(self) -> bool:
+        """Whether the image score is the standardized decision whose statistics recalibration
+        refits: configured so, in a model from after that decision existed (a checkpoint
+        without ``memory.score_stats`` keeps deciding on the fused map)."""
+        return self.model_config.standardized_decision and "memory.score_stats" in self.state
 
     @property
     def preprocess(self) -> dict[str, Any]:
@@ -182,7 +234,7 @@ class Checkpoint:
                 fusion_fit=None if fusion is None else FusionFit.from_dict(fusion),
                 fingerprint=Fingerprint.from_dict(data.get("fingerprint")),
                 training=None if training is None else TrainingRecord.from_dict(training),
-                lineage=tuple(Lineage(**step) for step in data.get("lineage", ())),
+                lineage=tuple(Lineage.from_dict(step) for step in data.get("lineage", ())),
                 resume=data.get("resume"),
                 adps_version=str(data.get("adps_version", "?")),
             )

@@ -59,6 +59,56 @@ def _statistics(prior: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def image_features(
+    model: ADPS,
+    images: torch.Tensor,
+    batch_size: int | None = None,
+    progress: bool = False,
+    desc: str = "memory",
+) -> torch.Tensor:
+    """(N x h x w, C) embedded teacher features of ``images`` (N, 3, H, W) uint8, image by
+    image, each image's positions row-major: what the memory chooses its rows from."""
+    device = model.mean.device
+    # one (positions, channels) table filled batch by batch: the features are held once
+    features = torch.empty(0, device=device)
+    n, row = len(images), 0
+    for batch in image_batches(images, device, batch_size, desc, progress):
+        embedding = embed(model.teacher(model.normalize(batch)))
+        b, c, h, w = embedding.shape
+        if not len(features):
+            features = torch.empty(n * h * w, c, device=device)
+        features[row : row + b * h * w] = embedding.permute(0, 2, 3, 1).reshape(-1, c)
+        row += b * h * w
+    return features
+
+
+@torch.no_grad()
+def holdout_statistics(
+    model: ADPS, holdout: torch.Tensor, batch_size: int | None = None, progress: bool = False
+) -> torch.Tensor:
+    """The prior's statistics (mean, standard deviation, 99.9th percentile) on ``holdout``
+    (N, 3, H, W) uint8, normal images the bank does not hold, at the embedding's stride."""
+    memory = model.memory
+    assert memory is not None  # callers check
+    prior = torch.cat(
+        [
+            memory.distances(
+                embed(model.teacher(model.normalize(batch))), model.config.memory_neighbors
+            )
+            for batch in image_batches(
+                holdout, model.mean.device, batch_size, "memory stats", progress
+            )
+        ]
+    )
+    return _statistics(prior)
+
+
+def _coreset(features: torch.Tensor, size: int, seed: int, progress: bool) -> torch.Tensor:
+    with tqdm(total=size, desc="memory coreset", unit="row", disable=not progress) as bar:
+        return greedy_coreset(features, size, seed, progress=lambda k: bar.update(k - bar.n))
+
+
+@torch.no_grad()
 def fit_prior(
     model: ADPS,
     images: torch.Tensor,
@@ -81,20 +131,12 @@ def fit_prior(
     device = model.mean.device
     neighbors = model.config.memory_neighbors
 
-    # one (positions, channels) table filled batch by batch: the features are held once
-    features = torch.empty(0, device=device)
-    n, row = len(images), 0
-    for batch in image_batches(images, device, batch_size, "memory", progress):
-        embedding = embed(model.teacher(model.normalize(batch)))
-        b, c, h, w = embedding.shape
-        if not len(features):
-            features = torch.empty(n * h * w, c, device=device)
-        features[row : row + b * h * w] = embedding.permute(0, 2, 3, 1).reshape(-1, c)
-        row += b * h * w
-    sources = torch.arange(n, device=device).repeat_interleave(h * w)
+    features = image_features(model, images, batch_size, progress)
+    sources = torch.arange(len(images), device=device).repeat_interleave(
+        len(features) // len(images)
+    )
     size = min(model.config.memory_size, len(features))
-    with tqdm(total=size, desc="memory coreset", unit="row", disable=not progress) as bar:
-        chosen = greedy_coreset(features, size, seed, progress=lambda k: bar.update(k - bar.n))
+    chosen = _coreset(features, size, seed, progress)
     memory.set_bank(features[chosen], sources[chosen])
 
     if holdout is None:  # leave-one-image-out: no image matches its own features
@@ -109,20 +151,54 @@ def fit_prior(
                 neighbors,
                 progress=lambda k: bar.update(k - bar.n),
             )
+        memory.stats = _statistics(prior).to(device)
     else:
-        prior = torch.cat(
-            [
-                memory.distances(embed(model.teacher(model.normalize(batch))), neighbors)
-                for batch in image_batches(holdout, device, batch_size, "memory stats", progress)
-            ]
-        )
-    memory.stats = _statistics(prior).to(device)
+        memory.stats = holdout_statistics(model, holdout, batch_size, progress).to(device)
     return PriorFit(
         len(chosen),
         len(features),
         "leave-one-out" if holdout is None else "holdout",
         time.perf_counter() - start,
     )
+
+
+@torch.no_grad()
+def extend_prior(
+    model: ADPS,
+    images: torch.Tensor,
+    holdout: torch.Tensor,
+    batch_size: int | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> PriorFit:
+    """Adds ``images`` (N, 3, H, W) uint8, new normal images, to ``model``'s fitted memory.
+
+    The new bank is the greedy coreset of the old bank's rows and the new images' features
+    together, of at most ``config.memory_size`` rows: the old bank stands for the images it was
+    chosen from (each of their features lies within the old coverage radius of one of its
+    rows), so the coreset covers old and new normal alike without the old images (the update's
+    tests bound its coverage radius against a coreset fitted on every feature). The old rows
+    keep their image numbers; the new images are numbered after them, in order
+    (``max(sources) + 1`` on). The prior's statistics are re-estimated on ``holdout``, normal
+    images the bank does not hold, as :func:`fit_prior` does with a hold-out.
+    """
+    start = time.perf_counter()
+    memory = model.memory
+    if memory is None or not memory.fitted:
+        raise ValueError("the model has no fitted memory prior to extend")
+    device = model.mean.device
+    new = image_features(model, images, batch_size, progress)
+    first = int(memory.sources.max()) + 1 if len(memory.sources) else 0
+    new_sources = torch.arange(first, first + len(images), device=device).repeat_interleave(
+        len(new) // len(images)
+    )
+    features = torch.cat([memory.bank.to(device), new])
+    sources = torch.cat([memory.sources.to(device), new_sources])
+    size = min(model.config.memory_size, len(features))
+    chosen = _coreset(features, size, seed, progress)
+    memory.set_bank(features[chosen], sources[chosen])
+    memory.stats = holdout_statistics(model, holdout, batch_size, progress).to(device)
+    return PriorFit(len(chosen), len(features), "holdout", time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -185,12 +261,29 @@ def fit_decision(
     memory_scores, psm_scores = decision_scores(
         model, source, holdout is None, batch_size, progress
     )
-    stats = torch.stack(
-        [memory_scores.mean(), memory_scores.std(), psm_scores.mean(), psm_scores.std()]
-    )
-    stats[1::2] = stats[1::2].clamp_min(1e-6)  # a constant score standardises to 0, not inf
+    stats = decision_statistics(memory_scores, psm_scores)
     model.memory.set_score_stats(stats)
     return stats
 
 
-__all__ = ["PriorFit", "decision_scores", "fit_decision", "fit_prior", "image_batches"]
+def decision_statistics(memory_scores: torch.Tensor, psm_scores: torch.Tensor) -> torch.Tensor:
+    """(memory mean, memory std, PSM mean, PSM std) of (N,) image scores of normal images
+    (:func:`decision_scores`): ``MemoryPrior.score_stats``."""
+    stats = torch.stack(
+        [memory_scores.mean(), memory_scores.std(), psm_scores.mean(), psm_scores.std()]
+    )
+    stats[1::2] = stats[1::2].clamp_min(1e-6)  # a constant score standardises to 0, not inf
+    return stats
+
+
+__all__ = [
+    "PriorFit",
+    "decision_scores",
+    "decision_statistics",
+    "extend_prior",
+    "fit_decision",
+    "fit_prior",
+    "holdout_statistics",
+    "image_batches",
+    "image_features",
+]

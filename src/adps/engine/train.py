@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +142,11 @@ class Trainer:
         cache_dir: str | Path | None = None,
         progress: bool = True,
         clock: Callable[[], float] = time.perf_counter,
+        init_state: Mapping[str, torch.Tensor] | None = None,
     ):
+        """``init_state``: start from these weights (a checkpoint's state, teacher and memory
+        included) instead of the pretrained teacher and a new student and PSM: a fine-tune
+        (``adps update --time-budget``). A fitted memory in it is kept, not fitted again."""
         self.clock = clock  # wall-clock seconds; tests pass a fake one
         self.started = clock()  # a time budget counts from here: decoding and the memory too
         self.model_config, self.config = model_config, train_config
@@ -150,7 +154,7 @@ class Trainer:
         self._init_process_group(device, progress)
         self._check_dataset(dataset)
         self._load_data(dataset, cache_dir)
-        self._build_model(weights_file, allow_download)
+        self._build_model(weights_file, allow_download, init_state)
         self._build_optimizer()
         self._init_sampling()
         self.start_epoch = 0
@@ -220,11 +224,22 @@ class Trainer:
             )
         self.synthesizer = AnomalySynthesizer(textures, self.config.synthesis)
 
-    def _build_model(self, weights_file: str | None, allow_download: bool) -> None:
+    def _build_model(
+        self,
+        weights_file: str | None,
+        allow_download: bool,
+        init_state: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         torch.manual_seed(self.config.seed)
         self.model = ADPS(
-            self.model_config, weights_file=weights_file, allow_download=allow_download
-        ).to(self.device)
+            self.model_config,
+            pretrained=init_state is None,
+            weights_file=weights_file,
+            allow_download=allow_download,
+        )
+        if init_state is not None:
+            self.model.load_state_dict(init_state, strict=True)
+        self.model.to(self.device)
         self.memory_format = (
             torch.channels_last if self.config.channels_last else torch.contiguous_format
         )
