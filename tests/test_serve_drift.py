@@ -1,0 +1,182 @@
+"""The drift watch (adps.serve.drift): both tests against scipy.stats, the verdict on shifted and
+unshifted score streams, and the reference a calibration keeps (old checkpoints have none)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import special, stats
+
+from adps.engine.calibrate import (
+    REFERENCE_SIZE,
+    Thresholds,
+    f1_optimal_threshold,
+    threshold_for_false_alarm_rate,
+)
+from adps.engine.checkpoint import Checkpoint
+from adps.serve.drift import (
+    DriftMonitor,
+    DriftSettings,
+    Reference,
+    beta_binomial_sf,
+    kolmogorov_sf,
+    ks_two_sample,
+)
+
+LEGACY = Path(__file__).parent / "data" / "checkpoints" / "v1.pt"
+
+
+def test_kolmogorov_sf_equals_scipy():
+    for x in [0.0, 0.05, 0.2, 0.4, 0.7, 1.0, 1.1799, 1.18, 1.5, 2.0, 3.0, 6.0]:
+        assert kolmogorov_sf(x) == pytest.approx(special.kolmogorov(x), rel=1e-12, abs=1e-300)
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "shift"),
+    [(20, 40, 0.6), (30, 200, 0.3), (50, 200, 0.0), (100, 500, 0.2), (200, 1000, 0.15),
+     (150, 60, 0.4), (200, 190, 1.0)],
+)  # fmt: skip
+def test_ks_statistic_equals_scipy_and_its_p_value_is_close_to_the_exact_one(n, m, shift):
+    rng = np.random.default_rng(n * 1000 + m)
+    for _ in range(3):
+        a, b = rng.normal(shift, 1, n), rng.normal(0, 1, m)
+        d, p = ks_two_sample(a, b)
+        exact = stats.ks_2samp(a, b, method="exact")
+        assert d == pytest.approx(exact.statistic, abs=1e-12)
+        assert p == pytest.approx(exact.pvalue, rel=0.35, abs=1e-3)
+        # and the verdict at the service's default level agrees away from its edge
+        if not 0.5e-3 < exact.pvalue < 2e-3:
+            assert (p < 1e-3) == (exact.pvalue < 1e-3)
+
+
+def test_ks_statistic_with_ties_equals_scipy():
+    rng = np.random.default_rng(3)
+    a, b = rng.integers(0, 5, 60).astype(float), rng.integers(0, 6, 80).astype(float)
+    assert ks_two_sample(a, b)[0] == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "alpha", "beta"),
+    [(0, 10, 2, 9), (3, 200, 2, 199), (10, 200, 2, 199), (1, 1, 2, 3), (50, 1000, 11, 990),
+     (40, 40, 6, 95), (5000, 10000, 3, 3)],
+)  # fmt: skip
+def test_beta_binomial_tail_equals_scipy(k, n, alpha, beta):
+    want = stats.betabinom.pmf(np.arange(k, n + 1), n, alpha, beta).sum()
+    assert beta_binomial_sf(k, n, alpha, beta) == pytest.approx(want, rel=1e-9)
+
+
+def _calibrated(rng: np.random.Generator, n: int = 200, rate: float = 0.01) -> Thresholds:
+    return Thresholds().calibrated(threshold_for_false_alarm_rate(rng.normal(0, 1, n), rate))
+
+
+def test_the_monitor_tests_its_window_exactly_as_scipy_does():
+    rng = np.random.default_rng(0)
+    thresholds = _calibrated(rng)
+    monitor = DriftMonitor(Reference.of(thresholds), DriftSettings(window=150))
+    scores = rng.normal(0.3, 1.1, 400)
+    monitor.add(scores)
+    report = monitor.report()
+    window = scores[-150:]
+    t = thresholds.image
+    ref = thresholds.normal_scores
+    under = window[window < t]
+    want = stats.ks_2samp(under, ref[ref < t])
+    ks = report["scores_under_threshold"]
+    assert ks["statistic"] == pytest.approx(want.statistic, abs=1e-12)
+    assert ks["p_value"] == pytest.approx(
+        stats.ks_2samp(under, ref[ref < t], method="exact").pvalue, rel=0.35, abs=1e-3
+    )
+    over = int((window >= t).sum())
+    cal = thresholds.calibration
+    k0, n0 = cal["normal_flagged"], cal["n_normal"]
+    share = report["share_over_threshold"]
+    assert share["over"] == over and share["share"] == over / 150
+    assert share["p_value"] == pytest.approx(stats.betabinom.sf(over - 1, 150, k0 + 1, n0 - k0))
+    assert share["expected_false_alarm_rate"] == (k0 + 1) / (n0 + 1)
+    assert report["window"] == {"size": 150, "images": 150, "min_images": 20}
+    assert report["seen"] == 400
+
+
+def test_drift_flips_on_a_shifted_stream_and_stays_quiet_on_an_unshifted_one():
+    rng = np.random.default_rng(1)
+    monitor = DriftMonitor(Reference.of(_calibrated(rng)), DriftSettings(window=200, alarm=1e-3))
+    statuses = []
+    for score in rng.normal(0, 1, 3000):  # the calibration's own distribution: quiet
+        assert not monitor.add([score])
+        statuses.append(monitor.report()["status"])
+    assert statuses[:19] == ["filling"] * 19 and set(statuses[19:]) == {"ok"}
+    flipped_at = None
+    for i, score in enumerate(rng.normal(1.0, 1, 200)):  # shifted by one standard deviation
+        if monitor.add([score]):
+            flipped_at = i + 1
+            break
+    # from a full window: 38 to 147 images over 20 seeds (the docstring of adps.serve.drift)
+    assert flipped_at is not None and flipped_at <= 150
+    report = monitor.report()
+    assert report["drifting"] and report["status"] == "drifting" and report["flips"] == 1
+    assert report["since"] is not None
+    for score in rng.normal(0, 1, 400):  # the line is back: so is the verdict, once
+        monitor.add([score])
+    assert not monitor.report()["drifting"] and monitor.report()["flips"] == 2
+
+
+def test_a_rising_share_over_the_threshold_alone_trips_it():
+    rng = np.random.default_rng(2)
+    thresholds = _calibrated(rng)
+    monitor = DriftMonitor(Reference.of(thresholds), DriftSettings(window=100))
+    normal = rng.normal(0, 1, 100)
+    under = normal[normal < thresholds.image][:80]
+    monitor.add(under)
+    monitor.add([thresholds.image + 1.0] * 20)  # 20 % over a threshold that flags about 1 %
+    report = monitor.report()
+    assert report["drifting"] and report["share_over_threshold"]["p_value"] < 1e-6
+
+
+def test_calibrations_keep_their_normal_scores_sorted_and_bounded(tmp_path):
+    rng = np.random.default_rng(4)
+    scores = rng.normal(0, 1, 300)
+    cal = threshold_for_false_alarm_rate(scores, 0.01)
+    assert cal.normal_scores == sorted(scores.tolist())
+    big = rng.normal(0, 1, 3 * REFERENCE_SIZE)
+    kept = threshold_for_false_alarm_rate(big, 0.01).normal_scores
+    assert kept is not None and len(kept) == REFERENCE_SIZE
+    assert kept == pytest.approx(
+        np.quantile(big, (np.arange(REFERENCE_SIZE) + 0.5) / REFERENCE_SIZE).tolist()
+    )
+    f1 = f1_optimal_threshold(np.r_[np.zeros(50), np.ones(10)], np.r_[scores[:50], 3 + scores[:10]])
+    assert f1.normal_scores == sorted(scores[:50].tolist())
+    # and they travel in the checkpoint
+    ckpt = Checkpoint.load(LEGACY).replace(thresholds=Thresholds().calibrated(cal))
+    again = Checkpoint.load(ckpt.save(tmp_path / "model.pt")).thresholds
+    assert np.array_equal(again.normal_scores, np.sort(scores))
+    summary = again.summary()["calibration"]
+    assert summary["normal_scores"] == "300 kept" and summary["n_normal"] == 300
+
+
+def test_an_old_checkpoint_loads_and_the_watch_says_it_has_no_reference():
+    thresholds = Checkpoint.load(LEGACY).thresholds
+    assert thresholds.normal_scores is None
+    reference = Reference.of(thresholds)
+    assert "stored no normal scores" in (reference.missing or "")
+    assert "adps calibrate" in (reference.missing or "")
+    monitor = DriftMonitor(reference)
+    monitor.add([thresholds.image - 0.01] * 30)
+    report = monitor.report()
+    assert report["status"] == "no reference" and not report["drifting"]
+    assert report["reference"] == reference.missing
+    assert report["scores_under_threshold"]["p_value"] is None
+    # the share test still runs: it needs only the calibration's counts
+    assert report["share_over_threshold"]["p_value"] == 1.0
+    uncalibrated = DriftMonitor(Reference.of(Thresholds()))
+    uncalibrated.add([0.1] * 30)
+    assert uncalibrated.report()["status"] == "no reference"
+    assert "no calibrated image threshold" in uncalibrated.report()["reference"]
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="alarm"):
+        DriftSettings(alarm=0)
+    with pytest.raises(ValueError, match="window"):
+        DriftSettings(window=1)
