@@ -34,6 +34,7 @@ from adps.cli import main as cli_main
 from adps.config import ModelConfig
 from adps.engine.calibrate import Thresholds
 from adps.engine.checkpoint import Checkpoint
+from adps.fileio import file_sha256
 from adps.models.adps import ADPS
 from adps.serve.app import ServeSettings, create_app
 from adps.serve.batching import Busy, MicroBatcher
@@ -436,6 +437,8 @@ window.addEventListener("load", async () => {
   input.dispatchEvent(new Event("change"));
   for (let i = 0; i < 600 && !document.getElementById("decision").textContent; i++)
     await new Promise(r => setTimeout(r, 50));
+  for (let i = 0; i < 600 && !document.getElementById("drift").textContent.includes("1 of"); i++)
+    await new Promise(r => setTimeout(r, 50));
   const out = document.createElement("pre");
   out.id = "harness-result";
   out.textContent = JSON.stringify({
@@ -443,6 +446,8 @@ window.addEventListener("load", async () => {
     score: document.getElementById("score").textContent,
     overlay: document.getElementById("overlay").naturalWidth,
     rows: document.getElementById("history").rows.length,
+    model: document.getElementById("model").textContent,
+    drift: document.getElementById("drift").textContent,
     error: document.getElementById("error").textContent});
   document.body.appendChild(out);
 });
@@ -499,3 +504,6 @@ def test_the_page_uploads_an_image_and_shows_the_decision(model_path, tmp_path, 
     assert shown["decision"] == ("anomalous" if expected.is_anomalous else "normal")
     assert shown["score"] == f"{expected.score:.4f}"
     assert shown["overlay"] == Image.open(FILES[0]).width and shown["rows"] == 1
+    # the header names the model that answered and the drift watch's state
+    assert shown["model"] == f"model.pt@{file_sha256(model_path)[:12]}"
+    assert shown["drift"] == "drift: watching (1 of 20 images)"

@@ -18,8 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "thresholds, defect area and, with ?outputs=mask,overlay, PNGs; GET "
         "/v1/health, GET /v1/model, the page at / and API docs at /docs. "
         "Concurrent requests share model batches (--max-batch, --max-wait-ms); a "
-        "full queue answers 503 with Retry-After. Needs the serve extra: "
-        "pip install 'adps[serve]'.",
+        "full queue answers 503 with Retry-After. GET /v1/drift compares what the service "
+        "judged with the model's calibration (--drift-window, --drift-alarm); with "
+        "--keep-images, POST /v1/feedback files the operator's verdicts where adps update and "
+        "adps calibrate take them; POST /v1/model/reload, SIGHUP or a changed --model file "
+        "swaps the model without dropping a request. Docs: docs/guide/serving.md. Needs the "
+        "serve extra: pip install 'adps[serve]'.",
     )
     p.add_argument(
         "--model",
@@ -74,10 +78,52 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=64.0,
         help="largest request accepted, in MiB (default 64)",
     )
+    p.add_argument(
+        "--drift-window",
+        type=int,
+        default=200,
+        help="the drift watch tests the scores of the last this many images against the "
+        "model's calibration (default 200; GET /v1/drift)",
+    )
+    p.add_argument(
+        "--drift-alarm",
+        type=float,
+        default=0.001,
+        help="drifting while either drift test's p-value is under this (default 0.001)",
+    )
+    p.add_argument(
+        "--keep-images",
+        type=Path,
+        metavar="DIR",
+        help="keep each request's image in DIR/images under its id and take the operator's "
+        "verdicts on them (POST /v1/feedback), filed in DIR/feedback (default: keep none)",
+    )
+    p.add_argument(
+        "--keep-max-images",
+        type=int,
+        default=10_000,
+        help="images kept at most; the oldest go first (default 10000)",
+    )
+    p.add_argument(
+        "--keep-max-mb",
+        type=float,
+        default=2048.0,
+        help="MiB of kept images at most; the oldest go first (default 2048)",
+    )
+    p.add_argument(
+        "--watch-model",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="look at the --model file this often and swap in a changed one once it has "
+        "stayed the same for that long (default 2; 0 = only POST /v1/model/reload and SIGHUP)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
+
     from adps.errors import AdpsError
 
     try:
@@ -97,13 +143,36 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_pixels=args.max_pixels,
         max_body_bytes=int(args.max_body_mb * 2**20),
+        drift_window=args.drift_window,
+        drift_alarm=args.drift_alarm,
+        keep_dir=args.keep_images,
+        keep_max_images=args.keep_max_images,
+        keep_max_bytes=int(args.keep_max_mb * 2**20),
+        watch_interval_s=args.watch_model,
+        handle_sighup=True,
     )
-    predictor = load(args.model, args.device, args.max_batch, args.backend, args.precision)
-    app = create_app(predictor, args.model, settings)
+    if not 0 < args.drift_alarm < 1 or args.drift_window < 2:
+        raise AdpsError("--drift-alarm must lie in (0, 1) and --drift-window be at least 2")
+    if args.keep_max_images < 1 or args.keep_max_mb <= 0 or args.watch_model < 0:
+        raise AdpsError("--keep-max-images and --keep-max-mb must be positive, --watch-model >= 0")
+
+    def loader(path: Path):
+        return load(path, args.device, args.max_batch, args.backend, args.precision)
+
+    predictor = loader(args.model)
+    app = create_app(predictor, args.model, settings, loader)
+    handler = logging.StreamHandler()  # drift flips and model swaps, on stderr
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    service_log = logging.getLogger("adps.serve")
+    service_log.addHandler(handler)
+    service_log.setLevel(logging.INFO)
+    service_log.propagate = False
     auth = "token required" if settings.token else "no token"
+    kept = f"; keeping images in {args.keep_images}" if args.keep_images else ""
     print(
         f"serving {args.model} on http://{args.host}:{args.port} ({auth}; page at /, API "
-        f"docs at /docs); runtime: {predictor.runtime}",
+        f"docs at /docs); runtime: {predictor.runtime}{kept}; pid {os.getpid()} (SIGHUP "
+        f"reloads the model)",
         flush=True,
     )
     uvicorn.run(
