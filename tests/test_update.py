@@ -159,9 +159,9 @@ def test_the_updated_bank_covers_old_and_new_like_a_coreset_of_every_feature(lin
     """The update chooses from the old bank and the new features only (the old images are
     gone); measured against the greedy coreset of every old and new feature, by brute force:
     its coverage radius (the largest distance of a feature to its nearest row) is within 1.25x
-    of the union coreset's (measured 1.00 to 1.01 on these images; greedy's own guarantee only
-    gives 4x), its mean distance within 1.1x, and the new features are much nearer to it than
-    to the old bank."""
+    of the union coreset's (measured 1.00 to 1.01 on these images and 1.075 on MVTec bottle
+    with 35 new images; greedy's own guarantee only gives 4x), its mean distance within 1.1x,
+    and the new features are much nearer to it than to the old bank."""
     size = 100
     model = _model(memory_size=size).eval()
     old, new = _decode(line.old), _decode(line.new[:8])

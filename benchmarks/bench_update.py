@@ -1,0 +1,264 @@
+"""`adps update` measured on a drifting line: false alarms and defect recall at the calibrated
+threshold before a photometric change, after it, and after updates with 10, 25 and 50 new normal
+images (memory only, and with a fine-tune), with each update's wall time and peak memory.
+
+The change is a re-aimed, dimmer lamp: every image (normal and defective) gets gamma 1.6 and
+80 % brightness, applied to the original files and saved as PNG, so the model reads the drifted
+images exactly as it reads a camera's. The protocol keeps every image in one role:
+
+- base model: ``--model``, or one trained here (``adps train``, ``--base-budget``) on a seeded
+  share of the category's train/good images, so that the others are normal images it never
+  saw; its threshold is set with ``adps calibrate`` on unseen normal images (unshifted,
+  ``--calibration`` of them) for ``--target-far``.
+- new batch: N unseen normal images, drifted, for ``adps update --normal-dir``;
+- update calibration: another ``--calibration`` unseen normal images, drifted, for
+  ``--calibrate-dir`` (the same folder for every N, so the stages differ only in what was
+  learned);
+- evaluation: test/good plus the unseen normal images left over (false alarms), and the test
+  defects (recall), unshifted before the change and drifted after it.
+
+Where the model leaves too few unseen images (``--model`` trained on every train/good image,
+as runs/decision/bottle-s0 is), the new batch and the update calibration are drawn from its
+training images, drifted; the JSON says so (``"new_images_seen_before_drift": true``), and the
+figures then flatter the update (the model saw these parts under the old lamp).
+
+Each update runs as its own process (``python -m adps update``), so its wall time includes
+start-up and its peak RSS is its own. Writes JSON (``--out``). ``--quick`` checks that the
+script works in a few minutes: N = 10 only, a 20-s fine-tune, fewer test images, target 0.1.
+
+    python benchmarks/bench_update.py --out benchmarks/results/update.json       # ~30 min
+    python benchmarks/bench_update.py --quick --model runs/decision/bottle-s0/model.pt \\
+        --out runs/bench_update_quick.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from adps.cli import main as adps_main
+from adps.data.cache import load_tensor_stack
+from adps.data.datasets import AnomalyDataset, Record, find_images
+from adps.data.fingerprint import file_digests
+from adps.engine.checkpoint import Checkpoint
+from adps.engine.inference import TorchForward, infer
+from adps.metrics import image_metrics
+
+GAMMA, BRIGHTNESS = 1.6, 0.8
+
+_CHILD = """
+import json, resource, sys, time
+import adps
+start = time.perf_counter()
+result = adps.update(*sys.argv[1:4], calibrate_dir=sys.argv[4], time_budget=json.loads(sys.argv[5]),
+                     seed=int(sys.argv[6]))
+print(json.dumps({"seconds": result.seconds, "peak_rss_mib": resource.getrusage(
+    resource.RUSAGE_SELF).ru_maxrss / 1024, "bank": result.memory.bank_size,
+    "fine_tune_steps": None if result.fine_tune is None else result.fine_tune.steps}))
+"""
+
+
+def drift(src: Path, dst: Path) -> Path:
+    """The image with the lamp's change: gamma ``GAMMA`` then ``BRIGHTNESS``, as a PNG."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    rgb = np.asarray(Image.open(src).convert("RGB"), dtype=np.float32) / 255
+    shifted = np.clip(BRIGHTNESS * rgb**GAMMA, 0, 1)
+    Image.fromarray((shifted * 255 + 0.5).astype(np.uint8)).save(dst)
+    return dst
+
+
+def drifted(files: list[Path], folder: Path) -> list[Path]:
+    return [drift(p, folder / f"{p.parent.name}_{p.stem}.png") for p in files]
+
+
+def stack(files: list[Path], size) -> torch.Tensor:
+    dataset = AnomalyDataset([Record(p, None, 0) for p in files], size)
+    return load_tensor_stack(dataset, progress=False)[0]
+
+
+def evaluate(model_path: Path, normal: torch.Tensor, defects: torch.Tensor) -> dict:
+    """False-alarm rate and recall at the model's threshold, and image AUROC, by torch."""
+    ckpt = Checkpoint.load(model_path)
+    device = torch.device("cpu")
+    forward = TorchForward(ckpt.model(device), device)
+    normal_scores = infer(forward, normal, device)[1].numpy()
+    defect_scores = infer(forward, defects, device)[1].numpy()
+    threshold = ckpt.thresholds.decision
+    labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
+    metrics = image_metrics(labels, np.r_[normal_scores, defect_scores])
+    return {
+        "threshold": threshold,
+        "false_alarm_rate": float((normal_scores >= threshold).mean()),
+        "recall": float((defect_scores >= threshold).mean()),
+        "image_auroc": float(metrics["image_auroc"]),
+        "normal_images": len(normal_scores),
+        "defect_images": len(defect_scores),
+    }
+
+
+def run_update(model: Path, new: Path, out: Path, calibrate: Path, budget, seed: int) -> dict:
+    start = time.perf_counter()
+    args = [str(model), str(new), str(out), str(calibrate), json.dumps(budget), str(seed)]
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise SystemExit(f"adps update failed:\n{done.stderr[-3000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row["process_seconds"] = time.perf_counter() - start
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, default=Path("../shared/datasets/mvtec_ad"))
+    parser.add_argument("--category", default="bottle")
+    parser.add_argument("--model", type=Path, help="base model (default: train one here)")
+    parser.add_argument("--base-images", type=int, default=89, help="train/good images to train on")
+    parser.add_argument("--base-budget", default="10m", help="the base model's training time")
+    parser.add_argument("--textures", default="../shared/datasets/dtd/images")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50])
+    parser.add_argument("--fine-tune", default="2m", help="fine-tune budget ('' = none)")
+    parser.add_argument("--target-far", type=float, default=0.05)
+    parser.add_argument("--calibration", type=int, default=None, help="default: 1 / target")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("runs/bench_update"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_update/update.json"))
+    parser.add_argument("--quick", action="store_true", help="a few minutes: is the script sound?")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.fine_tune, args.target_far = [10], "20s", 0.1
+    n_cal = args.calibration or math.ceil(1 / args.target_far - 1e-9)
+    category = args.data / args.category
+    work = args.work / ("quick" if args.quick else "full")
+    rng = random.Random(args.seed)
+    train = find_images(category / "train" / "good")
+    test_good = find_images(category / "test" / "good")
+    defects = [
+        p
+        for d in sorted((category / "test").iterdir())
+        if d.is_dir() and d.name != "good"
+        for p in find_images(d)
+    ]
+    if args.quick:
+        defects = rng.sample(defects, 20)
+
+    if args.model is None:  # a base model that leaves train/good images unseen
+        chosen = sorted(rng.sample(train, args.base_images))
+        base_data = work / "base_data" / args.category / "train" / "good"
+        base_data.mkdir(parents=True, exist_ok=True)
+        for p in chosen:
+            target = base_data / p.name
+            if not target.exists():
+                target.symlink_to(p.resolve())
+        train_args = ["train", "--data", str(base_data.parents[2]), "--category", args.category]
+        train_args += ["--time-budget", args.base_budget, "--prior", "memory", "--no-progress"]
+        train_args += ["--out", str(work / "base")]
+        if args.textures and Path(args.textures).is_dir():
+            train_args += ["--textures", args.textures]
+        assert adps_main(train_args) == 0
+        args.model = work / "base" / "model.pt"
+    base = Checkpoint.load(args.model)
+    size = base.model_config.size
+    learned = base.fingerprint.trained | base.fingerprint.calibrated
+    unseen = [p for p, d in zip(train, file_digests(train), strict=True) if d not in learned]
+    rng.shuffle(unseen)
+    need = 2 * n_cal + max(args.sizes)
+    seen_before = len(unseen) < need
+    if seen_before:  # drawn from images the model trained on (see the module's docstring)
+        pool = [p for p in train if p not in set(unseen)]
+        rng.shuffle(pool)
+        calibration0, eval_extra = unseen[:n_cal], unseen[n_cal:]
+        if len(calibration0) < n_cal:  # the base threshold on test/good would test on it
+            calibration0 = pool[:n_cal]
+        update_cal, new_pool = pool[n_cal : 2 * n_cal], pool[2 * n_cal :]
+    else:
+        calibration0, update_cal = unseen[:n_cal], unseen[n_cal : 2 * n_cal]
+        new_pool, eval_extra = unseen[2 * n_cal : need], unseen[need:]
+    eval_normal = test_good + eval_extra
+
+    # the base threshold, on unshifted unseen (or, flagged, seen) normal images
+    base_cal = work / "calibration0"
+    base_cal.mkdir(parents=True, exist_ok=True)
+    for p in calibration0:
+        if not (base_cal / p.name).exists():
+            (base_cal / p.name).symlink_to(p.resolve())
+    base_model = work / "base_calibrated.pt"
+    calibrate = ["calibrate", "--model", str(args.model), "--normal-dir", str(base_cal)]
+    calibrate += ["--target-far", str(args.target_far), "--backend", "torch", "--out"]
+    calibrate += [str(base_model), "--no-progress"]
+    if seen_before and calibration0[0] not in unseen:
+        calibrate.append("--allow-overlap")
+    assert adps_main(calibrate) == 0
+
+    new_dir, cal_dir = work / "drifted" / "new", work / "drifted" / "calibrate"
+    new_files = drifted(new_pool[: max(args.sizes)], new_dir / "all")
+    drifted(update_cal, cal_dir)
+    normal_before, defect_before = stack(eval_normal, size), stack(defects, size)
+    normal_after = stack(drifted(eval_normal, work / "drifted" / "eval_normal"), size)
+    defect_after = stack(drifted(defects, work / "drifted" / "eval_defect"), size)
+
+    stages = [
+        {"stage": "before the change", **evaluate(base_model, normal_before, defect_before)},
+        {"stage": "after the change", **evaluate(base_model, normal_after, defect_after)},
+    ]
+    print(json.dumps(stages[-2:], indent=1))
+    for n in args.sizes:
+        folder = new_dir / f"n{n}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in new_files[:n]:
+            if not (folder / p.name).exists():
+                (folder / p.name).symlink_to(p.resolve())
+        for budget in [None] + ([args.fine_tune] if args.fine_tune else []):
+            out = work / f"updated_n{n}{'' if budget is None else '_ft'}.pt"
+            out.unlink(missing_ok=True)
+            update = run_update(base_model, folder, out, cal_dir, budget, args.seed)
+            row = {
+                "stage": f"update, {n} new images, "
+                + ("memory only" if budget is None else f"fine-tune {budget}"),
+                "new_images": n,
+                "fine_tune": budget,
+                "update": update,
+                **evaluate(out, normal_after, defect_after),
+            }
+            stages.append(row)
+            print(json.dumps(row, indent=1))
+
+    result = {
+        "benchmark": "bench_update",
+        "quick": args.quick,
+        "category": args.category,
+        "model": str(args.model),
+        "drift": {"gamma": GAMMA, "brightness": BRIGHTNESS},
+        "target_false_alarm_rate": args.target_far,
+        "calibration_images": n_cal,
+        "new_images_seen_before_drift": seen_before,
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "stages": stages,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
