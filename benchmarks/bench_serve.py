@@ -8,8 +8,17 @@ best of which is the target (the service should reach 90% of it); it decodes the
 bytes for every prediction, as the server does. The clients run on the same machine and take
 their share of its cores.
 
+With ``--reload-model M2`` the server serves a copy of ``--model``; ``--reload-at`` seconds into
+each load test the copy is replaced by ``M2`` (a rename, as ``mv`` does) and ``POST
+/v1/model/reload`` swaps it in. The row then also reports the failed requests, the answers of
+each model, whether they switched at one point in time (every answer of the old model began
+before every answer of the new one ended), when the reload was asked and answered, and the
+longest time without an answer around it.
+
     .venv/bin/python benchmarks/bench_serve.py --model runs/demo/model.pt --image part.png
     .venv/bin/python benchmarks/bench_serve.py --model model.onnx --clients 16 --seconds 60
+    .venv/bin/python benchmarks/bench_serve.py --model model.pt --image part.png \
+        --reload-model model-updated.pt --reload-at 20 --seconds 40 --max-batches 8
 """
 
 from __future__ import annotations
@@ -17,11 +26,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -35,9 +48,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def load_test(base: str, body: bytes, clients: int, seconds: float) -> dict:
+async def load_test(
+    base: str, body: bytes, clients: int, seconds: float, swap: tuple[Path, Path, float] | None
+) -> dict:
+    """``swap``: (the served file, the model to put in its place, seconds into the test)."""
     latencies, errors, statuses = [], 0, {}
-    stop = time.perf_counter() + seconds
+    answers: list[tuple[float, float, int, str | None]] = []  # start, end, status, model_id
+    reload: dict = {}
+    begin = time.perf_counter()
+    stop = begin + seconds
 
     async def client(http: httpx.AsyncClient) -> None:
         nonlocal errors
@@ -48,22 +67,42 @@ async def load_test(base: str, body: bytes, clients: int, seconds: float) -> dic
                     f"{base}/v1/predict", content=body, headers={"Content-Type": "image/png"}
                 )
                 statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                model = r.json().get("model_id") if swap is not None else None
+                answers.append((start - begin, time.perf_counter() - begin, r.status_code, model))
                 if r.status_code != 200:
                     errors += 1
                     continue
             except httpx.HTTPError:
                 errors += 1
+                answers.append((start - begin, time.perf_counter() - begin, -1, None))
                 continue
             latencies.append(time.perf_counter() - start)
 
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async def swapper(http: httpx.AsyncClient) -> None:
+        assert swap is not None
+        served, replacement, at = swap
+        await asyncio.sleep(at)
+        tmp = served.with_name(f".{served.name}.new")
+        shutil.copyfile(replacement, tmp)
+        os.replace(tmp, served)
+        reload["asked_s"] = time.perf_counter() - begin
+        r = await http.post(f"{base}/v1/model/reload")
+        reload["answered_s"] = time.perf_counter() - begin
+        reload["status"] = r.status_code
+        reload["answer"] = r.json()
+
+    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         begin, cpu = time.perf_counter(), time.process_time()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
+        stop = begin + seconds
+        tasks = [client(http) for _ in range(clients)]
+        if swap is not None:
+            tasks.append(swapper(http))
+        await asyncio.gather(*tasks)
         wall = time.perf_counter() - begin
         client_cores = (time.process_time() - cpu) / wall  # what the load generator itself used
     ms = np.array(latencies) * 1000
-    return {
+    row = {
         "requests": len(latencies),
         "errors": errors,
         "statuses": statuses,
@@ -71,17 +110,55 @@ async def load_test(base: str, body: bytes, clients: int, seconds: float) -> dic
         "client_cores": client_cores,
         **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None for q in (50, 95, 99)},
     }
+    if swap is not None:
+        row["swap"] = swap_summary(answers, reload)
+    return row
+
+
+def swap_summary(answers: list[tuple[float, float, int, str | None]], reload: dict) -> dict:
+    """Failed requests and the switch point of a load test across a model swap (seconds from
+    the start of the test)."""
+    new_id = reload.get("answer", {}).get("model_id") if reload.get("status") == 200 else None
+    ok = [a for a in answers if a[2] == 200]
+    new = [a for a in ok if new_id is not None and a[3] == new_id]
+    old = [a for a in ok if a not in new]
+    ends = sorted(a[1] for a in ok)
+    around = [
+        b - a
+        for a, b in pairwise(ends)
+        if "asked_s" in reload and reload["asked_s"] - 5 <= b <= reload["answered_s"] + 5
+    ]
+    return {
+        "reload": reload,
+        "failed": len(answers) - len(ok),
+        "old_answers": len(old),
+        "new_answers": len(new),
+        "models": sorted({str(a[3]) for a in ok}),
+        "last_old_start_s": max((a[0] for a in old), default=None),
+        "last_old_end_s": max((a[1] for a in old), default=None),
+        "first_new_start_s": min((a[0] for a in new), default=None),
+        "first_new_end_s": min((a[1] for a in new), default=None),
+        "one_switch_point": bool(old and new and max(a[0] for a in old) < min(a[1] for a in new)),
+        "longest_gap_around_swap_ms": 1000 * max(around) if around else None,
+    }
 
 
 def serve(args, max_batch: int) -> dict:
     port = free_port()
+    scratch = tempfile.TemporaryDirectory(prefix="bench-serve-")
+    model = args.model
+    swap = None
+    if args.reload_model is not None:  # a copy the swap can replace
+        model = Path(scratch.name) / args.model.name
+        shutil.copyfile(args.model, model)
+        swap = (model, args.reload_model, args.reload_at)
     cmd = [
         sys.executable,
         "-m",
         "adps",
         "serve",
         "--model",
-        str(args.model),
+        str(model),
         "--port",
         str(port),
         "--device",
@@ -94,6 +171,8 @@ def serve(args, max_batch: int) -> dict:
         str(args.queue_size),
         "--backend",
         args.backend,
+        "--watch-model",
+        "0",  # the swap is the reload's, at a known time
     ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -107,10 +186,13 @@ def serve(args, max_batch: int) -> dict:
             if server.poll() is not None:
                 raise SystemExit(f"the server exited: {server.stderr.read()[-2000:]}")
             time.sleep(0.1)
-        return asyncio.run(load_test(base, args.image.read_bytes(), args.clients, args.seconds))
+        return asyncio.run(
+            load_test(base, args.image.read_bytes(), args.clients, args.seconds, swap)
+        )
     finally:
         server.terminate()
         server.wait(60)
+        scratch.cleanup()
 
 
 def offline(args) -> list[tuple[int, float]]:
@@ -160,8 +242,18 @@ def main() -> None:
     p.add_argument(
         "--backend", default="auto", help="auto, torch or openvino (server and offline alike)"
     )
+    p.add_argument(
+        "--reload-model",
+        type=Path,
+        help="swap this model in during each load test (POST /v1/model/reload)",
+    )
+    p.add_argument(
+        "--reload-at", type=float, default=None, help="seconds into the load test (default: half)"
+    )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    if args.reload_at is None:
+        args.reload_at = args.seconds / 2
     print(
         f"model {args.model}, image {args.image}, {args.clients} clients x {args.seconds:g} s, "
         f"torch threads {torch.get_num_threads()}"
@@ -184,8 +276,32 @@ def main() -> None:
             f"{r['statuses']} | {r['client_cores']:.2f} |",
             flush=True,
         )
+        if "swap" in r:
+            w = r["swap"]
+            answer = w["reload"].get("answer", {})
+            print(
+                f"  swap: reload asked at {w['reload'].get('asked_s', float('nan')):.2f} s, "
+                f"answered at {w['reload'].get('answered_s', float('nan')):.2f} s "
+                f"(status {w['reload'].get('status')}, load {answer.get('load_s')} s, warm-up "
+                f"{answer.get('warm_s')} s{', ' + answer['error'] if 'error' in answer else ''}); "
+                f"{w['failed']} failed requests; {w['old_answers']} answers from the old model, "
+                f"{w['new_answers']} from the new; last old answer began at "
+                f"{_s(w['last_old_start_s'])} and ended at {_s(w['last_old_end_s'])}, first new "
+                f"answer began at {_s(w['first_new_start_s'])} and ended at "
+                f"{_s(w['first_new_end_s'])}; one switch point: {w['one_switch_point']}; longest "
+                f"gap between answers around the swap {_ms(w['longest_gap_around_swap_ms'])}",
+                flush=True,
+            )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
+
+
+def _s(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} ms"
 
 
 if __name__ == "__main__":
