@@ -61,8 +61,8 @@ def _write(images: torch.Tensor, folder: Path, names: list[str]) -> list[Path]:
     return paths
 
 
-def _decode(files) -> torch.Tensor:
-    dataset = AnomalyDataset([Record(Path(p), None, 0) for p in files], 64)
+def _decode(files, size: int = 64) -> torch.Tensor:
+    dataset = AnomalyDataset([Record(Path(p), None, 0) for p in files], size)
     return load_tensor_stack(dataset, progress=False)[0]
 
 
@@ -388,6 +388,40 @@ def test_an_early_fusion_fine_tune_leaves_each_new_image_s_own_rows_out(tmp_path
             early.path, early.new_dir, tmp_path / "x.pt", time_budget=1,
             train_dir=early.old[0].parent,
         )  # fmt: skip
+
+
+def test_a_tiling_model_learns_the_new_images_tiles(tmp_path):
+    """A tiling model's memory holds tiles: the new frames' grid tiles join it, numbered after
+    the old ones, and the threshold is set on the held-out frames as the predictor tiles them
+    (scored here through ``adps.load`` from the files)."""
+    from adps.engine.tiling import Tiling, grid_tiles
+
+    category = make_demo_dataset(
+        tmp_path / "d", size=128, n_train=24, n_test_good=1, n_test_defect=1
+    )
+    files = sorted((category / "train" / "good").glob("*.png"))
+    config = ModelConfig(**SMALL, prior="memory", memory_size=100, tiling=True)
+    torch.manual_seed(0)
+    model = ADPS(config, pretrained=False).eval()
+    fit_prior(model, grid_tiles(_decode(files[:8], 128), Tiling.of(config)))
+    parent = tmp_path / "tiled.pt"
+    fingerprint = Fingerprint(frozenset(file_digests(files[:8])), recorded=True)
+    Checkpoint.of(model, fingerprint=fingerprint).save(parent)
+    new_dir = tmp_path / "new"
+    new = _write(_drift(_decode(files[8:20], 128)), new_dir, [p.name for p in files[8:20]])
+    result = update(parent, new_dir, tmp_path / "out.pt", holdout=0.5, target_far=0.2)
+    child = Checkpoint.load(result.checkpoint)
+    first = int(model.memory.sources.max()) + 1
+    sources = child.state["memory.sources"]
+    assert (sources >= first).any() and int(sources.max()) < first + 6 * 4  # 6 frames x 4 tiles
+    assert result.memory.features == len(model.memory.bank) + 6 * 4 * 64
+    digests = {_digest(p): p for p in new}
+    held = sorted(digests[d] for d in child.fingerprint.calibrated)
+    predictor = adps.load(result.checkpoint, backend="torch")
+    scores = np.array([p.score for p in predictor(held)])
+    assert child.thresholds.image == pytest.approx(
+        threshold_for_false_alarm_rate(scores, 0.2).threshold, rel=1e-5
+    )
 
 
 # --- refusals ------------------------------------------------------------------------------------

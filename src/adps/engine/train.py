@@ -123,6 +123,15 @@ def holdout_indices(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Te
     return order[n_hold:].sort().values, order[:n_hold].sort().values
 
 
+def some_tiles(tiles: torch.Tensor, seed: int) -> torch.Tensor:
+    """At most ``_PRIOR_TILES`` of ``tiles``, a fixed draw from ``seed``, in their order: the
+    tiles a tiling model's memory is fitted from."""
+    if len(tiles) <= _PRIOR_TILES:
+        return tiles
+    generator = torch.Generator().manual_seed(seed)
+    return tiles[torch.randperm(len(tiles), generator=generator)[:_PRIOR_TILES].sort().values]
+
+
 class Trainer:
     """Owns the model, optimiser and data for one run; ``fit`` runs (or resumes) it.
 
@@ -479,11 +488,7 @@ class Trainer:
             )
 
     def _some(self, tiles: torch.Tensor) -> torch.Tensor:
-        """At most ``_PRIOR_TILES`` of ``tiles``, a fixed draw from the seed."""
-        if len(tiles) <= _PRIOR_TILES:
-            return tiles
-        generator = torch.Generator().manual_seed(self.config.seed)
-        return tiles[torch.randperm(len(tiles), generator=generator)[:_PRIOR_TILES].sort().values]
+        return some_tiles(tiles, self.config.seed)
 
     def fit(self, on_epoch_end: Callable[[int, float], None] | None = None) -> TrainResult:
         """Trains until ``epochs`` are done or the time budget is spent (checked before every

@@ -16,7 +16,9 @@ What an update does, in order:
 2. Memory (:func:`adps.engine.prior.extend_prior`): the greedy coreset of the old bank and the
    new images' features together, with the same size bound; the new images are numbered after
    the old ones in ``memory.sources``. The prior's statistics (``memory.stats``) are
-   re-estimated on the calibration images, which the bank does not hold.
+   re-estimated on the calibration images, which the bank does not hold. A tiling model's
+   memory holds tiles: the new frames' grid tiles join it (at most as many as training takes),
+   numbered as tiles.
 3. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
    with the usual synthetic defects, on the new images and, if given, the old training images
    (``train_dir``; the checkpoint does not hold its images, so without it the fine-tune sees
@@ -63,7 +65,7 @@ from adps.engine.inference import TorchForward, infer
 from adps.engine.prior import PriorFit, decision_scores, decision_statistics, extend_prior
 from adps.engine.schedule import format_duration, parse_duration
 from adps.engine.tiling import Tiling, at_working_size, grid_tiles, tiled
-from adps.engine.train import Trainer
+from adps.engine.train import Trainer, some_tiles
 from adps.errors import AdpsError
 from adps.models.adps import ADPS
 
@@ -165,11 +167,17 @@ def update(
     ckpt = Checkpoint.load(model_path)
     config = ckpt.model_config
     bank = ckpt.state.get("memory.bank")
-    if config.prior != "memory" or bank is None or bank.shape[0] == 0:
+    if config.prior != "memory" or bank is None:
         raise AdpsError(
             f"has no memory prior (model.prior is {config.prior!r}), and adding new normal "
             "images to the memory is what an update does; train the model with --prior memory "
             "(the fast recipe's default)",
+            model_path,
+        )
+    if bank.shape[0] == 0:
+        raise AdpsError(
+            "its memory prior was never fitted (an empty memory.bank): train it to the end, "
+            "or resume it with adps train --resume",
             model_path,
         )
     out_path = _out_path(model_path, out, overwrite)
@@ -192,14 +200,11 @@ def update(
     learn_images = _decode(learn, net, progress)
     calibrate_images = _decode(calibrate, net, progress)
     tiling = Tiling.of(config)
-    memory_fit = extend_prior(
-        net,
-        learn_images if tiling is None else grid_tiles(learn_images, tiling),
-        calibrate_images if tiling is None else grid_tiles(calibrate_images, tiling),
-        batch_size,
-        progress,
-        seed,
-    )
+    memory_learn, memory_calibrate = learn_images, calibrate_images
+    if tiling is not None:  # the memory holds tile features, at most as many as training's
+        memory_learn = some_tiles(grid_tiles(learn_images, tiling), seed)
+        memory_calibrate = some_tiles(grid_tiles(calibrate_images, tiling), seed)
+    memory_fit = extend_prior(net, memory_learn, memory_calibrate, batch_size, progress, seed)
     updated = ["memory", "memory statistics"]
     training, fine_tune = ckpt.training, None
     trained = set(learn_digests)
