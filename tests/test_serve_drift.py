@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import special, stats
+from scipy import stats
 
 from adps.engine.calibrate import (
     REFERENCE_SIZE,
@@ -20,51 +20,27 @@ from adps.serve.drift import (
     DriftMonitor,
     DriftSettings,
     Reference,
-    beta_binomial_sf,
-    kolmogorov_sf,
-    ks_two_sample,
 )
 
 LEGACY = Path(__file__).parent / "data" / "checkpoints" / "v1.pt"
 
 
-def test_kolmogorov_sf_equals_scipy():
-    for x in [0.0, 0.05, 0.2, 0.4, 0.7, 1.0, 1.1799, 1.18, 1.5, 2.0, 3.0, 6.0]:
-        assert kolmogorov_sf(x) == pytest.approx(special.kolmogorov(x), rel=1e-12, abs=1e-300)
-
-
-@pytest.mark.parametrize(
-    ("n", "m", "shift"),
-    [(20, 40, 0.6), (30, 200, 0.3), (50, 200, 0.0), (100, 500, 0.2), (200, 1000, 0.15),
-     (150, 60, 0.4), (200, 190, 1.0)],
-)  # fmt: skip
-def test_ks_statistic_equals_scipy_and_its_p_value_is_close_to_the_exact_one(n, m, shift):
-    rng = np.random.default_rng(n * 1000 + m)
-    for _ in range(3):
-        a, b = rng.normal(shift, 1, n), rng.normal(0, 1, m)
-        d, p = ks_two_sample(a, b)
-        exact = stats.ks_2samp(a, b, method="exact")
-        assert d == pytest.approx(exact.statistic, abs=1e-12)
-        assert p == pytest.approx(exact.pvalue, rel=0.35, abs=1e-3)
-        # and the verdict at the service's default level agrees away from its edge
-        if not 0.5e-3 < exact.pvalue < 2e-3:
-            assert (p < 1e-3) == (exact.pvalue < 1e-3)
-
-
-def test_ks_statistic_with_ties_equals_scipy():
-    rng = np.random.default_rng(3)
-    a, b = rng.integers(0, 5, 60).astype(float), rng.integers(0, 6, 80).astype(float)
-    assert ks_two_sample(a, b)[0] == pytest.approx(stats.ks_2samp(a, b).statistic, abs=1e-12)
-
-
-@pytest.mark.parametrize(
-    ("k", "n", "alpha", "beta"),
-    [(0, 10, 2, 9), (3, 200, 2, 199), (10, 200, 2, 199), (1, 1, 2, 3), (50, 1000, 11, 990),
-     (40, 40, 6, 95), (5000, 10000, 3, 3)],
-)  # fmt: skip
-def test_beta_binomial_tail_equals_scipy(k, n, alpha, beta):
-    want = stats.betabinom.pmf(np.arange(k, n + 1), n, alpha, beta).sum()
-    assert beta_binomial_sf(k, n, alpha, beta) == pytest.approx(want, rel=1e-9)
+def test_the_score_test_sees_the_window_under_the_threshold():
+    """The statistic by brute force: the largest gap between the two empirical distribution
+    functions of the window's scores under the threshold and the calibration's under it."""
+    rng = np.random.default_rng(5)
+    thresholds = _calibrated(rng)
+    monitor = DriftMonitor(Reference.of(thresholds), DriftSettings(window=60))
+    scores = np.r_[rng.normal(0.5, 1, 60), [thresholds.image + 1.0] * 5]
+    monitor.add(scores)
+    t, ref = thresholds.image, np.asarray(thresholds.normal_scores)
+    window = scores[-60:]
+    under, base = window[window < t], ref[ref < t]
+    grid = np.r_[under, base]
+    d = max(abs((under <= x).mean() - (base <= x).mean()) for x in grid)
+    ks = monitor.report()["scores_under_threshold"]
+    assert ks["judged_normal"] == len(under) <= 55  # the 5 over the threshold are left out
+    assert ks["statistic"] == pytest.approx(d, abs=1e-12)
 
 
 def _calibrated(rng: np.random.Generator, n: int = 200, rate: float = 0.01) -> Thresholds:
@@ -85,9 +61,7 @@ def test_the_monitor_tests_its_window_exactly_as_scipy_does():
     want = stats.ks_2samp(under, ref[ref < t])
     ks = report["scores_under_threshold"]
     assert ks["statistic"] == pytest.approx(want.statistic, abs=1e-12)
-    assert ks["p_value"] == pytest.approx(
-        stats.ks_2samp(under, ref[ref < t], method="exact").pvalue, rel=0.35, abs=1e-3
-    )
+    assert ks["p_value"] == pytest.approx(want.pvalue)
     over = int((window >= t).sum())
     cal = thresholds.calibration
     k0, n0 = cal["normal_flagged"], cal["n_normal"]
@@ -112,7 +86,7 @@ def test_drift_flips_on_a_shifted_stream_and_stays_quiet_on_an_unshifted_one():
         if monitor.add([score]):
             flipped_at = i + 1
             break
-    # from a full window: 38 to 147 images over 20 seeds (the docstring of adps.serve.drift)
+    # from a full window: 4 to 106 images over 20 seeds (benchmarks/bench_drift.py)
     assert flipped_at is not None and flipped_at <= 150
     report = monitor.report()
     assert report["drifting"] and report["status"] == "drifting" and report["flips"] == 1
