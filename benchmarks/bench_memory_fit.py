@@ -252,6 +252,7 @@ def train_row(budget: float) -> dict:
         "_load_data": "decode",
         "fit_prior": "memory fit",
         "train_step": "training",
+        "fit_decision": "decision fit",
         "calibrate": "calibration",
     }
     for method, stage in staged.items():

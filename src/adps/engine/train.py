@@ -388,10 +388,16 @@ class Trainer:
     def decides_standardized(self) -> bool:
         return self.model.memory is not None and self.model_config.standardized_decision
 
+    @property
+    def read_batch(self) -> int:
+        """Images per forward pass after training (the decision's fit, calibration): a step's
+        micro-batch, so those passes hold no more memory than training did."""
+        return 1 if self.tiling else max(1, self.local_batch // self.parts)
+
     def fit_decision(self) -> None:
         """The standardized decision's statistics, after training: the PSM's scores are those
         of the trained PSM (engine/prior.py, fit_decision)."""
-        fit_decision(self.model, self.images, self.holdout, self.config.batch_size, self.progress)
+        fit_decision(self.model, self.images, self.holdout, self.read_batch, self.progress)
 
     def calibrate(self) -> Thresholds:
         """Image threshold from the held-out normal images (none held out: uncalibrated)."""
@@ -400,9 +406,7 @@ class Trainer:
         forward = tiled(
             TorchForward(self.model, self.device), self.model_config, self.config.batch_size
         )
-        _, scores, _ = infer(
-            forward, self.holdout, self.device, 1 if self.tiling else self.config.batch_size
-        )
+        _, scores, _ = infer(forward, self.holdout, self.device, self.read_batch)
         self.model.train()
         calibration = threshold_for_false_alarm_rate(
             scores.numpy(), self.config.target_false_alarm_rate
@@ -434,7 +438,7 @@ class Trainer:
     def _calibration_seconds(self) -> float:
         """How long :meth:`fit_decision` and :meth:`calibrate` will take, from one timed batch
         of the images they read (the hold-out, else the training images)."""
-        batch = 1 if self.tiling else self.config.batch_size
+        batch = self.read_batch
         read = [] if self.holdout is None else [self.holdout]  # calibration
         if self.decides_standardized:
             read.append(self.images if self.holdout is None else self.holdout)
