@@ -653,6 +653,10 @@ def page_accuracy(d: Data, plots: dict) -> Page:
         p.uses("memory_fit")
         p.add("## The memory's fit\n")
         p.add(generic(d.docs["memory_fit"]))
+        for name in ("memory_fit_accuracy", "memory_fit_budget"):
+            if name in d.docs:
+                p.uses(name)
+                p.add(generic(d.docs[name]))
     return p
 
 
