@@ -44,3 +44,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole session (starting one costs about 5 s): two CPUs,
+    no dashboard, logs kept out of the test output. Tests that need Ray take this fixture; the
+    instance is shut down when the session ends."""
+    ray = pytest.importorskip("ray") if not os.environ.get("CI") else __import__("ray")
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )
+    yield ray
+    ray.shutdown()
