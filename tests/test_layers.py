@@ -27,6 +27,7 @@ LAYERS = {  # module prefix -> layer; the longest matching prefix wins
     "adps.engine": 3,
     "adps.report": 4,
     "adps.export": 4,
+    "adps.export_triton": 4,
     "adps.serve": 4,
     "adps.cli": 5,
     "adps.__main__": 6,
