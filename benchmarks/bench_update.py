@@ -22,11 +22,19 @@ as runs/decision/bottle-s0 is), the new batch and the update calibration are dra
 training images, drifted; the JSON says so (``"new_images_seen_before_drift": true``), and the
 figures then flatter the update (the model saw these parts under the old lamp).
 
+A published test/good may hold copies of training images (the battery weld's holds 7): copies
+never count as unseen. ``--pool-test-good`` puts the remaining test/good images into the unseen
+pool for sets with few normal images (weld: 37 train, 35 test/good), so that the new batch is
+unseen there too, at the cost of fewer images for the false-alarm rate.
+
 Each update runs as its own process (``python -m adps update``), so its wall time includes
 start-up and its peak RSS is its own. Writes JSON (``--out``). ``--quick`` checks that the
 script works in a few minutes: N = 10 only, a 20-s fine-tune, fewer test images, target 0.1.
 
-    python benchmarks/bench_update.py --out benchmarks/results/update.json       # ~30 min
+    python benchmarks/bench_update.py --out runs/bench_update/bottle.json       # ~30 min
+    python benchmarks/bench_update.py --data ../shared/datasets/battery_weld --category welding \\
+        --base-images 17 --target-far 0.1 --sizes 10 --pool-test-good \\
+        --out runs/bench_update/weld.json                                        # ~20 min
     python benchmarks/bench_update.py --quick --model runs/decision/bottle-s0/model.pt \\
         --out runs/bench_update_quick.json
 """
@@ -55,6 +63,7 @@ from adps.data.fingerprint import file_digests
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.inference import TorchForward, infer
 from adps.metrics import image_metrics
+from adps.serve.drift import DriftMonitor, DriftSettings, Reference
 
 GAMMA, BRIGHTNESS = 1.6, 0.8
 
@@ -105,6 +114,43 @@ def evaluate(model_path: Path, normal: torch.Tensor, defects: torch.Tensor) -> d
         "image_auroc": float(metrics["image_auroc"]),
         "normal_images": len(normal_scores),
         "defect_images": len(defect_scores),
+        "normal_scores": normal_scores.tolist(),
+    }
+
+
+def drift_watch(model_path: Path, before: list[float], after: list[float], runs: int = 20) -> dict:
+    """How the service's drift watch (default window and alarm) judges a stream of this model's
+    real normal scores, drawn with replacement: 1,000 from before the change (does it stay
+    quiet?), then, after a full window of those, the scores after the change (how many images
+    until it flips?)."""
+    reference = Reference.of(Checkpoint.load(model_path).thresholds)
+    settings = DriftSettings()
+    false_flips, to_flip = 0, []
+    for seed in range(runs):
+        rng = np.random.default_rng(seed)
+        quiet = DriftMonitor(reference, settings)
+        false_flips += any(quiet.add([s]) for s in rng.choice(before, 1000))
+        monitor = DriftMonitor(reference, settings)
+        for s in rng.choice(before, settings.window):
+            monitor.add([s])
+        false_flips += monitor.drifting
+        flip = None
+        for i, s in enumerate(rng.choice(after, 5000)):
+            monitor.add([s])
+            if monitor.drifting:
+                flip = i + 1
+                break
+        to_flip.append(flip)
+    flipped = [n for n in to_flip if n is not None]
+    return {
+        "window": settings.window,
+        "alarm": settings.alarm,
+        "runs": runs,
+        "false_flips": false_flips,  # of 2 * runs unshifted streams (1,000 and a window)
+        "flipped_runs": len(flipped),
+        "images_to_flip_min": min(flipped, default=None),
+        "images_to_flip_median": float(np.median(flipped)) if flipped else None,
+        "images_to_flip_max": max(flipped, default=None),
     }
 
 
@@ -119,6 +165,72 @@ def run_update(model: Path, new: Path, out: Path, calibrate: Path, budget, seed:
     row = json.loads(done.stdout.strip().splitlines()[-1])
     row["process_seconds"] = time.perf_counter() - start
     return row
+
+
+DATASETS = {"bottle": "MVTec AD bottle", "welding": "battery weld"}
+WELD_SPLIT = "disjoint (benchmarks/splits/battery_weld.json)"  # test/good without its copies
+MACHINE = "2-core AMD EPYC CPU, no GPU"
+
+
+def collect(runs: list[Path], out: Path) -> None:
+    """The result file (benchmarks/results/update.json) from this script's run files: a row
+    per dataset and stage, and one for each dataset's drift watch."""
+    rows = []
+    for path in runs:
+        run = json.loads(path.read_text())
+        dataset = DATASETS.get(run["category"], run["category"])
+        common = {
+            "dataset": dataset,
+            "seed": run["seed"],
+            "machine": MACHINE,
+            "command": run["command"],
+            "source": f"{path.name} written by benchmarks/bench_update.py on {run['date']}",
+        }
+        if run["category"] == "welding":
+            common["test_split"] = WELD_SPLIT
+        settings = {
+            "drift": run["drift"],
+            "target_false_alarm_rate": run["target_false_alarm_rate"],
+            "calibration_images": run["calibration_images"],
+            "base_images": run["base_images"],
+            "evaluation_normal_images": run["evaluation_normal_images"],
+            "new_images_seen_before_drift": run["new_images_seen_before_drift"],
+        }
+        for stage in run["stages"]:
+            values = {k: v for k, v in stage.items() if k not in ("stage", "update", "fine_tune")}
+            values.pop("normal_scores")
+            values.pop("new_images", None)
+            update = stage.get("update") or {}
+            values |= {f"update_{k}": v for k, v in update.items()}
+            rows.append(
+                {
+                    "run": f"{dataset}: {stage['stage']}",
+                    "stage": stage["stage"],
+                    "settings": settings
+                    | {"new_images": stage.get("new_images"), "fine_tune": stage.get("fine_tune")},
+                    "values": values,
+                    **common,
+                }
+            )
+        rows.append(
+            {
+                "run": f"{dataset}: drift watch",
+                "stage": "drift watch",
+                "settings": settings,
+                "values": run["drift_watch"],
+                **common,
+            }
+        )
+    doc = {
+        "benchmark": "update",
+        "title": "A drifting line: adps update and the service's drift watch",
+        "kind": "single measurements, one a row (key = run)",
+        "machine": MACHINE,
+        "source": "benchmarks/bench_update.py (run files collected with --collect)",
+        "rows": rows,
+    }
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {out}")
 
 
 def main() -> None:
@@ -138,8 +250,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_update"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_update/update.json"))
+    parser.add_argument(
+        "--pool-test-good",
+        action="store_true",
+        help="test/good joins the unseen normal pool (sets with few training images: weld)",
+    )
     parser.add_argument("--quick", action="store_true", help="a few minutes: is the script sound?")
+    parser.add_argument(
+        "--collect",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="write --out as the result file (benchmarks/results/update.json) from run files",
+    )
     args = parser.parse_args()
+    if args.collect:
+        collect(args.collect, args.out)
+        return
     if args.quick:
         args.sizes, args.fine_tune, args.target_far = [10], "20s", 0.1
     n_cal = args.calibration or math.ceil(1 / args.target_far - 1e-9)
@@ -157,6 +284,7 @@ def main() -> None:
     if args.quick:
         defects = rng.sample(defects, 20)
 
+    base_trained_here = args.model is None
     if args.model is None:  # a base model that leaves train/good images unseen
         chosen = sorted(rng.sample(train, args.base_images))
         base_data = work / "base_data" / args.category / "train" / "good"
@@ -170,25 +298,37 @@ def main() -> None:
         train_args += ["--out", str(work / "base")]
         if args.textures and Path(args.textures).is_dir():
             train_args += ["--textures", args.textures]
-        assert adps_main(train_args) == 0
+        if not (work / "base" / "model.pt").is_file():  # a rerun keeps the seeded base model
+            assert adps_main(train_args) == 0
         args.model = work / "base" / "model.pt"
     base = Checkpoint.load(args.model)
     size = base.model_config.size
     learned = base.fingerprint.trained | base.fingerprint.calibrated
-    unseen = [p for p, d in zip(train, file_digests(train), strict=True) if d not in learned]
-    rng.shuffle(unseen)
-    need = 2 * n_cal + max(args.sizes)
-    seen_before = len(unseen) < need
-    if seen_before:  # drawn from images the model trained on (see the module's docstring)
-        pool = [p for p in train if p not in set(unseen)]
-        rng.shuffle(pool)
-        calibration0, eval_extra = unseen[:n_cal], unseen[n_cal:]
-        if len(calibration0) < n_cal:  # the base threshold on test/good would test on it
-            calibration0 = pool[:n_cal]
-        update_cal, new_pool = pool[n_cal : 2 * n_cal], pool[2 * n_cal :]
+    train_digests = file_digests(train)
+    unseen = [p for p, d in zip(train, train_digests, strict=True) if d not in learned]
+    seen = [p for p in train if p not in set(unseen)]
+    # a published test/good may hold copies of training images (battery weld: 7): never count
+    # a copy as an unseen normal image
+    distinct_good = [
+        p
+        for p, d in zip(test_good, file_digests(test_good), strict=True)
+        if d not in set(train_digests)
+    ]
+    if args.pool_test_good:  # small sets: test/good joins the unseen pool, shuffled with it
+        unseen, test_good = unseen + distinct_good, []
     else:
-        calibration0, update_cal = unseen[:n_cal], unseen[n_cal : 2 * n_cal]
-        new_pool, eval_extra = unseen[2 * n_cal : need], unseen[need:]
+        test_good = distinct_good
+    rng.shuffle(unseen)
+    rng.shuffle(seen)
+    # each role takes unseen images first, then (flagged) images the model trained on
+    queue = unseen + seen
+    calibration0 = queue[:n_cal]
+    update_cal = queue[n_cal : 2 * n_cal]
+    new_pool = queue[2 * n_cal : 2 * n_cal + max(args.sizes)]
+    eval_extra = unseen[2 * n_cal + max(args.sizes) :]
+    seen_before = len(unseen) < 2 * n_cal + max(args.sizes)
+    if len(new_pool) < max(args.sizes):
+        raise SystemExit(f"{len(queue)} normal images cannot give {max(args.sizes)} new ones")
     eval_normal = test_good + eval_extra
 
     # the base threshold, on unshifted unseen (or, flagged, seen) normal images
@@ -201,7 +341,7 @@ def main() -> None:
     calibrate = ["calibrate", "--model", str(args.model), "--normal-dir", str(base_cal)]
     calibrate += ["--target-far", str(args.target_far), "--backend", "torch", "--out"]
     calibrate += [str(base_model), "--no-progress"]
-    if seen_before and calibration0[0] not in unseen:
+    if any(p not in unseen for p in calibration0):
         calibrate.append("--allow-overlap")
     assert adps_main(calibrate) == 0
 
@@ -216,7 +356,8 @@ def main() -> None:
         {"stage": "before the change", **evaluate(base_model, normal_before, defect_before)},
         {"stage": "after the change", **evaluate(base_model, normal_after, defect_after)},
     ]
-    print(json.dumps(stages[-2:], indent=1))
+    watch = drift_watch(base_model, stages[0]["normal_scores"], stages[1]["normal_scores"])
+    print(json.dumps(watch))
     for n in args.sizes:
         folder = new_dir / f"n{n}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -241,12 +382,17 @@ def main() -> None:
     result = {
         "benchmark": "bench_update",
         "quick": args.quick,
+        "seed": args.seed,
+        "date": time.strftime("%Y-%m-%d"),
+        "command": "python " + " ".join(sys.argv),
         "category": args.category,
         "model": str(args.model),
         "drift": {"gamma": GAMMA, "brightness": BRIGHTNESS},
         "target_false_alarm_rate": args.target_far,
         "calibration_images": n_cal,
         "new_images_seen_before_drift": seen_before,
+        "base_images": None if base_trained_here is False else args.base_images,
+        "evaluation_normal_images": len(eval_normal),
         "machine": {
             "cpu_threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
@@ -254,6 +400,7 @@ def main() -> None:
             "torch": torch.__version__,
         },
         "stages": stages,
+        "drift_watch": watch,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
