@@ -4,10 +4,17 @@ false-alarm rate, the default window (200) and alarm level (0.001), 20 seeds. Ea
 3,000 unshifted images (false flips), then shifts the scores by one standard deviation; and,
 after 200 unshifted images (a full window), by half of one. Scores only, no model: a minute.
 
-    python benchmarks/bench_drift.py
+    python benchmarks/bench_drift.py --out benchmarks/results/drift.json
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +31,9 @@ def images_to_flip(monitor: DriftMonitor, scores: np.ndarray) -> int | None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, help="write the result file here")
+    args = parser.parse_args()
     false_flips, flips = 0, {1.0: [], 0.5: []}
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -35,12 +45,46 @@ def main() -> None:
             if not monitor.drifting:
                 flips[shift].append(images_to_flip(monitor, rng.normal(shift, 1, 1000)))
     print(f"false flips: {false_flips} of 40 unshifted runs (20 of 3,000 images, 20 of 200)")
+    common = {
+        "dataset": "simulated normal scores",
+        "settings": asdict(DriftSettings()) | {"calibration_images": 200, "target_far": 0.01},
+        "seed": "0-19",
+        "machine": "2-core AMD EPYC CPU, no GPU",
+        "command": "python " + " ".join(sys.argv),
+        "source": f"benchmarks/bench_drift.py, run on {time.strftime('%Y-%m-%d')}",
+    }
+    rows = [
+        {
+            "run": "unshifted",
+            "values": {"runs": 40, "false_flips": false_flips, "images": "20 x 3,000 + 20 x 200"},
+            **common,
+        }
+    ]
     for shift, counts in flips.items():
         seen = [c for c in counts if c is not None]
         print(
             f"shift {shift:g} sd: flipped in {len(seen)} of {len(counts)} runs, after "
             f"{min(seen)} to {max(seen)} images (median {np.median(seen):.0f})"
         )
+        values = {
+            "runs": len(counts),
+            "flipped_runs": len(seen),
+            "images_to_flip_min": min(seen),
+            "images_to_flip_median": float(np.median(seen)),
+            "images_to_flip_max": max(seen),
+        }
+        rows.append({"run": f"shift {shift:g} sd", "values": values, **common})
+    if args.out:
+        doc = {
+            "benchmark": "drift",
+            "title": "The service's drift watch on simulated scores",
+            "kind": "single measurements, one a row (key = run)",
+            "machine": common["machine"],
+            "source": "benchmarks/bench_drift.py",
+            "rows": rows,
+        }
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
