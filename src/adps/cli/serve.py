@@ -22,14 +22,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "judged with the model's calibration (--drift-window, --drift-alarm); with "
         "--keep-images, POST /v1/feedback files the operator's verdicts where adps update and "
         "adps calibrate take them; POST /v1/model/reload, SIGHUP or a changed --model file "
-        "swaps the model without dropping a request. Docs: docs/guide/serving.md. Needs the "
-        "serve extra: pip install 'adps[serve]'.",
+        "swaps the model without dropping a request. Several --model NAME=PATH serve several "
+        "models, each under /v1/models/NAME/ (GET /v1/models lists them) with its own batcher, "
+        "drift watch, swap and feedback folder; --ray runs the same service on Ray Serve with "
+        "--replicas per model. Docs: docs/guide/serving.md. Needs the serve extra: pip install "
+        "'adps[serve]' (and 'adps[ray]' for --ray).",
     )
     p.add_argument(
         "--model",
         required=True,
-        type=Path,
-        help="model.pt, model.onnx, model.xml (OpenVINO) or model.ts",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="model.pt, model.onnx, model.xml (OpenVINO) or model.ts; repeat it as "
+        "NAME=PATH to serve several models (a plain PATH is named after its file's stem)",
+    )
+    p.add_argument(
+        "--default-model",
+        metavar="NAME",
+        help="with several models, the one the one-model routes (/v1/predict, /v1/model, "
+        "/v1/drift, /v1/feedback, /v1/model/reload) address (default: none; they answer 400 "
+        "and name the models)",
+    )
+    p.add_argument(
+        "--ray",
+        action="store_true",
+        help="run the service on Ray Serve (pip install 'adps[ray]'): an ingress deployment "
+        "and one deployment per model, each with --replicas and Serve's request batching; "
+        "joins the cluster at RAY_ADDRESS if set, else starts a local Ray",
+    )
+    p.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        metavar="NAME=N",
+        help="with --ray: replicas of the model NAME (default 1 each); repeat per model",
     )
     p.add_argument(
         "--host",
@@ -96,7 +122,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=Path,
         metavar="DIR",
         help="keep each request's image in DIR/images under its id and take the operator's "
-        "verdicts on them (POST /v1/feedback), filed in DIR/feedback (default: keep none)",
+        "verdicts on them (POST /v1/feedback), filed in DIR/feedback; with several models, "
+        "in DIR/NAME/ per model (default: keep none)",
     )
     p.add_argument(
         "--keep-max-images",
@@ -129,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from adps.serve.app import ServeSettings, create_app
+        from adps.serve.app import ServeSettings, create_multi_app
+        from adps.serve.lanes import parse_counts, parse_model_specs
     except ImportError as exc:
         raise AdpsError(
             f"adps serve needs the serve extra ({exc}); install it with pip install 'adps[serve]'"
@@ -156,11 +184,37 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_max_images < 1 or args.keep_max_mb <= 0 or args.watch_model < 0:
         raise AdpsError("--keep-max-images and --keep-max-mb must be positive, --watch-model >= 0")
 
+    models = parse_model_specs(args.model)
+    replicas = parse_counts(args.replicas, models, "--replicas")
+    if replicas and not args.ray:
+        raise AdpsError("--replicas needs --ray (one process serves one copy of each model)")
+    if args.default_model is not None and args.default_model not in models:
+        raise AdpsError(
+            f"--default-model {args.default_model!r}: no such model (served: {', '.join(models)})"
+        )
+    if args.ray:
+        from adps.ray.serving import RayServeSettings, serve_on_ray
+
+        return serve_on_ray(
+            models,
+            settings,
+            RayServeSettings(
+                replicas=replicas,
+                device=args.device,
+                backend=args.backend,
+                precision=args.precision,
+                host=args.host,
+                port=args.port,
+            ),
+            default=args.default_model,
+        )
+
     def loader(path: Path):
         return load(path, args.device, args.max_batch, args.backend, args.precision)
 
-    predictor = loader(args.model)
-    app = create_app(predictor, args.model, settings, loader)
+    loaded = {name: (loader(path), path) for name, path in models.items()}
+    app = create_multi_app(loaded, settings, loader, default=args.default_model)
+    predictor = next(iter(loaded.values()))[0]
     handler = logging.StreamHandler()  # drift flips and model swaps, on stderr
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     service_log = logging.getLogger("adps.serve")
@@ -169,10 +223,11 @@ def run(args: argparse.Namespace) -> int:
     service_log.propagate = False
     auth = "token required" if settings.token else "no token"
     kept = f"; keeping images in {args.keep_images}" if args.keep_images else ""
+    served = ", ".join(f"{name}={path}" for name, path in models.items())
     print(
-        f"serving {args.model} on http://{args.host}:{args.port} ({auth}; page at /, API "
+        f"serving {served} on http://{args.host}:{args.port} ({auth}; page at /, API "
         f"docs at /docs); runtime: {predictor.runtime}{kept}; pid {os.getpid()} (SIGHUP "
-        f"reloads the model)",
+        f"reloads the models)",
         flush=True,
     )
     uvicorn.run(

@@ -1,4 +1,4 @@
-"""The inference service: a FastAPI application around one :class:`~adps.engine.predict.Predictor`.
+"""The inference service: a FastAPI application around one or several models, by name.
 
 Endpoints (all but health and the page need ``Authorization: Bearer <token>`` when a token is
 set):
@@ -20,26 +20,36 @@ set):
   (``watch_interval_s``) do the same.
 * ``GET /``: the page (drop images, see overlay, mask, score and decision, the model and drift).
 
+Several models (:func:`create_multi_app`, ``adps serve --model a=a.pt --model b=b.pt``): each
+is a lane (:mod:`adps.serve.lanes`) with its own batcher, drift watch, swap and feedback folder
+(``keep_dir/<name>``), addressed as ``GET /v1/models`` (the list: id, input size, threshold),
+``POST /v1/models/{name}/predict``, ``GET /v1/models/{name}`` (as ``/v1/model``),
+``GET /v1/models/{name}/drift``, ``POST /v1/models/{name}/feedback`` and
+``POST /v1/models/{name}/reload``; an unknown name is a 404 that lists the served ones. The
+one-model routes above address the default model: the only one, or ``default``; with several
+and no default they answer 400 and name the models (a client that guesses must not get the
+wrong model's verdict). One model is also served under ``/v1/models/<file stem>/``; its
+routes and answers are what they were before names existed.
+
 Every answer names the model that produced it (``model_id``: file name and SHA-256 prefix); a
 request runs on the model that was current when it arrived.
 
 Every error is a JSON ``{"error": ...}`` with a 4xx/5xx status that names the problem; no
-traceback reaches a client. Requests go through a :class:`MicroBatcher`, so concurrent clients
-share model batches and a full queue answers 503 with ``Retry-After``.
+traceback reaches a client. A model's requests go through its lane's :class:`MicroBatcher`, so
+concurrent clients share model batches and a full queue answers 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import hmac
-import io
 import json
 import logging
+import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -47,11 +57,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -59,11 +67,10 @@ from adps.data.datasets import OverPixelLimit, read_image_bytes
 from adps.engine.predict import Prediction, Predictor
 from adps.errors import AdpsError
 from adps.fileio import file_sha256
-from adps.report.plots import overlay
-from adps.serve.batching import Busy, MicroBatcher
+from adps.serve.batching import Busy
 from adps.serve.drift import DriftSettings
 from adps.serve.feedback import Feedback, FeedbackError, client_name, new_id
-from adps.serve.models import ModelHolder, ServedModel, watch_file
+from adps.serve.lanes import NAME, Lane, LaneSettings, LocalLane, answer_json
 from adps.version import __version__
 
 log = logging.getLogger("adps.serve")
@@ -94,6 +101,12 @@ class ServeSettings:
     def drift(self) -> DriftSettings:
         return DriftSettings(self.drift_window, self.drift_alarm, self.drift_min_images)
 
+    @property
+    def lane(self) -> LaneSettings:
+        return LaneSettings(
+            self.max_batch, self.max_wait_ms, self.queue_size, self.drift, self.watch_interval_s
+        )
+
 
 class ServeError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
@@ -107,12 +120,6 @@ def model_id(path: Path) -> str:
     return f"{path.name}@{file_sha256(path)[:12]}"
 
 
-def _png_base64(array: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def prediction_json(
     pred: Prediction,
     image: np.ndarray,
@@ -123,27 +130,8 @@ def prediction_json(
     name: str | None,
 ) -> dict[str, Any]:
     """One image's answer: `adps predict`'s row (:meth:`Prediction.summary`) and more."""
-    t = predictor.thresholds
-    answer = {
-        "filename": name,
-        **pred.summary(),
-        "is_anomalous": bool(pred.is_anomalous),
-        "threshold": {
-            "image": t.decision,
-            "pixel": t.pixel,
-            "rule": t.rule(),
-            "source": "calibrated"
-            if t.image is not None
-            else "uncalibrated: the pixel threshold decides",
-        },
-        "image_size": [int(image.shape[0]), int(image.shape[1])],
-        "model_id": ident,
-        "milliseconds": round(milliseconds, 2),
-    }
-    if "mask" in outputs:
-        answer["mask_png"] = _png_base64((pred.mask * 255).astype(np.uint8))
-    if "overlay" in outputs:
-        answer["overlay_png"] = _png_base64(overlay(image, pred.anomaly_map, pred.mask))
+    answer = answer_json(pred, image, predictor.thresholds, ident, outputs, name)
+    answer["milliseconds"] = round(milliseconds, 2)
     return answer
 
 
@@ -161,6 +149,12 @@ def _default_loader(predictor: Predictor) -> Callable[[Path], Predictor]:
     )
 
 
+def name_of(path: Path) -> str:
+    """A model's name when none is given: its file's stem, made a URL-safe word."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-._")[:64]
+    return name if NAME.fullmatch(name) else "model"
+
+
 def create_app(
     predictor: Predictor,
     model_path: str | Path,
@@ -168,52 +162,80 @@ def create_app(
     loader: Callable[[Path], Predictor] | None = None,
 ) -> FastAPI:
     """The service around ``predictor`` (read from ``model_path``); ``loader`` opens the file
-    again for a reload (default: :func:`adps.load` on the predictor's device)."""
+    again for a reload (default: :func:`adps.load` on the predictor's device). The model is
+    also served as ``/v1/models/<file stem>/...``."""
     model_path = Path(model_path)
+    return create_multi_app({name_of(model_path): (predictor, model_path)}, settings, loader)
+
+
+def create_multi_app(
+    models: Mapping[str, tuple[Predictor, str | Path]],
+    settings: ServeSettings = ServeSettings(),
+    loader: Callable[[Path], Predictor] | None = None,
+    default: str | None = None,
+) -> FastAPI:
+    """The service around several models, by name: ``{name: (predictor, model file)}``, each
+    in a lane of its own (:class:`~adps.serve.lanes.LocalLane`). ``default`` names the model
+    the one-model routes (``/v1/predict``, ...) address; with one model it is that one."""
+    for name in models:
+        if not NAME.fullmatch(name):
+            raise AdpsError(f"model name {name!r}: use letters, digits, '_', '.' or '-'")
+    lanes = {
+        name: LocalLane(
+            name, predictor, Path(path), settings.lane, loader or _default_loader(predictor)
+        )
+        for name, (predictor, path) in models.items()
+    }
+    return build_app(lanes, settings, default)
+
+
+def build_app(
+    lanes: Mapping[str, Lane], settings: ServeSettings, default: str | None = None
+) -> FastAPI:
+    """The FastAPI app over ``lanes`` (local ones, or :mod:`adps.ray.serving`'s)."""
+    if not lanes:
+        raise AdpsError("the service needs at least one model")
+    names = list(lanes)
+    if default is not None and default not in lanes:
+        raise AdpsError(f"--default-model {default!r}: no such model (served: {', '.join(names)})")
+    if default is None and len(names) == 1:
+        default = names[0]
     drift = settings.drift
-    store = (
-        None
+    stores: dict[str, Feedback | None] = {
+        name: None
         if settings.keep_dir is None
-        else Feedback(settings.keep_dir, settings.keep_max_images, settings.keep_max_bytes)
-    )
+        else Feedback(  # one model keeps where it always did; several, a folder each
+            settings.keep_dir if len(names) == 1 else settings.keep_dir / name,
+            settings.keep_max_images,
+            settings.keep_max_bytes,
+        )
+        for name in names
+    }
 
-    # batch 1 (a quiet line) and a full batch (a busy one): the first call of a batch size
-    # is slow (an OpenVINO graph is compiled per size), so neither waits on a real part
-    def warm(model: Predictor) -> None:
-        height, width = model.config.size
-        for size in sorted({1} if model.tiling else {1, settings.max_batch}):
-            frames = [torch.zeros((3, height, width), dtype=torch.uint8)] * size
-            model.predict_tensors(frames)
+    def lane_of(name: str) -> Lane:
+        lane = lanes.get(name)
+        if lane is None:
+            raise ServeError(
+                404, f"no model named {name!r}; this service hosts: {', '.join(names)}"
+            )
+        return lane
 
-    holder = ModelHolder(
-        ServedModel.of(predictor, model_path, drift),
-        loader or _default_loader(predictor),
-        warm,
-        drift,
-    )
+    def default_lane() -> Lane:
+        if default is None:
+            raise ServeError(
+                400,
+                f"this service hosts {len(names)} models ({', '.join(names)}): address one as "
+                "/v1/models/{name}/... (e.g. /v1/models/" + names[0] + "/predict), or start it "
+                "with --default-model NAME",
+            )
+        return lanes[default]
 
-    def run(items: list[tuple[ServedModel, np.ndarray]]) -> list[Prediction]:
-        """One model batch; around a swap it holds requests of both models, each run on its
-        own."""
-        results: list[Prediction | None] = [None] * len(items)
-        groups: dict[int, list[int]] = {}
-        for i, (served, _) in enumerate(items):
-            groups.setdefault(id(served), []).append(i)
-        for indices in groups.values():
-            served = items[indices[0]][0]
-            tensors = [torch.from_numpy(items[i][1]).permute(2, 0, 1) for i in indices]
-            for i, p in zip(indices, served.predictor.predict_tensors(tensors), strict=True):
-                results[i] = p
-        return [p for p in results if p is not None]
-
-    def reload_soon(reason: str, only_if_changed: bool = False) -> Any:
-        return holder.reload(reason, only_if_changed)
+    async def reload_all(reason: str) -> None:
+        for lane in lanes.values():
+            await lane.reload(reason)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher = MicroBatcher(run, settings.max_batch, settings.max_wait_ms, settings.queue_size)
-        app.state.batcher, app.state.ready = batcher, False
-        batcher.start()
         loop = asyncio.get_running_loop()
         background: set[asyncio.Task] = set()
 
@@ -222,23 +244,12 @@ def create_app(
             background.add(task)
             task.add_done_callback(background.discard)
 
-        async def warm_up() -> None:
-            await batcher.call(functools.partial(warm, holder.current.predictor))
-            app.state.ready = True
-
-        spawn(warm_up())
-        if settings.watch_interval_s > 0:
-            spawn(
-                watch_file(
-                    holder,
-                    settings.watch_interval_s,
-                    lambda: reload_soon("the model file changed", only_if_changed=True),
-                )
-            )
+        for lane in lanes.values():
+            await lane.start(spawn)
         hangup = False
         if settings.handle_sighup:
             try:
-                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload_soon("SIGHUP")))
+                loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload_all("SIGHUP")))
                 hangup = True
             except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
                 log.warning("SIGHUP cannot reload the model here (%s)", exc)
@@ -249,7 +260,8 @@ def create_app(
                 loop.remove_signal_handler(signal.SIGHUP)
             for task in list(background):
                 task.cancel()
-            await batcher.stop()
+            for lane in lanes.values():
+                await lane.stop()
 
     def authenticate(request: Request) -> None:
         """With a token set, every route but health and the page needs it (constant time)."""
@@ -271,9 +283,12 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
-        description="Anomaly maps, scores and decisions from an adps model.",
+        description="Anomaly maps, scores and decisions from adps models.",
     )
-    app.state.holder, app.state.feedback = holder, store
+    app.state.lanes = lanes
+    if default is not None and isinstance(lanes[default], LocalLane):
+        app.state.holder = lanes[default].holder  # type: ignore[attr-defined]
+    app.state.feedback = stores[default] if default is not None else None
 
     @app.exception_handler(ServeError)
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
@@ -299,34 +314,37 @@ def create_app(
         return get_swagger_ui_html(openapi_url="/openapi.json", title="adps API")
 
     @app.get("/v1/health")
-    async def health(request: Request) -> JSONResponse:
-        if request.app.state.ready:
-            return JSONResponse({"status": "ready", "model_id": holder.current.ident})
-        return JSONResponse({"status": "starting"}, 503, headers={"Retry-After": "1"})
+    async def health() -> JSONResponse:
+        if not all(lane.ready for lane in lanes.values()):
+            waiting = [name for name, lane in lanes.items() if not lane.ready]
+            body: dict[str, Any] = {"status": "starting"}
+            if len(names) > 1:
+                body["waiting_for"] = waiting
+            return JSONResponse(body, 503, headers={"Retry-After": "1"})
+        if len(names) == 1:
+            return JSONResponse({"status": "ready", "model_id": lanes[names[0]].ident()})
+        return JSONResponse(
+            {
+                "status": "ready",
+                "models": {name: lane.ident() for name, lane in lanes.items()},
+                "default": default,
+            }
+        )
 
-    @app.get("/v1/model", dependencies=guarded)
-    async def model_info(request: Request) -> dict:
-        served = holder.current
-        meta = served.predictor.metadata
+    async def model_info(name: str, lane: Lane) -> dict:
+        facts = await lane.facts()
+        store = stores[name]
         return {
-            "model_id": served.ident,
-            "model": holder.describe(),
+            "name": name,
+            "model_id": facts["model_id"],
+            "model": facts.get("model"),
             "adps_version": __version__,
-            "runtime": served.predictor.runtime,
-            "model_config": meta.get("model_config"),
-            "preprocess": meta.get("preprocess")
-            or {
-                k: meta[k]
-                for k in ("image_size", "mean", "std", "input_dtype", "channel_order")
-                if k in meta
-            },
-            "thresholds": served.predictor.thresholds.summary(),
-            "decision_rule": served.predictor.thresholds.rule(),
+            **{k: facts[k] for k in FACTS if k in facts},
             "batching": {
                 "max_batch": settings.max_batch,
                 "max_wait_ms": settings.max_wait_ms,
                 "queue_size": settings.queue_size,
-                "batches_run": request.app.state.batcher.batches,
+                "batches_run": facts.get("batches_run"),
             },
             "limits": {
                 "max_pixels": settings.max_pixels,
@@ -342,27 +360,57 @@ def create_app(
             "watch_interval_s": settings.watch_interval_s or None,
         }
 
+    @app.get("/v1/models", dependencies=guarded)
+    async def list_models() -> dict:
+        listed = []
+        for name, lane in lanes.items():
+            facts = await lane.facts()
+            listed.append(
+                {
+                    "name": name,
+                    "model_id": facts["model_id"],
+                    "input_size": facts["input_size"],
+                    "threshold": facts["threshold"],
+                    "decision_rule": facts["decision_rule"],
+                    "runtime": facts["runtime"],
+                    "ready": lane.ready,
+                    "predict": f"/v1/models/{name}/predict",
+                }
+            )
+        return {"models": listed, "default": default}
+
+    @app.get("/v1/model", dependencies=guarded)
+    async def default_model_info() -> dict:
+        lane = default_lane()
+        return await model_info(lane.name, lane)
+
+    @app.get("/v1/models/{name}", dependencies=guarded)
+    async def named_model_info(name: str) -> dict:
+        return await model_info(name, lane_of(name))
+
     @app.get("/v1/drift", dependencies=guarded)
-    async def drift_report() -> dict:
-        served = holder.current
-        return {"model_id": served.ident, **served.drift.report()}
+    async def default_drift() -> dict:
+        return await default_lane().drift_report()
+
+    @app.get("/v1/models/{name}/drift", dependencies=guarded)
+    async def named_drift(name: str) -> dict:
+        return await lane_of(name).drift_report()
 
     @app.post("/v1/predict", dependencies=guarded)
-    async def predict(request: Request, outputs: str = "") -> JSONResponse:
+    async def default_predict(request: Request, outputs: str = "") -> JSONResponse:
+        return await predict(request, default_lane(), outputs)
+
+    @app.post("/v1/models/{name}/predict", dependencies=guarded)
+    async def named_predict(request: Request, name: str, outputs: str = "") -> JSONResponse:
+        return await predict(request, lane_of(name), outputs)
+
+    async def predict(request: Request, lane: Lane, outputs: str) -> JSONResponse:
         start = time.perf_counter()
         wanted = {o for o in outputs.split(",") if o}
         unknown = wanted - set(OUTPUTS)
         if unknown:
             raise ServeError(400, f"unknown outputs {sorted(unknown)}; choose from {list(OUTPUTS)}")
-        served = holder.acquire()  # this request runs on the model current now, to its end
-        try:
-            return await _predict(request, served, wanted, start)
-        finally:
-            holder.release(served)
-
-    async def _predict(
-        request: Request, served: ServedModel, wanted: set[str], start: float
-    ) -> JSONResponse:
+        store = stores[lane.name]
         uploads, single = await _read_uploads(request, settings)
 
         def decode() -> list[np.ndarray]:  # in a worker thread: PIL releases the GIL
@@ -391,9 +439,7 @@ def create_app(
 
             keeping = asyncio.ensure_future(run_in_threadpool(keep))
         try:
-            predictions = await request.app.state.batcher.submit(
-                [(served, image) for image in images]
-            )
+            answers = await lane.answer(images, wanted, [name for name, _ in uploads])
         except Busy:
             raise ServeError(
                 503,
@@ -405,22 +451,25 @@ def create_app(
             raise ServeError(500, f"model failure: {exc}") from None
         finally:
             kept = None if keeping is None else await keeping
-        if served.drift.add(p.score for p in predictions):
-            _log_flip(served)
-        milliseconds = (time.perf_counter() - start) * 1000
-        answers = []
-        for i, (p, image, (name, _)) in enumerate(zip(predictions, images, uploads, strict=True)):
-            answer = prediction_json(
-                p, image, served.predictor, served.ident, milliseconds, wanted, name
-            )
+        milliseconds = round((time.perf_counter() - start) * 1000, 2)
+        for i, answer in enumerate(answers):
+            answer["model"] = lane.name
+            answer["milliseconds"] = milliseconds
             answer["id"] = ids[i]
             if kept is not None:
                 answer["kept"] = kept[i]
-            answers.append(answer)
         return JSONResponse(answers[0] if single else answers)
 
     @app.post("/v1/feedback", dependencies=guarded)
-    async def feedback(request: Request) -> JSONResponse:
+    async def default_feedback(request: Request) -> JSONResponse:
+        return await feedback(request, default_lane())
+
+    @app.post("/v1/models/{name}/feedback", dependencies=guarded)
+    async def named_feedback(request: Request, name: str) -> JSONResponse:
+        return await feedback(request, lane_of(name))
+
+    async def feedback(request: Request, lane: Lane) -> JSONResponse:
+        store = stores[lane.name]
         if store is None:
             raise ServeError(
                 404,
@@ -435,9 +484,14 @@ def create_app(
         return JSONResponse(line)
 
     @app.post("/v1/model/reload", dependencies=guarded)
-    async def reload() -> JSONResponse:
-        result = await holder.reload("POST /v1/model/reload")
-        return JSONResponse(result.to_dict(), 422 if result.error else 200)
+    async def default_reload() -> JSONResponse:
+        body, status = await default_lane().reload("POST /v1/model/reload")
+        return JSONResponse(body, status)
+
+    @app.post("/v1/models/{name}/reload", dependencies=guarded)
+    async def named_reload(name: str) -> JSONResponse:
+        body, status = await lane_of(name).reload(f"POST /v1/models/{name}/reload")
+        return JSONResponse(body, status)
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
@@ -448,23 +502,8 @@ def create_app(
     return app
 
 
-def _log_flip(served: ServedModel) -> None:
-    r = served.drift.report()
-    ks, share = r["scores_under_threshold"], r["share_over_threshold"]
-    facts = (
-        f"window {r['window']['images']} images: scores under the threshold vs calibration "
-        f"KS D {_fmt(ks['statistic'])} p {_fmt(ks['p_value'])}; over the threshold "
-        f"{share['over']} (expected rate {_fmt(share['expected_false_alarm_rate'])}) p "
-        f"{_fmt(share['p_value'])}; alarm {r['alarm']:g}"
-    )
-    if r["drifting"]:
-        log.warning("drift: %s is drifting (%s)", served.ident, facts)
-    else:
-        log.warning("drift: %s is no longer drifting (%s)", served.ident, facts)
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
+# what GET /v1/model passes on from a lane's facts, in this order
+FACTS = ("runtime", "input_size", "model_config", "preprocess", "thresholds", "decision_rule")
 
 
 async def _read_verdict(request: Request, settings: ServeSettings) -> tuple[str, str, bytes | None]:
@@ -554,4 +593,12 @@ async def _body(request: Request, settings: ServeSettings) -> bytes:
     return body
 
 
-__all__ = ["ServeSettings", "create_app", "model_id", "prediction_json"]
+__all__ = [
+    "ServeSettings",
+    "build_app",
+    "create_app",
+    "create_multi_app",
+    "model_id",
+    "name_of",
+    "prediction_json",
+]
