@@ -11,17 +11,14 @@ import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
-
-from servekit import noise_images, png_bytes, tiny_model
-
-pytest.importorskip("fastapi")
-httpx = pytest.importorskip("httpx")
 
 from adps import load
 from adps.errors import AdpsError
 from adps.fileio import file_sha256
+from servekit import noise_images, png_bytes, tiny_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 IMAGES = noise_images(2, 11)
