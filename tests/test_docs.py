@@ -53,6 +53,8 @@ OTHER_PROGRAMS = {
     "apt-get",
     "ADPS_TOKEN=s3cret",
     "/usr/bin/time",
+    "tritonserver",
+    "docker",
 }
 FENCE = re.compile(
     r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S

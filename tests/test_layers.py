@@ -1,7 +1,8 @@
 """The package's layers point one way: a module imports only from its own layer or below.
 
     base (errors, version, fileio, config, metrics) < data < models < engine
-        < report, export, serve < cli < the package's public API (adps/__init__.py, __main__)
+        < report, export (export.py, export_triton.py), serve < cli
+        < the package's public API (adps/__init__.py, __main__)
 
 Every import statement counts, including those inside functions and TYPE_CHECKING blocks, since
 each one is a dependency a reader must follow. argparse belongs to the CLI alone.
