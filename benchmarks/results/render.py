@@ -1137,6 +1137,106 @@ def page_serving(d: Data, plots: dict) -> Page:
     return p
 
 
+def page_updating(d: Data) -> Page:
+    p = Page("updating", "A drifting line: `adps update` and the drift watch")
+    p.uses(*[n for n in ("update", "drift") if n in d.docs])
+    if "update" in d.docs:
+        rows = d.docs["update"]["rows"]
+        s = rows[0]["settings"]
+        p.add(
+            f"The change: a re-aimed, dimmer lamp (gamma {s['drift']['gamma']}, "
+            f"{pct(100 * s['drift']['brightness'])} % brightness) on every image, normal and "
+            "defective. The base model is trained on part of the normal images and calibrated "
+            "for a false-alarm rate on unseen ones; each update learns N unseen normal images "
+            "after the change (`adps update`, memory only or with a fine-tune) and recalibrates "
+            "on further unseen ones. False alarms are counted on normal images that no stage "
+            "learned from or calibrated on; recall on the test defects, at each stage's "
+            "threshold. Wall time and peak RSS are the update's own process (start-up "
+            "included).\n"
+        )
+        for dataset in dict.fromkeys(r["dataset"] for r in rows):
+            mine = [r for r in rows if r["dataset"] == dataset]
+            st = mine[0]["settings"]
+            seen = " (drawn from its training images)" if st["new_images_seen_before_drift"] else ""
+            p.add(f"### {dataset}\n")
+            p.add(
+                f"Base model on {st['base_images']} normal images; target false-alarm rate "
+                f"{pct(100 * st['target_false_alarm_rate'])} % on {st['calibration_images']} "
+                f"images; false alarms over {st['evaluation_normal_images']} normal images; "
+                f"new images unseen by the base model{seen}.\n"
+            )
+            body = []
+            for r in mine:
+                v = r["values"]
+                if r["stage"] == "drift watch":
+                    continue
+                body.append(
+                    [
+                        r["stage"],
+                        f"{pct(100 * v['false_alarm_rate'])} %",
+                        f"{pct(100 * v['recall'])} %",
+                        p1(100 * v["image_auroc"]),
+                        num(round(v["update_process_seconds"], 1))
+                        if "update_process_seconds" in v
+                        else "",
+                        num(round(v["update_peak_rss_mib"])) if "update_peak_rss_mib" in v else "",
+                    ]
+                )
+            p.add(
+                table(
+                    [
+                        "stage",
+                        "false alarms",
+                        "defect recall",
+                        "image AUROC",
+                        "update wall s",
+                        "update peak RSS MiB",
+                    ],
+                    body,
+                )
+            )
+            for r in mine:
+                if r.get("note"):
+                    p.add(f"Note on *{r['stage']}*: {r['note']}.\n")
+            w = next(r for r in mine if r["stage"] == "drift watch")["values"]
+            p.add(
+                f"Drift watch (window {w['window']}, alarm {w['alarm']}) on this model's real "
+                f"normal scores, drawn with replacement: {w['false_flips']} false flips in "
+                f"{2 * w['runs']} unshifted streams; after the change it flipped in "
+                f"{w['flipped_runs']} of {w['runs']} runs, after {w['images_to_flip_min']} to "
+                f"{w['images_to_flip_max']} images (median {num(w['images_to_flip_median'])}). "
+                "Drawn with replacement from a few dozen images, a window holds repeats, which "
+                "makes the test more eager than on a real stream of new parts.\n"
+            )
+        p.add(reproduce(rows, label=lambda r: r["dataset"]))
+    if "drift" in d.docs:
+        rows = d.docs["drift"]["rows"]
+        s = rows[0]["settings"]
+        p.add("### The drift watch on simulated scores\n")
+        p.add(
+            f"Normal scores N(0, 1), a threshold for {pct(100 * s['target_far'])} % false "
+            f"alarms calibrated on {s['calibration_images']} of them, window {s['window']}, "
+            f"alarm {s['alarm']}, seeds {rows[0]['seed']}.\n"
+        )
+        body = []
+        for r in rows:
+            v = r["values"]
+            if r["run"] == "unshifted":
+                body.append([r["run"], f"{v['false_flips']} false flips of {v['runs']} runs", ""])
+            else:
+                body.append(
+                    [
+                        r["run"],
+                        f"flipped in {v['flipped_runs']} of {v['runs']} runs",
+                        f"{v['images_to_flip_min']} to {v['images_to_flip_max']} (median "
+                        f"{num(v['images_to_flip_median'])})",
+                    ]
+                )
+        p.add(table(["stream", "verdict", "images until it flips"], body))
+        p.add(reproduce(rows, label=lambda r: r["run"]))
+    return p
+
+
 def page_tiling(d: Data) -> Page:
     p = Page("tiling", "High-resolution images and tiling")
     p.uses("highres", "tiling_20mp")
@@ -1328,6 +1428,7 @@ def render(results: Path = RESULTS, out: Path = OUT, plots: bool = True) -> list
         page_prior(d),
         page_inference(d),
         page_serving(d, made),
+        page_updating(d),
         page_tiling(d),
     ]
     note = weld_note(d)
