@@ -55,6 +55,7 @@ OTHER_PROGRAMS = {
     "/usr/bin/time",
     "tritonserver",
     "docker",
+    "ray",
 }
 FENCE = re.compile(
     r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.M | re.S

@@ -30,6 +30,7 @@ LAYERS = {  # module prefix -> layer; the longest matching prefix wins
     "adps.export": 4,
     "adps.export_triton": 4,
     "adps.serve": 4,
+    "adps.ray": 4,  # the Ray paths: beside serve and export, under the CLI that starts them
     "adps.cli": 5,
     "adps.__main__": 6,
     "adps": 6,

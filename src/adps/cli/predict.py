@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
-import io
-import json
 from pathlib import Path
 
 from adps.cli.options import add_backend_arguments, add_inference_arguments
 from adps.data.datasets import DEFAULT_MAX_PIXELS
+from adps.data.inputs import collect_inputs, skipped_summary
+
+__all__ = ["add_parser", "collect_inputs", "run", "skipped_summary"]
 
 EXIT_SOME_FAILED = 1
 
@@ -48,6 +47,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "included, fits; 0 or none = no limit). Tiled models score large "
         "images tile by tile, but the whole image is held in memory",
     )
+    r = p.add_argument_group(
+        "engine",
+        "--engine ray scores the inputs as a stream on Ray Data (pip install 'adps[ray]'): "
+        "parallel decode tasks feed a pool of actors that each hold the model and write the "
+        "masks and overlays as they go; the driver writes the same predictions.csv/json in "
+        "input order. Memory is bounded by the batches in flight, not by the number of inputs",
+    )
+    r.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (or the torchrun ranks); ray: a Ray actor pool (default local)",
+    )
+    r.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="Ray cluster to run on: auto = the one started on this machine with 'ray start', "
+        "or ray://HOST:10001 (default: start a local Ray instance for this run). On a "
+        "cluster, --out and the inputs must be on storage every node sees at the same path",
+    )
+    r.add_argument(
+        "--actors",
+        type=int,
+        metavar="N",
+        help="predictors running at once (default: the cluster's CPUs / --cpus-per-actor)",
+    )
+    r.add_argument(
+        "--cpus-per-actor",
+        type=float,
+        metavar="N",
+        help="CPUs each actor reserves, and its torch/OpenMP threads (default 1)",
+    )
+    r.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        metavar="N",
+        help="GPUs each actor reserves, a fraction shares one (default 0; with --device cuda)",
+    )
     p.set_defaults(func=run)
 
 
@@ -64,95 +101,6 @@ def _pixels(text: str) -> int | None:
             f"--max-pixels takes a pixel count (e.g. 4e7), 0 or none, got {text!r}"
         )
     return int(value)
-
-
-def collect_inputs(
-    inputs: list[str],
-    recursive: bool,
-) -> tuple[list[tuple[Path, str]], list[tuple[str, str]], list[Path]]:
-    """(file, output name) pairs, (input, reason) for inputs that match nothing, and the
-    files of the folders that were skipped for their extension.
-
-    Output names keep a file's path relative to the folder it was found in, so two folders'
-    ``001.png`` do not overwrite each other.
-    """
-    from adps.data.datasets import list_files
-
-    files: list[tuple[Path, str]] = []
-    missing: list[tuple[str, str]] = []
-    skipped: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found, others = list_files(path, recursive=recursive)
-            skipped += others
-            files += [(p, str(p.relative_to(path))) for p in found]
-            if not found:
-                missing.append(
-                    (
-                        item,
-                        "folder holds no images"
-                        + ("" if recursive else " (use --recursive for sub-folders)"),
-                    )
-                )
-        elif path.is_file():
-            files.append((path, path.name))
-        else:
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=recursive))
-            matches = [m for m in matches if m.is_file()]
-            files += [(m, m.name) for m in matches]
-            if not matches:
-                missing.append((item, "no such file, folder or matching pattern"))
-    names: dict[str, int] = {}
-    unique = []
-    for path, name in files:
-        count = names.get(name, 0)
-        names[name] = count + 1
-        unique.append(
-            (path, name if count == 0 else f"{Path(name).stem}_{count}{Path(name).suffix}")
-        )
-    return unique, missing, skipped
-
-
-def skipped_summary(skipped: list[Path]) -> str:
-    """One line that counts and names the files a folder held that are not images."""
-    from adps.data.datasets import name_some
-
-    kinds = ", ".join(sorted({p.suffix.lower() or "(no extension)" for p in skipped}))
-    return (
-        f"skipped {len(skipped)} file(s) without an image extension ({kinds}): "
-        f"{name_some([str(p) for p in skipped])}"
-    )
-
-
-def _png(array, path: Path) -> None:
-    from PIL import Image
-
-    from adps.fileio import atomic_write
-
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
-
-
-def _write_outputs(pred, name: Path, args: argparse.Namespace) -> dict:
-    """The CSV row of one prediction, after writing its mask and overlay PNGs."""
-    import numpy as np
-
-    from adps.data.datasets import read_image
-    from adps.report.plots import overlay
-
-    row = {"path": pred.path, **pred.summary()}
-    if not args.no_images:
-        mask_path = args.out / "masks" / name.with_suffix(".png")
-        overlay_path = args.out / "overlays" / name.with_suffix(".png")
-        _png((pred.mask * 255).astype(np.uint8), mask_path)
-        _png(
-            overlay(read_image(pred.path, max_pixels=None), pred.anomaly_map, pred.mask),
-            overlay_path,
-        )  # no limit: the file passed it on its way in
-        row.update(mask=str(mask_path), overlay=str(overlay_path))
-    return row
 
 
 def _gather(
@@ -172,14 +120,9 @@ def _gather(
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tqdm import tqdm
-
-    from adps.engine.device import resolve_device
-    from adps.engine.distributed import init_distributed, shutdown_distributed
     from adps.errors import AdpsError
-    from adps.export import load_predictor as load
-    from adps.fileio import atomic_write_text
 
+    _check_engine_flags(args)
     files, failures, skipped = collect_inputs(args.inputs, args.recursive)
     if not files:
         for item, reason in failures:
@@ -187,6 +130,78 @@ def run(args: argparse.Namespace) -> int:
         if skipped:
             print(skipped_summary(skipped), file=sys.stderr)
         raise AdpsError("no input images found")
+    result: tuple | None
+    if args.engine == "ray":
+        result = _run_ray(args, files, failures)
+    else:
+        result = _run_local(args, files, failures)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
+    images, anomalous, failures, rule, runtime = result
+    print(
+        f"{images} images: {anomalous} anomalous, {images - anomalous} normal "
+        f"(decision: {rule}); results in {args.out}; runtime: {runtime}"
+    )
+    if skipped:
+        print(skipped_summary(skipped), file=sys.stderr)
+    for item, reason in failures:
+        print(f"failed {item}: {reason}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} input(s) failed", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return 0
+
+
+_RAY_FLAGS = ("ray_address", "actors", "cpus_per_actor", "gpus_per_actor")
+
+
+def _check_engine_flags(args: argparse.Namespace) -> None:
+    import os
+
+    from adps.errors import AdpsError
+
+    if args.engine == "local":
+        given = [f"--{n.replace('_', '-')}" for n in _RAY_FLAGS if getattr(args, n) is not None]
+        if given:
+            raise AdpsError(f"{', '.join(given)} only apply with --engine ray")
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise AdpsError("--engine ray runs its own workers: start it once, not under torchrun")
+
+
+def _run_ray(args: argparse.Namespace, files: list, failures: list) -> tuple:
+    from adps.ray.scoring import PredictOptions, RayOptions, score_files
+
+    ray_options = RayOptions(
+        address=args.ray_address,
+        actors=args.actors,
+        cpus_per_actor=1.0 if args.cpus_per_actor is None else args.cpus_per_actor,
+        gpus_per_actor=0.0 if args.gpus_per_actor is None else args.gpus_per_actor,
+    )
+    options = PredictOptions(
+        args.device,
+        args.batch_size,
+        args.backend,
+        args.precision,
+        args.max_pixels,
+        not args.no_images,
+    )
+    result = score_files(
+        args.model, files, args.out, options, ray_options, failures, not args.no_progress
+    )
+    return result.images, result.anomalous, result.failures, result.decision_rule, result.runtime
+
+
+def _run_local(args: argparse.Namespace, files: list, failures: list) -> tuple | None:
+    """One process, or one torchrun rank of several: each scores its share of the inputs and
+    rank 0 writes the merged table."""
+    from tqdm import tqdm
+
+    from adps.engine.device import resolve_device
+    from adps.engine.distributed import init_distributed, shutdown_distributed
+    from adps.export import load_predictor as load
+    from adps.report.predictions import ImageOutputs, PredictionTables, RunInfo
+
+    outputs = ImageOutputs(args.out, not args.no_images)
     ctx = init_distributed("cpu")  # gloo carries the rows between ranks, whatever the device
     try:
         device = args.device
@@ -206,9 +221,7 @@ def run(args: argparse.Namespace) -> int:
             for batch, failed in predictor.iter_files(shard, max_pixels=args.max_pixels):
                 shard_failures += failed
                 # written as they come: memory stays at one batch
-                rows.extend(
-                    _write_outputs(pred, Path(out_name[str(pred.path)]), args) for pred in batch
-                )
+                rows.extend(outputs.write(pred, out_name[str(pred.path)]) for pred in batch)
                 bar.update(len(batch) + len(failed))
         if ctx.enabled:
             order = {str(path): i for i, (path, _) in enumerate(files)}
@@ -217,44 +230,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed(ctx)
     if not ctx.is_main:  # rank 0 writes the table and reports the failures once
-        return 0
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer,
-        fieldnames=["path", "score", "decision", "defect_area"],
-        extrasaction="ignore",
-        lineterminator="\n",
-    )
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(args.out / "predictions.csv", buffer.getvalue())
-    atomic_write_text(
-        args.out / "predictions.json",
-        json.dumps(
-            {
-                "model": str(args.model),
-                "runtime": predictor.runtime,
-                "decision_rule": predictor.thresholds.rule(),
-                "pixel_threshold": predictor.thresholds.pixel,
-                "predictions": rows,
-                "failures": [{"path": p, "reason": r} for p, r in failures],
-            },
-            indent=2,
-        ),
-    )
-    n_bad = sum(r["decision"] == "anomalous" for r in rows)
-    print(
-        f"{len(rows)} images: {n_bad} anomalous, {len(rows) - n_bad} normal "
-        f"(decision: {predictor.thresholds.rule()}); results in {args.out}; runtime: "
-        f"{predictor.runtime}"
-    )
-    if skipped:
-        print(skipped_summary(skipped), file=sys.stderr)
-    for item, reason in failures:
-        print(f"failed {item}: {reason}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} input(s) failed", file=sys.stderr)
-        return EXIT_SOME_FAILED
-    return 0
+        return None
+    thresholds = predictor.thresholds
+    with PredictionTables(args.out) as tables:
+        for row in rows:
+            tables.add(row)
+        tables.finish(
+            RunInfo(str(args.model), predictor.runtime, thresholds.rule(), thresholds.pixel),
+            failures,
+        )
+    anomalous = sum(r["decision"] == "anomalous" for r in rows)
+    return len(rows), anomalous, failures, thresholds.rule(), predictor.runtime
