@@ -19,6 +19,15 @@ longest time without an answer around it.
     .venv/bin/python benchmarks/bench_serve.py --model model.onnx --clients 16 --seconds 60
     .venv/bin/python benchmarks/bench_serve.py --model model.pt --image part.png \
         --reload-model model-updated.pt --reload-at 20 --seconds 40 --max-batches 8
+
+Several models at once: repeat ``--model NAME=PATH``; the server hosts them all and client
+``i`` posts to ``/v1/models/<model i mod n>/predict``; each row then also reports requests/s,
+latency and errors per model (``per_model``), and the offline figure is measured per model.
+``--ray`` runs the server as ``adps serve --ray`` (Ray Serve on a local Ray it starts, the
+clients through Serve's HTTP proxy; ``--replicas NAME=N`` passed on).
+
+    .venv/bin/python benchmarks/bench_serve.py --model a=a.pt --model b=b.pt --image part.png \
+        --clients 8 --seconds 30 --max-batches 8 [--ray --replicas a=1]
 """
 
 from __future__ import annotations
@@ -49,34 +58,49 @@ def free_port() -> int:
 
 
 async def load_test(
-    base: str, body: bytes, clients: int, seconds: float, swap: tuple[Path, Path, float] | None
+    base: str,
+    body: bytes,
+    clients: int,
+    seconds: float,
+    swap: tuple[Path, Path, float] | None,
+    routes: dict[str, str] | None = None,
 ) -> dict:
-    """``swap``: (the served file, the model to put in its place, seconds into the test)."""
+    """``swap``: (the served file, the model to put in its place, seconds into the test);
+    ``routes``: {model name: predict path} with several models (client i posts to the
+    route i mod n), else /v1/predict."""
+    routes = routes or {"": "/v1/predict"}
+    names = list(routes)
     latencies, errors, statuses = [], 0, {}
+    per_model: dict[str, dict] = {n: {"latencies": [], "errors": 0, "statuses": {}} for n in names}
     answers: list[tuple[float, float, int, str | None]] = []  # start, end, status, model_id
     reload: dict = {}
     begin = time.perf_counter()
     stop = begin + seconds
 
-    async def client(http: httpx.AsyncClient) -> None:
+    async def client(http: httpx.AsyncClient, name: str) -> None:
         nonlocal errors
+        mine = per_model[name]
         while time.perf_counter() < stop:
             start = time.perf_counter()
             try:
                 r = await http.post(
-                    f"{base}/v1/predict", content=body, headers={"Content-Type": "image/png"}
+                    f"{base}{routes[name]}", content=body, headers={"Content-Type": "image/png"}
                 )
                 statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                mine["statuses"][r.status_code] = mine["statuses"].get(r.status_code, 0) + 1
                 model = r.json().get("model_id") if swap is not None else None
                 answers.append((start - begin, time.perf_counter() - begin, r.status_code, model))
-                if r.status_code != 200:
-                    errors += 1
+                if r.status_code != 200 or (name and r.json().get("model") != name):
+                    errors += 1  # an answer from another model is an error too
+                    mine["errors"] += 1
                     continue
             except httpx.HTTPError:
                 errors += 1
+                mine["errors"] += 1
                 answers.append((start - begin, time.perf_counter() - begin, -1, None))
                 continue
             latencies.append(time.perf_counter() - start)
+            mine["latencies"].append(latencies[-1])
 
     async def swapper(http: httpx.AsyncClient) -> None:
         assert swap is not None
@@ -95,7 +119,7 @@ async def load_test(
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         begin, cpu = time.perf_counter(), time.process_time()
         stop = begin + seconds
-        tasks = [client(http) for _ in range(clients)]
+        tasks = [client(http, names[i % len(names)]) for i in range(clients)]
         if swap is not None:
             tasks.append(swapper(http))
         await asyncio.gather(*tasks)
@@ -110,6 +134,21 @@ async def load_test(
         "client_cores": client_cores,
         **{f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None for q in (50, 95, 99)},
     }
+    if len(names) > 1:
+        row["per_model"] = {}
+        for name, m in per_model.items():
+            ms = np.array(m["latencies"]) * 1000
+            row["per_model"][name] = {
+                "clients": sum(1 for i in range(clients) if names[i % len(names)] == name),
+                "requests": len(m["latencies"]),
+                "errors": m["errors"],
+                "statuses": m["statuses"],
+                "requests_per_s": len(m["latencies"]) / wall,
+                **{
+                    f"p{q}_ms": float(np.percentile(ms, q)) if len(ms) else None
+                    for q in (50, 95, 99)
+                },
+            }
     if swap is not None:
         row["swap"] = swap_summary(answers, reload)
     return row
@@ -146,19 +185,21 @@ def swap_summary(answers: list[tuple[float, float, int, str | None]], reload: di
 def serve(args, max_batch: int) -> dict:
     port = free_port()
     scratch = tempfile.TemporaryDirectory(prefix="bench-serve-")
-    model = args.model
+    models = dict(args.models)
     swap = None
     if args.reload_model is not None:  # a copy the swap can replace
-        model = Path(scratch.name) / args.model.name
-        shutil.copyfile(args.model, model)
+        (name, first), *_ = models.items()
+        model = Path(scratch.name) / first.name
+        shutil.copyfile(first, model)
+        models[name] = model
         swap = (model, args.reload_model, args.reload_at)
+    specs = [f"{name}={path}" for name, path in models.items()]
     cmd = [
         sys.executable,
         "-m",
         "adps",
         "serve",
-        "--model",
-        str(model),
+        *(x for spec in specs for x in ("--model", spec)),
         "--port",
         str(port),
         "--device",
@@ -174,10 +215,13 @@ def serve(args, max_batch: int) -> dict:
         "--watch-model",
         "0",  # the swap is the reload's, at a known time
     ]
+    if args.ray:
+        cmd += ["--ray", *(x for spec in args.replicas for x in ("--replicas", spec))]
+    routes = {name: f"/v1/models/{name}/predict" for name in models} if len(models) > 1 else None
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(1200):
+        for _ in range(3000):
             try:
                 if httpx.get(f"{base}/v1/health").status_code == 200:
                     break
@@ -187,15 +231,19 @@ def serve(args, max_batch: int) -> dict:
                 raise SystemExit(f"the server exited: {server.stderr.read()[-2000:]}")
             time.sleep(0.1)
         return asyncio.run(
-            load_test(base, args.image.read_bytes(), args.clients, args.seconds, swap)
+            load_test(base, args.image.read_bytes(), args.clients, args.seconds, swap, routes)
         )
     finally:
-        server.terminate()
-        server.wait(60)
+        server.terminate()  # adps serve --ray shuts its Serve and Ray down on SIGTERM
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
         scratch.cleanup()
 
 
-def offline(args) -> list[tuple[int, float]]:
+def offline(args, model: Path) -> list[tuple[int, float]]:
     """images/s of the predictor in this process doing the server's work without HTTP: decode
     the same encoded image, predict, at each batch size."""
     from adps import load
@@ -204,7 +252,7 @@ def offline(args) -> list[tuple[int, float]]:
     body = args.image.read_bytes()
     rows = []
     for batch in args.offline_batches:
-        predictor = load(args.model, args.device, batch, args.backend)
+        predictor = load(model, args.device, batch, args.backend)
         n = max(batch, 8)
 
         def work():
@@ -223,7 +271,15 @@ def offline(args) -> list[tuple[int, float]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="the model; repeat as NAME=PATH to serve several at once",
+    )
+    p.add_argument("--ray", action="store_true", help="serve with adps serve --ray")
+    p.add_argument("--replicas", nargs="*", default=[], metavar="NAME=N", help="with --ray")
     p.add_argument("--image", type=Path, required=True, help="one real image to send")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=60)
@@ -252,16 +308,28 @@ def main() -> None:
     )
     p.add_argument("--out", type=Path)
     args = p.parse_args()
+    from adps.serve.lanes import parse_model_specs
+
+    args.models = parse_model_specs(args.model)
+    if args.reload_model is not None and len(args.models) > 1:
+        p.error("--reload-model swaps the one --model; give one")
     if args.reload_at is None:
         args.reload_at = args.seconds / 2
     print(
-        f"model {args.model}, image {args.image}, {args.clients} clients x {args.seconds:g} s, "
+        f"models {', '.join(f'{n}={m}' for n, m in args.models.items())}"
+        f"{' on Ray Serve' if args.ray else ''}, image {args.image}, "
+        f"{args.clients} clients x {args.seconds:g} s, "
         f"torch threads {torch.get_num_threads()}"
     )
-    rows = {"offline": offline(args), "serve": {}}
-    best = max(rate for _, rate in rows["offline"])
-    for batch, rate in rows["offline"]:
-        print(f"offline predictor, batch {batch}: {rate:.1f} images/s")
+    per_model = {name: offline(args, path) for name, path in args.models.items()}
+    rows: dict = {"offline": next(iter(per_model.values())), "serve": {}}
+    if len(per_model) > 1:
+        rows["offline_per_model"] = per_model
+    # several models share the machine: the target is the mean of their offline bests
+    best = float(np.mean([max(rate for _, rate in r) for r in per_model.values()]))
+    for name, offline_rows in per_model.items():
+        for batch, rate in offline_rows:
+            print(f"offline predictor {name}, batch {batch}: {rate:.1f} images/s")
     print(
         "| server --max-batch | requests/s | of offline best | p50 ms | p95 ms | p99 ms | errors "
         "| cores used by the clients |"
@@ -276,6 +344,13 @@ def main() -> None:
             f"{r['statuses']} | {r['client_cores']:.2f} |",
             flush=True,
         )
+        for name, m in r.get("per_model", {}).items():
+            print(
+                f"  model {name} ({m['clients']} clients): {m['requests_per_s']:.1f} requests/s, "
+                f"p50 {_ms(m['p50_ms'])}, p95 {_ms(m['p95_ms'])}, errors {m['errors']} "
+                f"{m['statuses']}",
+                flush=True,
+            )
         if "swap" in r:
             w = r["swap"]
             answer = w["reload"].get("answer", {})

@@ -293,11 +293,21 @@ def serve_on_ray(
     default: str | None = None,
 ) -> int:
     """``adps serve --ray``: joins the Ray cluster at ``RAY_ADDRESS`` (else starts a local
-    one), deploys, and serves until interrupted."""
+    one), deploys, and serves until interrupted (Ctrl-C or SIGTERM)."""
+    import os
+    import signal
+
     import ray
 
-    if not ray.is_initialized():
-        ray.init()
+    started = not ray.is_initialized()
+    if started:  # RAY_ADDRESS: that cluster; else a Ray of our own, not one found running here
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
+
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM as Ctrl-C: shut Serve and Ray down
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the shutdown is not interrupted
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     serve.start(http_options={"host": ray_settings.host, "port": ray_settings.port})
     serve.run(
         build(models, settings, ray_settings, default),
@@ -318,7 +328,11 @@ def serve_on_ray(
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(ray_settings.app_name)
+        if started:  # our own Ray: all of it goes
+            serve.shutdown()
+            ray.shutdown()
+        else:  # a cluster's: only this app
+            serve.delete(ray_settings.app_name)
     return 0
 
 
