@@ -61,7 +61,7 @@ def entries(manifest: Path, *extra: str):
 
     args = build_parser().parse_args(["benchmark", "--manifest", str(manifest), *extra])
     _check_flags(args)
-    return entries_from_args(args)
+    return entries_from_args(args)[0]
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -142,8 +142,20 @@ def test_a_yaml_merge_key_is_overridden_by_the_rows_own_value(data, tmp_path):
     assert entry.train_config.seed == 9 and entry.model_config.image_size == 64
 
 
-def _yaml_row(data, **values):
-    return {"name": "a", "data": str(data / "a" / "surface"), **values}
+def test_the_runs_configs_are_the_defaults_or_none_when_they_are_no_config_alone(data, tmp_path):
+    from adps.cli import build_parser
+    from adps.cli.manifest import read_manifest
+
+    rows = [{"name": "a", "data": str(data / "a" / "surface"), "k": 4}]
+    manifest = write_yaml(tmp_path / "m.yaml", {"defaults": {"seed": 5}, "products": rows})
+    args = build_parser().parse_args(["benchmark", "--manifest", str(manifest)])
+    args.num_cpus, args.num_gpus = 1.0, 0.0
+    assert read_manifest(manifest, args).configs["train"]["seed"] == 5
+    # 64 px needs k = 4 (16 x k divides the size), which only the row gives
+    args.image_size = 64
+    result = read_manifest(manifest, args)
+    assert result.configs is None
+    assert result.entries[0].model_config.image_size == 64
 
 
 REFUSALS = [
@@ -219,7 +231,7 @@ def test_every_refusal_names_the_file_the_row_and_the_field(
 
 
 def test_the_command_refuses_mixed_sources_and_ray_flags_without_ray(data, tmp_path, capsys):
-    manifest = write_yaml(tmp_path / "m.yaml", [_yaml_row(data)])
+    manifest = write_yaml(tmp_path / "m.yaml", [{"name": "a", "data": str(data / "a")}])
     assert validate(manifest, tmp_path, "--data", str(data / "a")) == 2
     assert "--manifest or --data" in capsys.readouterr().err
     assert validate(manifest, tmp_path, "--num-gpus", "0.5") == 2
@@ -293,6 +305,7 @@ def test_local_engine_reports_the_failed_row_and_finishes_the_others(local_run, 
     rows = payload["rows"]
     assert [r["name"] for r in rows] == ["alpha", "beta", "broken"]
     assert payload["failed"] == ["broken"] and payload["manifest"] == str(manifest.resolve())
+    assert payload["train_config"]["seed"] == 1  # the run's: what a row of its own gets
     alpha, beta, broken = rows
     for row in (alpha, beta):
         assert (out / row["name"] / "model.pt").is_file()
@@ -390,3 +403,20 @@ def test_benchmark_help_and_import_adps_do_not_import_ray(data, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
     assert "no such folder" in result.stderr
+
+
+@pytest.mark.integration
+def test_ray_refuses_a_row_no_node_can_hold_before_anything_runs(data, ray_local, tmp_path, capsys):
+    manifest = write_yaml(
+        tmp_path / "m.yaml",
+        [
+            {"name": "fits", "data": str(data / "a" / "surface"), **TINY},
+            {"name": "too-big", "data": str(data / "b"), "num_cpus": 3, **TINY},
+        ],
+    )
+    argv = ["benchmark", "--manifest", str(manifest), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--engine", "ray"]) == 2  # ray_local has 2 CPUs
+    error = capsys.readouterr().err
+    assert "entry 'too-big' needs 3 CPUs and 0 GPUs on one node" in error
+    assert "'fits'" not in error
+    assert not (tmp_path / "out" / "fits").exists()  # refused before any task started

@@ -102,7 +102,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="Ray cluster to run on: auto = the one started on this machine with 'ray "
         "start', or ray://HOST:10001 (default: start a local Ray instance for this "
         "run). On a cluster, --out, the data and adps itself must be reachable at the "
-        "same paths on every node",
+        "same paths on every node; RAY_ADDRESS, when set, is the default",
     )
     r.add_argument(
         "--num-cpus",
@@ -154,15 +154,17 @@ def _check_flags(args: argparse.Namespace) -> None:
     args.num_gpus = 0.0 if args.num_gpus is None else args.num_gpus
 
 
-def entries_from_args(args: argparse.Namespace) -> list[BenchmarkEntry]:
+def entries_from_args(args: argparse.Namespace) -> tuple[list[BenchmarkEntry], dict | None]:
     """The entries the flags (or the manifest) describe, every check that needs no training
-    done; an :class:`AdpsError` names the first problem."""
-    from adps.cli.manifest import entry_settings, manifest_entries
-    from adps.engine.benchmark import BenchmarkEntry, Resources
+    done, and the run's configs for the table; an :class:`AdpsError` names the first
+    problem."""
+    from adps.cli.manifest import entry_settings, read_manifest
+    from adps.engine.benchmark import BenchmarkEntry, Resources, config_dicts
     from adps.errors import AdpsError
 
     if args.manifest is not None:
-        return manifest_entries(args.manifest, args)
+        manifest = read_manifest(args.manifest, args)
+        return manifest.entries, manifest.configs
     named = benchmark_entries(args)
     if not named:
         raise AdpsError(
@@ -174,19 +176,20 @@ def entries_from_args(args: argparse.Namespace) -> list[BenchmarkEntry]:
     except AdpsError as exc:
         raise AdpsError(f"--num-cpus/--num-gpus: {exc}") from None
     settings = entry_settings(args)
-    return [
+    entries = [
         BenchmarkEntry(name, spec, model_config, train_config, args.out, settings, resources)
         for name, spec in named
     ]
+    return entries, config_dicts(model_config, train_config)
 
 
 def run(args: argparse.Namespace) -> int:
-    from adps.engine.benchmark import METRICS, config_dicts, move_aside, plan
+    from adps.engine.benchmark import METRICS, move_aside, plan
     from adps.errors import AdpsError
     from adps.report.benchmark import reused_row, write_benchmark
 
     _check_flags(args)
-    entries = entries_from_args(args)
+    entries, configs = entries_from_args(args)
     plans = [plan(entry, reuse_only=args.reuse) for entry in entries]
     refused = [f"entry '{p.entry.name}': {p.why}" for p in plans if p.action == "refuse"]
     if refused:  # before any training, so --reuse never spends hours and then stops
@@ -210,8 +213,6 @@ def run(args: argparse.Namespace) -> int:
         finished = _run_ray(args, todo) if args.engine == "ray" else _run_local(todo)
         rows.update(finished)
     ordered = [rows[e.name] for e in entries]
-    # the top-level configs are the flags' (every row's defaults); each row keeps its own
-    configs = config_dicts(*configs_from_args(args))
     extra = {"manifest": str(args.manifest.resolve())} if args.manifest is not None else None
     table = write_benchmark(args.out, ordered, configs, extra)
     print(table)

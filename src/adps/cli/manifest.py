@@ -42,7 +42,7 @@ from adps.cli.options import (
     configs_from_args,
     data_spec,
 )
-from adps.engine.benchmark import BenchmarkEntry, EntrySettings, Resources
+from adps.engine.benchmark import BenchmarkEntry, EntrySettings, Resources, config_dicts
 from adps.errors import AdpsError
 
 RESOURCES = ("num_cpus", "num_gpus")
@@ -296,7 +296,17 @@ def _resource(name: str, value: Any) -> float:
         raise ValueError(f"a number, got {value!r}") from None
 
 
-def manifest_entries(path: Path, args: argparse.Namespace) -> list[BenchmarkEntry]:
+@dataclass
+class Manifest:
+    """The entries of a manifest, and the configs a row with no settings of its own would get
+    (the flags, then ``defaults:``), which the table records as the run's; None when those
+    alone do not make a valid config (e.g. a size every row pairs with its own ``k``)."""
+
+    entries: list[BenchmarkEntry]
+    configs: dict[str, dict] | None
+
+
+def read_manifest(path: Path, args: argparse.Namespace) -> Manifest:
     """Every row of the manifest as a :class:`BenchmarkEntry` trained into ``args.out/name``,
     after every check that needs no training; :class:`AdpsError` at the first problem."""
     path = Path(path)
@@ -370,7 +380,11 @@ def manifest_entries(path: Path, args: argparse.Namespace) -> list[BenchmarkEntr
                 Resources(**resources),
             )
         )
-    return entries
+    try:
+        configs: dict[str, dict] | None = config_dicts(*configs_from_args(base_ns))
+    except AdpsError:
+        configs = None
+    return Manifest(entries, configs)
 
 
 def entry_settings(args: argparse.Namespace) -> EntrySettings:

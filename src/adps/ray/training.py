@@ -19,6 +19,7 @@ On a cluster, the output folder, the data and adps must be at the same paths on 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -70,15 +71,16 @@ def train_entries(
     """Train and test each (entry, its hash block) as one Ray task; their rows, in the order
     of ``jobs``. ``on_done`` is called with each row as its task finishes.
 
-    Joins ``address`` ("auto", "ray://host:10001"; None starts a local instance or joins the
-    one ``RAY_ADDRESS`` names) unless this process is already connected; an instance it
-    started or joined is left (shut down for this process) before returning.
+    Joins ``address`` ("auto", "ray://host:10001"; None: the cluster ``RAY_ADDRESS`` names,
+    else a new local instance for this call, never one found running on the machine, which
+    may be someone else's) unless this process is already connected; an instance it started
+    or joined is left (shut down for this process) before returning.
     """
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
         ray.init(
-            address=address,
+            address=address or os.environ.get("RAY_ADDRESS") or "local",
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=False,

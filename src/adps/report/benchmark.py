@@ -86,18 +86,19 @@ def summary_table(rows: list[dict]) -> tuple[str, dict]:
 
 
 def write_benchmark(
-    out: Path, rows: list[dict], configs: dict[str, dict], extra: dict | None = None
+    out: Path, rows: list[dict], configs: dict[str, dict] | None, extra: dict | None = None
 ) -> str:
     """Writes ``out/benchmark.md`` and ``out/benchmark.json``; the markdown table. The
-    top-level configs are the run's defaults; each row keeps the entry block (hash, identity)
-    it was made with, which for a manifest may differ row by row."""
+    top-level configs are the run's (for a manifest, what a row without settings of its own
+    gets; None when that is no valid config by itself); each row keeps the entry block (hash,
+    identity) it was made with, which for a manifest may differ row by row."""
     table, mean = summary_table(rows)
     atomic_write_text(out / "benchmark.md", table)
     payload = {
         "rows": rows,
         "mean": mean,
-        "model_config": configs["model"],
-        "train_config": configs["train"],
+        "model_config": configs["model"] if configs else None,
+        "train_config": configs["train"] if configs else None,
         **(extra or {}),
     }
     failed = [r["name"] for r in rows if r.get("error")]
