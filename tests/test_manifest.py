@@ -71,7 +71,13 @@ def test_yaml_rows_defaults_and_flags_layer_and_paths_are_the_manifests(data, tm
     manifest = write_yaml(
         data / "m.yaml",  # beside the data: relative paths are from the manifest's folder
         {
-            "defaults": {"time_budget": "90s", "num_cpus": 2, "prior": "memory", "k": 4},
+            "defaults": {
+                "time_budget": "90s",
+                "num_cpus": 2,
+                "prior": "memory",
+                "k": 4,
+                "allow_overlap": True,
+            },
             "products": [
                 {"name": "bottle", "data": "a/surface", "image_size": "64x128", "seed": 7},
                 {
@@ -82,6 +88,7 @@ def test_yaml_rows_defaults_and_flags_layer_and_paths_are_the_manifests(data, tm
                     "num_gpus": 0.25,
                     "no_amp": True,
                     "eval-resolution": "original",
+                    "allow_overlap": False,  # a row turns off what the defaults turned on
                 },
             ],
         },
@@ -98,6 +105,7 @@ def test_yaml_rows_defaults_and_flags_layer_and_paths_are_the_manifests(data, tm
     assert bottle.model_config.prior == weld.model_config.prior == "memory"
     assert (bottle.train_config.amp, weld.train_config.amp) == (True, False)
     assert weld.settings.eval_resolution == "original"
+    assert (bottle.settings.allow_overlap, weld.settings.allow_overlap) == (True, False)
     assert (bottle.resources.num_cpus, bottle.resources.num_gpus) == (2.0, 0.0)
     assert (weld.resources.num_cpus, weld.resources.num_gpus) == (2.0, 0.25)
 

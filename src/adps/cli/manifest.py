@@ -256,8 +256,9 @@ def _switch(value: Any) -> bool | None:
 def _parse_setting(
     name: str, value: Any, parser: argparse.ArgumentParser, base: Path
 ) -> tuple[str, Any] | None:
-    """(namespace attribute, value) for one setting, as the flag would set it; None when it
-    leaves the setting unset (a false switch, an empty value). Raises ValueError with why."""
+    """(namespace attribute, value) for one setting, as the flag would set it (a switch set to
+    false: as when the flag is not given); None for an empty value, which leaves the setting
+    as it was. Raises ValueError with why."""
     actions = setting_actions(parser)
     if name not in actions:
         raise ValueError(unknown(name))
@@ -268,8 +269,8 @@ def _parse_setting(
         on = _switch(value)
         if on is None:
             raise ValueError(f"a switch: true or false, got {value!r}")
-        if not on:
-            return None
+        if not on:  # off: the flag's default, so a row can turn off what defaults turned on
+            return action.dest, action.default
         argv = [flag]
     else:
         if isinstance(value, bool | list | dict):
