@@ -188,6 +188,17 @@ def compare(local: dict, cluster: dict, local_out: Path, cluster_out: Path) -> d
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. AMD EPYC 7B13)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 training steps: a script check")
@@ -205,7 +216,7 @@ def main() -> None:
     verdict = compare(local, cluster, local_out, cluster_out)
     print(json.dumps(verdict, indent=2))
 
-    machine = f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU, no GPU"
+    machine = f"{os.cpu_count()}-core {cpu_model()} CPU, no GPU"
     script = "benchmarks/bench_ray_manifest.py"
     command = (
         f"python {script}"
