@@ -64,8 +64,8 @@ _OUTPUT_FIELDS = (
 class RayOptions:
     """How the scoring runs on Ray.
 
-    ``address``: None starts a local Ray instance (or joins the one ``RAY_ADDRESS`` names, or
-    the one this process already started); "auto" joins the cluster on this machine
+    ``address``: None starts a new local Ray instance for the run (or uses the one this
+    process is already connected to); "auto" joins the cluster started on this machine
     (``ray start``); "ray://host:10001" a remote one. ``actors``: predictors running at once
     (None: as many as the cluster has CPUs for, ``cpus_per_actor`` each). ``cpus_per_actor``
     also sets each actor's torch/OpenMP threads. ``decode_tasks``: decode tasks running at once
@@ -180,8 +180,8 @@ def score_files(
         raise AdpsError("no such model file", model)
     started = not ray.is_initialized()
     if started:
-        ray.init(
-            address=ray_options.address,
+        ray.init(  # None: a new instance even where `ray start` runs one here ("local")
+            address=ray_options.address or "local",
             include_dashboard=False,
             configure_logging=False,
             log_to_driver=False,
@@ -232,6 +232,7 @@ def _score(
             "model": str(model.resolve()),
             "options": options,
             "outputs": ImageOutputs(out, options.images, out.resolve()),
+            "threads": max(1, int(ray_options.cpus_per_actor)),
         },
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=ray_options.cpus_per_actor,
@@ -332,9 +333,17 @@ class Scorer:
     overlay, and returns one small row per image (the table's columns, or the reason it could
     not be read)."""
 
-    def __init__(self, model: str, options: PredictOptions, outputs: ImageOutputs):
+    def __init__(
+        self, model: str, options: PredictOptions, outputs: ImageOutputs, threads: int = 1
+    ):
+        import torch
+
         from adps.export import load_predictor
 
+        # as many torch threads as CPUs reserved, on every node: the thread count changes the
+        # order of torch's sums, so a node that left torch at its default would give scores that
+        # differ from the others' in the last digit
+        torch.set_num_threads(threads)
         self.predictor = load_predictor(
             model, options.device, options.batch_size, options.backend, options.precision
         )
