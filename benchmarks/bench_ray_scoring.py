@@ -176,6 +176,17 @@ def same(a: Path, b: Path) -> dict:
     }
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. AMD EPYC 7B13)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -306,7 +317,7 @@ def main() -> None:
                     "batch_size": "default",
                 },
                 "seed": None,
-                "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU",
+                "machine": f"{os.cpu_count()}-core {cpu_model()} CPU, no GPU",
                 "command": "python benchmarks/bench_ray_scoring.py "
                 f"--images {args.images} --runtimes {runtime}"
                 + (" --cluster" if args.cluster else ""),
@@ -324,7 +335,8 @@ def main() -> None:
             "source": "measured by benchmarks/bench_ray_scoring.py",
             "memory": "driver_peak_rss_mib: the adps predict process's peak RSS; "
             "tree_peak_pss_mib: peak of the summed PSS of its whole process tree (Ray: raylet, "
-            "GCS, workers, actors; cluster: also the two ray start nodes), sampled from /proc every 0.2 s",
+            "GCS, workers, actors; cluster: also the two ray start nodes), sampled from /proc "
+            "every 0.2 s",
             "rows": rows,
         }
         args.out.write_text(json.dumps(doc, indent=1) + "\n")
