@@ -23,6 +23,7 @@ longest time without an answer around it.
 Several models at once: repeat ``--model NAME=PATH``; the server hosts them all and client
 ``i`` posts to ``/v1/models/<model i mod n>/predict``; each row then also reports requests/s,
 latency and errors per model (``per_model``), and the offline figure is measured per model.
+``--append-to benchmarks/results/serve.json`` adds the run's rows to the results file.
 ``--ray`` runs the server as ``adps serve --ray`` (Ray Serve on a local Ray it starts, the
 clients through Serve's HTTP proxy; ``--replicas NAME=N`` passed on).
 
@@ -36,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -307,6 +309,15 @@ def main() -> None:
         "--reload-at", type=float, default=None, help="seconds into the load test (default: half)"
     )
     p.add_argument("--out", type=Path)
+    p.add_argument(
+        "--append-to",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="with several models: add this run's rows to a results file in the format of "
+        "benchmarks/results/serve.json (a row of the same name is replaced)",
+    )
+    p.add_argument("--runtime-label", default="", help="the rows' runtime, e.g. 'OpenVINO f32'")
+    p.add_argument("--dataset-label", default="", help="the rows' dataset, e.g. 'bottle + screw'")
     args = p.parse_args()
     from adps.serve.lanes import parse_model_specs
 
@@ -369,6 +380,90 @@ def main() -> None:
             )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
+    if args.append_to and len(args.models) > 1:
+        append_rows(args, rows, per_model, sys.argv[1:])
+
+
+def append_rows(args, rows: dict, per_model: dict, argv: list[str]) -> None:
+    """This run's rows (one per --max-batch) in the results file, one row a line as the file
+    keeps them; the per-model split goes in the server column and in ``metrics.per_model``."""
+    doc = json.loads(args.append_to.read_text())
+    bests = {n: max(r, key=lambda x: x[1]) for n, r in per_model.items()}
+    mean_best = float(np.mean([b[1] for b in bests.values()]))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    load = os.getloadavg()[0]
+    names = list(args.models)
+    for max_batch, r in rows["serve"].items():
+        per = r["per_model"]
+        split = "; ".join(
+            f"{n} {m['requests_per_s']:.1f}/s, p50 {_ms(m['p50_ms'])}, {m['errors']} errors"
+            for n, m in per.items()
+        )
+        where = (
+            "`adps serve --ray` (an ingress and a deployment per model on a local Ray)"
+            if args.ray
+            else "`adps serve`"
+        )
+        run = f"serve-{len(names)}-models-{'ray' if args.ray else 'plain'}-b{max_batch}"
+        row = {
+            "run": run,
+            "runtime": f"{args.runtime_label or args.backend}, {len(names)} models at once",
+            "runtime_note_before": f"{', '.join(names)}, {args.clients // len(names)} clients "
+            "each; ",
+            "runtime_note_after": "; the target is the mean of the models' offline bests",
+            "dataset": args.dataset_label or ", ".join(names),
+            "settings": {
+                "max_batch": max_batch,
+                "clients": args.clients,
+                "seconds": args.seconds,
+                "models": names,
+                "ray": args.ray,
+                "replicas": args.replicas,
+                "backend": args.backend,
+            },
+            "server": f"{where}, `--max-batch {max_batch}`: {split}",
+            "seed": None,
+            "metrics": {
+                "requests_per_s": round(r["requests_per_s"], 1),
+                "of_offline_best_pct": round(100 * r["requests_per_s"] / mean_best),
+                **{f"p{q}_ms": round(r[f"p{q}_ms"]) for q in (50, 95, 99)},
+                "errors": r["errors"],
+                "requests": r["requests"],
+                "offline_best_images_per_s": round(mean_best, 1),
+                "offline_best_batch": max(b[0] for b in bests.values()),
+                "per_model": {
+                    n: {k: round(v, 1) if isinstance(v, float) else v for k, v in m.items()}
+                    for n, m in per.items()
+                },
+            },
+            "command": "python benchmarks/bench_serve.py " + shlex.join(argv),
+            "caveat": f"clients on the same machine (they used {r['client_cores']:.2f} cores); "
+            f"load average {load:.1f} at the end",
+            "machine": machine(),
+            "source": f"measured with benchmarks/bench_serve.py at commit {commit}",
+        }
+        doc["rows"] = [x for x in doc["rows"] if x["run"] != run] + [row]
+    head = json.dumps({k: v for k, v in doc.items() if k != "rows"}, indent=1, ensure_ascii=False)
+    lines = ",\n".join("  " + json.dumps(x, ensure_ascii=False) for x in doc["rows"])
+    args.append_to.write_text(head[:-2] + ',\n "rows": [\n' + lines + "\n ]\n}\n")
+
+
+def machine() -> str:
+    """``2-core AMD EPYC 7B13 CPU, no GPU``: the cores this process may use and the CPU."""
+    import platform
+
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{len(os.sched_getaffinity(0))}-core {name}, {gpu}"
 
 
 def _s(value: float | None) -> str:
