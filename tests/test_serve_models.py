@@ -225,6 +225,9 @@ def test_model_specs_name_models_and_bad_ones_are_refused(models, tmp_path):
     odd.parent.mkdir(parents=True)
     shutil.copyfile(a, odd)
     assert parse_model_specs([str(odd)]) == {"m": odd}
+    spaced = tmp_path / "model v2.pt"  # served before names existed: still served, by a word
+    shutil.copyfile(a, spaced)
+    assert parse_model_specs([str(spaced)]) == {"model-v2": spaced}
     bad = {
         "taken": [f"x={a}", f"x={b}"],
         "taken by": [str(a), f"a={b}"],

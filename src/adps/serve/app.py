@@ -29,7 +29,7 @@ is a lane (:mod:`adps.serve.lanes`) with its own batcher, drift watch, swap and 
 one-model routes above address the default model: the only one, or ``default``; with several
 and no default they answer 400 and name the models (a client that guesses must not get the
 wrong model's verdict). One model is also served under ``/v1/models/<file stem>/``; its
-routes and answers are what they were before names existed.
+one-model routes answer as they did before names existed, plus the answer's ``model`` (name).
 
 Every answer names the model that produced it (``model_id``: file name and SHA-256 prefix); a
 request runs on the model that was current when it arrived.
@@ -46,7 +46,6 @@ import functools
 import hmac
 import json
 import logging
-import re
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -70,7 +69,7 @@ from adps.fileio import file_sha256
 from adps.serve.batching import Busy
 from adps.serve.drift import DriftSettings
 from adps.serve.feedback import Feedback, FeedbackError, client_name, new_id
-from adps.serve.lanes import NAME, Lane, LaneSettings, LocalLane, answer_json
+from adps.serve.lanes import NAME, Lane, LaneSettings, LocalLane, answer_json, name_of
 from adps.version import __version__
 
 log = logging.getLogger("adps.serve")
@@ -147,12 +146,6 @@ def _default_loader(predictor: Predictor) -> Callable[[Path], Predictor]:
         batch_size=predictor.batch_size,
         backend=backend,
     )
-
-
-def name_of(path: Path) -> str:
-    """A model's name when none is given: its file's stem, made a URL-safe word."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-._")[:64]
-    return name if NAME.fullmatch(name) else "model"
 
 
 def create_app(

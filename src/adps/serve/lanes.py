@@ -250,6 +250,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3g}"
 
 
+def name_of(path: Path) -> str:
+    """A model's name when none is given: its file's stem, made a URL-safe word (``model
+    v2.pt`` is ``model-v2``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-._")[:64]
+    return name if NAME.fullmatch(name) else "model"
+
+
 def parse_model_specs(specs: Iterable[str]) -> dict[str, Path]:
     """``NAME=PATH`` or a plain ``PATH`` (named after the file's stem) per model, in order.
 
@@ -267,7 +274,7 @@ def parse_model_specs(specs: Iterable[str]) -> dict[str, Path]:
                 raise AdpsError(f"--model {spec!r}: give NAME=PATH (both non-empty) or a PATH")
         else:
             text = spec.strip()
-            name = Path(text).stem
+            name = name_of(Path(text))
         if not NAME.fullmatch(name):
             raise AdpsError(
                 f"--model {spec!r}: the model name {name!r} must be letters, digits, '_', '.' "
@@ -310,6 +317,7 @@ __all__ = [
     "answer_json",
     "log_flip",
     "model_facts",
+    "name_of",
     "parse_counts",
     "parse_model_specs",
     "run_grouped",
