@@ -297,12 +297,15 @@ def main() -> None:
             "ray": ray,
             "local_1thread": local_1,
             "throughput_ratio": round(ray["images_per_s"] / local["images_per_s"], 3),
+            "throughput_ratio_vs_local_1thread": round(
+                ray["images_per_s"] / local_1["images_per_s"], 3
+            ),
             "ray_vs_local": same(base / "local", base / "ray"),
             "ray_vs_local_1thread": same(base / "local_1thread", base / "ray"),
         }
         if args.cluster:
             values["cluster"] = cluster_run(
-                images, model, base / "cluster", runtime, base / "local"
+                images, model, base / "cluster", runtime, base / "local_1thread"
             )
         rows.append(
             {
