@@ -94,14 +94,21 @@ def benchmark(manifest: Path, out: Path, extra: list[str], env: dict | None = No
     command = [*ADPS, "benchmark", "--manifest", str(manifest), "--out", str(out)]
     command += ["--no-progress", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
+    load_after = os.getloadavg()[0]
     if done.returncode != 0:
         print(done.stdout[-3000:], done.stderr[-3000:], sep="\n")
         raise SystemExit(f"{' '.join(command)} exited with {done.returncode}")
     table = json.loads((out / "benchmark.json").read_text())
-    return {"wall_seconds": wall, "table": table, "stdout": done.stdout}
+    return {
+        "wall_seconds": wall,
+        "table": table,
+        "stdout": done.stdout,
+        "load_average": [round(load_before, 2), round(load_after, 2)],
+    }
 
 
 def free_port() -> int:
@@ -188,6 +195,14 @@ def compare(local: dict, cluster: dict, local_out: Path, cluster_out: Path) -> d
     }
 
 
+def commit() -> str:
+    """The checkout's commit (short), with "+changes" when its tracked files differ from it."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "src"], capture_output=True)
+    return head.stdout.strip() + ("+changes" if dirty.returncode else "")
+
+
 def cpu_model() -> str:
     """The CPU's model name as /proc/cpuinfo gives it (e.g. AMD EPYC 7B13)."""
     try:
@@ -223,7 +238,7 @@ def main() -> None:
         + (" --quick" if args.quick else "")
         + (f" --out {args.out}" if args.out else "")
     )
-    source = f"written by {script} on {time.strftime('%Y-%m-%d')}"
+    source = f"measured on {time.strftime('%Y-%m-%d')} (adps at commit {commit()}) by {script}"
     common = {"seed": 0, "machine": machine, "command": command, "source": source}
     config = settings(args.quick)
     rows = []
@@ -260,7 +275,12 @@ def main() -> None:
                 "values": {
                     "wall_seconds": run["wall_seconds"],
                     "entries": len(run["table"]["rows"]),
+                    "load_average_1min_before_after": run["load_average"],
                 },
+                "caveat": "wall time on a 2-core machine shared with other jobs (the 1-minute "
+                "load average before and after is recorded): the cluster's two one-CPU nodes "
+                "train two products at once, each task pays a worker start and torch import, "
+                "and Ray's own processes share the same two cores",
                 **common,
             }
         )
@@ -280,7 +300,7 @@ def main() -> None:
         "title": "Many models from a manifest: a two-node Ray cluster against one process",
         "kind": "single measurements, one a row (key = run)",
         "machine": machine,
-        "source": script,
+        "source": source,
         "rows": rows,
     }
     if args.out:
