@@ -54,6 +54,7 @@ def ray_local():
     import ray  # the dev extra installs it; imported here so that other tests never load it
     if not ray.is_initialized():
         ray.init(
+            address="local",  # a private instance, never a `ray start` cluster found running
             num_cpus=2,
             include_dashboard=False,
             log_to_driver=False,
