@@ -52,6 +52,7 @@ def ray_local():
     no dashboard, logs kept out of the test output. Tests that need Ray take this fixture; the
     instance is shut down when the session ends."""
     import ray  # the dev extra installs it; imported here so that other tests never load it
+
     if not ray.is_initialized():
         ray.init(
             address="local",  # a private instance, never a `ray start` cluster found running

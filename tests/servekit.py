@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from adps.config import ModelConfig
@@ -65,6 +66,15 @@ def tiny_model(path: Path, seed: int = 0, calibrate: int = 100, rate: float = 0.
         )
     ckpt.save(path)
     return path
+
+
+def wait_ready(client: TestClient) -> None:
+    """Waits until an app under TestClient has warmed its model (/v1/health answers 200)."""
+    for _ in range(300):
+        if client.get("/v1/health").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server never became ready")
 
 
 @contextmanager

@@ -38,6 +38,7 @@ from adps.fileio import file_sha256
 from adps.models.adps import ADPS
 from adps.serve.app import ServeSettings, create_app
 from adps.serve.batching import Busy, MicroBatcher
+from servekit import wait_ready
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FILES = (
@@ -64,14 +65,6 @@ def client_for(model_path: Path, **settings) -> TestClient:
     return TestClient(
         create_app(predictor, model_path, ServeSettings(**settings)), raise_server_exceptions=False
     )
-
-
-def wait_ready(client: TestClient) -> None:
-    for _ in range(300):
-        if client.get("/v1/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server never became ready")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from servekit import noise_images, png_bytes, tiny_model
+from servekit import noise_images, png_bytes, tiny_model, wait_ready
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -123,14 +123,6 @@ def _client(model_path: Path, **settings) -> TestClient:
     return client
 
 
-def _ready(client: TestClient) -> None:
-    for _ in range(300):
-        if client.get("/v1/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server never became ready")
-
-
 def _predict(client: TestClient, image: np.ndarray, name: str = "part.png", **headers) -> dict:
     r = client.post(
         "/v1/predict", files=[("file", (name, png_bytes(image), "image/png"))], headers=headers
@@ -144,7 +136,7 @@ def test_verdicts_land_where_update_and_calibrate_fit_fusion_read_them(model_pat
     keep = tmp_path / "keep"
     images = noise_images(4, 7)
     with _client(model_path, keep_dir=keep) as c:
-        _ready(c)
+        wait_ready(c)
         answers = [_predict(c, image) for image in images]
         assert all(a["kept"] and ID_PATTERN.match(a["id"]) for a in answers)
         ids = [a["id"] for a in answers]
@@ -195,7 +187,7 @@ def test_verdicts_land_where_update_and_calibrate_fit_fusion_read_them(model_pat
 def test_a_changed_verdict_moves_the_files_and_bad_verdicts_are_refused(model_path, tmp_path):
     keep = tmp_path / "keep"
     with _client(model_path, keep_dir=keep, token="s3cret") as c:
-        _ready(c)
+        wait_ready(c)
         auth = {"Authorization": "Bearer s3cret"}
         ident = _predict(c, noise_images(1, 3)[0], **auth)["id"]
         assert c.post("/v1/feedback", json={"id": ident, "verdict": "normal"}).status_code == 401
@@ -239,7 +231,7 @@ def test_a_changed_verdict_moves_the_files_and_bad_verdicts_are_refused(model_pa
         )
         assert plain.status_code == 415 and "unsupported content type" in plain.json()["error"]
     with _client(model_path) as c:  # no --keep-images
-        _ready(c)
+        wait_ready(c)
         r = c.post("/v1/feedback", json={"id": ident, "verdict": "normal"})
         assert r.status_code == 404 and "--keep-images" in r.json()["error"]
         assert "kept" not in _predict(c, noise_images(1, 3)[0])
@@ -250,7 +242,7 @@ def test_a_client_file_name_is_never_echoed_raw_nor_a_path(model_path, tmp_path)
     keep = tmp_path / "inside" / "keep"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with _client(model_path, keep_dir=keep) as c:
-        _ready(c)
+        wait_ready(c)
         image = noise_images(1, 4)[0]
         answers = c.post(
             "/v1/predict",

@@ -10,14 +10,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from servekit import noise_images, png_bytes, tiny_model
+from servekit import noise_images, png_bytes, tiny_model, wait_ready
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -59,14 +58,6 @@ def _client(paths: dict[str, Path], default: str | None = None, **settings) -> T
     return TestClient(app, raise_server_exceptions=False)
 
 
-def _ready(client: TestClient) -> None:
-    for _ in range(300):
-        if client.get("/v1/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server never became ready")
-
-
 def _reference(path: Path) -> dict:
     """`adps.load` on the same image, in this process: what the service must answer."""
     prediction = _loader(path).predict_tensors([torch.from_numpy(IMAGE).permute(2, 0, 1)])[0]
@@ -87,7 +78,7 @@ def _call(client: TestClient, method: str, path: str):
 @pytest.fixture(scope="module")
 def two(models):
     with _client({"a": models["a"], "b": models["b"]}) as client:
-        _ready(client)
+        wait_ready(client)
         yield client
 
 
@@ -146,7 +137,7 @@ def test_unknown_names_and_the_one_model_routes_of_several_are_refused_with_the_
 @pytest.mark.integration
 def test_a_default_model_takes_the_one_model_routes(models):
     with _client({"a": models["a"], "b": models["b"]}, default="b") as client:
-        _ready(client)
+        wait_ready(client)
         r = client.post("/v1/predict", content=BODY, headers=PNG).json()
         assert r["model"] == "b" and r["score"] == _reference(models["b"])["score"]
         assert client.get("/v1/model").json()["model_id"] == _ident(models["b"])
@@ -161,7 +152,7 @@ def test_one_model_keeps_its_routes_and_is_also_served_by_name(models):
         create_app(_loader(path), path, ServeSettings(watch_interval_s=0)),
         raise_server_exceptions=False,
     ) as client:
-        _ready(client)
+        wait_ready(client)
         assert client.get("/v1/health").json() == {"status": "ready", "model_id": _ident(path)}
         old = client.post("/v1/predict", content=BODY, headers=PNG).json()
         named = client.post("/v1/models/a/predict", content=BODY, headers=PNG).json()
@@ -178,7 +169,7 @@ def test_a_reload_swaps_only_its_model(models, tmp_path):
     shutil.copyfile(models["a"], a)
     shutil.copyfile(models["b"], b)
     with _client({"a": a, "b": b}) as client:
-        _ready(client)
+        wait_ready(client)
         tmp = tmp_path / ".a.pt.new"
         shutil.copyfile(models["c"], tmp)
         os.replace(tmp, a)
@@ -202,7 +193,7 @@ def test_a_reload_swaps_only_its_model(models, tmp_path):
 def test_each_model_keeps_its_images_drift_window_and_verdicts(models, tmp_path):
     keep = tmp_path / "keep"
     with _client({"a": models["a"], "b": models["b"]}, keep_dir=keep) as client:
-        _ready(client)
+        wait_ready(client)
         ids = [
             client.post("/v1/models/a/predict", content=BODY, headers=PNG).json()["id"]
             for _ in range(3)

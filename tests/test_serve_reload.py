@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from servekit import noise_images, png_bytes, tiny_model
+from servekit import noise_images, png_bytes, tiny_model, wait_ready
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
@@ -35,14 +35,6 @@ def models(tmp_path_factory) -> tuple[Path, Path]:
 
 def _loader(path: Path):
     return load(path, "cpu", backend="torch")
-
-
-def _ready(client: TestClient) -> None:
-    for _ in range(300):
-        if client.get("/v1/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server never became ready")
 
 
 def _replace(path: Path, source: Path) -> None:
@@ -81,7 +73,7 @@ def test_a_request_finishes_on_the_model_it_arrived_on(models, tmp_path):
     predictor.forward = held
     app = create_app(predictor, path, ServeSettings(max_batch=2), _loader)
     with TestClient(app, raise_server_exceptions=False) as c, ThreadPoolExecutor(2) as pool:
-        _ready(c)
+        wait_ready(c)
         id_a = c.get("/v1/health").json()["model_id"]
         armed.set()
         first = pool.submit(_predict, c)
@@ -124,7 +116,7 @@ def test_a_model_that_fails_to_load_or_warm_up_leaves_the_old_one_serving(models
     app = create_app(_loader(path), path, ServeSettings(token="s3cret"), loader)
     auth = {"Authorization": "Bearer s3cret"}
     with TestClient(app, raise_server_exceptions=False) as c:
-        _ready(c)
+        wait_ready(c)
         id_a = c.get("/v1/health").json()["model_id"]
         assert c.post("/v1/model/reload").status_code == 401
         same = c.post("/v1/model/reload", headers=auth)
@@ -167,7 +159,7 @@ def test_the_watcher_swaps_in_a_changed_file_and_tries_a_bad_one_once(models, tm
     app = create_app(_loader(path), path, ServeSettings(watch_interval_s=0.1), _loader)
     caplog.set_level(logging.INFO, logger="adps.serve")
     with TestClient(app, raise_server_exceptions=False) as c:
-        _ready(c)
+        wait_ready(c)
         id_a = c.get("/v1/health").json()["model_id"]
         _replace(path, b)
         for _ in range(300):
