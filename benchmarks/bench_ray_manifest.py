@@ -31,22 +31,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ray_cluster import CLUSTER_ENV, cpu_model, two_node_cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
 WORK = ROOT / "runs" / "bench_ray_manifest"
 ADPS = [sys.executable, "-m", "adps"]
-# the cluster lives on this machine for one run: Ray's token authentication (on by default for
-# `ray start` in recent Ray) is turned off for its nodes and its driver alike, and RAY_ADDRESS
-# is cleared so that nothing joins another cluster by accident
-CLUSTER_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
 WELD_SPLIT = "disjoint (benchmarks/splits/battery_weld.json)"
 
 PRODUCTS = [
@@ -111,56 +107,11 @@ def benchmark(manifest: Path, out: Path, extra: list[str], env: dict | None = No
     }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cluster_benchmark(manifest: Path, out: Path) -> dict:
-    """Two one-CPU nodes on this machine, each a `ray start --block` child ended by its pid."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    port = free_port()
-    env = {**os.environ, **CLUSTER_ENV, "OMP_NUM_THREADS": "1"}
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-    head = [ray, "start", "--head", "--num-cpus", "1", "--port", str(port), "--block"]
-    nodes = [subprocess.Popen([*head, "--include-dashboard", "false"], **quiet)]  # type: ignore[call-overload]
-    address = f"127.0.0.1:{port}"
-    try:
-        wait_for_nodes(address, 1)
-        worker = [ray, "start", "--address", address, "--num-cpus", "1", "--block"]
-        nodes.append(subprocess.Popen(worker, **quiet))  # type: ignore[call-overload]
-        wait_for_nodes(address, 2)
+    """The manifest on a two-node cluster on this machine (ray_cluster.two_node_cluster)."""
+    with two_node_cluster() as (address, _):
         run = benchmark(manifest, out, ["--engine", "ray", "--ray-address", address], CLUSTER_ENV)
-    finally:
-        for node in reversed(nodes):
-            node.terminate()
-            try:
-                node.wait(60)
-            except subprocess.TimeoutExpired:
-                node.kill()
     return {**run, "nodes": 2, "cpus_per_node": 1}
-
-
-def wait_for_nodes(address: str, count: int, timeout: float = 120) -> None:
-    """Until the cluster at ``address`` has ``count`` live nodes (asked in a child process, so
-    this script never connects to Ray itself)."""
-    probe = (
-        f"import ray; ray.init(address={address!r}, logging_level='ERROR', "
-        "log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = subprocess.run(
-            [sys.executable, "-c", probe],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **CLUSTER_ENV},
-        )
-        if done.returncode == 0 and done.stdout.strip().splitlines()[-1:] == [str(count)]:
-            return
-        time.sleep(2)
-    raise SystemExit(f"the Ray cluster at {address} did not reach {count} nodes in {timeout} s")
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -201,17 +152,6 @@ def commit() -> str:
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--", "src"], capture_output=True)
     return head.stdout.strip() + ("+changes" if dirty.returncode else "")
-
-
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (e.g. AMD EPYC 7B13)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:

@@ -29,13 +29,13 @@ import argparse
 import hashlib
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from ray_cluster import CLUSTER_ENV, cpu_model, two_node_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTTLE = ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
@@ -176,79 +176,12 @@ def same(a: Path, b: Path) -> dict:
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (e.g. AMD EPYC 7B13)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def cluster_run(images: Path, model: Path, out: Path, runtime: str, reference: Path) -> dict:
-    """Two one-CPU nodes on this machine, each a `ray start --block` child ended by its pid."""
-    ray = str(Path(sys.executable).with_name("ray"))
-    port = free_port()
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    nodes = [
-        subprocess.Popen(
-            [
-                ray,
-                "start",
-                "--head",
-                "--num-cpus",
-                "1",
-                "--port",
-                str(port),
-                "--block",
-                "--include-dashboard",
-                "false",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-    ]
-    try:
-        time.sleep(15)
-        nodes.append(
-            subprocess.Popen(
-                [ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--block"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env=env,
-            )
-        )
-        time.sleep(15)
-        row = score(
-            images,
-            model,
-            out,
-            runtime,
-            ["--engine", "ray", "--ray-address", f"127.0.0.1:{port}"],
-            [n.pid for n in nodes],
-            {**env, "RAY_AUTH_MODE": "token"},  # `ray start` turns token authentication on
-        )
-    finally:
-        for node in reversed(nodes):
-            node.terminate()
-            try:
-                node.wait(60)
-            except subprocess.TimeoutExpired:
-                node.kill()
-        # `ray start` left its address here, and a later ray.init() (any test's) would try to
-        # join the stopped cluster: remove it, as `ray stop` does, if it is still ours
-        current = Path("/tmp/ray/ray_current_cluster")
-        if current.is_file() and current.read_text().strip().endswith(f":{port}"):
-            current.unlink()
+    """The images scored on a two-node cluster on this machine (ray_cluster.two_node_cluster);
+    the nodes' process trees count in the memory."""
+    with two_node_cluster() as (address, pids):
+        extra = ["--engine", "ray", "--ray-address", address]
+        row = score(images, model, out, runtime, extra, pids, {**os.environ, **CLUSTER_ENV})
     return {**row, "vs_local_1thread": same(reference, out), "nodes": 2, "cpus_per_node": 1}
 
 
