@@ -330,3 +330,35 @@ def test_openvino_bf16_precision_travels_in_the_file(checkpoint_path, images, re
     _assert_parity(*exact(images.numpy()), reference)
     with pytest.raises(AdpsError, match="precision"):
         OpenVinoRunner(path, precision="fp8")
+
+
+def test_load_predictor_gives_its_thread_count_to_the_runtimes(
+    onnx_uint8, openvino_uint8, images, reference, monkeypatch
+):
+    """A Ray actor or worker holds a share of the cores: the ONNX Runtime session and the
+    OpenVINO compiled model get that many threads (their default is every core)."""
+    import adps.engine.runtime as runtime
+    from adps.export import load_predictor
+
+    made: list = []
+
+    def recording(cls):
+        class Recording(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                made.append(self)
+
+        return Recording
+
+    monkeypatch.setattr(runtime, "OnnxRunner", recording(runtime.OnnxRunner))
+    monkeypatch.setattr(runtime, "OpenVinoRunner", recording(runtime.OpenVinoRunner))
+    for threads in (1, 2):
+        load_predictor(onnx_uint8, "cpu", threads=threads)
+        session = made.pop().session
+        assert session.get_session_options().intra_op_num_threads == threads
+        predictor = load_predictor(openvino_uint8, "cpu", threads=threads)
+        runner = made.pop()
+        _assert_parity(*runner(images.numpy()), reference)
+        compiled = runner._request(len(images)).get_compiled_model()
+        assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+        assert predictor.runtime.startswith("openvino")

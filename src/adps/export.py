@@ -458,6 +458,7 @@ def load_predictor(
     batch_size: int | None = None,
     backend: str = "auto",
     precision: str | None = None,
+    threads: int | None = None,
 ) -> Predictor:
     """A predictor from any model file: a checkpoint (``.pt``), ONNX (``.onnx``), OpenVINO
     (``.xml``) or TorchScript (``.ts``); this is ``adps.load``.
@@ -471,12 +472,14 @@ def load_predictor(
     converted checkpoint) gives torch's maps within 1e-3, so thresholds calibrated in training
     keep their meaning; "auto" runs bf16 on CPUs with native bf16 (faster; scores move, so
     calibrate with it) and f32 elsewhere. ``batch_size=None`` picks what runs fastest.
+    ``threads``: ONNX Runtime's or OpenVINO's inference threads (None: every core); torch
+    follows ``torch.set_num_threads``.
     """
     if backend not in BACKENDS:
         raise AdpsError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = Path(path)
     if path.suffix.lower() in EXPORT_SUFFIXES:
-        return export_predictor(path, device, batch_size, precision)
+        return export_predictor(path, device, batch_size, precision, threads)
     ckpt = Checkpoint.load(path)
     if backend == "torch" or (backend == "auto" and resolve_device(device).type != "cpu"):
         return checkpoint_predictor(ckpt, device, batch_size)
@@ -491,10 +494,10 @@ def load_predictor(
     try:
         converted = cached_openvino(path, checkpoint=ckpt)
         try:
-            predictor = export_predictor(converted, device, batch_size, precision or "f32")
+            predictor = export_predictor(converted, device, batch_size, precision or "f32", threads)
         except AdpsError:  # a damaged cache entry: convert again
             converted = cached_openvino(path, refresh=True, checkpoint=ckpt)
-            predictor = export_predictor(converted, device, batch_size, precision or "f32")
+            predictor = export_predictor(converted, device, batch_size, precision or "f32", threads)
     except (OSError, RuntimeError, AdpsError) as exc:
         if backend == "openvino":
             raise

@@ -283,11 +283,14 @@ def export_predictor(
     device: str = "auto",
     batch_size: int | None = None,
     precision: str | None = None,
+    threads: int | None = None,
 ) -> Predictor:
     """A predictor that runs an export on its own runtime: ONNX (``.onnx``), OpenVINO
     (``.xml``) or TorchScript (``.ts``/``.torchscript``); thresholds and pre-processing come
     from the file's metadata. ``precision``: OpenVINO's ("f32", "bf16", "auto"; None = the
-    file's)."""
+    file's). ``threads``: ONNX Runtime's or OpenVINO's inference threads (None: the runtime's
+    default, every core): a process that shares the machine (a Ray actor, a worker) gives its
+    share, or the runtimes oversubscribe the cores. TorchScript follows torch's own setting."""
     path = Path(path)
     dev = resolve_device(device)
     suffix = path.suffix.lower()
@@ -295,7 +298,7 @@ def export_predictor(
         from adps.engine.runtime import OnnxRunner
 
         providers = ["CPUExecutionProvider"] if dev.type == "cpu" else None
-        onnx_runner = OnnxRunner(path, providers=providers)
+        onnx_runner = OnnxRunner(path, providers=providers, threads=threads)
         return _runner_predictor(
             onnx_runner,
             inference_batch_size(dev, batch_size, "onnx"),
@@ -304,7 +307,9 @@ def export_predictor(
     if suffix == ".xml":
         from adps.engine.runtime import OpenVinoRunner
 
-        runner = OpenVinoRunner(path, "GPU" if dev.type == "cuda" else "CPU", precision=precision)
+        runner = OpenVinoRunner(
+            path, "GPU" if dev.type == "cuda" else "CPU", precision=precision, threads=threads
+        )
         return _runner_predictor(
             runner,
             inference_batch_size(dev, batch_size),

@@ -340,12 +340,13 @@ class Scorer:
 
         from adps.export import load_predictor
 
-        # as many torch threads as CPUs reserved, on every node: the thread count changes the
-        # order of torch's sums, so a node that left torch at its default would give scores that
-        # differ from the others' in the last digit
+        # as many torch (or ONNX Runtime, OpenVINO) threads as CPUs reserved, on every node: the
+        # runtimes' default, every core of the node, would oversubscribe it with several actors,
+        # and the thread count changes the order of torch's sums, so a node that left torch at
+        # its default would give scores that differ from the others' in the last digit
         torch.set_num_threads(threads)
         self.predictor = load_predictor(
-            model, options.device, options.batch_size, options.backend, options.precision
+            model, options.device, options.batch_size, options.backend, options.precision, threads
         )
         self.outputs = outputs
         thresholds = self.predictor.thresholds
