@@ -148,3 +148,28 @@ def test_the_builder_refuses_bad_arguments(models):
     ):
         with pytest.raises(AdpsError, match=message):
             app_builder(args)
+
+
+def test_adps_serve_ray_runs_the_cli_path_and_stops_on_sigterm(models, tmp_path):
+    """The command a user types: `adps serve --ray` starts its own Ray (not the session's),
+    deploys both models with --replicas, answers as adps.load, and SIGTERM shuts it down."""
+    from servekit import adps_serve
+
+    port = _port()
+    options = ("--ray", "--model", f"b={models['b']}", "--replicas", "b=1")
+    with adps_serve(models["a"], port, *options, log=tmp_path / "serve.log") as server:
+        listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()
+        assert [m["name"] for m in listed["models"]] == ["a", "b"]
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/models/b/predict",
+            content=png_bytes(IMAGES[0]),
+            headers=PNG,
+            timeout=120,
+        )
+        assert r.status_code == 200, r.text
+        reference = _reference(models["b"], IMAGES[0])
+        assert {k: r.json()[k] for k in reference} == reference
+        server.terminate()
+        assert server.wait(120) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=5)
