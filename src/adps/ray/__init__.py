@@ -1,5 +1,9 @@
 """adps on Ray (``pip install adps[ray]``): past one process without a scheduler of our own.
 
-Nothing here imports ``ray`` at import time of ``adps``; each submodule imports it when a Ray
-path is asked for.
+- :mod:`adps.ray.training`: a manifest's rows as Ray tasks (`adps benchmark --manifest`).
+- :mod:`adps.ray.scoring`: scoring as a stream on Ray Data (`adps predict --engine ray`).
+- :mod:`adps.ray.serving`: the service on Ray Serve (`adps serve --ray`).
+
+Importing ``adps`` never imports ``ray``; the scoring and training modules import it when a Ray
+path runs, and the serving module (whose deployments are Ray Serve classes) when it is imported.
 """
