@@ -428,3 +428,39 @@ def test_ray_refuses_a_row_no_node_can_hold_before_anything_runs(data, ray_local
     assert "entry 'too-big' needs 3 CPUs and 0 GPUs on one node" in error
     assert "'fits'" not in error
     assert not (tmp_path / "out" / "fits").exists()  # refused before any task started
+
+
+@pytest.mark.integration
+def test_a_ray_task_whose_worker_dies_becomes_a_failed_row_and_the_others_finish(
+    data, ray_local, tmp_path
+):
+    """The worker process dies under one task (as on an out-of-memory kill or a lost node):
+    after Ray's retries its row carries the error, and the other row is the task's own."""
+    import ray
+
+    from adps.ray.training import _train
+
+    manifest = write_yaml(
+        tmp_path / "m.yaml",
+        [
+            {"name": "dies", "data": str(data / "a" / "surface"), **TINY},
+            {"name": "lives", "data": str(data / "b"), **TINY},
+        ],
+    )
+
+    def body(entry, block):  # defined here, so Ray ships it by value to its workers
+        import os
+
+        if entry.name == "dies":
+            os._exit(1)
+        return {"name": entry.name, "entry": block}
+
+    jobs = [(entry, {"hash": entry.name}) for entry in entries(manifest)]
+    done: list = []
+    rows = _train(ray, jobs, done.append, body)
+    assert [r["name"] for r in rows] == ["dies", "lives"]
+    dies, lives = rows
+    assert dies["error"].startswith("the Ray task failed:") and "\n" not in dies["error"]
+    assert dies["entry"] == {"hash": "dies"} and set(dies["metrics"].values()) == {None}
+    assert lives == {"name": "lives", "entry": {"hash": "lives"}}
+    assert sorted(r["name"] for r in done) == ["dies", "lives"]

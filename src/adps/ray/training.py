@@ -93,8 +93,12 @@ def train_entries(
 
 
 def _train(
-    ray: Any, jobs: list[tuple[BenchmarkEntry, dict[str, Any]]], on_done: Callable | None
+    ray: Any,
+    jobs: list[tuple[BenchmarkEntry, dict[str, Any]]],
+    on_done: Callable | None,
+    body: Callable[[BenchmarkEntry, dict[str, Any]], Row] = _train_entry,
 ) -> list[Row]:
+    """``body`` is the task (the tests give one whose worker dies)."""
     bad = _infeasible(ray, [entry for entry, _ in jobs])
     if bad:
         raise AdpsError(
@@ -102,7 +106,7 @@ def _train(
             + "; ".join(bad)
             + " (lower num_cpus/num_gpus, or add such a node)"
         )
-    task = ray.remote(_train_entry)
+    task = ray.remote(body)
     pending: dict[Any, int] = {}
     for index, (entry, block) in enumerate(jobs):
         ref = task.options(
