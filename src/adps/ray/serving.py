@@ -65,7 +65,7 @@ class RayServeSettings:
     device: str = "cpu"
     backend: str = "auto"
     precision: str | None = None
-    num_cpus: float = 1.0  # per model replica (Ray's scheduling, not a thread count)
+    num_cpus: float = 1.0  # per model replica: Ray's scheduling and its threads (one at least)
     num_gpus: float = 0.0  # per model replica; a share (0.25) packs replicas on one GPU
     host: str = "127.0.0.1"  # where Serve's HTTP proxy listens
     port: int = 8000
@@ -90,7 +90,11 @@ class ModelReplica:
 
         self.name = name
         self.max_batch = int(batch["max_batch"])
-        self.predictor = load_predictor(path, device, self.max_batch, backend, precision)
+        # the replica's CPUs as the runtime's threads: by default OpenVINO and ONNX Runtime take
+        # every core of the node in each replica, and the replicas then fight over them
+        threads = max(1, int(batch.get("threads", 1)))
+        torch.set_num_threads(threads)
+        self.predictor = load_predictor(path, device, self.max_batch, backend, precision, threads)
         self.path = Path(path)
         self.ident = model_id(self.path)
         warm(self.predictor, self.max_batch)
@@ -248,13 +252,17 @@ def build(
             ray_settings.precision,
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
+            threads=max(1, int(ray_settings.num_cpus)),
         )
         for name, path in models.items()
     }
     ingress: Any = Ingress  # the deployment serve.deployment made of the class
-    return ingress.options(name=INGRESS, ray_actor_options={"num_cpus": 0}).bind(
-        handles, settings, default
-    )
+    # the ingress only waits on the models: it takes as many requests at once as the models'
+    # queues hold (Serve's default, 5, would starve the models' batches)
+    ongoing = sum(2 * settings.max_batch + settings.queue_size for _ in models)
+    return ingress.options(
+        name=INGRESS, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing
+    ).bind(handles, settings, default)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -304,30 +312,35 @@ def serve_on_ray(
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
 
     def stop(signum: int, frame: Any) -> None:  # SIGTERM as Ctrl-C: shut Serve and Ray down
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: the shutdown is not interrupted
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    serve.start(http_options={"host": ray_settings.host, "port": ray_settings.port})
-    serve.run(
-        build(models, settings, ray_settings, default),
-        name=ray_settings.app_name,
-        route_prefix="/",
-    )
-    served = ", ".join(
-        f"{name}={path} x{ray_settings.replicas.get(name, 1)}" for name, path in models.items()
-    )
-    print(
-        f"serving {served} on Ray Serve at http://{ray_settings.host}:{ray_settings.port} "
-        f"(ingress {INGRESS}, deployments model-<name>); Ctrl-C stops it",
-        flush=True,
-    )
     try:
+        # inside the try: Serve's proxy answers before serve.run has seen every deployment
+        # running, so a stop can come while it still waits
+        serve.start(http_options={"host": ray_settings.host, "port": ray_settings.port})
+        serve.run(
+            build(models, settings, ray_settings, default),
+            name=ray_settings.app_name,
+            route_prefix="/",
+        )
+        served = ", ".join(
+            f"{name}={path} x{ray_settings.replicas.get(name, 1)}" for name, path in models.items()
+        )
+        print(
+            f"serving {served} on Ray Serve at http://{ray_settings.host}:{ray_settings.port} "
+            f"(ingress {INGRESS}, deployments model-<name>); Ctrl-C stops it",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
     finally:
+        # the shutdown runs to its end: a second Ctrl-C or SIGTERM would leave Serve's actors
+        # or a Ray instance behind
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
         if started:  # our own Ray: all of it goes
             serve.shutdown()
             ray.shutdown()
