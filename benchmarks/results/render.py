@@ -1126,6 +1126,12 @@ def page_serving(d: Data, plots: dict) -> Page:
             body,
         )
     )
+    for r in rows:  # rows measured elsewhere or later than the file's header says
+        if r.get("machine", sv["machine"]) != sv["machine"]:
+            p.add(
+                f"Row *{r['run']}*: {r['machine']}, not the machine above; "
+                f"{r['source']}; {r['caveat']}.\n"
+            )
     if plots.get("serve"):
         p.add("![requests per second by runtime and --max-batch](serve.png)\n")
     p.add(
