@@ -84,7 +84,14 @@ class ModelReplica:
     """One replica of one model: the predictor, warmed up, behind Serve's request batching."""
 
     def __init__(
-        self, name: str, path: str, device: str, backend: str, precision: str | None, **batch
+        self,
+        name: str,
+        path: str,
+        device: str,
+        backend: str,
+        precision: str | None,
+        threads: int = 1,
+        **batch,
     ):
         from adps.export import load_predictor
 
@@ -92,7 +99,6 @@ class ModelReplica:
         self.max_batch = int(batch["max_batch"])
         # the replica's CPUs as the runtime's threads: by default OpenVINO and ONNX Runtime take
         # every core of the node in each replica, and the replicas then fight over them
-        threads = max(1, int(batch.get("threads", 1)))
         torch.set_num_threads(threads)
         self.predictor = load_predictor(path, device, self.max_batch, backend, precision, threads)
         self.path = Path(path)
@@ -237,11 +243,12 @@ def build(
     # a replica has no SIGHUP and no file watch: Serve swaps models
     settings = dataclasses.replace(settings, handle_sighup=False, watch_interval_s=0.0)
     actor = {"num_cpus": ray_settings.num_cpus, "num_gpus": ray_settings.num_gpus}
+    ongoing = 2 * settings.max_batch  # per replica: one batch running, the next one gathering
     handles = {
         name: ModelReplica.options(  # type: ignore[attr-defined]
             name=f"model-{name}",
             num_replicas=ray_settings.replicas.get(name, 1),
-            max_ongoing_requests=2 * settings.max_batch,
+            max_ongoing_requests=ongoing,
             max_queued_requests=settings.queue_size,
             ray_actor_options=actor,
         ).bind(
@@ -250,18 +257,19 @@ def build(
             ray_settings.device,
             ray_settings.backend,
             ray_settings.precision,
+            max(1, int(ray_settings.num_cpus)),
             max_batch=settings.max_batch,
             max_wait_ms=settings.max_wait_ms,
-            threads=max(1, int(ray_settings.num_cpus)),
         )
         for name, path in models.items()
     }
     ingress: Any = Ingress  # the deployment serve.deployment made of the class
     # the ingress only waits on the models: it takes as many requests at once as the models'
     # queues hold (Serve's default, 5, would starve the models' batches)
-    ongoing = sum(2 * settings.max_batch + settings.queue_size for _ in models)
     return ingress.options(
-        name=INGRESS, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=ongoing
+        name=INGRESS,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=len(models) * (ongoing + settings.queue_size),
     ).bind(handles, settings, default)
 
 
