@@ -10,7 +10,10 @@ fixed costs out (start-up, model loading, shut-down; Ray's are larger: its own p
 predictor per actor), which gives ``running_throughput_ratio``, the ratio a long stream tends to.
 ``--out`` replaces the rows of the same name in an existing results file and keeps the others.
 
-Memory: /proc is sampled every 0.2 s during each command. ``driver_peak_rss_mib`` is the
+Memory: measured in a second run of the local and the Ray command, not in the timed ones:
+reading /proc/<pid>/smaps_rollup of every process in the tree every 0.2 s costs CPU and takes
+each process's memory-map lock, which slowed the Ray run (about 20 processes) by about a fifth
+against about 5% for the local one on 2 cores. ``driver_peak_rss_mib`` is the
 `adps predict` process's own peak RSS; ``tree_peak_pss_mib`` is the peak of the summed PSS
 (proportional set size: a shared page counts once, split between the processes that map it,
 so Ray's shared-memory object store is not counted once per worker) of the command's whole
@@ -118,8 +121,17 @@ class Sampler(threading.Thread):
 
 
 def score(
-    images: Path, model: Path, out: Path, runtime: str, extra: list[str], roots=(), env=None
+    images: Path,
+    model: Path,
+    out: Path,
+    runtime: str,
+    extra: list[str],
+    roots=(),
+    env=None,
+    sample: bool = False,
 ) -> dict:
+    """One `adps predict` command, timed; with ``sample`` its memory is sampled too (which
+    slows it: see the module's docstring)."""
     backend = ["--backend", "torch"] if runtime == "torch" else []
     command = [*ADPS, "predict", str(images), "--model", str(model), "--out", str(out)]
     command += [*backend, "--device", "cpu", "--no-progress", *extra]
@@ -128,22 +140,26 @@ def score(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     sampler = Sampler(process.pid, [process.pid, *roots])
-    sampler.start()
+    if sample:
+        sampler.start()
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - start
-    sampler.done.set()
-    sampler.join()
+    if sample:
+        sampler.done.set()
+        sampler.join()
     if process.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{stderr[-3000:]}")
     n = len(list(images.glob("*.png")))
-    return {
+    row = {
         "command": " ".join(command[2:]).replace(str(ROOT) + "/", ""),
         "seconds": round(seconds, 1),
         "images_per_s": round(n / seconds, 2),
-        "driver_peak_rss_mib": round(sampler.driver_rss / 1024),
-        "tree_peak_pss_mib": round(sampler.tree_pss / 1024),
         "stdout": stdout.strip().splitlines()[-1],
     }
+    if sample:
+        row["driver_peak_rss_mib"] = round(sampler.driver_rss / 1024)
+        row["tree_peak_pss_mib"] = round(sampler.tree_pss / 1024)
+    return row
 
 
 def digest(folder: Path) -> str:
@@ -182,11 +198,13 @@ def same(a: Path, b: Path) -> dict:
 
 
 def cluster_run(images: Path, model: Path, out: Path, runtime: str, reference: Path) -> dict:
-    """The images scored on a two-node cluster on this machine (ray_cluster.two_node_cluster);
-    the nodes' process trees count in the memory."""
+    """The images scored on a two-node cluster on this machine (ray_cluster.two_node_cluster),
+    one sampled run (its speed is not compared); the nodes' process trees count in the
+    memory."""
     with two_node_cluster() as (address, pids):
         extra = ["--engine", "ray", "--ray-address", address]
-        row = score(images, model, out, runtime, extra, pids, {**os.environ, **CLUSTER_ENV})
+        env = {**os.environ, **CLUSTER_ENV}
+        row = score(images, model, out, runtime, extra, pids, env, sample=True)
     return {**row, "vs_local_1thread": same(reference, out), "nodes": 2, "cpus_per_node": 1}
 
 
@@ -225,6 +243,11 @@ def main() -> None:
         on_ray = ["--engine", "ray", "--actors", str(args.actors)]
         local = score(images, model, base / "local", runtime, [])
         ray = score(images, model, base / "ray", runtime, on_ray)
+        for row, name, extra in ((local, "local", []), (ray, "ray", on_ray)):
+            sampled = score(images, model, base / f"{name}_sampled", runtime, extra, sample=True)
+            row["memory_run"] = {
+                k: sampled[k] for k in ("seconds", "driver_peak_rss_mib", "tree_peak_pss_mib")
+            }
         # the same commands on the first STARTUP_IMAGES images: what each costs before and
         # after its images (start-up, model loading, shut-down), and so the rate once running
         few = make_images(STARTUP_IMAGES)
@@ -295,10 +318,11 @@ def main() -> None:
             "title": "adps predict --engine ray against one process: same images, model, runtime",
             "machine": rows[0]["machine"],
             "source": "measured by benchmarks/bench_ray_scoring.py",
-            "memory": "driver_peak_rss_mib: the adps predict process's peak RSS; "
-            "tree_peak_pss_mib: peak of the summed PSS of its whole process tree (Ray: raylet, "
-            "GCS, workers, actors; cluster: also the two ray start nodes), sampled from /proc "
-            "every 0.2 s",
+            "memory": "memory_run: a second run of the same command, sampled from /proc every "
+            "0.2 s (the timed runs are not sampled: sampling slows them); driver_peak_rss_mib: "
+            "the adps predict process's peak RSS; tree_peak_pss_mib: peak of the summed PSS of "
+            "its whole process tree (Ray: raylet, GCS, workers, actors; cluster: also the two "
+            "ray start nodes)",
             "rows": others + rows,
         }
         args.out.write_text(json.dumps(doc, indent=1) + "\n")

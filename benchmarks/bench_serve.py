@@ -249,7 +249,7 @@ def offline(args, model: Path) -> list[tuple[int, float]]:
     """images/s of the predictor in this process doing the server's work without HTTP: decode
     the same encoded image, predict, at each batch size."""
     from adps import load
-    from adps.data.datasets import read_image_bytes
+    from adps.data.decode import read_image_bytes
 
     body = args.image.read_bytes()
     rows = []

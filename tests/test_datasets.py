@@ -20,15 +20,12 @@ from adps.data.datasets import (
     KolektorSDD2,
     MVTecAD,
     OrphanMaskWarning,
-    OverPixelLimit,
     Record,
     Resize,
     SkippedImagesWarning,
     find_images,
-    read_image,
-    read_image_bytes,
-    read_mask,
 )
+from adps.data.decode import OverPixelLimit, read_image, read_image_bytes, read_mask
 from adps.errors import AdpsError
 from datapaths import WELD, shared
 from pngheader import png_header

@@ -164,3 +164,18 @@ def test_predict_help_and_the_package_do_not_import_ray():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_the_decode_stage_does_not_import_torch():
+    # a Ray worker imports the module its task function lives in: the decode workers must
+    # start without torch, which would take seconds of the cores the scoring actors start on
+    from adps.ray.scoring import decode_chunk
+
+    code = (
+        f"import sys, {decode_chunk.__module__}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

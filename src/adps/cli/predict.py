@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from adps.cli.options import add_backend_arguments, add_inference_arguments
-from adps.data.datasets import DEFAULT_MAX_PIXELS
+from adps.data.decode import DEFAULT_MAX_PIXELS
 from adps.data.inputs import collect_inputs, skipped_summary
 
 __all__ = ["add_parser", "collect_inputs", "run", "skipped_summary"]

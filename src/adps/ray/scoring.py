@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adps.data.datasets import DEFAULT_MAX_PIXELS
+from adps.data.decode import DEFAULT_MAX_PIXELS
 from adps.data.inputs import collect_inputs
 from adps.errors import AdpsError
+from adps.ray.decoding import decode_chunk
 from adps.report.predictions import ImageOutputs, PredictionTables, RunInfo
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ def _score(
     )
     dataset.context.enable_progress_bars = False  # the driver's own bar counts images
     scored = dataset.map_batches(
-        _decode,
+        decode_chunk,
         batch_size=1,  # one chunk per call: a Ray batch is a whole chunk, as the actors expect
         batch_format="pyarrow",
         fn_kwargs={"max_pixels": options.max_pixels},
@@ -297,35 +298,6 @@ def _chunks(files: list[tuple[Path, str]], size: int) -> Iterator[dict[str, Any]
             "files": [os.path.abspath(p) for p, _ in part],
             "names": [name for _, name in part],
         }
-
-
-def _decode(chunk: pa.Table, max_pixels: int | None) -> pa.Table:
-    """Ray task: decode one chunk's files to raw RGB bytes; an unreadable file gives its reason
-    (the local engine's wording) instead of pixels."""
-    import pyarrow as pa
-
-    from adps.data.datasets import read_image
-
-    columns: dict[str, list] = {
-        k: [] for k in ("index", "path", "name", "height", "width", "pixels", "reason")
-    }
-    for row in chunk.to_pylist():
-        for offset, (path, file, name) in enumerate(
-            zip(row["paths"], row["files"], row["names"], strict=True)
-        ):
-            try:
-                image = read_image(file, max_pixels)
-                height, width, pixels, reason = *image.shape[:2], image.tobytes(), None
-            except AdpsError as exc:
-                height, width, pixels, reason = 0, 0, b"", str(exc).removeprefix(f"{file}: ")
-            for key, value in zip(
-                columns,
-                (row["start"] + offset, path, name, height, width, pixels, reason),
-                strict=True,
-            ):
-                columns[key].append(value)
-    types = {"pixels": pa.large_binary(), "reason": pa.string()}
-    return pa.table({k: pa.array(v, types.get(k)) for k, v in columns.items()})
 
 
 class Scorer:

@@ -56,7 +56,7 @@ class ImageOutputs:
         ``image`` is the decoded uint8 (H, W, 3) input when the caller still holds it; without
         it the overlay decodes ``pred.path`` again (no pixel limit: the file passed it on its
         way in)."""
-        from adps.data.datasets import read_image
+        from adps.data.decode import read_image
         from adps.report.plots import overlay
 
         row: dict[str, Any] = {"path": pred.path, **pred.summary()}

@@ -62,7 +62,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from adps.data.datasets import OverPixelLimit, read_image_bytes
+from adps.data.decode import OverPixelLimit, read_image_bytes
 from adps.engine.predict import Prediction, Predictor
 from adps.errors import AdpsError
 from adps.fileio import file_sha256
