@@ -2,12 +2,13 @@
 (CI=true), so a landing never depends on the luck of one run."""
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import settings
+
+from servekit import unused_port
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
@@ -31,9 +32,7 @@ def conversion_cache(tmp_path_factory):
 def free_port() -> int:
     """A TCP port nothing listens on now (a test server, torch.distributed's rendezvous), so
     parallel test runs do not collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return unused_port()
 
 
 @pytest.fixture(scope="module")

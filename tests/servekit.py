@@ -8,6 +8,7 @@ sys.path).
 from __future__ import annotations
 
 import io
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,13 @@ def png_bytes(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def unused_port() -> int:
+    """A TCP port nothing listens on now; the ``free_port`` fixture, for module-scoped ones."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tiny_model(path: Path, seed: int = 0, calibrate: int = 100, rate: float = 0.05) -> Path:

@@ -7,7 +7,6 @@ a reload says Serve swaps models. The builder's bad arguments are refused."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from adps import load
 from adps.errors import AdpsError
 from adps.fileio import file_sha256
-from servekit import noise_images, png_bytes, tiny_model
+from servekit import noise_images, png_bytes, tiny_model, unused_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 IMAGES = noise_images(2, 11)
@@ -34,19 +33,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def service(ray_local, models):
     from ray import serve
 
     from adps.ray.serving import app_builder
 
-    port = _port()
+    port = unused_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = app_builder(
         {
@@ -155,7 +148,7 @@ def test_adps_serve_ray_runs_the_cli_path_and_stops_on_sigterm(models, tmp_path)
     deploys both models with --replicas, answers as adps.load, and SIGTERM shuts it down."""
     from servekit import adps_serve
 
-    port = _port()
+    port = unused_port()
     options = ("--ray", "--model", f"b={models['b']}", "--replicas", "b=1")
     with adps_serve(models["a"], port, *options, log=tmp_path / "serve.log") as server:
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).json()

@@ -1207,12 +1207,15 @@ def page_updating(d: Data) -> Page:
             w = next(r for r in mine if r["stage"] == "drift watch")["values"]
             p.add(
                 f"Drift watch (window {w['window']}, alarm {w['alarm']}) on this model's real "
-                f"normal scores, drawn with replacement: {w['false_flips']} false flips in "
-                f"{2 * w['runs']} unshifted streams; after the change it flipped in "
-                f"{w['flipped_runs']} of {w['runs']} runs, after {w['images_to_flip_min']} to "
+                f"normal scores: {w['false_flips']} false flips in {w['unshifted_streams']} "
+                f"unshifted streams, each the {w['unshifted_stream_images']} normal images from "
+                "before the change in its own order; after a full window of those (drawn with "
+                f"replacement), scores after the change flipped it in {w['flipped_runs']} of "
+                f"{w['runs']} runs, after {w['images_to_flip_min']} to "
                 f"{w['images_to_flip_max']} images (median {num(w['images_to_flip_median'])}). "
-                "Drawn with replacement from a few dozen images, a window holds repeats, which "
-                "makes the test more eager than on a real stream of new parts.\n"
+                "The shifted scores are drawn with replacement from a few dozen images, so a "
+                "window holds repeats, which makes the test more eager than on a stream of new "
+                "parts.\n"
             )
         p.add(reproduce(rows, label=lambda r: r["dataset"]))
     if "drift" in d.docs:
