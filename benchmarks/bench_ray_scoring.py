@@ -219,6 +219,9 @@ def main() -> None:
     args = parser.parse_args()
 
     images = make_images(args.images)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     rows = []
     load = os.getloadavg()
     for runtime in args.runtimes.split(","):
@@ -302,7 +305,8 @@ def main() -> None:
                 "command": "python benchmarks/bench_ray_scoring.py "
                 f"--images {args.images} --runtimes {runtime}"
                 + (" --cluster" if args.cluster else ""),
-                "source": "measured by benchmarks/bench_ray_scoring.py",
+                "source": f"measured on {time.strftime('%Y-%m-%d')} (adps at commit {commit}) "
+                f"by benchmarks/bench_ray_scoring.py; model: {args.model}",
                 "load_average_at_start": [round(x, 2) for x in load],
                 "values": values,
             }
@@ -317,7 +321,7 @@ def main() -> None:
             "benchmark": "ray_scoring",
             "title": "adps predict --engine ray against one process: same images, model, runtime",
             "machine": rows[0]["machine"],
-            "source": "measured by benchmarks/bench_ray_scoring.py",
+            "source": "; ".join(dict.fromkeys(r["source"] for r in others + rows)),
             "memory": "memory_run: a second run of the same command, sampled from /proc every "
             "0.2 s (the timed runs are not sampled: sampling slows them); driver_peak_rss_mib: "
             "the adps predict process's peak RSS; tree_peak_pss_mib: peak of the summed PSS of "

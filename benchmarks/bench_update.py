@@ -68,14 +68,19 @@ from adps.serve.drift import DriftMonitor, DriftSettings, Reference
 
 GAMMA, BRIGHTNESS = 1.6, 0.8
 
+# The peak RSS is VmHWM, the high-water mark of this process's own memory map: getrusage's
+# ru_maxrss survives fork and exec on Linux, so a child of this (large) script reported the
+# script's peak instead of its own.
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
+from pathlib import Path
 import adps
 start = time.perf_counter()
 result = adps.update(*sys.argv[1:4], calibrate_dir=sys.argv[4], time_budget=json.loads(sys.argv[5]),
                      seed=int(sys.argv[6]))
-print(json.dumps({"seconds": result.seconds, "peak_rss_mib": resource.getrusage(
-    resource.RUSAGE_SELF).ru_maxrss / 1024, "bank": result.memory.bank_size,
+hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
+print(json.dumps({"seconds": result.seconds, "peak_rss_mib": int(hwm.split()[1]) / 1024,
+    "bank": result.memory.bank_size,
     "fine_tune_steps": None if result.fine_tune is None else result.fine_tune.steps}))
 """
 

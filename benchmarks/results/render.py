@@ -1143,6 +1143,32 @@ def page_serving(d: Data, plots: dict) -> Page:
     return p
 
 
+def calibration_spread(st: dict) -> str:
+    """How far one calibration's false-alarm rate can miss: adps.engine.calibrate sets the
+    threshold between the j-th and the (j + 1)-th highest of n normal scores (j = floor(target
+    x n)), and the share of normal parts over the j-th highest is Beta(j, n + 1 - j)."""
+    from scipy import stats
+
+    n, target = st["calibration_images"], st["target_false_alarm_rate"]
+    j = int(target * n + 1e-9)
+    high = stats.beta(j + 1, n - j).sf(2 * target)
+    low = stats.beta(j, n + 1 - j).sf(2 * target) if j else 0.0
+    nth = {1: "highest", 2: "second highest", 3: "third highest"}
+    where = (
+        f"between the {nth.get(j, f'{j}th highest')} and the "
+        f"{nth.get(j + 1, f'{j + 1}th highest')} normal score"
+        if j
+        else "above the highest normal score"
+    )
+    return (
+        f"With {n} calibration images the threshold lies {where}, so a calibration's "
+        "false-alarm rate is itself a random draw: it exceeds "
+        f"twice the target ({pct(200 * target)} %) in {pct(100 * low)} to {pct(100 * high)} % of "
+        f"calibrations, before the {st['evaluation_normal_images']} evaluation images' own "
+        "sampling error; one run's rows are one such draw."
+    )
+
+
 def page_updating(d: Data) -> Page:
     p = Page("updating", "A drifting line: `adps update` and the drift watch")
     p.uses(*[n for n in ("update", "drift") if n in d.docs])
@@ -1169,7 +1195,7 @@ def page_updating(d: Data) -> Page:
                 f"Base model on {st['base_images']} normal images; target false-alarm rate "
                 f"{pct(100 * st['target_false_alarm_rate'])} % on {st['calibration_images']} "
                 f"images; false alarms over {st['evaluation_normal_images']} normal images; "
-                f"new images unseen by the base model{seen}.\n"
+                f"new images unseen by the base model{seen}. {calibration_spread(st)}\n"
             )
             body = []
             for r in mine:
@@ -1204,6 +1230,19 @@ def page_updating(d: Data) -> Page:
             for r in mine:
                 if r.get("note"):
                     p.add(f"Note on *{r['stage']}*: {r['note']}.\n")
+            first = {
+                round(r["values"]["update_peak_rss_mib_as_run"])
+                for r in mine
+                if "update_peak_rss_mib_as_run" in r["values"]
+            }
+            if first:
+                p.add(
+                    "Peak RSS: each update run again in a fresh process that read its own "
+                    "high-water mark (VmHWM). The figure the run first recorded, "
+                    f"{', '.join(num(x) for x in sorted(first))} MiB for every update, was the "
+                    "benchmark script's own peak: getrusage's ru_maxrss, which Linux carries "
+                    "across fork and exec into the child.\n"
+                )
             w = next(r for r in mine if r["stage"] == "drift watch")["values"]
             p.add(
                 f"Drift watch (window {w['window']}, alarm {w['alarm']}) on this model's real "
