@@ -391,7 +391,7 @@ def page_accuracy(d: Data, plots: dict) -> Page:
         f"({demo['train_images_per_s']} images/s) and took {demo['total_seconds']} s in "
         f"all:\n"
     )
-    p.add(table(["name"] + list(M7), [["demo"] + [p1(demo["metrics"][k]) for k in M7]]))
+    p.add(table(["name", *M7], [["demo"] + [p1(demo["metrics"][k]) for k in M7]]))
     fd, fn = demo["flagged_defective"], demo["flagged_normal"]
     p.add(
         f"Image threshold {demo['image_threshold']}: {fd[0]} of {fd[1]} defective and "
@@ -419,8 +419,11 @@ def page_accuracy(d: Data, plots: dict) -> Page:
 
     body = []
     for ds in ("bottle", WELD):
-        for r in (r for r in rows if r["dataset"] == ds):
-            body.append([ds, r["label"], r["seed"], minutes(r)] + [p1(r["metrics"][k]) for k in M5])
+        body.extend(
+            [ds, r["label"], r["seed"], minutes(r), *(p1(r["metrics"][k]) for k in M5)]
+            for r in rows
+            if r["dataset"] == ds
+        )
         peers = [q for q in quoted if q["dataset"] == ds] + [pc[ds]]
         for q in peers:
             mins = q.get("fit_minutes", None)
@@ -720,9 +723,11 @@ def generic(doc: dict) -> str:
     out = []
     if doc.get("title"):
         out.append(f"**{doc['title']}**\n")
-    for key in ("description", "note", "notes", "conclusion"):
-        if isinstance(doc.get(key), str):
-            out.append(doc[key] + "\n")
+    out.extend(
+        doc[key] + "\n"
+        for key in ("description", "note", "notes", "conclusion")
+        if isinstance(doc.get(key), str)
+    )
     rows = doc.get("rows", [])
 
     def flat(r: dict) -> dict:
@@ -902,7 +907,7 @@ def page_prior(d: Data) -> Page:
         for ds in dsets:
             r = d.row("fusion_grid", label=label, dataset=ds)
             cells.append(f"{p1(r['metrics']['pixel_ap'])} / {p1(r['metrics']['aupro'])}")
-        body.append([label] + cells)
+        body.append([label, *cells])
     body.append(
         ["PatchCore (anomalib)"]
         + [
@@ -912,7 +917,7 @@ def page_prior(d: Data) -> Page:
             for ds in dsets
         ]
     )
-    p.add(table(["g, a"] + list(dsets), body))
+    p.add(table(["g, a", *dsets], body))
     demo_best = max(
         (r for r in g["rows"] if r["dataset"] == "demo"), key=lambda r: r["metrics"]["aupro"]
     )
@@ -974,6 +979,7 @@ def page_prior(d: Data) -> Page:
             ],
         )
     )
+    chosen = d.row("fusion_fit_extra", run="highres_pixel_ap_fitted")["chosen"]
     p.add(
         f"- Across splits the fitted fusion's figures move by at most {x('fitted_max_std')} "
         f"(standard deviation), pixel AP by up to {x('fitted_pixel_ap_max_std')}, no more "
@@ -984,7 +990,7 @@ def page_prior(d: Data) -> Page:
         f"split of {s['splits']} kept g = 1; ten are safer.\n"
         f"- Keep the defects you fit on out of any evaluation, as above.\n"
         f"- High resolution (`benchmarks/highres/`, tiled): fitted on 4 pit images it chose "
-        f"({', '.join(num(v) for v in d.row('fusion_fit_extra', run='highres_pixel_ap_fitted')['chosen'])}), "
+        f"({', '.join(num(v) for v in chosen)}), "
         f"and on the other images pixel AP rose from {x('highres_pixel_ap_default')} to "
         f"{x('highres_pixel_ap_fitted')}. Fit and calibration on all 8 pit images took "
         f"{x('highres_fit_all8_minutes')} minutes and {x('highres_fit_all8_gib')} GiB beside "
@@ -1067,11 +1073,14 @@ def page_inference(d: Data) -> Page:
         f"{o('bf16_demo_margin_bf16')}). So it is not the default: calibrate with the same "
         f"precision you predict with.\n"
     )
+    slowdown = d.fact("openvino_runtime", "dynamic_batch_ms") / d.fact(
+        "openvino_runtime", "fixed_batch_ms"
+    )
     p.add(
         f"The graph is compiled for a fixed batch size, once per size used (under "
         f"{o('compile_seconds_max')} s each): with the batch left dynamic, OpenVINO ran "
         f"everything after the memory prior's search about "
-        f"{d.fact('openvino_runtime', 'dynamic_batch_ms') / d.fact('openvino_runtime', 'fixed_batch_ms'):.0f}x "
+        f"{slowdown:.0f}x "
         f"slower ({o('dynamic_batch_ms')} ms instead of {o('fixed_batch_ms')}).\n"
     )
     p.add(reproduce(rows, label=lambda r: r["run"]))
@@ -1305,7 +1314,7 @@ def page_tiling(d: Data) -> Page:
     )
     p.add(
         "```\n"
-        + table(["name"] + list(M7), [["surface_hr"] + [p1(t["metrics"][k]) for k in M7]])
+        + table(["name", *M7], [["surface_hr"] + [p1(t["metrics"][k]) for k in M7]])
         + "```\n"
     )
     p.add(
@@ -1402,7 +1411,7 @@ def make_plots(d: Data, out: Path) -> dict:
         ax.set_ylabel("percent")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
-        unique = dict(zip(labels, handles))
+        unique = dict(zip(labels, handles, strict=True))
         ax.legend(
             unique.values(),
             unique.keys(),
@@ -1430,7 +1439,7 @@ def make_plots(d: Data, out: Path) -> dict:
     for part in parts:
         vals = [c["metrics"][part] for c in cols]
         ax.bar([c["run"] for c in cols], vals, bottom=bottom, label=part.replace("_", " "))
-        bottom = [b + v for b, v in zip(bottom, vals)]
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
     ax.set_ylabel("seconds per step (256 px, k = 8, batch 16)")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=7)
@@ -1481,7 +1490,7 @@ def render(results: Path = RESULTS, out: Path = OUT, plots: bool = True) -> list
     ]
     note = weld_note(d)
     written = []
-    for page in [page_index(d, pages)] + pages:
+    for page in [page_index(d, pages), *pages]:
         path = out / f"{page.name}.md"
         path.write_text(page.render(d, note))
         written.append(path)
