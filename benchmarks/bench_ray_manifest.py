@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from ray_cluster import CLUSTER_ENV, cpu_model, two_node_cluster
+from ray_cluster import CLUSTER_ENV, describe_machine, two_node_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -171,7 +171,7 @@ def main() -> None:
     verdict = compare(local, cluster, local_out, cluster_out)
     print(json.dumps(verdict, indent=2))
 
-    machine = f"{os.cpu_count()}-core {cpu_model()} CPU, no GPU"
+    machine = describe_machine()
     script = "benchmarks/bench_ray_manifest.py"
     command = (
         f"python {script}"

@@ -13,7 +13,7 @@ predictor per actor), which gives ``running_throughput_ratio``, the ratio a long
 Memory: measured in a second run of the local and the Ray command, not in the timed ones:
 reading /proc/<pid>/smaps_rollup of every process in the tree every 0.2 s costs CPU and takes
 each process's memory-map lock, which slowed the Ray run (about 20 processes) by about a fifth
-against about 5% for the local one on 2 cores. ``driver_peak_rss_mib`` is the
+against 3% for the local one on 2 cores (ONNX, 1,000 images). ``driver_peak_rss_mib`` is the
 `adps predict` process's own peak RSS; ``tree_peak_pss_mib`` is the peak of the summed PSS
 (proportional set size: a shared page counts once, split between the processes that map it,
 so Ray's shared-memory object store is not counted once per worker) of the command's whole
@@ -42,7 +42,7 @@ import threading
 import time
 from pathlib import Path
 
-from ray_cluster import CLUSTER_ENV, cpu_model, two_node_cluster
+from ray_cluster import CLUSTER_ENV, describe_machine, two_node_cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 BOTTLE = ROOT.parent / "shared" / "datasets" / "mvtec_ad" / "bottle"
@@ -301,7 +301,7 @@ def main() -> None:
                     "batch_size": "default",
                 },
                 "seed": None,
-                "machine": f"{os.cpu_count()}-core {cpu_model()} CPU, no GPU",
+                "machine": describe_machine(),
                 "command": "python benchmarks/bench_ray_scoring.py "
                 f"--images {args.images} --runtimes {runtime}"
                 + (" --cluster" if args.cluster else ""),

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from ray_cluster import cpu_model
+from ray_cluster import cpu_model, describe_machine
 
 from adps.cli import main as adps_main
 from adps.data.cache import load_tensor_stack
@@ -194,7 +194,7 @@ def collect(runs: list[Path], out: Path) -> None:
             "dataset": dataset,
             "seed": run["seed"],
             "machine": (
-                f"{run['machine']['cpus']}-core {run['machine']['cpu']} CPU, no GPU"
+                describe_machine(run["machine"]["cpus"], run["machine"]["cpu"])
                 if "cpu" in run["machine"]
                 else MACHINE
             ),

@@ -36,6 +36,12 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+def describe_machine(cpus: int | None = None, cpu: str | None = None) -> str:
+    """The machine as result files name it ("2-core AMD EPYC CPU, no GPU"): this one, or the
+    one a run file recorded (``cpus``, ``cpu``)."""
+    return f"{cpus or os.cpu_count()}-core {cpu or cpu_model()} CPU, no GPU"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
