@@ -47,6 +47,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -95,7 +96,14 @@ def drift(src: Path, dst: Path) -> Path:
 
 
 def drifted(files: list[Path], folder: Path) -> list[Path]:
-    return [drift(p, folder / f"{p.parent.name}_{p.stem}.png") for p in files]
+    """The drifted copies of ``files`` in ``folder``, named split_class_stem: train/good/005.png
+    and test/good/005.png both exist in MVTec AD, and a copy named class_stem (as before
+    2026-12-06) let one overwrite the other, so 4 of bottle's 50 evaluation images after the
+    change were others counted twice."""
+    names = [f"{p.parent.parent.name}_{p.parent.name}_{p.stem}.png" for p in files]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"two images would share a drifted copy's name in {folder}")
+    return [drift(p, folder / name) for p, name in zip(files, names, strict=True)]
 
 
 def stack(files: list[Path], size) -> torch.Tensor:
@@ -103,19 +111,27 @@ def stack(files: list[Path], size) -> torch.Tensor:
     return load_tensor_stack(dataset, progress=False)[0]
 
 
-def evaluate(model_path: Path, normal: torch.Tensor, defects: torch.Tensor) -> dict:
-    """False-alarm rate and recall at the model's threshold, and image AUROC, by torch."""
+def evaluate(
+    model_path: Path, normal: torch.Tensor, defects: torch.Tensor, sources: list[str]
+) -> dict:
+    """False-alarm rate (over all normal images, and by where each came from: ``sources``, one
+    label per normal image) and recall at the model's threshold, and image AUROC, by torch."""
     ckpt = Checkpoint.load(model_path)
     device = torch.device("cpu")
     forward = TorchForward(ckpt.model(device), device)
     normal_scores = infer(forward, normal, device)[1].numpy()
     defect_scores = infer(forward, defects, device)[1].numpy()
     threshold = ckpt.thresholds.decision
+    flags, where = normal_scores >= threshold, np.asarray(sources)
     labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
     metrics = image_metrics(labels, np.r_[normal_scores, defect_scores])
     return {
         "threshold": threshold,
         "false_alarm_rate": float((normal_scores >= threshold).mean()),
+        "false_alarms_by_source": {
+            source: [int(flags[where == source].sum()), int((where == source).sum())]
+            for source in dict.fromkeys(sources)
+        },
         "recall": float((defect_scores >= threshold).mean()),
         "image_auroc": float(metrics["image_auroc"]),
         "normal_images": len(normal_scores),
@@ -345,6 +361,12 @@ def main() -> None:
     if len(new_pool) < max(args.sizes):
         raise SystemExit(f"{len(queue)} normal images cannot give {max(args.sizes)} new ones")
     eval_normal = test_good + eval_extra
+    eval_sources = ["test/good"] * len(test_good) + ["unseen train/good"] * len(eval_extra)
+    if args.pool_test_good:  # the pool mixed them: each image says where it came from
+        eval_sources = [
+            "test/good" if p.parent.parent.name == "test" else "unseen train/good"
+            for p in eval_normal
+        ]
 
     # the base threshold, on unshifted unseen (or, flagged, seen) normal images
     base_cal = work / "calibration0"
@@ -360,6 +382,7 @@ def main() -> None:
         calibrate.append("--allow-overlap")
     assert adps_main(calibrate) == 0
 
+    shutil.rmtree(work / "drifted", ignore_errors=True)  # a rerun's copies: none left over
     new_dir, cal_dir = work / "drifted" / "new", work / "drifted" / "calibrate"
     new_files = drifted(new_pool[: max(args.sizes)], new_dir / "all")
     drifted(update_cal, cal_dir)
@@ -368,8 +391,14 @@ def main() -> None:
     defect_after = stack(drifted(defects, work / "drifted" / "eval_defect"), size)
 
     stages = [
-        {"stage": "before the change", **evaluate(base_model, normal_before, defect_before)},
-        {"stage": "after the change", **evaluate(base_model, normal_after, defect_after)},
+        {
+            "stage": "before the change",
+            **evaluate(base_model, normal_before, defect_before, eval_sources),
+        },
+        {
+            "stage": "after the change",
+            **evaluate(base_model, normal_after, defect_after, eval_sources),
+        },
     ]
     watch = drift_watch(base_model, stages[0]["normal_scores"], stages[1]["normal_scores"])
     print(json.dumps(watch))
@@ -389,7 +418,7 @@ def main() -> None:
                 "new_images": n,
                 "fine_tune": budget,
                 "update": update,
-                **evaluate(out, normal_after, defect_after),
+                **evaluate(out, normal_after, defect_after, eval_sources),
             }
             stages.append(row)
             print(json.dumps(row, indent=1))

@@ -6,6 +6,9 @@
 # the PSM and prior maps of every test image and the training images' leave-one-out maps.
 #   bash benchmarks/decision/run.sh [SEED ...]          (default: 0)
 # Models in runs/decision/<set>-s<seed>/model.pt, maps in runs/decision/<set>-s<seed>.npz.
+# BACKBONE=efficientnet_lite2 trains the same models with that teacher (and student) into
+# runs/decision-lite2/, without maps: benchmarks/bench_teacher.py evaluates them. ONLY="weld
+# screw" trains those sets only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=../shared/datasets
@@ -20,17 +23,20 @@ declare -A DUMP=(
   [screw]="$DATA/mvtec_ad_screw_image_level screw"
 )
 seeds=("$@"); [ ${#seeds[@]} -gt 0 ] || seeds=(0)
+backbone=${BACKBONE:-efficientnet_lite0}
+root=runs/decision; [ "$backbone" = efficientnet_lite0 ] || root=runs/decision-${backbone#efficientnet_}
 for seed in "${seeds[@]}"; do
-  for set in bottle weld screw; do
-    out=runs/decision/$set-s$seed
+  for set in ${ONLY:-bottle weld screw}; do
+    out=$root/$set-s$seed
     if [ ! -f "$out/model.pt" ]; then
       echo "== train $set seed $seed"
       # shellcheck disable=SC2086
-      adps train ${SETS[$set]} --image-size 256 -k 8 --textures "$DATA/dtd/images" \
+      adps train ${SETS[$set]} --backbone "$backbone" --image-size 256 -k 8 \
+        --textures "$DATA/dtd/images" \
         --epochs 20 --steps-per-epoch 14 --seed "$seed" --checkpoint-every 1000 \
         --device cpu --no-progress --out "$out"
     fi
-    if [ ! -f "$out.npz" ]; then
+    if [ "$root" = runs/decision ] && [ ! -f "$out.npz" ]; then
       echo "== maps $set seed $seed"
       read -r data category split <<<"${DUMP[$set]}"
       python benchmarks/prior_fusion/dump.py "$out/model.pt" "$data" "$category" "$out.npz" \
