@@ -226,6 +226,7 @@ def collect(runs: list[Path], out: Path) -> None:
             "base_images": run["base_images"],
             "evaluation_normal_images": run["evaluation_normal_images"],
             "new_images_seen_before_drift": run["new_images_seen_before_drift"],
+            "pool_test_good": run.get("pool_test_good", "--pool-test-good" in run["command"]),
         }
         for stage in run["stages"]:
             values = {k: v for k, v in stage.items() if k not in ("stage", "update", "fine_tune")}
@@ -435,6 +436,7 @@ def main() -> None:
         "target_false_alarm_rate": args.target_far,
         "calibration_images": n_cal,
         "new_images_seen_before_drift": seen_before,
+        "pool_test_good": args.pool_test_good,
         "base_images": None if base_trained_here is False else args.base_images,
         "evaluation_normal_images": len(eval_normal),
         "machine": {

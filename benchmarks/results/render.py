@@ -1228,6 +1228,34 @@ def calibration_spread(st: dict) -> str:
     )
 
 
+def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
+    """The update rows' false-alarm rates by where the normal images came from, memory-only
+    updates against fine-tunes, as ranges over the numbers of new images."""
+
+    def span(kind: str, source: str) -> str:
+        rates = [
+            100 * f / n
+            for r in rows
+            if r["stage"].startswith("update")
+            and (r["settings"]["fine_tune"] is None) == (kind == "memory only")
+            for f, n in [r["values"]["false_alarms_by_source"][source]]
+        ]
+        low, high = pct(min(rates)), pct(max(rates))
+        return f"{low} %" if low == high else f"{low} to {high} %"
+
+    parts = [
+        f"{kind}, {', '.join(f'{span(kind, s)} of {s}' for s in sources)}"
+        for kind in ("memory only", "fine-tuned")
+    ]
+    where = (
+        "the new images, the calibration images and these come from one shuffled pool of both"
+        if pooled
+        else "the new images and the calibration images are unseen train/good images; "
+        "test/good is the published test split's normal parts"
+    )
+    return f"By source, the updates flag: {'; '.join(parts)} ({where}).\n"
+
+
 def page_updating(d: Data) -> Page:
     p = Page("updating", "A drifting line: `adps update` and the drift watch")
     p.uses(*[n for n in ("update", "drift") if n in d.docs])
@@ -1267,15 +1295,12 @@ def page_updating(d: Data) -> Page:
                 v = r["values"]
                 if r["stage"] == "drift watch":
                     continue
-                by_source = v.get("false_alarms_by_source", {})
+                split = v.get("false_alarms_by_source", {})
                 body.append(
                     [
                         r["stage"],
                         f"{pct(100 * v['false_alarm_rate'])} %",
-                        *(
-                            f"{by_source[k][0]} of {by_source[k][1]}" if k in by_source else ""
-                            for k in sources
-                        ),
+                        *(f"{split[k][0]} of {split[k][1]}" if k in split else "" for k in sources),
                         f"{pct(100 * v['recall'])} %",
                         p1(100 * v["image_auroc"]),
                         num(round(v["update_process_seconds"], 1))
@@ -1298,6 +1323,8 @@ def page_updating(d: Data) -> Page:
                     body,
                 )
             )
+            if sources:
+                p.add(by_source(mine, sources, st.get("pool_test_good", False)))
             for r in mine:
                 if r.get("note"):
                     p.add(f"Note on *{r['stage']}*: {r['note']}.\n")
