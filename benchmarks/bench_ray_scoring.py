@@ -139,12 +139,12 @@ def score(
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
-    sampler = Sampler(process.pid, [process.pid, *roots])
-    if sample:
+    sampler = Sampler(process.pid, [process.pid, *roots]) if sample else None
+    if sampler is not None:
         sampler.start()
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - start
-    if sample:
+    if sampler is not None:
         sampler.done.set()
         sampler.join()
     if process.returncode != 0:
@@ -156,7 +156,7 @@ def score(
         "images_per_s": round(n / seconds, 2),
         "stdout": stdout.strip().splitlines()[-1],
     }
-    if sample:
+    if sampler is not None:
         row["driver_peak_rss_mib"] = round(sampler.driver_rss / 1024)
         row["tree_peak_pss_mib"] = round(sampler.tree_pss / 1024)
     return row
