@@ -127,7 +127,7 @@ def evaluate(
     metrics = image_metrics(labels, np.r_[normal_scores, defect_scores])
     return {
         "threshold": threshold,
-        "false_alarm_rate": float((normal_scores >= threshold).mean()),
+        "false_alarm_rate": float(flags.mean()),
         "false_alarms_by_source": {
             source: [int(flags[where == source].sum()), int((where == source).sum())]
             for source in dict.fromkeys(sources)
@@ -362,12 +362,9 @@ def main() -> None:
     if len(new_pool) < max(args.sizes):
         raise SystemExit(f"{len(queue)} normal images cannot give {max(args.sizes)} new ones")
     eval_normal = test_good + eval_extra
-    eval_sources = ["test/good"] * len(test_good) + ["unseen train/good"] * len(eval_extra)
-    if args.pool_test_good:  # the pool mixed them: each image says where it came from
-        eval_sources = [
-            "test/good" if p.parent.parent.name == "test" else "unseen train/good"
-            for p in eval_normal
-        ]
+    eval_sources = [  # where each came from (--pool-test-good mixes them)
+        "test/good" if p.parent.parent.name == "test" else "unseen train/good" for p in eval_normal
+    ]
 
     # the base threshold, on unshifted unseen (or, flagged, seen) normal images
     base_cal = work / "calibration0"
