@@ -95,15 +95,21 @@ def drift(src: Path, dst: Path) -> Path:
     return dst
 
 
-def drifted(files: list[Path], folder: Path) -> list[Path]:
-    """The drifted copies of ``files`` in ``folder``, named split_class_stem: train/good/005.png
-    and test/good/005.png both exist in MVTec AD, and a copy named class_stem (as before
-    2026-12-06) let one overwrite the other, so 4 of bottle's 50 evaluation images after the
-    change were others counted twice."""
-    names = [f"{p.parent.parent.name}_{p.parent.name}_{p.stem}.png" for p in files]
+def copy_names(files: list[Path], folder: Path, suffix: str | None = None) -> list[Path]:
+    """Where copies (or links) of ``files`` go in ``folder``: named split_class_stem, because
+    train/good/005.png and test/good/005.png both exist in MVTec AD, and a copy named
+    class_stem (as before 2026-12-06) let one overwrite the other, so 4 of bottle's 50
+    evaluation images after the change were others counted twice. ``suffix``: the copies'
+    (default: each file's own)."""
+    names = [f"{p.parent.parent.name}_{p.parent.name}_{p.stem}{suffix or p.suffix}" for p in files]
     if len(set(names)) < len(names):
-        raise SystemExit(f"two images would share a drifted copy's name in {folder}")
-    return [drift(p, folder / name) for p, name in zip(files, names, strict=True)]
+        raise SystemExit(f"two images would share a copy's name in {folder}")
+    return [folder / name for name in names]
+
+
+def drifted(files: list[Path], folder: Path) -> list[Path]:
+    """The drifted copies of ``files`` in ``folder`` (:func:`copy_names`)."""
+    return [drift(p, dst) for p, dst in zip(files, copy_names(files, folder, ".png"), strict=True)]
 
 
 def stack(files: list[Path], size) -> torch.Tensor:
@@ -201,14 +207,20 @@ MACHINE = "2-core AMD EPYC CPU, no GPU"  # run files written before they named t
 
 def collect(runs: list[Path], out: Path) -> None:
     """The result file (benchmarks/results/update.json) from this script's run files: a row
-    per dataset and stage, and one for each dataset's drift watch."""
+    per dataset, draw and stage, and one for each run's drift watch. A dataset whose test/good
+    joined the unseen pool (--pool-test-good) is named so: it is another protocol."""
     rows = []
     for path in runs:
         run = json.loads(path.read_text())
+        pooled = run.get("pool_test_good", "--pool-test-good" in run["command"])
         dataset = DATASETS.get(run["category"], run["category"])
+        dataset += ", test/good pooled" if pooled else ""
+        draw = run.get("draw", 0)
+        name = dataset + (f", draw {draw}" if draw else "")
         common = {
             "dataset": dataset,
             "seed": run["seed"],
+            "draw": draw,
             "machine": (
                 describe_machine(run["machine"]["cpus"], run["machine"]["cpu"])
                 if "cpu" in run["machine"]
@@ -226,7 +238,7 @@ def collect(runs: list[Path], out: Path) -> None:
             "base_images": run["base_images"],
             "evaluation_normal_images": run["evaluation_normal_images"],
             "new_images_seen_before_drift": run["new_images_seen_before_drift"],
-            "pool_test_good": run.get("pool_test_good", "--pool-test-good" in run["command"]),
+            "pool_test_good": pooled,
         }
         for stage in run["stages"]:
             values = {k: v for k, v in stage.items() if k not in ("stage", "update", "fine_tune")}
@@ -236,7 +248,7 @@ def collect(runs: list[Path], out: Path) -> None:
             values |= {f"update_{k}": v for k, v in update.items()}
             rows.append(
                 {
-                    "run": f"{dataset}: {stage['stage']}",
+                    "run": f"{name}: {stage['stage']}",
                     "stage": stage["stage"],
                     "settings": settings
                     | {"new_images": stage.get("new_images"), "fine_tune": stage.get("fine_tune")},
@@ -246,7 +258,7 @@ def collect(runs: list[Path], out: Path) -> None:
             )
         rows.append(
             {
-                "run": f"{dataset}: drift watch",
+                "run": f"{name}: drift watch",
                 "stage": "drift watch",
                 "settings": settings,
                 "values": run["drift_watch"],
@@ -280,6 +292,14 @@ def main() -> None:
     parser.add_argument("--target-far", type=float, default=0.05)
     parser.add_argument("--calibration", type=int, default=None, help="default: 1 / target")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--draw",
+        type=int,
+        default=0,
+        help="deal the normal images into their roles again (1, 2, ...) with the seed's base "
+        "model: each draw is another calibration, new batch and evaluation set (default 0: "
+        "the seed's own deal)",
+    )
     parser.add_argument("--work", type=Path, default=Path("runs/bench_update"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench_update/update.json"))
     parser.add_argument(
@@ -333,6 +353,9 @@ def main() -> None:
         if not (work / "base" / "model.pt").is_file():  # a rerun keeps the seeded base model
             assert adps_main(train_args) == 0
         args.model = work / "base" / "model.pt"
+    if args.draw:  # the same base model, the images dealt into their roles anew
+        rng = random.Random(f"{args.seed}/{args.draw}")
+        work = work / f"draw{args.draw}"
     base = Checkpoint.load(args.model)
     size = base.model_config.size
     learned = base.fingerprint.trained | base.fingerprint.calibrated
@@ -368,10 +391,10 @@ def main() -> None:
 
     # the base threshold, on unshifted unseen (or, flagged, seen) normal images
     base_cal = work / "calibration0"
-    base_cal.mkdir(parents=True, exist_ok=True)
-    for p in calibration0:
-        if not (base_cal / p.name).exists():
-            (base_cal / p.name).symlink_to(p.resolve())
+    shutil.rmtree(base_cal, ignore_errors=True)  # a rerun's or another draw's links: none left
+    base_cal.mkdir(parents=True)
+    for p, link in zip(calibration0, copy_names(calibration0, base_cal), strict=True):
+        link.symlink_to(p.resolve())
     base_model = work / "base_calibrated.pt"
     calibrate = ["calibrate", "--model", str(args.model), "--normal-dir", str(base_cal)]
     calibrate += ["--target-far", str(args.target_far), "--backend", "torch", "--out"]
@@ -425,6 +448,7 @@ def main() -> None:
         "benchmark": "bench_update",
         "quick": args.quick,
         "seed": args.seed,
+        "draw": args.draw,
         "date": time.strftime("%Y-%m-%d"),
         "command": "python " + " ".join(sys.argv),
         "category": args.category,
