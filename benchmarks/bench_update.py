@@ -47,6 +47,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -450,7 +451,7 @@ def main() -> None:
         "seed": args.seed,
         "draw": args.draw,
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python " + " ".join(sys.argv),
+        "command": "python " + shlex.join(sys.argv),
         "category": args.category,
         "model": str(args.model),
         "drift": {"gamma": GAMMA, "brightness": BRIGHTNESS},

@@ -1268,6 +1268,8 @@ def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
     body, within = [], []
     for stage in stages:
         mine = [r["values"] for r in rows if r["stage"] == stage]
+        if len(mine) == 1:  # the fine-tunes ran in the first deal only
+            continue
         far = [100 * v["false_alarm_rate"] for v in mine]
         recall = [100 * v["recall"] for v in mine]
         summed = {
@@ -1300,7 +1302,7 @@ def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
         f"(`--draw 1` to `{max(r.get('draw', 0) for r in rows)}`, memory-only updates): "
         "another base calibration, new batch, update calibration and evaluation set each "
         f"time. Memory-only updates kept within twice the target in {sum(within)} of "
-        f"{len(within)} deals.\n\n" + text
+        f"{len(within)} updates (every deal, every number of new images).\n\n" + text
     )
 
 
