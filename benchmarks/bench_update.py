@@ -27,6 +27,10 @@ never count as unseen. ``--pool-test-good`` puts the remaining test/good images 
 pool for sets with few normal images (weld: 37 train, 35 test/good), so that the new batch is
 unseen there too, at the cost of fewer images for the false-alarm rate.
 
+With 20 calibration images one deal's false-alarm rate is one random draw: ``--draw K``
+(1, 2, ...) deals the normal images into their roles again with the seed's base model, in its
+own folder under ``--work``; ``--collect`` tables every deal of a dataset.
+
 Each update runs as its own process (``python -m adps update``), so its wall time includes
 start-up and its peak RSS is its own. Writes JSON (``--out``). ``--quick`` checks that the
 script works in a few minutes: N = 10 only, a 20-s fine-tune, fewer test images, target 0.1.
@@ -35,6 +39,7 @@ script works in a few minutes: N = 10 only, a 20-s fine-tune, fewer test images,
     python benchmarks/bench_update.py --data ../shared/datasets/battery_weld --category welding \\
         --base-images 17 --target-far 0.1 --sizes 10 --pool-test-good \\
         --out runs/bench_update/weld.json                                        # ~20 min
+    python benchmarks/bench_update.py --fine-tune '' --draw 1 --out runs/bench_update/bottle_d1.json
     python benchmarks/bench_update.py --quick --model runs/decision/bottle-s0/model.pt \\
         --out runs/bench_update_quick.json
 """
