@@ -14,40 +14,74 @@ from adps.errors import AdpsError
 def test_false_alarm_threshold_by_hand():
     scores = np.arange(100, dtype=float)  # 0..99
     cal = threshold_for_false_alarm_rate(scores, 0.01)
-    # one false alarm allowed among 100: only the 99 may be flagged; halfway between 98 and 99
-    assert cal.threshold == 98.5
-    assert cal.normal_flagged == 1 and cal.false_alarm_rate == 0.01
-    cal = threshold_for_false_alarm_rate(scores, 0.05)
-    assert cal.normal_flagged == 5 and (scores >= cal.threshold).sum() == 5
+    # a new score lies over the highest of 100 with probability 1/101 <= 1 %, over the second
+    # highest with 2/101 > 1 %: nothing may be flagged; half the scores' spacing above 99
+    assert cal.threshold == 99.5
+    assert cal.normal_flagged == 0 and cal.false_alarm_rate == 0
+    cal = threshold_for_false_alarm_rate(scores, 0.05)  # 5/101 <= 5 % < 6/101: 4 flagged
+    assert cal.normal_flagged == 4 and (scores >= cal.threshold).sum() == 4
+    assert cal.threshold == 95.5
 
 
 def test_ties_never_push_the_rate_over_the_target():
     scores = np.array([0.1] * 50 + [0.9] * 50)
     cal = threshold_for_false_alarm_rate(scores, 0.02)
     assert cal.normal_flagged == 0  # flagging any 0.9 would flag all fifty of them
-    assert cal.threshold == pytest.approx(0.9 + 0.4)  # the 0.8 gap below, mirrored
+    assert cal.threshold == pytest.approx(0.9 + 0.4)  # half the one gap between distinct values
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(0, 20), min_size=10, max_size=300), st.sampled_from([0.01, 0.05, 0.1]))
 def test_false_alarm_rule_against_brute_force(values, rate):
     scores = np.array(values, dtype=float) / 7
-    if len(scores) < np.ceil(1 / rate):
+    n = len(scores)
+    if n < np.ceil(1 / rate):
         with pytest.raises(AdpsError, match="cannot support"):
             threshold_for_false_alarm_rate(scores, rate)
         return
     cal = threshold_for_false_alarm_rate(scores, rate)
     flagged = (scores >= cal.threshold).sum()
-    assert flagged / len(scores) <= rate and flagged < len(scores)
+    # the expected rate on new normal images: over the (flagged + 1)-th highest score
+    assert (flagged + 1) / (n + 1) <= rate and flagged < n
     # the lowest such threshold up to the half gap: every score below it breaks the rate
     # if it were the threshold, and no score lies between the threshold and the kept score
     for candidate in np.unique(scores):
         if candidate < cal.threshold:
-            assert (scores >= candidate).sum() / len(scores) > rate
+            assert ((scores >= candidate).sum() + 1) / (n + 1) > rate
     below = scores[scores < cal.threshold].max()
     above = scores[scores >= cal.threshold]
     if len(above):
         assert cal.threshold == pytest.approx((below + above.min()) / 2)
+    else:  # above the highest by half the median gap between distinct scores
+        distinct = np.unique(scores)
+        half = np.median(np.diff(distinct)) / 2 if len(distinct) > 1 else 0
+        assert cal.threshold == pytest.approx(max(distinct[-1] + half, np.nextafter(below, 1)))
+
+
+def test_one_outlying_normal_image_does_not_lift_the_threshold_far_above_it():
+    # 20 images for 5 %: above the highest; one outlier at 100 among 0..18, spaced 1 apart
+    scores = np.r_[np.arange(19.0), 100.0]
+    cal = threshold_for_false_alarm_rate(scores, 0.05)
+    assert cal.normal_flagged == 0 and cal.threshold == 100.5  # not 100 + 81 / 2
+
+
+@pytest.mark.parametrize(("n", "rate"), [(100, 0.05), (20, 0.05), (10, 0.1), (300, 0.01)])
+def test_new_normal_images_are_flagged_at_most_at_the_target_rate(n, rate):
+    """The promise, checked by simulation against scipy: over many calibrations on n normal
+    scores (standard normal), the share of new normal parts over the threshold (norm.sf) is
+    at most the target on average, and lies between the bounds of the two scores around it."""
+    from scipy import stats
+
+    rng = np.random.default_rng(7)
+    reps = 3000
+    samples = rng.standard_normal((reps, n))
+    cals = [threshold_for_false_alarm_rate(s, rate) for s in samples]
+    true_rate = stats.norm.sf([c.threshold for c in cals])
+    k = cals[0].normal_flagged  # continuous scores: the same count every time
+    assert all(c.normal_flagged == k for c in cals)
+    error = 4 * true_rate.std() / np.sqrt(reps)
+    assert k / (n + 1) - error <= true_rate.mean() <= (k + 1) / (n + 1) + error
+    assert (k + 1) / (n + 1) <= rate < (k + 2) / (n + 1)  # the lowest such score
 
 
 def test_refuses_when_data_cannot_support_the_rate():

@@ -86,14 +86,17 @@ def test_drift_flips_on_a_shifted_stream_and_stays_quiet_on_an_unshifted_one():
         if monitor.add([score]):
             flipped_at = i + 1
             break
-    # from a full window: 4 to 106 images over 20 seeds (benchmarks/bench_drift.py)
+    # from a full window: 48 to 111 images over 18 seeds (benchmarks/bench_drift.py)
     assert flipped_at is not None and flipped_at <= 150
     report = monitor.report()
     assert report["drifting"] and report["status"] == "drifting" and report["flips"] == 1
     assert report["since"] is not None
-    for score in rng.normal(0, 1, 400):  # the line is back: so is the verdict, once
+    for score in rng.normal(0, 1, 400):  # the line is back: so is the verdict
         monitor.add([score])
-    assert not monitor.report()["drifting"] and monitor.report()["flips"] == 2
+    # while the window still holds shifted scores it may flip back once before it clears
+    # (in 5 to 6 of 40 seeds); every flip to drifting has its flip back
+    report = monitor.report()
+    assert not report["drifting"] and report["flips"] in (2, 4)
 
 
 def test_a_rising_share_over_the_threshold_alone_trips_it():
