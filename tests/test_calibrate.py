@@ -80,8 +80,9 @@ def test_new_normal_images_are_flagged_at_most_at_the_target_rate(n, rate):
     k = cals[0].normal_flagged  # continuous scores: the same count every time
     assert all(c.normal_flagged == k for c in cals)
     error = 4 * true_rate.std() / np.sqrt(reps)
-    assert k / (n + 1) - error <= true_rate.mean() <= (k + 1) / (n + 1) + error
-    assert (k + 1) / (n + 1) <= rate < (k + 2) / (n + 1)  # the lowest such score
+    expected = cals[0].expected_false_alarm_rate  # what calibrate and update print
+    assert k / (n + 1) - error <= true_rate.mean() <= expected + error
+    assert expected == (k + 1) / (n + 1) <= rate < (k + 2) / (n + 1)  # the lowest such score
 
 
 def test_refuses_when_data_cannot_support_the_rate():
@@ -267,3 +268,14 @@ def test_training_refuses_a_holdout_too_small_before_training(tmp_path):
             progress=False,
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_the_rule_states_what_the_calibration_promises():
+    from adps.engine.calibrate import Thresholds
+
+    cal = threshold_for_false_alarm_rate(np.arange(20.0), 0.05)
+    rule = Thresholds().calibrated(cal).rule()
+    assert rule.startswith("score >= 19.5 (calibrated on 20 normal images")
+    assert "at most 4.76% of new normal images" in rule  # 1 / 21
+    f1 = f1_optimal_threshold(np.r_[np.zeros(20), np.ones(5)], np.r_[np.arange(20.0), [30.0] * 5])
+    assert Thresholds().calibrated(f1).rule() == "score >= 24.5 (calibrated)"

@@ -153,8 +153,8 @@ def calibrate(args: argparse.Namespace, model_path: Path, normal_images: list[Pa
     far = threshold_for_false_alarm_rate(normal, args.target_far)
     print(
         f"false-alarm calibration: threshold {far.threshold:.6g}, flags {far.normal_flagged} "
-        f"of {far.n_normal} normal images ({100 * far.false_alarm_rate:.2f}%, target "
-        f"{100 * args.target_far:.2f}%)"
+        f"of {far.n_normal} normal images; expected on new normal images: at most "
+        f"{100 * far.expected_false_alarm_rate:.2f}% (target {100 * args.target_far:.2f}%)"
     )
     chosen = far
     if args.defect_dir is not None:

@@ -53,10 +53,21 @@ class Calibration:
 
     @property
     def false_alarm_rate(self) -> float:
+        """The share of the calibration images flagged."""
         return self.normal_flagged / self.n_normal
 
+    @property
+    def expected_false_alarm_rate(self) -> float:
+        """The share of new normal images expected over the threshold, at most: a new score
+        exceeds the (flagged + 1)-th highest calibration score with this probability."""
+        return (self.normal_flagged + 1) / (self.n_normal + 1)
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "false_alarm_rate": self.false_alarm_rate}
+        return {
+            **asdict(self),
+            "false_alarm_rate": self.false_alarm_rate,
+            "expected_false_alarm_rate": self.expected_false_alarm_rate,
+        }
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,15 @@ class Thresholds:
         """The decision rule as a sentence fragment, for CLI output and reports."""
         if self.image is None:
             return f"score >= {self.pixel:g} (uncalibrated: the pixel threshold)"
-        return f"score >= {self.image:.6g} (calibrated)"
+        cal = self.calibration or {}
+        if cal.get("method") != "false_alarm_rate" or cal.get("n_normal") is None:
+            return f"score >= {self.image:.6g} (calibrated)"
+        expected = (cal["normal_flagged"] + 1) / (cal["n_normal"] + 1)  # as Calibration's
+        return (
+            f"score >= {self.image:.6g} (calibrated on {cal['n_normal']} normal images for a "
+            f"false-alarm rate of {cal['target_false_alarm_rate']:g}; at most "
+            f"{100 * expected:.2f}% of new normal images expected over it)"
+        )
 
     def calibrated(self, calibration: Calibration) -> Thresholds:
         return replace(self, image=calibration.threshold, calibration=calibration.as_dict())

@@ -107,7 +107,8 @@ class UpdateResult:
             )
         lines += [
             f"threshold: {c.threshold:.6g}, flags {c.normal_flagged} of {c.n_normal} "
-            f"calibration images (target false-alarm rate {c.target_false_alarm_rate:g})",
+            f"calibration images; expected on new normal images: at most "
+            f"{100 * c.expected_false_alarm_rate:.2f}% (target {c.target_false_alarm_rate:g})",
             f"updated {', '.join(self.updated)} in {self.seconds:.1f} s; model: {self.checkpoint}",
         ]
         return lines
