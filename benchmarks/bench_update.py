@@ -27,7 +27,11 @@ never count as unseen. ``--pool-test-good`` puts the remaining test/good images 
 pool for sets with few normal images (weld: 37 train, 35 test/good), so that the new batch is
 unseen there too, at the cost of fewer images for the false-alarm rate.
 
-With 20 calibration images one deal's false-alarm rate is one random draw: ``--draw K``
+With 20 calibration images one deal's false-alarm rate is one random draw. Each calibrated
+stage (before the change, each update) is therefore also re-dealt (:func:`redealt`): its
+calibration repeated on 2,000 calibration sets drawn anew from the calibration and evaluation
+images of one population, which gives the mean false-alarm rate and recall that the threshold
+rule delivers for that model, and how often one calibration exceeds twice the target. ``--draw K``
 (1, 2, ...) deals the normal images into their roles again with the seed's base model, in its
 own folder under ``--work``; ``--collect`` tables every deal of a dataset.
 
@@ -68,9 +72,12 @@ from adps.cli import main as adps_main
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset, Record, find_images
 from adps.data.fingerprint import file_digests
+from adps.engine.calibrate import threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.inference import TorchForward, infer
+from adps.engine.prior import decision_scores, decision_statistics
 from adps.metrics import image_metrics
+from adps.models.memory import standardized_score
 from adps.serve.drift import DriftMonitor, DriftSettings, Reference
 
 GAMMA, BRIGHTNESS = 1.6, 0.8
@@ -149,6 +156,53 @@ def evaluate(
         "normal_images": len(normal_scores),
         "defect_images": len(defect_scores),
         "normal_scores": normal_scores.tolist(),
+    }
+
+
+def redealt(
+    model_path: Path,
+    calibration: torch.Tensor,
+    normal: torch.Tensor,
+    defects: torch.Tensor,
+    same_population: list[bool],
+    target: float,
+    deals: int = 2000,
+) -> dict:
+    """The stage's calibration repeated on ``deals`` calibration sets dealt anew: what one
+    deal's false-alarm rate is a single draw of. Each takes as many images as ``calibration``
+    from it and the ``normal`` evaluation images of its population (``same_population``, one
+    flag per image) together, sets the decision's statistics where the model standardises
+    and the threshold on them, as ``adps calibrate`` and ``adps update`` do, and counts false
+    alarms on the other normal images and recall on ``defects``. Returns the mean false-alarm
+    rate and recall over the deals and the share of deals over twice ``target``."""
+    ckpt = Checkpoint.load(model_path)
+    net = ckpt.model(torch.device("cpu"))
+    images = torch.cat([calibration, normal, defects])
+    if ckpt.standardized_decision:
+        memory, psm = decision_scores(net, images, False, 8)
+        weight = ckpt.model_config.decision_psm_weight
+    else:
+        forward = TorchForward(net, torch.device("cpu"))
+        scores = infer(forward, images, torch.device("cpu"))[1]
+    n_cal, n_normal = len(calibration), len(calibration) + len(normal)
+    pool = np.r_[np.arange(n_cal), n_cal + np.flatnonzero(same_population)]
+    rng = np.random.default_rng(0)
+    rates, recalls = [], []
+    for _ in range(deals):
+        chosen = rng.choice(pool, n_cal, replace=False)
+        if ckpt.standardized_decision:
+            stats = decision_statistics(memory[chosen], psm[chosen])
+            scores = standardized_score(memory, psm, stats, weight)
+        values = scores.numpy().astype(np.float64)
+        threshold = threshold_for_false_alarm_rate(values[chosen], target).threshold
+        others = np.setdiff1d(np.arange(n_normal), chosen)
+        rates.append(float((values[others] >= threshold).mean()))
+        recalls.append(float((values[n_normal:] >= threshold).mean()))
+    return {
+        "redealt_calibrations": deals,
+        "redealt_false_alarm_rate": float(np.mean(rates)),
+        "redealt_over_twice_target": float(np.mean(np.array(rates) > 2 * target)),
+        "redealt_recall": float(np.mean(recalls)),
     }
 
 
@@ -237,9 +291,12 @@ def collect(runs: list[Path], out: Path) -> None:
         }
         if run["category"] == "welding":
             common["test_split"] = WELD_SPLIT
+        if run.get("note"):  # what the run file says of how it ran (added by whoever saw it)
+            common["note"] = run["note"]
         settings = {
             "drift": run["drift"],
             "target_false_alarm_rate": run["target_false_alarm_rate"],
+            "threshold_rule": run.get("threshold_rule", "empirical quantile"),
             "calibration_images": run["calibration_images"],
             "base_images": run["base_images"],
             "evaluation_normal_images": run["evaluation_normal_images"],
@@ -412,7 +469,10 @@ def main() -> None:
     shutil.rmtree(work / "drifted", ignore_errors=True)  # a rerun's copies: none left over
     new_dir, cal_dir = work / "drifted" / "new", work / "drifted" / "calibrate"
     new_files = drifted(new_pool[: max(args.sizes)], new_dir / "all")
-    drifted(update_cal, cal_dir)
+    cal_after = stack(drifted(update_cal, cal_dir), size)
+    cal_before = stack(calibration0, size)
+    # calibration sets are dealt anew from the calibration images' population only
+    same_population = [args.pool_test_good or s != "test/good" for s in eval_sources]
     normal_before, defect_before = stack(eval_normal, size), stack(defects, size)
     normal_after = stack(drifted(eval_normal, work / "drifted" / "eval_normal"), size)
     defect_after = stack(drifted(defects, work / "drifted" / "eval_defect"), size)
@@ -421,6 +481,14 @@ def main() -> None:
         {
             "stage": "before the change",
             **evaluate(base_model, normal_before, defect_before, eval_sources),
+            **redealt(
+                base_model,
+                cal_before,
+                normal_before,
+                defect_before,
+                same_population,
+                args.target_far,
+            ),
         },
         {
             "stage": "after the change",
@@ -446,6 +514,9 @@ def main() -> None:
                 "fine_tune": budget,
                 "update": update,
                 **evaluate(out, normal_after, defect_after, eval_sources),
+                **redealt(
+                    out, cal_after, normal_after, defect_after, same_population, args.target_far
+                ),
             }
             stages.append(row)
             print(json.dumps(row, indent=1))
@@ -461,6 +532,7 @@ def main() -> None:
         "model": str(args.model),
         "drift": {"gamma": GAMMA, "brightness": BRIGHTNESS},
         "target_false_alarm_rate": args.target_far,
+        "threshold_rule": "conformal",  # adps.engine.calibrate since 2026-12-06
         "calibration_images": n_cal,
         "new_images_seen_before_drift": seen_before,
         "pool_test_good": args.pool_test_good,

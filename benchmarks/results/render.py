@@ -1209,11 +1209,15 @@ def page_serving(d: Data, plots: dict) -> Page:
 def calibration_spread(st: dict) -> str:
     """How far one calibration's false-alarm rate can miss: adps.engine.calibrate sets the
     threshold between the j-th and the (j + 1)-th highest of n normal scores (j = floor(target
-    x n)), and the share of normal parts over the j-th highest is Beta(j, n + 1 - j)."""
+    x (n + 1)) - 1; before 2026-12-06, the empirical quantile, floor(target x n)), and the
+    share of normal parts over the j-th highest is Beta(j, n + 1 - j)."""
     from scipy import stats
 
     n, target = st["calibration_images"], st["target_false_alarm_rate"]
-    j = int(target * n + 1e-9)
+    if st.get("threshold_rule", "empirical quantile") == "conformal":
+        j = int(target * (n + 1) + 1e-9) - 1
+    else:
+        j = int(target * n + 1e-9)
     high = stats.beta(j + 1, n - j).sf(2 * target)
     low = stats.beta(j, n + 1 - j).sf(2 * target) if j else 0.0
     nth = {1: "highest", 2: "second highest", 3: "third highest"}
@@ -1223,10 +1227,11 @@ def calibration_spread(st: dict) -> str:
         if j
         else "above the highest normal score"
     )
+    how_often = f"{pct(100 * low)} to {pct(100 * high)} %" if j else f"at most {pct(100 * high)} %"
     return (
         f"With {n} calibration images the threshold lies {where}, so a calibration's "
         "false-alarm rate is itself a random draw: it exceeds "
-        f"twice the target ({pct(200 * target)} %) in {pct(100 * low)} to {pct(100 * high)} % of "
+        f"twice the target ({pct(200 * target)} %) in {how_often} of "
         f"calibrations, before the {st['evaluation_normal_images']} evaluation images' own "
         "sampling error; one run's rows are one such draw."
     )
@@ -1260,18 +1265,49 @@ def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
     return f"By source, the updates flag: {'; '.join(parts)} ({where}).\n"
 
 
+REDEALT_NOTE = (
+    "*Re-dealt*: the stage's calibration repeated on {deals} calibration sets dealt anew from "
+    "the calibration images and the evaluated normal images of the same population (the "
+    "statistics of the decision refitted each time, as `adps calibrate` and `adps update` "
+    "do), with false alarms counted on the other normal images: the mean false-alarm rate "
+    "and recall over those deals, and how often one deal exceeds twice the target. One "
+    "deal's row is a single draw of this; the mean is what the threshold rule promises to "
+    "keep at or under the target.\n"
+)
+
+
+def redealt_count(rows: list[dict]) -> int:
+    return max(r["values"].get("redealt_calibrations", 0) for r in rows)
+
+
+def redealt_cells(v: dict) -> str:
+    if "redealt_false_alarm_rate" not in v:
+        return ""
+    return (
+        f"{pct(100 * v['redealt_false_alarm_rate'])} %, "
+        f"{pct(100 * v['redealt_over_twice_target'])} %, {pct(100 * v['redealt_recall'])} %"
+    )
+
+
 def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
     """The update stages over every deal of the images into roles (``--draw``; same base
     model, another calibration, new batch and evaluation set each): the false-alarm rate's
     mean and range, false alarms by source summed over the deals, and recall."""
     stages = [r["stage"] for r in rows if r.get("draw", 0) == 0 and r["stage"] != "drift watch"]
-    body, within = [], []
+    body, within, within_expected = [], [], []
+    redealt = all(
+        "redealt_false_alarm_rate" in r["values"] for r in rows if r["stage"].startswith("update")
+    )
     for stage in stages:
         mine = [r["values"] for r in rows if r["stage"] == stage]
         if len(mine) == 1:  # the fine-tunes ran in the first deal only
             continue
         far = [100 * v["false_alarm_rate"] for v in mine]
         recall = [100 * v["recall"] for v in mine]
+        expected = [
+            100 * v["redealt_false_alarm_rate"] for v in mine if "redealt_false_alarm_rate" in v
+        ]
+        expected_recall = [100 * v["redealt_recall"] for v in mine if "redealt_recall" in v]
         summed = {
             k: [sum(v["false_alarms_by_source"][k][i] for v in mine) for i in (0, 1)]
             for k in sources
@@ -1283,10 +1319,20 @@ def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
                 f"{pct(sum(far) / len(far))} % ({pct(min(far))} to {pct(max(far))})",
                 *(f"{summed[k][0]} of {summed[k][1]}" for k in sources),
                 f"{pct(sum(recall) / len(recall))} % (lowest {pct(min(recall))})",
+                *(
+                    [
+                        f"{pct(sum(expected) / len(expected))} % ({pct(min(expected))} to "
+                        f"{pct(max(expected))}); "
+                        f"{pct(sum(expected_recall) / len(expected_recall))} %"
+                    ]
+                    if redealt
+                    else []
+                ),
             ]
         )
         if stage.endswith("memory only"):
             within += [f <= 200 * target + 1e-9 for f in far]
+            within_expected += [f <= 200 * target + 1e-9 for f in expected]
     text = table(
         [
             "stage",
@@ -1294,15 +1340,26 @@ def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
             "false alarms, mean (range)",
             *(f"of them on {k}, summed" for k in sources),
             "defect recall, mean",
+            *(
+                ["re-dealt false alarms, mean over the deals (range); re-dealt recall"]
+                if redealt
+                else []
+            ),
         ],
         body,
+    )
+    expected_text = (
+        f" Re-dealt, their mean false-alarm rate kept within twice the target in "
+        f"{sum(within_expected)} of {len(within_expected)}."
+        if redealt
+        else ""
     )
     return (
         "The same base model with the normal images dealt into their roles again "
         f"(`--draw 1` to `{max(r.get('draw', 0) for r in rows)}`, memory-only updates): "
         "another base calibration, new batch, update calibration and evaluation set each "
         f"time. Memory-only updates kept within twice the target in {sum(within)} of "
-        f"{len(within)} updates (every deal, every number of new images).\n\n" + text
+        f"{len(within)} updates (every deal, every number of new images).{expected_text}\n\n" + text
     )
 
 
@@ -1326,10 +1383,14 @@ def page_updating(d: Data) -> Page:
             "deals with the same base model, because one deal's false-alarm rate is one random "
             "draw. *test/good pooled*: the published test/good images join the unseen training "
             "images in one shuffled pool before the deal, so the new batch, the calibration "
-            "images and the evaluated normal images come from one population, as on a line; "
-            "without it the new batch and the calibration images are training images and the "
-            "evaluated ones mostly test/good, a population that differs (before any change the "
-            "base model already flags more of it).\n"
+            "images and the evaluated normal images come from one population, as on a line"
+            + (
+                "; without it the new batch and the calibration images are training images and "
+                "the evaluated ones mostly test/good, a population that differs (before any "
+                "change the base model already flags more of it).\n"
+                if not all(r["settings"].get("pool_test_good") for r in rows)
+                else ".\n"
+            )
         )
         for dataset in dict.fromkeys(r["dataset"] for r in rows):
             every = [r for r in rows if r["dataset"] == dataset]
@@ -1350,6 +1411,7 @@ def page_updating(d: Data) -> Page:
                     k for r in mine for k in r["values"].get("false_alarms_by_source", {})
                 )
             )
+            redealt = any("redealt_false_alarm_rate" in r["values"] for r in mine)
             for r in mine:
                 v = r["values"]
                 if r["stage"] == "drift watch":
@@ -1366,6 +1428,7 @@ def page_updating(d: Data) -> Page:
                         if "update_process_seconds" in v
                         else "",
                         num(round(v["update_peak_rss_mib"])) if "update_peak_rss_mib" in v else "",
+                        *([redealt_cells(v)] if redealt else []),
                     ]
                 )
             p.add(
@@ -1378,17 +1441,23 @@ def page_updating(d: Data) -> Page:
                         "image AUROC",
                         "update wall s",
                         "update peak RSS MiB",
+                        *(
+                            ["re-dealt: false alarms, over twice the target, recall"]
+                            if redealt
+                            else []
+                        ),
                     ],
                     body,
                 )
             )
+            if redealt:
+                p.add(REDEALT_NOTE.format(deals=num(redealt_count(mine))))
             if sources:
                 p.add(by_source(mine, sources, st.get("pool_test_good", False)))
             if len(every) > len(mine):
                 p.add(over_draws(every, sources, st["target_false_alarm_rate"]))
-            for r in mine:
-                if r.get("note"):
-                    p.add(f"Note on *{r['stage']}*: {r['note']}.\n")
+            for note in dict.fromkeys(r["note"] for r in mine if r.get("note")):
+                p.add(f"Note on this run: {note}.\n")
             first = {
                 round(r["values"]["update_peak_rss_mib_as_run"])
                 for r in mine
@@ -1409,9 +1478,14 @@ def page_updating(d: Data) -> Page:
                 f"unshifted streams, each the {w['unshifted_stream_images']} normal images from "
                 "before the change in its own order; after a full window of those (drawn with "
                 f"replacement), scores after the change flipped it in {w['flipped_runs']} of "
-                f"{w['runs']} runs, after {w['images_to_flip_min']} to "
-                f"{w['images_to_flip_max']} images (median {num(w['images_to_flip_median'])}). "
-                "The shifted scores are drawn with replacement from a few dozen images, so a "
+                f"{w['runs']} runs"
+                + (
+                    f", after {w['images_to_flip_min']} to {w['images_to_flip_max']} images "
+                    f"(median {num(w['images_to_flip_median'])}). "
+                    if w["flipped_runs"]
+                    else " (5,000 images each). "
+                )
+                + "The shifted scores are drawn with replacement from a few dozen images, so a "
                 "window holds repeats, which makes the test more eager than on a stream of new "
                 "parts.\n"
             )
