@@ -1325,8 +1325,8 @@ def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
                         f"{pct(max(expected))}); "
                         f"{pct(sum(expected_recall) / len(expected_recall))} %"
                     ]
-                    if redealt
-                    else []
+                    if redealt and expected
+                    else [""] * redealt
                 ),
             ]
         )
