@@ -8,12 +8,12 @@ conformal bound). The threshold lies above the (a+1)-th highest, a = floor(r * (
 lowest such score whose expected false-alarm rate on new normal images, (a + 1) / (n + 1), is at
 most r; halfway to the next higher score (above the highest: by half the scores' median
 spacing), so that round-off between backends (torch, ONNX, CPU, GPU) cannot flip a decision on
-the calibration images themselves. (The empirical quantile, which
-lets floor(r * n) of the n be flagged, is with 20 images and r = 5 % the second highest score,
-over which new normal parts score 9.5 % of the time.) Two refusals
-protect users from thresholds that look valid but are not: fewer than ceil(1 / r) normal images
-cannot measure a rate of r at all, and a threshold that would flag every normal validation image
-(what an F1 search on normal-only data does elsewhere) is never returned.
+the calibration images themselves. (The empirical quantile, which lets floor(r * n) of the n be
+flagged, is with 20 images and r = 5 % the second highest score, over which new normal parts
+score 9.5 % of the time.) Two refusals protect users from thresholds that look valid but are
+not: fewer than ceil(1 / r) normal images cannot measure a rate of r at all, and a threshold
+that would flag every normal validation image (what an F1 search on normal-only data does
+elsewhere) is never returned.
 """
 
 from __future__ import annotations
