@@ -1289,6 +1289,17 @@ def redealt_cells(v: dict) -> str:
     )
 
 
+def redealt_mean(rates: list[float], recalls: list[float]) -> str:
+    """The re-dealt false-alarm rates' mean (range) and mean recall over the deals, in %
+    (empty for a stage that was not recalibrated)."""
+    if not rates:
+        return ""
+    return (
+        f"{pct(sum(rates) / len(rates))} % ({pct(min(rates))} to {pct(max(rates))}); "
+        f"{pct(sum(recalls) / len(recalls))} %"
+    )
+
+
 def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
     """The update stages over every deal of the images into roles (``--draw``; same base
     model, another calibration, new batch and evaluation set each): the false-alarm rate's
@@ -1319,15 +1330,7 @@ def over_draws(rows: list[dict], sources: list[str], target: float) -> str:
                 f"{pct(sum(far) / len(far))} % ({pct(min(far))} to {pct(max(far))})",
                 *(f"{summed[k][0]} of {summed[k][1]}" for k in sources),
                 f"{pct(sum(recall) / len(recall))} % (lowest {pct(min(recall))})",
-                *(
-                    [
-                        f"{pct(sum(expected) / len(expected))} % ({pct(min(expected))} to "
-                        f"{pct(max(expected))}); "
-                        f"{pct(sum(expected_recall) / len(expected_recall))} %"
-                    ]
-                    if redealt and expected
-                    else [""] * redealt
-                ),
+                *([redealt_mean(expected, expected_recall)] if redealt else []),
             ]
         )
         if stage.endswith("memory only"):

@@ -39,6 +39,13 @@ def reference_scores(scores: np.ndarray) -> list[float]:
     return [float(v) for v in ranked]
 
 
+def expected_false_alarm_rate(flagged: int, n_normal: int) -> float:
+    """The share of new normal images expected over a threshold that flags ``flagged`` of
+    ``n_normal`` calibration images, at most: a new score exceeds the (flagged + 1)-th highest
+    calibration score with this probability (the module's docstring)."""
+    return (flagged + 1) / (n_normal + 1)
+
+
 @dataclass
 class Calibration:
     threshold: float
@@ -58,9 +65,8 @@ class Calibration:
 
     @property
     def expected_false_alarm_rate(self) -> float:
-        """The share of new normal images expected over the threshold, at most: a new score
-        exceeds the (flagged + 1)-th highest calibration score with this probability."""
-        return (self.normal_flagged + 1) / (self.n_normal + 1)
+        """:func:`expected_false_alarm_rate` of this calibration."""
+        return expected_false_alarm_rate(self.normal_flagged, self.n_normal)
 
     def as_dict(self) -> dict:
         return {
@@ -125,7 +131,7 @@ class Thresholds:
         cal = self.calibration or {}
         if cal.get("method") != "false_alarm_rate" or cal.get("n_normal") is None:
             return f"score >= {self.image:.6g} (calibrated)"
-        expected = (cal["normal_flagged"] + 1) / (cal["n_normal"] + 1)  # as Calibration's
+        expected = expected_false_alarm_rate(cal["normal_flagged"], cal["n_normal"])
         return (
             f"score >= {self.image:.6g} (calibrated on {cal['n_normal']} normal images for a "
             f"false-alarm rate of {cal['target_false_alarm_rate']:g}; at most "

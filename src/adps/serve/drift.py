@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from adps.engine.calibrate import Thresholds
+from adps.engine.calibrate import Thresholds, expected_false_alarm_rate
 
 KS_TEST = (
     "two-sample Kolmogorov-Smirnov test of the window's scores under the threshold against the "
@@ -123,7 +123,7 @@ class Reference:
         """The beta-binomial mean: the share of new normal images expected over the threshold."""
         if self.n_normal is None or self.flagged is None:
             return None
-        return (self.flagged + 1) / (self.n_normal + 1)
+        return expected_false_alarm_rate(self.flagged, self.n_normal)
 
 
 class DriftMonitor:
