@@ -99,6 +99,48 @@ def test_drift_flips_on_a_shifted_stream_and_stays_quiet_on_an_unshifted_one():
     assert not report["drifting"] and report["flips"] in (2, 4)
 
 
+def test_the_baseline_test_is_scipys_on_the_window_since_the_first_images():
+    """The baseline is the first ``baseline`` scores judged; the window's scores after it (none
+    of them in it) are tested against it, as scipy.stats.ks_2samp does, once ``min_images``
+    of them have come."""
+    rng = np.random.default_rng(6)
+    monitor = DriftMonitor(Reference.of(_calibrated(rng)), DriftSettings(window=50, baseline=40))
+    stream = rng.normal(0.2, 1, 200)
+    monitor.add(stream[:40])
+    report = monitor.report()["since_baseline"]
+    assert report["images"] == 40 and report["window_images"] == 0 and report["p_value"] is None
+    monitor.add(stream[40:59])  # 19 since the baseline: fewer than min_images (20)
+    assert monitor.report()["since_baseline"]["p_value"] is None
+    for seen in (60, 85, 200):  # 20, 45, then the window's last 50 of the 160 since
+        monitor.add(stream[monitor.seen : seen])
+        since = stream[40:seen][-50:]
+        want = stats.ks_2samp(since, stream[:40])
+        report = monitor.report()["since_baseline"]
+        assert report["window_images"] == len(since) == min(seen - 40, 50)
+        assert report["statistic"] == pytest.approx(want.statistic, abs=1e-12)
+        assert report["p_value"] == pytest.approx(want.pvalue)
+
+
+def test_the_baseline_sees_a_shift_that_a_small_calibration_cannot():
+    """Ten calibration images (a 10 % target), 100 unshifted images, then scores shifted by one
+    standard deviation: 100 images later the calibration's tests alone (baseline 0) say
+    drifting in at most one of four seeds; with the first 100 images as the baseline, the
+    watch says it in all four, on the baseline's p-value (bench_drift.py measures more)."""
+    drifting = {0: 0, 100: 0}
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        reference = Reference.of(_calibrated(rng, n=10, rate=0.1))
+        stream = np.r_[rng.normal(0, 1, 100), rng.normal(1.0, 1, 100)]
+        for baseline in drifting:
+            monitor = DriftMonitor(reference, DriftSettings(baseline=baseline))
+            monitor.add(stream)
+            report = monitor.report()
+            drifting[baseline] += report["drifting"]
+            if baseline:
+                assert report["since_baseline"]["p_value"] < report["alarm"]
+    assert drifting[0] <= 1 and drifting[100] == 4
+
+
 def test_a_rising_share_over_the_threshold_alone_trips_it():
     rng = np.random.default_rng(2)
     thresholds = _calibrated(rng)
@@ -157,3 +199,5 @@ def test_settings_are_checked():
         DriftSettings(alarm=0)
     with pytest.raises(ValueError, match="window"):
         DriftSettings(window=1)
+    with pytest.raises(ValueError, match="baseline"):
+        DriftSettings(baseline=1)

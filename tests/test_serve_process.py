@@ -41,6 +41,7 @@ def test_drift_verdicts_and_file_names_on_a_real_server(tmp_path, free_port):
     log = tmp_path / "serve.log"
     base = f"http://127.0.0.1:{free_port}"
     options = ("--token", "s3cret", "--keep-images", str(keep), "--drift-window", "50")
+    options += ("--drift-baseline", "30")
     with adps_serve(model, free_port, *options, "--watch-model", "0", log=log):
         assert httpx.get(f"{base}/v1/drift").status_code == 401
         for image in noise_images(50, 2):  # the parts the model was calibrated on
@@ -48,6 +49,9 @@ def test_drift_verdicts_and_file_names_on_a_real_server(tmp_path, free_port):
         quiet = httpx.get(f"{base}/v1/drift", headers=TOKEN).json()
         assert quiet["status"] == "ok" and not quiet["drifting"], quiet
         assert quiet["window"] == {"size": 50, "images": 50, "min_images": 20}
+        since = quiet["since_baseline"]  # the first 30 images against the 20 after them
+        assert since["images"] == 30 and since["window_images"] == 20
+        assert since["p_value"] >= 0.01  # the same parts: quiet
         # 100 calibration scores at 5 %: 4 flagged, (4 + 1) / 101 expected
         assert quiet["share_over_threshold"]["expected_false_alarm_rate"] == 5 / 101
         assert quiet["model_id"].startswith("model.pt@")
@@ -63,6 +67,7 @@ def test_drift_verdicts_and_file_names_on_a_real_server(tmp_path, free_port):
         p_values = (
             drifting["scores_under_threshold"]["p_value"],
             drifting["share_over_threshold"]["p_value"],
+            drifting["since_baseline"]["p_value"],
         )
         assert min(p_values) < drifting["alarm"] == 0.001
 

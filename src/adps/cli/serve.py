@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "/v1/health, GET /v1/model, the page at / and API docs at /docs. "
         "Concurrent requests share model batches (--max-batch, --max-wait-ms); a "
         "full queue answers 503 with Retry-After. GET /v1/drift compares what the service "
-        "judged with the model's calibration (--drift-window, --drift-alarm); with "
+        "judged with the model's calibration and with its first images (--drift-window, "
+        "--drift-alarm, --drift-baseline); with "
         "--keep-images, POST /v1/feedback files the operator's verdicts where adps update and "
         "adps calibrate take them; POST /v1/model/reload, SIGHUP or a changed --model file "
         "swaps the model without dropping a request. Several --model NAME=PATH serve several "
@@ -115,7 +116,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--drift-alarm",
         type=float,
         default=0.001,
-        help="drifting while either drift test's p-value is under this (default 0.001)",
+        help="drifting while any drift test's p-value is under this (default 0.001)",
+    )
+    p.add_argument(
+        "--drift-baseline",
+        type=int,
+        default=200,
+        metavar="N",
+        help="the first N images the service judges with a model become a second reference "
+        "for the drift watch, beside the calibration: it sees a shift of the line that a "
+        "small calibration cannot (default 200; 0 turns it off)",
     )
     p.add_argument(
         "--keep-images",
@@ -173,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * 2**20),
         drift_window=args.drift_window,
         drift_alarm=args.drift_alarm,
+        drift_baseline=args.drift_baseline,
         keep_dir=args.keep_images,
         keep_max_images=args.keep_max_images,
         keep_max_bytes=int(args.keep_max_mb * 2**20),
@@ -181,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if not 0 < args.drift_alarm < 1 or args.drift_window < 2:
         raise AdpsError("--drift-alarm must lie in (0, 1) and --drift-window be at least 2")
+    if args.drift_baseline == 1 or args.drift_baseline < 0:
+        raise AdpsError(
+            f"--drift-baseline must be 0 (none) or at least 2, got {args.drift_baseline}"
+        )
     if args.keep_max_images < 1 or args.keep_max_mb <= 0 or args.watch_model < 0:
         raise AdpsError("--keep-max-images and --keep-max-mb must be positive, --watch-model >= 0")
 

@@ -10,8 +10,8 @@ set):
 * ``GET /v1/health``: 200 ``ready`` once a warm-up inference has run, else 503.
 * ``GET /v1/model``: configuration, thresholds, pre-processing, version, the model file's hash
   and its last reload.
-* ``GET /v1/drift``: the drift watch (:mod:`adps.serve.drift`): the window, both tests and
-  ``drifting``.
+* ``GET /v1/drift``: the drift watch (:mod:`adps.serve.drift`): the window, its three tests
+  and ``drifting``.
 * ``POST /v1/feedback``: the operator's verdict on a kept image (``--keep-images``,
   :mod:`adps.serve.feedback`): ``id``, ``verdict`` (``normal`` or ``defect``) and optionally a
   ``mask`` PNG, as multipart fields or JSON (no mask).
@@ -90,6 +90,7 @@ class ServeSettings:
     drift_window: int = 200  # images the drift watch tests (adps.serve.drift)
     drift_alarm: float = 0.001  # drifting while a test's p-value is under this
     drift_min_images: int = 20  # no verdict before the window holds this many
+    drift_baseline: int = 200  # the first this many judged images: a second reference (0: none)
     keep_dir: Path | None = None  # keep request images here and take verdicts (None: neither)
     keep_max_images: int = 10_000  # the store's bounds: the oldest images go first
     keep_max_bytes: int = 2 * 2**30
@@ -98,7 +99,9 @@ class ServeSettings:
 
     @property
     def drift(self) -> DriftSettings:
-        return DriftSettings(self.drift_window, self.drift_alarm, self.drift_min_images)
+        return DriftSettings(
+            self.drift_window, self.drift_alarm, self.drift_min_images, self.drift_baseline
+        )
 
     @property
     def lane(self) -> LaneSettings:
@@ -348,6 +351,7 @@ def build_app(
                 "window": drift.window,
                 "alarm": drift.alarm,
                 "min_images": drift.min_images,
+                "baseline": drift.baseline,
             },
             "keep_images": None if store is None else store.describe(),
             "watch_interval_s": settings.watch_interval_s or None,

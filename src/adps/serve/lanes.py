@@ -233,12 +233,14 @@ class LocalLane:
 
 def log_flip(ident: str, drift: DriftMonitor) -> None:
     r = drift.report()
-    ks, share = r["scores_under_threshold"], r["share_over_threshold"]
+    ks, share, base = r["scores_under_threshold"], r["share_over_threshold"], r["since_baseline"]
     facts = (
         f"window {r['window']['images']} images: scores under the threshold vs calibration "
         f"KS D {_fmt(ks['statistic'])} p {_fmt(ks['p_value'])}; over the threshold "
         f"{share['over']} (expected rate {_fmt(share['expected_false_alarm_rate'])}) p "
-        f"{_fmt(share['p_value'])}; alarm {r['alarm']:g}"
+        f"{_fmt(share['p_value'])}; {base['window_images']} images since the baseline of "
+        f"{base['images']} KS D {_fmt(base['statistic'])} p {_fmt(base['p_value'])}; "
+        f"alarm {r['alarm']:g}"
     )
     if r["drifting"]:
         log.warning("drift: %s is drifting (%s)", ident, facts)
