@@ -17,6 +17,12 @@ images exactly as it reads a camera's. The protocol keeps every image in one rol
 - evaluation: test/good plus the unseen normal images left over (false alarms), and the test
   defects (recall), unshifted before the change and drifted after it.
 
+A fine-tune (``--fine-tune``) also learns from the base model's training images, unshifted
+(``adps update --train-dir``), as the guide advises. ``--retrain`` adds the yardstick: the base
+recipe trained again from scratch on the same training images after the change (same budget
+and seed) and calibrated as the updates are, which says how much of a loss the change itself
+causes.
+
 Where the model leaves too few unseen images (``--model`` trained on every train/good image,
 as runs/decision/bottle-s0 is), the new batch and the update calibration are drawn from its
 training images, drifted; the JSON says so (``"new_images_seen_before_drift": true``), and the
@@ -72,7 +78,7 @@ from adps.cli import main as adps_main
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset, Record, find_images
 from adps.data.fingerprint import file_digests
-from adps.engine.calibrate import threshold_for_false_alarm_rate
+from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint
 from adps.engine.inference import TorchForward, infer
 from adps.engine.prior import decision_scores, decision_statistics
@@ -91,11 +97,12 @@ from pathlib import Path
 import adps
 start = time.perf_counter()
 result = adps.update(*sys.argv[1:4], calibrate_dir=sys.argv[4], time_budget=json.loads(sys.argv[5]),
-                     seed=int(sys.argv[6]))
+                     seed=int(sys.argv[6]), train_dir=sys.argv[7] or None)
 hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
 print(json.dumps({"seconds": result.seconds, "peak_rss_mib": int(hwm.split()[1]) / 1024,
     "bank": result.memory.bank_size,
-    "fine_tune_steps": None if result.fine_tune is None else result.fine_tune.steps}))
+    "fine_tune_steps": None if result.fine_tune is None else result.fine_tune.steps,
+    "fine_tune_images": result.fine_tune_images}))
 """
 
 
@@ -206,22 +213,29 @@ def redealt(
     }
 
 
-def drift_watch(model_path: Path, before: list[float], after: list[float], runs: int = 20) -> dict:
+def drift_watch(
+    model_path: Path, before: list[float], after: list[float], runs: int = 20, stream: int = 1000
+) -> dict:
     """How the service's drift watch (default window and alarm) judges this model's real normal
     scores. Unshifted: ``2 * runs`` streams, each the distinct normal images from before the
     change once, in its own order (does it stay quiet?). Drawn with replacement instead, a
     window of a few dozen images' repeats looks like far more evidence than it is, which makes
     the test more eager than on a stream of new parts. Shifted: a full window drawn with
     replacement from before the change, then scores after it, drawn with replacement (how many
-    images until it flips?)."""
+    images until it flips?); that full window is also the baseline of the test against the
+    service's first images. That test alone (no calibration to compare with) on ``runs``
+    unshifted streams of ``stream`` images drawn with replacement: its false flips (window and
+    baseline draw from the same scores, so repeats do not make it eager)."""
     reference = Reference.of(Checkpoint.load(model_path).thresholds)
     settings = DriftSettings()
-    false_flips, to_flip = 0, []
+    false_flips, baseline_false_flips, to_flip = 0, 0, []
     for seed in range(runs):
         rng = np.random.default_rng(seed)
         for _ in range(2):
             quiet = DriftMonitor(reference, settings)
             false_flips += any(quiet.add([s]) for s in rng.permutation(before))
+        alone = DriftMonitor(Reference.of(Thresholds()), settings)
+        baseline_false_flips += any(alone.add([s]) for s in rng.choice(before, stream))
         monitor = DriftMonitor(reference, settings)
         for s in rng.choice(before, settings.window):
             monitor.add([s])
@@ -240,6 +254,10 @@ def drift_watch(model_path: Path, before: list[float], after: list[float], runs:
         "unshifted_streams": 2 * runs,
         "unshifted_stream_images": len(before),
         "false_flips": false_flips,  # of the unshifted streams
+        "baseline": settings.baseline,
+        "baseline_streams": runs,
+        "baseline_stream_images": stream,
+        "baseline_false_flips": baseline_false_flips,
         "flipped_runs": len(flipped),
         "images_to_flip_min": min(flipped, default=None),
         "images_to_flip_median": float(np.median(flipped)) if flipped else None,
@@ -247,9 +265,14 @@ def drift_watch(model_path: Path, before: list[float], after: list[float], runs:
     }
 
 
-def run_update(model: Path, new: Path, out: Path, calibrate: Path, budget, seed: int) -> dict:
+def run_update(
+    model: Path, new: Path, out: Path, calibrate: Path, budget, seed: int, old: Path | None
+) -> dict:
+    """``adps update`` in a process of its own; a fine-tune also learns from ``old``, the base
+    model's training images (``--train-dir``), as the guide advises."""
     start = time.perf_counter()
     args = [str(model), str(new), str(out), str(calibrate), json.dumps(budget), str(seed)]
+    args.append("" if old is None else str(old))
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, check=False
     )
@@ -265,10 +288,11 @@ WELD_SPLIT = "disjoint (benchmarks/splits/battery_weld.json)"  # test/good witho
 MACHINE = "2-core AMD EPYC CPU, no GPU"  # run files written before they named their machine
 
 
-def collect(runs: list[Path], out: Path) -> None:
+def collect(runs: list[Path], out: Path, keep: Path | None = None) -> None:
     """The result file (benchmarks/results/update.json) from this script's run files: a row
     per dataset, draw and stage, and one for each run's drift watch. A dataset whose test/good
-    joined the unseen pool (--pool-test-good) is named so: it is another protocol."""
+    joined the unseen pool (--pool-test-good) is named so: it is another protocol. ``keep``: a
+    result file whose rows of the datasets the run files do not cover stay, first."""
     rows = []
     for path in runs:
         run = json.loads(path.read_text())
@@ -328,6 +352,10 @@ def collect(runs: list[Path], out: Path) -> None:
                 **common,
             }
         )
+    if keep is not None:
+        datasets = {r["dataset"] for r in rows}
+        kept = [r for r in json.loads(keep.read_text())["rows"] if r["dataset"] not in datasets]
+        rows = kept + rows
     doc = {
         "benchmark": "update",
         "title": "A drifting line: adps update and the service's drift watch",
@@ -370,6 +398,13 @@ def main() -> None:
         action="store_true",
         help="test/good joins the unseen normal pool (sets with few training images: weld)",
     )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="also train a model from scratch on the base model's training images after the "
+        "change (same budget and seed) and calibrate it as the updates are: what the change "
+        "itself costs, which no update can win back",
+    )
     parser.add_argument("--quick", action="store_true", help="a few minutes: is the script sound?")
     parser.add_argument(
         "--collect",
@@ -378,9 +413,15 @@ def main() -> None:
         metavar="RUN",
         help="write --out as the result file (benchmarks/results/update.json) from run files",
     )
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        metavar="RESULT",
+        help="with --collect: keep this result file's rows of datasets the run files do not cover",
+    )
     args = parser.parse_args()
     if args.collect:
-        collect(args.collect, args.out)
+        collect(args.collect, args.out, args.keep)
         return
     if args.quick:
         args.sizes, args.fine_tune, args.target_far = [10], "20s", 0.1
@@ -416,6 +457,8 @@ def main() -> None:
         if not (work / "base" / "model.pt").is_file():  # a rerun keeps the seeded base model
             assert adps_main(train_args) == 0
         args.model = work / "base" / "model.pt"
+    if args.retrain and not base_trained_here:
+        raise SystemExit("--retrain retrains the base model trained here: leave out --model")
     if args.draw:  # the same base model, the images dealt into their roles anew
         rng = random.Random(f"{args.seed}/{args.draw}")
         work = work / f"draw{args.draw}"
@@ -506,7 +549,8 @@ def main() -> None:
         for budget in [None] + ([args.fine_tune] if args.fine_tune else []):
             out = work / f"updated_n{n}{'' if budget is None else '_ft'}.pt"
             out.unlink(missing_ok=True)
-            update = run_update(base_model, folder, out, cal_dir, budget, args.seed)
+            old = base_data if base_trained_here and budget is not None else None
+            update = run_update(base_model, folder, out, cal_dir, budget, args.seed, old)
             row = {
                 "stage": f"update, {n} new images, "
                 + ("memory only" if budget is None else f"fine-tune {budget}"),
@@ -520,6 +564,34 @@ def main() -> None:
             }
             stages.append(row)
             print(json.dumps(row, indent=1))
+
+    if args.retrain:  # the yardstick: the base recipe on the same images, after the change
+        retrain_data = work / "drifted" / "retrain"
+        drifted(chosen, retrain_data / args.category / "train" / "good")
+        retrained = work / "retrained"
+        train_retrained = [*train_args[: train_args.index("--out")], "--out", str(retrained)]
+        train_retrained[train_retrained.index("--data") + 1] = str(retrain_data)
+        if not (retrained / "model.pt").is_file():
+            assert adps_main(train_retrained) == 0
+        retrained_model = work / "retrained_calibrated.pt"
+        calibrate = ["calibrate", "--model", str(retrained / "model.pt"), "--normal-dir"]
+        calibrate += [str(cal_dir), "--target-far", str(args.target_far), "--backend", "torch"]
+        assert adps_main([*calibrate, "--out", str(retrained_model), "--no-progress"]) == 0
+        row = {
+            "stage": f"retrained from scratch after the change, {args.base_budget}",
+            "retrained_steps": Checkpoint.load(retrained_model).training.steps,
+            **evaluate(retrained_model, normal_after, defect_after, eval_sources),
+            **redealt(
+                retrained_model,
+                cal_after,
+                normal_after,
+                defect_after,
+                same_population,
+                args.target_far,
+            ),
+        }
+        stages.append(row)
+        print(json.dumps(row, indent=1))
 
     result = {
         "benchmark": "bench_update",

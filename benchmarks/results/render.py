@@ -1455,6 +1455,16 @@ def page_updating(d: Data) -> Page:
             )
             if redealt:
                 p.add(REDEALT_NOTE.format(deals=num(redealt_count(mine))))
+            for r in mine:
+                if r["stage"].startswith("retrained"):
+                    p.add(
+                        "*Retrained*: the base recipe trained again from scratch, on the base "
+                        "model's training images after the change, for the base model's time "
+                        f"({r['values']['retrained_steps']} steps), and calibrated on the "
+                        "updates' calibration images: what the change itself costs, which no "
+                        "update can win back. The fine-tune learns from the new images and the "
+                        "base model's training images (`--train-dir`).\n"
+                    )
             if sources:
                 p.add(by_source(mine, sources, st.get("pool_test_good", False)))
             if len(every) > len(mine):
@@ -1490,34 +1500,73 @@ def page_updating(d: Data) -> Page:
                 )
                 + "The shifted scores are drawn with replacement from a few dozen images, so a "
                 "window holds repeats, which makes the test more eager than on a stream of new "
-                "parts.\n"
+                "parts. "
+                + (
+                    f"The full window before the change was also the baseline (the first "
+                    f"{w['baseline']} judged images); that test alone flipped in "
+                    f"{w['baseline_false_flips']} of {w['baseline_streams']} unshifted streams "
+                    f"of {num(w['baseline_stream_images'])} images drawn with replacement (the "
+                    "window and the baseline from the same scores, so repeats do not make it "
+                    "eager).\n"
+                    if "baseline" in w
+                    else "This watch had the calibration's two tests only (before the test "
+                    "against the service's first images).\n"
+                )
             )
+            watches = [r["values"] for r in every if r["stage"] == "drift watch"]
+            if len(watches) > 1 and all("baseline" in v for v in watches):
+                flipped = [v for v in watches if v["flipped_runs"]]
+
+                def total(key: str) -> int:
+                    return sum(v[key] for v in watches)
+
+                p.add(
+                    f"Over the {len(watches)} deals: {total('false_flips')} false flips in "
+                    f"{total('unshifted_streams')} unshifted streams; the baseline's test "
+                    f"alone, {total('baseline_false_flips')} in {total('baseline_streams')}; "
+                    f"the change flipped it in {total('flipped_runs')} of {total('runs')} "
+                    f"runs, after {min(v['images_to_flip_min'] for v in flipped)} to "
+                    f"{max(v['images_to_flip_max'] for v in flipped)} images.\n"
+                )
         p.add(reproduce(rows, label=lambda r: r["run"].split(":")[0]))
     if "drift" in d.docs:
         rows = d.docs["drift"]["rows"]
         s = rows[0]["settings"]
         p.add("### The drift watch on simulated scores\n")
         p.add(
-            f"Normal scores N(0, 1), a threshold for {pct(100 * s['target_far'])} % false "
-            f"alarms calibrated on {s['calibration_images']} of them, window {s['window']}, "
-            f"alarm {s['alarm']}, seeds {rows[0]['seed']}.\n"
+            f"Normal scores N(0, 1), a threshold calibrated on some of them, window "
+            f"{s['window']}, alarm {s['alarm']}, seeds {rows[0]['seed']}; with the test against "
+            "the service's first images (*baseline*: the first "
+            f"{num(max(r['settings'].get('baseline', 0) for r in rows))} judged) and without "
+            "it. Unshifted: 20 streams of 3,000 images and 20 of 200; shifted: from a full "
+            "window, 1,000 images at most.\n"
         )
         body = []
         for r in rows:
-            v = r["values"]
-            if r["run"] == "unshifted":
-                body.append([r["run"], f"{v['false_flips']} false flips of {v['runs']} runs", ""])
+            v, st = r["values"], r["settings"]
+            stream = r["run"].split(": ")[-1]
+            first = [
+                f"{st['calibration_images']} images, {pct(100 * st['target_far'])} %",
+                num(st["baseline"]) if st.get("baseline") else "off",
+                stream,
+            ]
+            if stream == "unshifted":
+                body.append([*first, f"{v['false_flips']} false flips of {v['runs']} runs", ""])
             else:
                 body.append(
                     [
-                        r["run"],
+                        *first,
                         f"flipped in {v['flipped_runs']} of {v['runs']} runs",
                         f"{v['images_to_flip_min']} to {v['images_to_flip_max']} (median "
-                        f"{num(v['images_to_flip_median'])})",
+                        f"{num(v['images_to_flip_median'])})"
+                        if v["flipped_runs"]
+                        else "",
                     ]
                 )
-        p.add(table(["stream", "verdict", "images until it flips"], body))
-        p.add(reproduce(rows, label=lambda r: r["run"]))
+        p.add(
+            table(["calibration", "baseline", "stream", "verdict", "images until it flips"], body)
+        )
+        p.add(reproduce(rows, label=lambda r: "every row"))
     return p
 
 

@@ -1,9 +1,11 @@
-"""Drift watch: do the images a service judges still score like those it was calibrated on?
+"""Drift watch: do the images a service judges still score like those it was calibrated on,
+and like the first ones it judged?
 
 The watch keeps the scores of the last ``window`` images the service judged (default 200) and,
-after every request, runs two tests of them against the model's calibration (stored in the
-checkpoint, :attr:`adps.engine.calibrate.Thresholds.normal_scores`). Only scores are kept: no
-image leaves the machine, nor even the process, for this.
+after every request, runs three tests of them: two against the model's calibration (stored in
+the checkpoint, :attr:`adps.engine.calibrate.Thresholds.normal_scores`), one against the first
+images the service judged with the model. Only scores are kept: no image leaves the machine,
+nor even the process, for this.
 
 1. **The scores of the images judged normal** (score under the image threshold) against the
    calibration's normal scores under the same threshold: a two-sample Kolmogorov-Smirnov test.
@@ -63,7 +65,7 @@ KS_TEST = (
     "two-sample Kolmogorov-Smirnov test of the window's scores under the threshold against the "
     "calibration's normal scores under it (scipy.stats.ks_2samp)"
 )
-CLEAR_FACTOR = 10.0  # drifting ends once both p-values reach this many times the alarm level
+CLEAR_FACTOR = 10.0  # drifting ends once every p-value reaches this many times the alarm level
 BASELINE_TEST = (
     "two-sample Kolmogorov-Smirnov test of the window's scores since the baseline against the "
     "first images the service judged with this model (scipy.stats.ks_2samp)"
@@ -177,7 +179,7 @@ class DriftMonitor:
             return True
 
     def report(self) -> dict[str, Any]:
-        """The window, both tests and the verdict, as JSON-able data."""
+        """The window, the three tests and the verdict, as JSON-able data."""
         with self.lock:
             return {**self.last, "flips": self.flips, "since": self.since, "seen": self.seen}
 
