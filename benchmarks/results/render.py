@@ -1538,8 +1538,9 @@ def page_updating(d: Data) -> Page:
             f"{s['window']}, alarm {s['alarm']}, seeds {rows[0]['seed']}; with the test against "
             "the service's first images (*baseline*: the first "
             f"{num(max(r['settings'].get('baseline', 0) for r in rows))} judged) and without "
-            "it. Unshifted: 20 streams of 3,000 images and 20 of 200; shifted: from a full "
-            "window, 1,000 images at most.\n"
+            "it. Unshifted: 20 streams of 3,000 images and 20 of 200; shifted: each continues "
+            "one of them (a full window or more), 1,000 images at most, and a seed whose "
+            "unshifted stream flipped is left out.\n"
         )
         body = []
         for r in rows:
@@ -1551,7 +1552,8 @@ def page_updating(d: Data) -> Page:
                 stream,
             ]
             if stream == "unshifted":
-                body.append([*first, f"{v['false_flips']} false flips of {v['runs']} runs", ""])
+                flips = f"{v['false_flips']} false flip{'' if v['false_flips'] == 1 else 's'}"
+                body.append([*first, f"{flips} of {v['runs']} runs", ""])
             else:
                 body.append(
                     [
