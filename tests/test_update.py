@@ -291,8 +291,10 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     with torch.no_grad():  # the model's own forward decides as the reference does
         _, forward = model(_decode(held).float() / 255)
     np.testing.assert_allclose(forward.numpy(), scores, rtol=1e-4, atol=1e-6)
+    # the threshold is a score plus half the scores' median gap: as close as the scores are
+    # (float32 against this float64 reference; rel 1e-5 failed once, by 1.3e-5, in CI)
     assert child.thresholds.image == pytest.approx(
-        threshold_for_false_alarm_rate(scores, TARGET).threshold, rel=1e-5
+        threshold_for_false_alarm_rate(scores, TARGET).threshold, rel=1e-4
     )
     assert (scores >= child.thresholds.image).mean() <= TARGET
     assert child.thresholds.calibration["n_normal"] == 5
