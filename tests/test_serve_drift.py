@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from adps.cli import main
 from adps.engine.calibrate import (
     REFERENCE_SIZE,
     Thresholds,
@@ -201,3 +202,18 @@ def test_settings_are_checked():
         DriftSettings(window=1)
     with pytest.raises(ValueError, match="baseline"):
         DriftSettings(baseline=1)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--drift-baseline", "1", "--drift-baseline must be 0 (none) or at least 2, got 1"),
+        ("--drift-baseline", "-5", "--drift-baseline must be 0 (none) or at least 2, got -5"),
+        ("--drift-alarm", "0", "--drift-alarm must lie in (0, 1)"),
+    ],
+)
+def test_adps_serve_refuses_bad_drift_settings_before_loading_a_model(
+    option, value, message, capsys
+):
+    assert main(["serve", "--model", "missing.pt", option, value]) == 2
+    assert message in capsys.readouterr().err
