@@ -207,9 +207,10 @@ def test_settings_are_checked():
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--drift-baseline", "1", "--drift-baseline must be 0 (none) or at least 2, got 1"),
-        ("--drift-baseline", "-5", "--drift-baseline must be 0 (none) or at least 2, got -5"),
-        ("--drift-alarm", "0", "--drift-alarm must lie in (0, 1)"),
+        ("--drift-baseline", "1", "--drift-baseline must be 0 (none) or at least 2 images, got 1"),
+        ("--drift-baseline", "-5", "--drift-baseline must be 0 (none) or at least 2 images, got"),
+        ("--drift-alarm", "0", "--drift-alarm must lie in (0, 1), got 0.0"),
+        ("--drift-window", "1", "--drift-window must hold at least 2 images, got 1"),
     ],
 )
 def test_adps_serve_refuses_bad_drift_settings_before_loading_a_model(

@@ -190,12 +190,11 @@ def run(args: argparse.Namespace) -> int:
         watch_interval_s=args.watch_model,
         handle_sighup=True,
     )
-    if not 0 < args.drift_alarm < 1 or args.drift_window < 2:
-        raise AdpsError("--drift-alarm must lie in (0, 1) and --drift-window be at least 2")
-    if args.drift_baseline == 1 or args.drift_baseline < 0:
-        raise AdpsError(
-            f"--drift-baseline must be 0 (none) or at least 2, got {args.drift_baseline}"
-        )
+    try:
+        settings.drift  # noqa: B018 (the drift watch's settings check their bounds)
+    except ValueError as exc:  # "drift window: ..." is the option --drift-window
+        field, _, problem = str(exc).partition(": ")
+        raise AdpsError(f"--{field.replace(' ', '-')} {problem}") from exc
     if args.keep_max_images < 1 or args.keep_max_mb <= 0 or args.watch_model < 0:
         raise AdpsError("--keep-max-images and --keep-max-mb must be positive, --watch-model >= 0")
 

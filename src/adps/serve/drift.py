@@ -87,15 +87,16 @@ class DriftSettings:
     baseline: int = 200  # the first this many judged images: a second reference (0: none)
 
     def __post_init__(self) -> None:
+        # "drift FIELD: problem", which adps serve turns into its option --drift-FIELD
         if self.window < 2:
-            raise ValueError(f"the drift window must hold at least 2 images, got {self.window}")
+            raise ValueError(f"drift window: must hold at least 2 images, got {self.window}")
         if not 0 < self.alarm < 1:
-            raise ValueError(f"the drift alarm level must lie in (0, 1), got {self.alarm}")
+            raise ValueError(f"drift alarm: must lie in (0, 1), got {self.alarm}")
         if self.min_images < 1:
-            raise ValueError(f"min_images must be >= 1, got {self.min_images}")
+            raise ValueError(f"drift min_images: must be at least 1, got {self.min_images}")
         if self.baseline != 0 and self.baseline < 2:
             raise ValueError(
-                f"the drift baseline must hold 0 or at least 2 images, got {self.baseline}"
+                f"drift baseline: must be 0 (none) or at least 2 images, got {self.baseline}"
             )
 
 
@@ -227,15 +228,16 @@ class DriftMonitor:
                 )
         # the window's scores that came after the baseline was full: none of them is in it
         since = window[max(0, n - (self.seen - len(self.baseline))) :]
+        full = cfg.baseline > 0 and len(self.baseline) == cfg.baseline
         baseline: dict[str, Any] = {
             "test": BASELINE_TEST,
             "size": cfg.baseline,
             "images": len(self.baseline),
-            "window_images": len(since) if len(self.baseline) == cfg.baseline else 0,
+            "window_images": len(since) if full else 0,
             "statistic": None,
             "p_value": None,
         }
-        if cfg.baseline and len(self.baseline) == cfg.baseline and len(since) >= cfg.min_images:
+        if full and len(since) >= cfg.min_images:
             ks = stats.ks_2samp(since, self.baseline)
             baseline.update(statistic=float(ks.statistic), p_value=float(ks.pvalue))
         tests = (scores["p_value"], share["p_value"], baseline["p_value"])
