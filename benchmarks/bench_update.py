@@ -97,7 +97,8 @@ from pathlib import Path
 import adps
 start = time.perf_counter()
 result = adps.update(*sys.argv[1:4], calibrate_dir=sys.argv[4], time_budget=json.loads(sys.argv[5]),
-                     seed=int(sys.argv[6]), train_dir=sys.argv[7] or None)
+                     seed=int(sys.argv[6]), train_dir=sys.argv[7] or None,
+                     refresh_norms=json.loads(sys.argv[8]))
 hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
 print(json.dumps({"seconds": result.seconds, "peak_rss_mib": int(hwm.split()[1]) / 1024,
     "bank": result.memory.bank_size,
@@ -266,13 +267,20 @@ def drift_watch(
 
 
 def run_update(
-    model: Path, new: Path, out: Path, calibrate: Path, budget, seed: int, old: Path | None
+    model: Path,
+    new: Path,
+    out: Path,
+    calibrate: Path,
+    budget,
+    seed: int,
+    old: Path | None,
+    refresh_norms: bool = True,
 ) -> dict:
     """``adps update`` in a process of its own; a fine-tune also learns from ``old``, the base
     model's training images (``--train-dir``), as the guide advises."""
     start = time.perf_counter()
     args = [str(model), str(new), str(out), str(calibrate), json.dumps(budget), str(seed)]
-    args.append("" if old is None else str(old))
+    args += ["" if old is None else str(old), json.dumps(refresh_norms)]
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, check=False
     )
@@ -328,7 +336,8 @@ def collect(runs: list[Path], out: Path, keep: Path | None = None) -> None:
             "pool_test_good": pooled,
         }
         for stage in run["stages"]:
-            values = {k: v for k, v in stage.items() if k not in ("stage", "update", "fine_tune")}
+            settings_keys = ("stage", "update", "fine_tune", "refresh_norms")
+            values = {k: v for k, v in stage.items() if k not in settings_keys}
             values.pop("normal_scores")
             values.pop("new_images", None)
             update = stage.get("update") or {}
@@ -338,7 +347,12 @@ def collect(runs: list[Path], out: Path, keep: Path | None = None) -> None:
                     "run": f"{name}: {stage['stage']}",
                     "stage": stage["stage"],
                     "settings": settings
-                    | {"new_images": stage.get("new_images"), "fine_tune": stage.get("fine_tune")},
+                    | {"new_images": stage.get("new_images"), "fine_tune": stage.get("fine_tune")}
+                    | (
+                        {"refresh_norms": stage["refresh_norms"]}
+                        if "refresh_norms" in stage
+                        else {}
+                    ),
                     "values": values,
                     **common,
                 }
@@ -380,6 +394,12 @@ def main() -> None:
     parser.add_argument("--textures", default="../shared/datasets/dtd/images")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--fine-tune", default="2m", help="fine-tune budget ('' = none)")
+    parser.add_argument(
+        "--keep-norms-row",
+        action="store_true",
+        help="also a memory-only update that keeps the base model's BatchNorm statistics "
+        "(adps update --keep-norms): what re-estimating them buys",
+    )
     parser.add_argument("--target-far", type=float, default=0.05)
     parser.add_argument("--calibration", type=int, default=None, help="default: 1 / target")
     parser.add_argument("--seed", type=int, default=0)
@@ -546,16 +566,21 @@ def main() -> None:
         for p in new_files[:n]:
             if not (folder / p.name).exists():
                 (folder / p.name).symlink_to(p.resolve())
-        for budget in [None] + ([args.fine_tune] if args.fine_tune else []):
-            out = work / f"updated_n{n}{'' if budget is None else '_ft'}.pt"
+        variants = [(None, True)] + ([(None, False)] if args.keep_norms_row else [])
+        variants += [(args.fine_tune, True)] if args.fine_tune else []
+        for budget, norms in variants:
+            name = f"updated_n{n}{'' if budget is None else '_ft'}{'' if norms else '_kept'}.pt"
+            out = work / name
             out.unlink(missing_ok=True)
             old = base_data if base_trained_here and budget is not None else None
-            update = run_update(base_model, folder, out, cal_dir, budget, args.seed, old)
+            update = run_update(base_model, folder, out, cal_dir, budget, args.seed, old, norms)
             row = {
                 "stage": f"update, {n} new images, "
-                + ("memory only" if budget is None else f"fine-tune {budget}"),
+                + ("memory only" if budget is None else f"fine-tune {budget}")
+                + ("" if norms else ", BatchNorm statistics kept"),
                 "new_images": n,
                 "fine_tune": budget,
+                "refresh_norms": norms,
                 "update": update,
                 **evaluate(out, normal_after, defect_after, eval_sources),
                 **redealt(

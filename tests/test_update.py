@@ -272,9 +272,13 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     assert len(held) == 5 and len(learned) == 15  # round(0.25 x 20)
     assert child.fingerprint.trained == parent.fingerprint.trained | {_digest(p) for p in learned}
 
-    for key, value in parent.state.items():
-        if not key.startswith("memory."):
-            assert torch.equal(child.state[key], value), key
+    # no trained weight changes; of the other buffers, only the student's and the PSM's
+    # BatchNorm statistics (re-estimated on the new images) and the memory's
+    changed = {k for k, v in parent.state.items() if not torch.equal(child.state[k], v)}
+    weights = {name for name, _ in child.model().named_parameters()}
+    assert not changed & weights
+    refreshed = {k.rsplit(".", 1)[0] for k in changed if not k.startswith("memory.")}
+    assert refreshed == set(_norm_layers(child.model()))
     assert not torch.equal(child.state["memory.bank"], parent.state["memory.bank"])
 
     model = child.model()
@@ -305,12 +309,39 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     assert step.images_added == 15
     reference = hashlib.sha256("\n".join(sorted(_digest(p) for p in learned)).encode())
     assert step.images_hash == reference.hexdigest()
-    assert step.updated == ("memory", "memory statistics", "decision statistics", "threshold")
+    assert step.updated == (
+        "memory",
+        "memory statistics",
+        "normalization statistics",
+        "decision statistics",
+        "threshold",
+    )
     assert child.training == parent.training
     assert main(["info", "--model", str(out)]) == 0
     info = capsys.readouterr().out
     assert f"made from: {before[:12]} (updated with 15 new normal images" in info
     assert f"; 15 images added (set {reference.hexdigest()[:12]}); updated: memory, " in info
+
+
+def _norm_layers(model: ADPS) -> list[str]:
+    """Names of the BatchNorm layers outside the teacher."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.BatchNorm2d) and not name.startswith("teacher.")
+    ]
+
+
+def test_update_keeping_the_norms_changes_only_the_memory(line, model_copy):
+    """``refresh_norms=False`` (``--keep-norms``): every tensor but the memory's is the
+    parent's, and the lineage does not list the normalization statistics."""
+    result = update(model_copy, line.new_dir, calibrate_dir=line.calibrate_dir, refresh_norms=False)
+    child = Checkpoint.load(result.checkpoint)
+    for key, value in line.parent.state.items():
+        if not key.startswith("memory."):
+            assert torch.equal(child.state[key], value), key
+    assert "normalization statistics" not in child.lineage[-1].updated
+    assert _norm_layers(child.model())  # there were statistics to keep
 
 
 def test_adps_update_in_python_with_a_calibration_folder(line, model_copy):
@@ -351,10 +382,17 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
             assert torch.equal(b[key], parent[key]), key
         elif key in ("memory.bank", "memory.sources", "memory.stats"):
             assert torch.equal(b[key], a[key]), key
-    for part in ("student.", "psm."):
-        assert any(not torch.equal(b[k], parent[k]) for k in parent if k.startswith(part)), part
     child = Checkpoint.load(tuned.checkpoint)
-    assert child.lineage[-1].updated[:4] == ("memory", "memory statistics", "student", "psm")
+    weights = [name for name, _ in child.model().named_parameters()]
+    for part in ("student.", "psm."):  # trained weights, not only BatchNorm statistics
+        assert any(not torch.equal(b[k], parent[k]) for k in weights if k.startswith(part)), part
+    assert child.lineage[-1].updated[:5] == (
+        "memory",
+        "memory statistics",
+        "normalization statistics",
+        "student",
+        "psm",
+    )
     assert child.training.steps == line.parent.training.steps + tuned.fine_tune.steps
     assert child.fingerprint.trained >= {_digest(p) for p in line.old}
 
@@ -362,7 +400,8 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
 @pytest.mark.integration
 def test_an_early_fusion_fine_tune_leaves_each_new_image_s_own_rows_out(tmp_path, monkeypatch):
     """Early fusion: during the fine-tune the memory's rows are numbered by the trainer's
-    images (new image j = j, old rows none), and the memory's own numbers come back after."""
+    images (new image j = j, old rows none), and the memory's own numbers come back after;
+    the BatchNorm refresh leaves each new image's own rows out by the memory's numbers."""
     from adps.models.memory import MemoryPrior
 
     early = Line(tmp_path, prior_fusion="early")
@@ -380,11 +419,16 @@ def test_an_early_fusion_fine_tune_leaves_each_new_image_s_own_rows_out(tmp_path
     tuned = update(early.path, early.new_dir, tmp_path / "t.pt", holdout=0.25, time_budget=0.01)
     sources = Checkpoint.load(memory_only.checkpoint).state["memory.sources"]
     assert torch.equal(Checkpoint.load(tuned.checkpoint).state["memory.sources"], sources)
-    assert seen
+    kinds = set()
     for during, groups in seen:
-        want = torch.where(sources >= first, sources - first, torch.full_like(sources, -1))
-        assert torch.equal(during, want)
-        assert int(groups.max()) < 15
+        if torch.equal(during, sources):  # the BatchNorm refresh: the memory's own numbers
+            assert first <= int(groups.min()) and int(groups.max()) < first + 15
+        else:  # the fine-tune
+            want = torch.where(sources >= first, sources - first, torch.full_like(sources, -1))
+            assert torch.equal(during, want)
+            assert int(groups.max()) < 15
+        kinds.add(torch.equal(during, sources))
+    assert kinds == {True, False}
     with pytest.raises(AdpsError, match="leave out --train-dir"):
         update(
             early.path, early.new_dir, tmp_path / "x.pt", time_budget=1,

@@ -1246,6 +1246,7 @@ def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
             100 * f / n
             for r in rows
             if r["stage"].startswith("update")
+            and r["settings"].get("refresh_norms", True)  # as adps update does by default
             and (r["settings"]["fine_tune"] is None) == (kind == "memory only")
             for f, n in [r["values"]["false_alarms_by_source"][source]]
         ]
@@ -1465,6 +1466,13 @@ def page_updating(d: Data) -> Page:
                         "update can win back. The fine-tune learns from the new images and the "
                         "base model's training images (`--train-dir`).\n"
                     )
+            if any(r["settings"].get("refresh_norms") is False for r in mine):
+                p.add(
+                    "*BatchNorm statistics kept*: the memory-only update with `--keep-norms`, "
+                    "as `adps update` was before it re-estimated the student's and the PSM's "
+                    "BatchNorm statistics on the new images: what that re-estimate buys. The "
+                    "other update rows re-estimate them (the default).\n"
+                )
             if sources:
                 p.add(by_source(mine, sources, st.get("pool_test_good", False)))
             if len(every) > len(mine):

@@ -16,7 +16,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Update a trained model when good parts start to look different (a new "
         "material, lamp or camera) without training again. The new normal images' teacher "
         "features join the memory prior (a coreset of the old memory and the new features, "
-        "of the same size), the prior's statistics are re-estimated, and, by default, no "
+        "of the same size), the prior's statistics are re-estimated, so are the student's "
+        "and the PSM's BatchNorm statistics (no gradient step), and, by default, no "
         "trained weight changes: about a minute on a CPU. With --time-budget the student and "
         "the PSM are also fine-tuned from the model for that long. Then the image threshold "
         "(and a standardized decision's statistics) is set again on new normal images the "
@@ -76,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DURATION",
         help="also fine-tune the student and the PSM from the model for this long (90s, 2m, "
         "1h) with the usual synthetic defects, on the new images and --train-dir's; "
-        "default: memory only, no trained weight changes",
+        "default: memory and statistics only, no trained weight changes",
     )
     p.add_argument(
         "--train-dir",
@@ -90,6 +91,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="with --time-budget: the fine-tune's peak learning rate (default: a quarter of "
         "the rate the model was trained with)",
+    )
+    p.add_argument(
+        "--keep-norms",
+        action="store_true",
+        help="keep the model's BatchNorm statistics; by default the student's and the PSM's "
+        "are re-estimated on the new images with synthetic defects, as training estimated "
+        "them, which adapts the model to a photometric change (a lamp, a camera's gain) "
+        "without a gradient step",
     )
     p.add_argument(
         "--seed",
@@ -122,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         time_budget=args.time_budget,
         train_dir=args.train_dir,
         lr=args.lr,
+        refresh_norms=not args.keep_norms,
         overwrite=args.overwrite,
         allow_overlap=args.allow_overlap,
         device=args.device,

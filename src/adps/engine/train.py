@@ -100,6 +100,19 @@ def micro_batches(batch: int, image_pixels: int, limit: int | None) -> int:
     )
 
 
+def step_micro_batch(
+    config: TrainConfig, size: tuple[int, int], device: torch.device, world_size: int = 1
+) -> int:
+    """Images in each forward pass of a training step on ``device``: a process's share of the
+    batch in :func:`micro_batches` parts (on a CPU at most ``_CPU_MICRO_BATCH_PIXELS`` pixels
+    unless the config says otherwise). Its BatchNorm statistics are those of batches this big."""
+    local = config.batch_size // world_size
+    limit = config.micro_batch_pixels
+    if limit is None and device.type == "cpu":
+        limit = _CPU_MICRO_BATCH_PIXELS
+    return local // micro_batches(local, size[0] * size[1], limit)
+
+
 def holdout_indices(n: int, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(indices of the images to train on, of the held-out ones or None) of ``n`` training
     images, a fixed draw from the seed.
@@ -280,11 +293,8 @@ class Trainer:
             seed=cfg.seed,
         )
         self.local_batch = cfg.batch_size // self.dist.world_size
-        limit = cfg.micro_batch_pixels
-        if limit is None and self.device.type == "cpu":
-            limit = _CPU_MICRO_BATCH_PIXELS
-        h, w = self.model_config.size
-        self.parts = micro_batches(self.local_batch, h * w, limit)
+        micro = step_micro_batch(cfg, self.model_config.size, self.device, self.dist.world_size)
+        self.parts = self.local_batch // micro
         self.steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(self.images) / cfg.batch_size)
 
     # --- state ------------------------------------------------------------------------------

@@ -19,22 +19,26 @@ What an update does, in order:
    re-estimated on the calibration images, which the bank does not hold. A tiling model's
    memory holds tiles: the new frames' grid tiles join it (at most as many as training takes),
    numbered as tiles.
-3. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
+3. The student's and the PSM's BatchNorm statistics are re-estimated on the new images with
+   synthetic defects, without a gradient step (:mod:`adps.engine.norms`; ``refresh_norms``):
+   a lamp or a camera's gain moves their activations, and the old statistics then normalise
+   them wrongly. The teacher's never change (the memory holds its features).
+4. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
    with the usual synthetic defects, on the new images and, if given, the old training images
    (``train_dir``; the checkpoint does not hold its images, so without it the fine-tune sees
    the new images only). The teacher and the memory do not change.
-4. The standardized decision's statistics (``memory.score_stats``), where the model decides
+5. The standardized decision's statistics (``memory.score_stats``), where the model decides
    that way (refitted where ``adps calibrate`` refits them), and the image threshold are
    fitted on the calibration images, scored by torch as at the end of training (the
    standardized decision's score from the same pass that gives its statistics).
-5. The result is written as a new checkpoint, atomically (a crash or a kill leaves no half
+6. The result is written as a new checkpoint, atomically (a crash or a kill leaves no half
    file, and the input is only replaced when asked): its lineage records the parent's hash,
    when, how many images were added with a hash of their set, and what changed; its
    fingerprint gains the new images (trained) and the calibration images (calibrated), so
    ``adps test`` and ``adps calibrate`` refuse them later.
 
-Without a time budget no trained weight changes: only the ``memory.*`` buffers and the
-thresholds differ from the parent.
+Without a time budget no trained weight changes: only the ``memory.*`` buffers, the student's
+and the PSM's BatchNorm statistics and the thresholds differ from the parent.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from adps.config import DEFAULT_RECIPE, TrainConfig
 from adps.data.cache import load_tensor_stack
 from adps.data.datasets import AnomalyDataset, Record, find_images, name_some
 from adps.data.fingerprint import Fingerprint, check_overlap, file_digests
+from adps.data.synthesis import TextureBank
 from adps.engine.calibrate import (
     Calibration,
     check_calibration_size,
@@ -62,6 +67,7 @@ from adps.engine.checkpoint import Checkpoint, TrainingRecord
 from adps.engine.device import resolve_device
 from adps.engine.distributed import shutdown_distributed
 from adps.engine.inference import TorchForward, infer
+from adps.engine.norms import refresh_norm_statistics
 from adps.engine.prior import PriorFit, decision_scores, decision_statistics, extend_prior
 from adps.engine.schedule import format_duration, parse_duration
 from adps.engine.tiling import Tiling, at_working_size, grid_tiles, tiled
@@ -131,6 +137,7 @@ def update(
     time_budget: float | str | None = None,
     train_dir: str | Path | None = None,
     lr: float | None = None,
+    refresh_norms: bool = True,
     overwrite: bool = False,
     allow_overlap: bool = False,
     device: str = "auto",
@@ -155,6 +162,8 @@ def update(
             new ones (they do not join the memory).
         lr: the fine-tune's peak learning rate (default: :data:`FINE_TUNE_LR_SHARE` of the
             model's).
+        refresh_norms: re-estimate the student's and the PSM's BatchNorm statistics on the
+            new images (:mod:`adps.engine.norms`); False keeps the parent's.
         overwrite: replace ``out`` if it exists (``out=model`` updates the model in place).
         allow_overlap: go on when calibration images are images the model trained on.
 
@@ -207,13 +216,22 @@ def update(
         memory_calibrate = some_tiles(grid_tiles(calibrate_images, tiling), seed)
     memory_fit = extend_prior(net, memory_learn, memory_calibrate, batch_size, progress, seed)
     updated = ["memory", "memory statistics"]
+    first = int(ckpt.state["memory.sources"].max()) + 1  # the new images' first number
+    settings = _training_settings(ckpt)
+    if refresh_norms:
+        folder = settings.texture_dir
+        textures = (
+            None if folder is None else TextureBank.from_folder(folder, config.image_size, dev)
+        )
+        groups = first + torch.arange(len(learn_images)) if early else None
+        if refresh_norm_statistics(net, learn_images, settings, textures, seed, groups):
+            updated.append("normalization statistics")
     training, fine_tune = ckpt.training, None
     trained = set(learn_digests)
     if budget is not None:
-        first = int(ckpt.state["memory.sources"].max()) + 1  # the new images' first number
         renumber = first if early else None
         net, fine_tune = _fine_tune(
-            ckpt, net, [*old_images, *learn], budget, lr, seed, dev, progress, renumber
+            ckpt, settings, net, [*old_images, *learn], budget, lr, seed, dev, progress, renumber
         )
         updated += ["student", "psm"]
         trained |= set(file_digests(old_images))
@@ -403,8 +421,24 @@ class _FineTune(Trainer):
         return False
 
 
+def _training_settings(ckpt: Checkpoint) -> TrainConfig:
+    """The model's training settings (the default recipe's where it records none), without a
+    texture folder that is not on this machine: synthetic defects then use recoloured images."""
+    base = ckpt.train_config or TrainConfig.from_recipe(DEFAULT_RECIPE)
+    textures = base.texture_dir
+    if textures is not None and not Path(textures).is_dir():
+        warnings.warn(
+            f"the texture folder the model was trained with ({textures}) is not here; the "
+            "update's synthetic defects use recoloured training images",
+            stacklevel=3,
+        )
+        return dataclasses.replace(base, texture_dir=None)
+    return base
+
+
 def _fine_tune(
     ckpt: Checkpoint,
+    base: TrainConfig,
     net: ADPS,
     files: Sequence[Path],
     budget: float,
@@ -421,22 +455,12 @@ def _fine_tune(
     image in ``memory.sources``. The PSM's prior leaves each training image's own rows out by
     the trainer's image order, so for the fine-tune the new images' rows are numbered 0, 1, ...
     in that order and the old rows -1 (no image); the memory's numbering is put back after."""
-    base = ckpt.train_config or TrainConfig.from_recipe(DEFAULT_RECIPE)
-    textures = base.texture_dir
-    if textures is not None and not Path(textures).is_dir():
-        warnings.warn(
-            f"the texture folder the model was trained with ({textures}) is not here; the "
-            "fine-tune's synthetic defects use recoloured training images",
-            stacklevel=3,
-        )
-        textures = None
     config = dataclasses.replace(
         base,
         time_budget=budget,
         lr=base.lr * FINE_TUNE_LR_SHARE if lr is None else lr,
         calibration_holdout=0.0,
         steps_per_epoch=None,
-        texture_dir=textures,
         seed=seed,
     )
     memory = net.memory
