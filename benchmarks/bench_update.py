@@ -21,7 +21,8 @@ A fine-tune (``--fine-tune``) also learns from the base model's training images,
 (``adps update --train-dir``), as the guide advises. ``--retrain`` adds the yardstick: the base
 recipe trained again from scratch on the same training images after the change (same budget
 and seed) and calibrated as the updates are, which says how much of a loss the change itself
-causes.
+causes. ``--keep-norms-row`` adds a memory-only update that keeps the base model's BatchNorm
+statistics (``adps update --keep-norms``): what their re-estimate, the default, buys.
 
 Where the model leaves too few unseen images (``--model`` trained on every train/good image,
 as runs/decision/bottle-s0 is), the new batch and the update calibration are drawn from its

@@ -262,7 +262,9 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     out = tmp_path / "updated.pt"
     args = ["update", "--model", str(line.path), "--normal-dir", str(line.new_dir)]
     assert main([*args, "--out", str(out), "--holdout", "0.25", "--no-progress"]) == 0
-    assert f"model: {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"model: {out}" in printed
+    assert "BatchNorm statistics of the student and the PSM re-estimated on the 15 new" in printed
     assert _sha(line.path) == before
     child, parent = Checkpoint.load(out), line.parent
 
@@ -341,6 +343,7 @@ def test_update_keeping_the_norms_changes_only_the_memory(line, model_copy):
         if not key.startswith("memory."):
             assert torch.equal(child.state[key], value), key
     assert "normalization statistics" not in child.lineage[-1].updated
+    assert result.norms_seconds is None
     assert _norm_layers(child.model())  # there were statistics to keep
 
 

@@ -97,6 +97,7 @@ class UpdateResult:
     seconds: float  # wall time of the whole update, writing included
     fine_tune: TrainingRecord | None = None  # what the fine-tune did, if it ran
     fine_tune_images: int = 0
+    norms_seconds: float | None = None  # the BatchNorm statistics' re-estimate (None: kept)
 
     def summary(self) -> list[str]:
         """Lines for a person: what was learned, the new threshold, where it was written."""
@@ -106,6 +107,11 @@ class UpdateResult:
             f"{m.features - self.bank_before} features of {self.images_added} new images "
             f"({m.seconds:.1f} s)",
         ]
+        if self.norms_seconds is not None:
+            lines.append(
+                "BatchNorm statistics of the student and the PSM re-estimated on the "
+                f"{self.images_added} new images ({self.norms_seconds:.1f} s)"
+            )
         if self.fine_tune is not None:
             lines.append(
                 f"fine-tune: {self.fine_tune.steps} steps on {self.fine_tune_images} images in "
@@ -217,8 +223,12 @@ def update(
     memory_fit = extend_prior(net, memory_learn, memory_calibrate, batch_size, progress, seed)
     updated = ["memory", "memory statistics"]
     first = int(ckpt.state["memory.sources"].max()) + 1  # the new images' first number
-    settings = _training_settings(ckpt)
+    # the training settings give the refresh's and the fine-tune's synthetic defects
+    settings = _training_settings(ckpt) if refresh_norms or budget is not None else None
+    norms_seconds = None
     if refresh_norms:
+        assert settings is not None
+        norms_start = time.perf_counter()
         folder = settings.texture_dir
         textures = (
             None if folder is None else TextureBank.from_folder(folder, config.image_size, dev)
@@ -226,9 +236,11 @@ def update(
         groups = first + torch.arange(len(learn_images)) if early else None
         if refresh_norm_statistics(net, learn_images, settings, textures, seed, groups):
             updated.append("normalization statistics")
+            norms_seconds = time.perf_counter() - norms_start
     training, fine_tune = ckpt.training, None
     trained = set(learn_digests)
     if budget is not None:
+        assert settings is not None
         renumber = first if early else None
         net, fine_tune = _fine_tune(
             ckpt, settings, net, [*old_images, *learn], budget, lr, seed, dev, progress, renumber
@@ -285,6 +297,7 @@ def update(
         time.perf_counter() - start,
         fine_tune,
         len(old_images) + len(learn) if fine_tune is not None else 0,
+        norms_seconds,
     )
 
 
