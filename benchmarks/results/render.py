@@ -1241,13 +1241,19 @@ def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
     """The update rows' false-alarm rates by where the normal images came from, memory-only
     updates against fine-tunes, as ranges over the numbers of new images."""
 
-    def span(kind: str, source: str) -> str:
-        rates = [
-            100 * f / n
+    def of_kind(kind: str) -> list[dict]:
+        return [
+            r
             for r in rows
             if r["stage"].startswith("update")
             and r["settings"].get("refresh_norms", True)  # as adps update does by default
             and (r["settings"]["fine_tune"] is None) == (kind == "memory only")
+        ]
+
+    def span(kind: str, source: str) -> str:
+        rates = [
+            100 * f / n
+            for r in of_kind(kind)
             for f, n in [r["values"]["false_alarms_by_source"][source]]
         ]
         low, high = pct(min(rates)), pct(max(rates))
@@ -1256,6 +1262,7 @@ def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
     parts = [
         f"{kind}, {', '.join(f'{span(kind, s)} of {s}' for s in sources)}"
         for kind in ("memory only", "fine-tuned")
+        if of_kind(kind)
     ]
     where = (
         "the new images, the calibration images and these come from one shuffled pool of both"
@@ -1501,10 +1508,12 @@ def page_updating(d: Data) -> Page:
                 f"replacement), scores after the change flipped it in {w['flipped_runs']} of "
                 f"{w['runs']} runs"
                 + (
-                    f", after {w['images_to_flip_min']} to {w['images_to_flip_max']} images "
+                    " (5,000 images each). "
+                    if not w["flipped_runs"]
+                    else f", after {w['images_to_flip_min']} images in every run. "
+                    if w["images_to_flip_min"] == w["images_to_flip_max"]
+                    else f", after {w['images_to_flip_min']} to {w['images_to_flip_max']} images "
                     f"(median {num(w['images_to_flip_median'])}). "
-                    if w["flipped_runs"]
-                    else " (5,000 images each). "
                 )
                 + "The shifted scores are drawn with replacement from a few dozen images, so a "
                 "window holds repeats, which makes the test more eager than on a stream of new "
