@@ -297,6 +297,10 @@ WELD_SPLIT = "disjoint (benchmarks/splits/battery_weld.json)"  # test/good witho
 MACHINE = "2-core AMD EPYC CPU, no GPU"  # run files written before they named their machine
 
 
+# a stage's keys that are its name, its settings or the update's own record, not its values
+_NOT_VALUES = ("stage", "update", "fine_tune", "refresh_norms")
+
+
 def collect(runs: list[Path], out: Path, keep: Path | None = None) -> None:
     """The result file (benchmarks/results/update.json) from this script's run files: a row
     per dataset, draw and stage, and one for each run's drift watch. A dataset whose test/good
@@ -337,8 +341,7 @@ def collect(runs: list[Path], out: Path, keep: Path | None = None) -> None:
             "pool_test_good": pooled,
         }
         for stage in run["stages"]:
-            settings_keys = ("stage", "update", "fine_tune", "refresh_norms")
-            values = {k: v for k, v in stage.items() if k not in settings_keys}
+            values = {k: v for k, v in stage.items() if k not in _NOT_VALUES}
             values.pop("normal_scores")
             values.pop("new_images", None)
             update = stage.get("update") or {}
