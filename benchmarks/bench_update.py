@@ -21,8 +21,9 @@ A fine-tune (``--fine-tune``) also learns from the base model's training images,
 (``adps update --train-dir``), as the guide advises. ``--retrain`` adds the yardstick: the base
 recipe trained again from scratch on the same training images after the change (same budget
 and seed) and calibrated as the updates are, which says how much of a loss the change itself
-causes. ``--keep-norms-row`` adds a memory-only update that keeps the base model's BatchNorm
-statistics (``adps update --keep-norms``): what their re-estimate, the default, buys.
+causes; it is trained once and calibrated in each deal (``--draw``). ``--keep-norms-row``
+adds a memory-only update that keeps the base model's BatchNorm statistics
+(``adps update --keep-norms``): what their re-estimate, the default, buys.
 
 Where the model leaves too few unseen images (``--model`` trained on every train/good image,
 as runs/decision/bottle-s0 is), the new batch and the update calibration are drawn from its
@@ -483,6 +484,7 @@ def main() -> None:
         args.model = work / "base" / "model.pt"
     if args.retrain and not base_trained_here:
         raise SystemExit("--retrain retrains the base model trained here: leave out --model")
+    base_work = work  # what every deal shares: the base model and the retrained one
     if args.draw:  # the same base model, the images dealt into their roles anew
         rng = random.Random(f"{args.seed}/{args.draw}")
         work = work / f"draw{args.draw}"
@@ -595,9 +597,10 @@ def main() -> None:
             print(json.dumps(row, indent=1))
 
     if args.retrain:  # the yardstick: the base recipe on the same images, after the change
-        retrain_data = work / "drifted" / "retrain"
+        # the same training images in every deal: one retrained model serves them all
+        retrain_data = base_work / "retrain_data"
         drifted(chosen, retrain_data / args.category / "train" / "good")
-        retrained = work / "retrained"
+        retrained = base_work / "retrained"
         train_retrained = [*train_args[: train_args.index("--out")], "--out", str(retrained)]
         train_retrained[train_retrained.index("--data") + 1] = str(retrain_data)
         if not (retrained / "model.pt").is_file():
