@@ -19,6 +19,7 @@ from adps.engine.calibrate import (
 from adps.engine.checkpoint import Checkpoint
 from adps.serve.drift import (
     DriftMonitor,
+    DriftSettingError,
     DriftSettings,
     Reference,
 )
@@ -195,13 +196,16 @@ def test_an_old_checkpoint_loads_and_the_watch_says_it_has_no_reference():
     assert "no calibrated image threshold" in uncalibrated.report()["reference"]
 
 
-def test_settings_are_checked():
-    with pytest.raises(ValueError, match="alarm"):
-        DriftSettings(alarm=0)
-    with pytest.raises(ValueError, match="window"):
-        DriftSettings(window=1)
-    with pytest.raises(ValueError, match="baseline"):
-        DriftSettings(baseline=1)
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("alarm", 0), ("alarm", 1.5), ("window", 1), ("min_images", 0), ("baseline", 1)],
+)
+def test_settings_are_checked(field, value):
+    with pytest.raises(DriftSettingError, match=f"^drift {field}: must .*got {value}$") as caught:
+        DriftSettings(**{field: value})
+    assert caught.value.field == field  # what adps serve names its option by
+    assert isinstance(caught.value, ValueError)
+    DriftSettings(baseline=0)  # no baseline: allowed
 
 
 @pytest.mark.parametrize(

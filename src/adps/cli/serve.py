@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         import uvicorn
 
         from adps.serve.app import ServeSettings, create_multi_app
+        from adps.serve.drift import DriftSettingError
         from adps.serve.lanes import parse_counts, parse_model_specs
     except ImportError as exc:
         raise AdpsError(
@@ -192,9 +193,8 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         settings.drift  # noqa: B018 (the drift watch's settings check their bounds)
-    except ValueError as exc:  # "drift window: ..." is the option --drift-window
-        field, _, problem = str(exc).partition(": ")
-        raise AdpsError(f"--{field.replace(' ', '-')} {problem}") from exc
+    except DriftSettingError as exc:  # the field window is the option --drift-window
+        raise AdpsError(f"--drift-{exc.field.replace('_', '-')} {exc.problem}") from exc
     if args.keep_max_images < 1 or args.keep_max_mb <= 0 or args.watch_model < 0:
         raise AdpsError("--keep-max-images and --keep-max-mb must be positive, --watch-model >= 0")
 

@@ -79,6 +79,15 @@ SHARE_TEST = (
 )
 
 
+class DriftSettingError(ValueError):
+    """A drift setting out of its bounds: ``field`` names it, so each front end can say it in
+    its own words (``adps serve``: the option ``--drift-window``)."""
+
+    def __init__(self, field: str, problem: str):
+        self.field, self.problem = field, problem
+        super().__init__(f"drift {field}: {problem}")
+
+
 @dataclass(frozen=True)
 class DriftSettings:
     window: int = 200  # the last this many judged images are tested
@@ -87,16 +96,15 @@ class DriftSettings:
     baseline: int = 200  # the first this many judged images: a second reference (0: none)
 
     def __post_init__(self) -> None:
-        # "drift FIELD: problem", which adps serve turns into its option --drift-FIELD
         if self.window < 2:
-            raise ValueError(f"drift window: must hold at least 2 images, got {self.window}")
+            raise DriftSettingError("window", f"must hold at least 2 images, got {self.window}")
         if not 0 < self.alarm < 1:
-            raise ValueError(f"drift alarm: must lie in (0, 1), got {self.alarm}")
+            raise DriftSettingError("alarm", f"must lie in (0, 1), got {self.alarm}")
         if self.min_images < 1:
-            raise ValueError(f"drift min_images: must be at least 1, got {self.min_images}")
+            raise DriftSettingError("min_images", f"must be at least 1, got {self.min_images}")
         if self.baseline != 0 and self.baseline < 2:
-            raise ValueError(
-                f"drift baseline: must be 0 (none) or at least 2 images, got {self.baseline}"
+            raise DriftSettingError(
+                "baseline", f"must be 0 (none) or at least 2 images, got {self.baseline}"
             )
 
 
@@ -270,6 +278,7 @@ class DriftMonitor:
 
 __all__ = [
     "DriftMonitor",
+    "DriftSettingError",
     "DriftSettings",
     "Reference",
 ]
