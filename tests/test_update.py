@@ -6,6 +6,7 @@ and an update killed half-way."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -398,6 +399,43 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
     )
     assert child.training.steps == line.parent.training.steps + tuned.fine_tune.steps
     assert child.fingerprint.trained >= {_digest(p) for p in line.old}
+
+
+def test_the_re_estimate_and_the_fine_tune_share_one_decoding_of_the_textures(
+    line, tmp_path, monkeypatch
+):
+    """A parent trained with a texture folder: the update decodes it once, and the BatchNorm
+    re-estimate and the fine-tune's synthesiser both draw from that one bank."""
+    import adps.engine.train as train_module
+    import adps.engine.update as update_module
+    from adps.data.synthesis import AnomalySynthesizer, TextureBank
+
+    parent = tmp_path / "textured.pt"
+    settings = dataclasses.replace(line.parent.train_config, texture_dir=str(line.old[0].parent))
+    line.parent.replace(train_config=settings).save(parent)
+    decoded, seen = [], {}
+    from_folder = TextureBank.from_folder.__func__
+
+    def decode(cls, folder, size, device="cpu"):
+        decoded.append(from_folder(cls, folder, size, device))
+        return decoded[-1]
+
+    def refresh(net, images, config, textures, seed, groups):
+        seen["norms"] = textures
+        return refresh_norm_statistics(net, images, config, textures, seed, groups)
+
+    class Synthesizer(AnomalySynthesizer):
+        def __init__(self, textures, config):
+            seen["fine-tune"] = textures
+            super().__init__(textures, config)
+
+    refresh_norm_statistics = update_module.refresh_norm_statistics
+    monkeypatch.setattr(TextureBank, "from_folder", classmethod(decode))
+    monkeypatch.setattr(update_module, "refresh_norm_statistics", refresh)
+    monkeypatch.setattr(train_module, "AnomalySynthesizer", Synthesizer)
+    update(parent, line.new_dir, tmp_path / "tuned.pt", holdout=0.25, time_budget=0.01)
+    assert len(decoded) == 1 and len(decoded[0].textures) == len(line.old)
+    assert seen["norms"] is decoded[0] and seen["fine-tune"] is decoded[0]
 
 
 @pytest.mark.integration

@@ -165,17 +165,20 @@ class Trainer:
         progress: bool = True,
         clock: Callable[[], float] = time.perf_counter,
         init_state: Mapping[str, torch.Tensor] | None = None,
+        textures: TextureBank | None = None,
     ):
         """``init_state``: start from these weights (a checkpoint's state, teacher and memory
         included) instead of the pretrained teacher and a new student and PSM: a fine-tune
-        (``adps update --time-budget``). A fitted memory in it is kept, not fitted again."""
+        (``adps update --time-budget``). A fitted memory in it is kept, not fitted again.
+        ``textures``: ``train_config.texture_dir`` already decoded at the model's size, by a
+        caller that needed it first (the update's BatchNorm re-estimate)."""
         self.clock = clock  # wall-clock seconds; tests pass a fake one
         self.started = clock()  # a time budget counts from here: decoding and the memory too
         self.model_config, self.config = model_config, train_config
         self.out_dir = Path(out_dir)
         self._init_process_group(device, progress)
         self._check_dataset(dataset)
-        self._load_data(dataset, cache_dir)
+        self._load_data(dataset, cache_dir, textures)
         self._build_model(weights_file, allow_download, init_state)
         self._build_optimizer()
         self._init_sampling()
@@ -224,7 +227,12 @@ class Trainer:
                 "the training set contains anomalous images; ADPS trains on normal images only"
             )
 
-    def _load_data(self, dataset: AnomalyDataset, cache_dir: str | Path | None) -> None:
+    def _load_data(
+        self,
+        dataset: AnomalyDataset,
+        cache_dir: str | Path | None,
+        textures: TextureBank | None = None,
+    ) -> None:
         """The uint8 image stack on the device, the calibration hold-out, the synthesiser, and
         the fingerprint of which images were used for what."""
         images, _, _ = load_tensor_stack(dataset, cache_dir=cache_dir, progress=self.progress)
@@ -239,8 +247,7 @@ class Trainer:
         if self.device.type == "cuda":
             images = images.pin_memory()
         self.images = images.to(self.device, non_blocking=True)
-        textures = None
-        if self.config.texture_dir:
+        if textures is None and self.config.texture_dir:
             textures = TextureBank.from_folder(
                 self.config.texture_dir, self.model_config.image_size, self.device
             )

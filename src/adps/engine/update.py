@@ -225,14 +225,13 @@ def update(
     first = int(ckpt.state["memory.sources"].max()) + 1  # the new images' first number
     # the training settings give the refresh's and the fine-tune's synthetic defects
     settings = _training_settings(ckpt) if refresh_norms or budget is not None else None
+    textures = None  # decoded once for both
+    if settings is not None and settings.texture_dir is not None:
+        textures = TextureBank.from_folder(settings.texture_dir, config.image_size, dev)
     norms_seconds = None
     if refresh_norms:
         assert settings is not None
         norms_start = time.perf_counter()
-        folder = settings.texture_dir
-        textures = (
-            None if folder is None else TextureBank.from_folder(folder, config.image_size, dev)
-        )
         groups = first + torch.arange(len(learn_images)) if early else None
         if refresh_norm_statistics(net, learn_images, settings, textures, seed, groups):
             updated.append("normalization statistics")
@@ -243,7 +242,17 @@ def update(
         assert settings is not None
         renumber = first if early else None
         net, fine_tune = _fine_tune(
-            ckpt, settings, net, [*old_images, *learn], budget, lr, seed, dev, progress, renumber
+            ckpt,
+            settings,
+            net,
+            [*old_images, *learn],
+            budget,
+            lr,
+            seed,
+            dev,
+            progress,
+            renumber,
+            textures,
         )
         updated += ["student", "psm"]
         trained |= set(file_digests(old_images))
@@ -460,10 +469,12 @@ def _fine_tune(
     device: torch.device,
     progress: bool,
     renumber: int | None,
+    textures: TextureBank | None,
 ) -> tuple[ADPS, TrainingRecord]:
     """``net`` (memory updated) after fine-tuning its student and PSM on ``files`` for
     ``budget`` seconds with the checkpoint's training settings, and what the fine-tune did.
 
+    ``textures``: the decoded texture folder of ``base`` (None: none, or decoded here).
     ``renumber`` (early fusion, ``files`` the new images only): the number of the first new
     image in ``memory.sources``. The PSM's prior leaves each training image's own rows out by
     the trainer's image order, so for the fine-tune the new images' rows are numbered 0, 1, ...
@@ -496,6 +507,7 @@ def _fine_tune(
             device=str(device),
             progress=progress,
             init_state=state,
+            textures=textures,
         )
         try:
             result = trainer.fit()
