@@ -37,8 +37,9 @@ unseen there too, at the cost of fewer images for the false-alarm rate.
 
 With 20 calibration images one deal's false-alarm rate is one random draw. Each calibrated
 stage (before the change, each update) is therefore also re-dealt (:func:`redealt`): its
-calibration repeated on 2,000 calibration sets drawn anew from the calibration and evaluation
-images of one population, which gives the mean false-alarm rate and recall that the threshold
+calibration repeated on 2,000 calibration sets drawn anew from one pool of normal images, the
+same for every stage (both calibration sets and the evaluation images of their population,
+before the change or after it), which gives the mean false-alarm rate and recall that the threshold
 rule delivers for that model, and how often one calibration exceeds twice the target. ``--draw K``
 (1, 2, ...) deals the normal images into their roles again with the seed's base model, in its
 own folder under ``--work``; ``--collect`` tables every deal of a dataset.
@@ -176,15 +177,21 @@ def redealt(
     defects: torch.Tensor,
     same_population: list[bool],
     target: float,
+    size: int,
     deals: int = 2000,
 ) -> dict:
     """The stage's calibration repeated on ``deals`` calibration sets dealt anew: what one
-    deal's false-alarm rate is a single draw of. Each takes as many images as ``calibration``
-    from it and the ``normal`` evaluation images of its population (``same_population``, one
-    flag per image) together, sets the decision's statistics where the model standardises
-    and the threshold on them, as ``adps calibrate`` and ``adps update`` do, and counts false
-    alarms on the other normal images and recall on ``defects``. Returns the mean false-alarm
-    rate and recall over the deals and the share of deals over twice ``target``."""
+    deal's false-alarm rate is a single draw of. Each takes ``size`` images from the
+    ``calibration`` images and the ``normal`` evaluation images of their population
+    (``same_population``, one flag per image) together, sets the decision's statistics where
+    the model standardises and the threshold on them, as ``adps calibrate`` and ``adps update``
+    do, and counts false alarms on the other normal images and recall on ``defects``. Returns
+    the mean false-alarm rate and recall over the deals and the share of deals over twice
+    ``target``.
+
+    Every stage is given the same images (both calibration sets and the evaluation images,
+    before the change or after it), so that stages differ in the model and the lamp only: with
+    a pool of a few dozen images one odd part in it moves a stage's recall by many points."""
     ckpt = Checkpoint.load(model_path)
     net = ckpt.model(torch.device("cpu"))
     images = torch.cat([calibration, normal, defects])
@@ -196,6 +203,7 @@ def redealt(
         scores = infer(forward, images, torch.device("cpu"))[1]
     n_cal, n_normal = len(calibration), len(calibration) + len(normal)
     pool = np.r_[np.arange(n_cal), n_cal + np.flatnonzero(same_population)]
+    n_cal = size
     rng = np.random.default_rng(0)
     rates, recalls = [], []
     for _ in range(deals):
@@ -210,6 +218,7 @@ def redealt(
         recalls.append(float((values[n_normal:] >= threshold).mean()))
     return {
         "redealt_calibrations": deals,
+        "redealt_pool": len(pool),
         "redealt_false_alarm_rate": float(np.mean(rates)),
         "redealt_over_twice_target": float(np.mean(np.array(rates) > 2 * target)),
         "redealt_recall": float(np.mean(recalls)),
@@ -539,7 +548,12 @@ def main() -> None:
     new_dir, cal_dir = work / "drifted" / "new", work / "drifted" / "calibrate"
     new_files = drifted(new_pool[: max(args.sizes)], new_dir / "all")
     cal_after = stack(drifted(update_cal, cal_dir), size)
-    cal_before = stack(calibration0, size)
+    # every stage's re-deal draws from both calibration sets, as they were before the change
+    # or after it (neither was learned from)
+    pool_before = stack([*calibration0, *update_cal], size)
+    pool_after = torch.cat(
+        [stack(drifted(calibration0, work / "drifted" / "cal0"), size), cal_after]
+    )
     # calibration sets are dealt anew from the calibration images' population only
     same_population = [args.pool_test_good or s != "test/good" for s in eval_sources]
     normal_before, defect_before = stack(eval_normal, size), stack(defects, size)
@@ -552,11 +566,12 @@ def main() -> None:
             **evaluate(base_model, normal_before, defect_before, eval_sources),
             **redealt(
                 base_model,
-                cal_before,
+                pool_before,
                 normal_before,
                 defect_before,
                 same_population,
                 args.target_far,
+                n_cal,
             ),
         },
         {
@@ -590,7 +605,13 @@ def main() -> None:
                 "update": update,
                 **evaluate(out, normal_after, defect_after, eval_sources),
                 **redealt(
-                    out, cal_after, normal_after, defect_after, same_population, args.target_far
+                    out,
+                    pool_after,
+                    normal_after,
+                    defect_after,
+                    same_population,
+                    args.target_far,
+                    n_cal,
                 ),
             }
             stages.append(row)
@@ -615,11 +636,12 @@ def main() -> None:
             **evaluate(retrained_model, normal_after, defect_after, eval_sources),
             **redealt(
                 retrained_model,
-                cal_after,
+                pool_after,
                 normal_after,
                 defect_after,
                 same_population,
                 args.target_far,
+                n_cal,
             ),
         }
         stages.append(row)

@@ -1275,17 +1275,34 @@ def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
 
 REDEALT_NOTE = (
     "*Re-dealt*: the stage's calibration repeated on {deals} calibration sets dealt anew from "
-    "the calibration images and the evaluated normal images of the same population (the "
-    "statistics of the decision refitted each time, as `adps calibrate` and `adps update` "
-    "do), with false alarms counted on the other normal images: the mean false-alarm rate "
-    "and recall over those deals, and how often one deal exceeds twice the target. One "
-    "deal's row is a single draw of this; the mean is what the threshold rule promises to "
-    "keep at or under the target.\n"
+    "{pool} (the statistics of the decision refitted each time, as `adps calibrate` and "
+    "`adps update` do), with false alarms counted on the other normal images: the mean "
+    "false-alarm rate and recall over those deals, and how often one deal exceeds twice the "
+    "target. One deal's row is a single draw of this; the mean is what the threshold rule "
+    "promises to keep at or under the target.\n"
 )
 
 
 def redealt_count(rows: list[dict]) -> int:
     return max(r["values"].get("redealt_calibrations", 0) for r in rows)
+
+
+def redealt_pool(rows: list[dict]) -> str:
+    """Where the re-dealt calibrations were drawn from: runs since 2026-12-07 give every stage
+    the same images (both calibration sets), earlier ones each stage its own calibration set."""
+    pools = {r["values"].get("redealt_pool") for r in rows if "redealt_recall" in r["values"]}
+    if None not in pools:
+        return (
+            "one pool of normal images that no stage learned from, the same images for every "
+            "stage before the change or after it (the base model's and the updates' "
+            "calibration images and the evaluated normal images of their population; "
+            + "/".join(str(n) for n in sorted(pools))
+            + " images), so that the stages differ in the model and the lamp only"
+        )
+    return (
+        "the calibration images and the evaluated normal images of the same population, "
+        "each stage its own calibration images"
+    )
 
 
 def redealt_cells(v: dict) -> str:
@@ -1462,7 +1479,7 @@ def page_updating(d: Data) -> Page:
                 )
             )
             if redealt:
-                p.add(REDEALT_NOTE.format(deals=num(redealt_count(mine))))
+                p.add(REDEALT_NOTE.format(deals=num(redealt_count(mine)), pool=redealt_pool(mine)))
             for r in mine:
                 if r["stage"].startswith("retrained"):
                     p.add(
