@@ -1274,12 +1274,12 @@ def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
 
 
 REDEALT_NOTE = (
-    "*Re-dealt*: the stage's calibration repeated on {deals} calibration sets dealt anew from "
-    "{pool} (the statistics of the decision refitted each time, as `adps calibrate` and "
-    "`adps update` do), with false alarms counted on the other normal images: the mean "
-    "false-alarm rate and recall over those deals, and how often one deal exceeds twice the "
-    "target. One deal's row is a single draw of this; the mean is what the threshold rule "
-    "promises to keep at or under the target.\n"
+    "*Re-dealt*: the stage's calibration repeated on {deals} calibration sets dealt anew (the "
+    "statistics of the decision refitted each time, as `adps calibrate` and `adps update` do), "
+    "with false alarms counted on the other normal images: the mean false-alarm rate and "
+    "recall over those deals, and how often one deal exceeds twice the target. One deal's row "
+    "is a single draw of this; the mean is what the threshold rule promises to keep at or "
+    "under the target. The sets are drawn from {pool}.\n"
 )
 
 
@@ -1293,11 +1293,13 @@ def redealt_pool(rows: list[dict]) -> str:
     pools = {r["values"].get("redealt_pool") for r in rows if "redealt_recall" in r["values"]}
     if None not in pools:
         return (
-            "one pool of normal images that no stage learned from, the same images for every "
-            "stage before the change or after it (the base model's and the updates' "
-            "calibration images and the evaluated normal images of their population; "
+            "one pool of "
             + "/".join(str(n) for n in sorted(pools))
-            + " images), so that the stages differ in the model and the lamp only"
+            + " normal images that no stage learned from, the same images for every stage, "
+            "before the change or after it: the base model's and the updates' calibration "
+            "images and the evaluated normal images of their population. The stages then "
+            "differ in the model and the lamp only; with a pool of its own, one odd part in a "
+            "stage's calibration images moves its recall by many points"
         )
     return (
         "the calibration images and the evaluated normal images of the same population, "
@@ -1486,9 +1488,10 @@ def page_updating(d: Data) -> Page:
                         "*Retrained*: the base recipe trained again from scratch, on the base "
                         "model's training images after the change, for the base model's time "
                         f"({r['values']['retrained_steps']} steps), and calibrated on the "
-                        "updates' calibration images: what the change itself costs, which no "
-                        "update can win back. The fine-tune learns from the new images and the "
-                        "base model's training images (`--train-dir`).\n"
+                        "updates' calibration images: what training again instead of an "
+                        "update gives (one model, trained once, serves every deal). The "
+                        "fine-tune learns from the new images and the base model's training "
+                        "images (`--train-dir`).\n"
                     )
             if any(r["settings"].get("refresh_norms") is False for r in mine):
                 p.add(
