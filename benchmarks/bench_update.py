@@ -20,8 +20,9 @@ images exactly as it reads a camera's. The protocol keeps every image in one rol
 A fine-tune (``--fine-tune``) also learns from the base model's training images, unshifted
 (``adps update --train-dir``), as the guide advises. ``--retrain`` adds the yardstick: the base
 recipe trained again from scratch on the same training images after the change (same budget
-and seed) and calibrated as the updates are, which says how much of a loss the change itself
-causes; it is trained once and calibrated in each deal (``--draw``). ``--keep-norms-row``
+and seed) and calibrated as the updates are: what training again instead of updating gives
+(on weld it does worse than a memory-only update); it is trained once and calibrated in each
+deal (``--draw``). ``--keep-norms-row``
 adds a memory-only update that keeps the base model's BatchNorm statistics
 (``adps update --keep-norms``): what their re-estimate, the default, buys.
 
@@ -39,10 +40,10 @@ With 20 calibration images one deal's false-alarm rate is one random draw. Each 
 stage (before the change, each update) is therefore also re-dealt (:func:`redealt`): its
 calibration repeated on 2,000 calibration sets drawn anew from one pool of normal images, the
 same for every stage (both calibration sets and the evaluation images of their population,
-before the change or after it), which gives the mean false-alarm rate and recall that the threshold
-rule delivers for that model, and how often one calibration exceeds twice the target. ``--draw K``
-(1, 2, ...) deals the normal images into their roles again with the seed's base model, in its
-own folder under ``--work``; ``--collect`` tables every deal of a dataset.
+before the change or after it), which gives the mean false-alarm rate and recall that the
+threshold rule delivers for that model, and how often one calibration exceeds twice the target.
+``--draw K`` (1, 2, ...) deals the normal images into their roles again with the seed's base
+model, in its own folder under ``--work``; ``--collect`` tables every deal of a dataset.
 
 Each update runs as its own process (``python -m adps update``), so its wall time includes
 start-up and its peak RSS is its own. Writes JSON (``--out``). ``--quick`` checks that the
@@ -203,11 +204,10 @@ def redealt(
         scores = infer(forward, images, torch.device("cpu"))[1]
     n_cal, n_normal = len(calibration), len(calibration) + len(normal)
     pool = np.r_[np.arange(n_cal), n_cal + np.flatnonzero(same_population)]
-    n_cal = size
     rng = np.random.default_rng(0)
     rates, recalls = [], []
     for _ in range(deals):
-        chosen = rng.choice(pool, n_cal, replace=False)
+        chosen = rng.choice(pool, size, replace=False)
         if ckpt.standardized_decision:
             stats = decision_statistics(memory[chosen], psm[chosen])
             scores = standardized_score(memory, psm, stats, weight)
@@ -436,8 +436,8 @@ def main() -> None:
         "--retrain",
         action="store_true",
         help="also train a model from scratch on the base model's training images after the "
-        "change (same budget and seed) and calibrate it as the updates are: what the change "
-        "itself costs, which no update can win back",
+        "change (same budget and seed) and calibrate it as the updates are: what training "
+        "again instead of updating gives (trained once, shared by every --draw)",
     )
     parser.add_argument("--quick", action="store_true", help="a few minutes: is the script sound?")
     parser.add_argument(
