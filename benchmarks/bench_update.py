@@ -580,6 +580,15 @@ def main() -> None:
         },
     ]
     watch = drift_watch(base_model, stages[0]["normal_scores"], stages[1]["normal_scores"])
+
+    def judged_after(model: Path) -> dict:
+        """A model's figures after the change: one deal's, and re-dealt."""
+        pool, target = pool_after, args.target_far
+        return {
+            **evaluate(model, normal_after, defect_after, eval_sources),
+            **redealt(model, pool, normal_after, defect_after, same_population, target, n_cal),
+        }
+
     print(json.dumps(watch))
     for n in args.sizes:
         folder = new_dir / f"n{n}"
@@ -603,16 +612,7 @@ def main() -> None:
                 "fine_tune": budget,
                 "refresh_norms": norms,
                 "update": update,
-                **evaluate(out, normal_after, defect_after, eval_sources),
-                **redealt(
-                    out,
-                    pool_after,
-                    normal_after,
-                    defect_after,
-                    same_population,
-                    args.target_far,
-                    n_cal,
-                ),
+                **judged_after(out),
             }
             stages.append(row)
             print(json.dumps(row, indent=1))
@@ -633,16 +633,7 @@ def main() -> None:
         row = {
             "stage": f"retrained from scratch after the change, {args.base_budget}",
             "retrained_steps": Checkpoint.load(retrained_model).training.steps,
-            **evaluate(retrained_model, normal_after, defect_after, eval_sources),
-            **redealt(
-                retrained_model,
-                pool_after,
-                normal_after,
-                defect_after,
-                same_population,
-                args.target_far,
-                n_cal,
-            ),
+            **judged_after(retrained_model),
         }
         stages.append(row)
         print(json.dumps(row, indent=1))
