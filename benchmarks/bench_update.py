@@ -22,9 +22,8 @@ A fine-tune (``--fine-tune``) also learns from the base model's training images,
 recipe trained again from scratch on the same training images after the change (same budget
 and seed) and calibrated as the updates are: what training again instead of updating gives
 (on weld it does worse than a memory-only update); it is trained once and calibrated in each
-deal (``--draw``). ``--keep-norms-row``
-adds a memory-only update that keeps the base model's BatchNorm statistics
-(``adps update --keep-norms``): what their re-estimate, the default, buys.
+deal (``--draw``). ``--keep-norms-row`` adds a memory-only update that keeps the base model's
+BatchNorm statistics (``adps update --keep-norms``): what their re-estimate, the default, buys.
 
 Where the model leaves too few unseen images (``--model`` trained on every train/good image,
 as runs/decision/bottle-s0 is), the new batch and the update calibration are drawn from its
@@ -192,7 +191,8 @@ def redealt(
 
     Every stage is given the same images (both calibration sets and the evaluation images,
     before the change or after it), so that stages differ in the model and the lamp only: with
-    a pool of a few dozen images one odd part in it moves a stage's recall by many points."""
+    a few dozen images, which parts a stage's own calibration set held moves its recall by
+    several points."""
     ckpt = Checkpoint.load(model_path)
     net = ckpt.model(torch.device("cpu"))
     images = torch.cat([calibration, normal, defects])
@@ -560,6 +560,14 @@ def main() -> None:
     normal_after = stack(drifted(eval_normal, work / "drifted" / "eval_normal"), size)
     defect_after = stack(drifted(defects, work / "drifted" / "eval_defect"), size)
 
+    def judged_after(model: Path) -> dict:
+        """A model's figures after the change: one deal's, and re-dealt."""
+        pool, target = pool_after, args.target_far
+        return {
+            **evaluate(model, normal_after, defect_after, eval_sources),
+            **redealt(model, pool, normal_after, defect_after, same_population, target, n_cal),
+        }
+
     stages = [
         {
             "stage": "before the change",
@@ -580,14 +588,6 @@ def main() -> None:
         },
     ]
     watch = drift_watch(base_model, stages[0]["normal_scores"], stages[1]["normal_scores"])
-
-    def judged_after(model: Path) -> dict:
-        """A model's figures after the change: one deal's, and re-dealt."""
-        pool, target = pool_after, args.target_far
-        return {
-            **evaluate(model, normal_after, defect_after, eval_sources),
-            **redealt(model, pool, normal_after, defect_after, same_population, target, n_cal),
-        }
 
     print(json.dumps(watch))
     for n in args.sizes:

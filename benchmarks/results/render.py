@@ -1298,8 +1298,8 @@ def redealt_pool(rows: list[dict]) -> str:
             + " normal images that no stage learned from, the same images for every stage, "
             "before the change or after it: the base model's and the updates' calibration "
             "images and the evaluated normal images of their population. The stages then "
-            "differ in the model and the lamp only; with a pool of its own, one odd part in a "
-            "stage's calibration images moves its recall by many points"
+            "differ in the model and the lamp only; with a pool of its own, which parts a "
+            "stage's calibration images held moved its recall by several points"
         )
     return (
         "the calibration images and the evaluated normal images of the same population, "
