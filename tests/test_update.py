@@ -32,6 +32,7 @@ from adps.data.fingerprint import Fingerprint, file_digests, set_digest
 from adps.data.procedural import make_demo_dataset
 from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint, Lineage, TrainingRecord
+from adps.engine.norms import refresh_norm_statistics
 from adps.engine.prior import extend_prior, fit_decision, fit_prior, image_features
 from adps.engine.update import default_out, update
 from adps.errors import AdpsError
@@ -393,12 +394,25 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
     assert child.lineage[-1].updated[:5] == (
         "memory",
         "memory statistics",
-        "normalization statistics",
         "student",
         "psm",
+        "normalization statistics",
     )
     assert child.training.steps == line.parent.training.steps + tuned.fine_tune.steps
     assert child.fingerprint.trained >= {_digest(p) for p in line.old}
+    # the BatchNorm statistics are those of the tuned weights on the new images alone (the
+    # fine-tune's running averages also held the old, unshifted images): estimating them
+    # again on the written model gives them (to rounding: the trainer's memory layout orders
+    # the sums differently)
+    learned = [p for p in line.new if _digest(p) in child.fingerprint.trained]
+    assert len(learned) == 15
+    again = child.model()
+    assert refresh_norm_statistics(again, _decode(learned), line.parent.train_config, None, 0)
+    running = [k for k in b if "running_" in k and not k.startswith("teacher.")]
+    assert running
+    for key, value in Checkpoint.of(again).state.items():
+        if key in running:
+            torch.testing.assert_close(value, b[key], rtol=1e-3, atol=1e-4, msg=lambda m: f"{key}: {m}")
 
 
 def test_the_re_estimate_and_the_fine_tune_share_one_decoding_of_the_textures(
@@ -429,7 +443,6 @@ def test_the_re_estimate_and_the_fine_tune_share_one_decoding_of_the_textures(
             seen["fine-tune"] = textures
             super().__init__(textures, config)
 
-    refresh_norm_statistics = update_module.refresh_norm_statistics
     monkeypatch.setattr(TextureBank, "from_folder", classmethod(decode))
     monkeypatch.setattr(update_module, "refresh_norm_statistics", refresh)
     monkeypatch.setattr(train_module, "AnomalySynthesizer", Synthesizer)

@@ -98,7 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep the model's BatchNorm statistics; by default the student's and the PSM's "
         "are re-estimated on the new images with synthetic defects, as training estimated "
         "them, which adapts the model to a photometric change (a lamp, a camera's gain) "
-        "without a gradient step",
+        "without a gradient step (after a fine-tune, whose running averages also hold the "
+        "old training images'; with --time-budget this keeps those)",
     )
     p.add_argument(
         "--seed",

@@ -19,14 +19,16 @@ What an update does, in order:
    re-estimated on the calibration images, which the bank does not hold. A tiling model's
    memory holds tiles: the new frames' grid tiles join it (at most as many as training takes),
    numbered as tiles.
-3. The student's and the PSM's BatchNorm statistics are re-estimated on the new images with
-   synthetic defects, without a gradient step (:mod:`adps.engine.norms`; ``refresh_norms``):
-   a lamp or a camera's gain moves their activations, and the old statistics then normalise
-   them wrongly. The teacher's never change (the memory holds its features).
-4. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
+3. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
    with the usual synthetic defects, on the new images and, if given, the old training images
    (``train_dir``; the checkpoint does not hold its images, so without it the fine-tune sees
    the new images only). The teacher and the memory do not change.
+4. The student's and the PSM's BatchNorm statistics are re-estimated on the new images with
+   synthetic defects, without a gradient step (:mod:`adps.engine.norms`; ``refresh_norms``):
+   a lamp or a camera's gain moves their activations, and the old statistics then normalise
+   them wrongly. The teacher's never change (the memory holds its features). This comes after
+   a fine-tune: training leaves running averages over its batches, which hold the old
+   training images as well as the new ones, averages of two lamps that fit neither.
 5. The standardized decision's statistics (``memory.score_stats``), where the model decides
    that way (refitted where ``adps calibrate`` refits them), and the image threshold are
    fitted on the calibration images, scored by torch as at the end of training (the
@@ -169,7 +171,8 @@ def update(
         lr: the fine-tune's peak learning rate (default: :data:`FINE_TUNE_LR_SHARE` of the
             model's).
         refresh_norms: re-estimate the student's and the PSM's BatchNorm statistics on the
-            new images (:mod:`adps.engine.norms`); False keeps the parent's.
+            new images, after the fine-tune if there is one (:mod:`adps.engine.norms`); False
+            keeps the parent's (with a fine-tune: those its training left).
         overwrite: replace ``out`` if it exists (``out=model`` updates the model in place).
         allow_overlap: go on when calibration images are images the model trained on.
 
@@ -228,14 +231,6 @@ def update(
     textures = None  # decoded once for both
     if settings is not None and settings.texture_dir is not None:
         textures = TextureBank.from_folder(settings.texture_dir, config.image_size, dev)
-    norms_seconds = None
-    if refresh_norms:
-        assert settings is not None
-        norms_start = time.perf_counter()
-        groups = first + torch.arange(len(learn_images)) if early else None
-        if refresh_norm_statistics(net, learn_images, settings, textures, seed, groups):
-            updated.append("normalization statistics")
-            norms_seconds = time.perf_counter() - norms_start
     training, fine_tune = ckpt.training, None
     trained = set(learn_digests)
     if budget is not None:
@@ -257,6 +252,14 @@ def update(
         updated += ["student", "psm"]
         trained |= set(file_digests(old_images))
         training = fine_tune if training is None else _after(training, fine_tune)
+    norms_seconds = None
+    if refresh_norms:  # after the fine-tune: its running averages hold the old lamp too
+        assert settings is not None
+        norms_start = time.perf_counter()
+        groups = first + torch.arange(len(learn_images)) if early else None
+        if refresh_norm_statistics(net, learn_images, settings, textures, seed, groups):
+            updated.append("normalization statistics")
+            norms_seconds = time.perf_counter() - norms_start
     if ckpt.standardized_decision:  # as adps calibrate: refitted where the model has them
         # one pass gives both: the image score is the standardized sum of these two scores
         memory_scores, psm_scores = decision_scores(
