@@ -21,7 +21,7 @@ A fine-tune (``--fine-tune``) also learns from the base model's training images,
 (``adps update --train-dir``), as the guide advises. ``--retrain`` adds the yardstick: the base
 recipe trained again from scratch on the same training images after the change (same budget
 and seed) and calibrated as the updates are: what training again instead of updating gives
-(on weld it does worse than a memory-only update); it is trained once and calibrated in each
+(on weld it does better than a memory-only update); it is trained once and calibrated in each
 deal (``--draw``). ``--keep-norms-row`` adds a memory-only update that keeps the base model's
 BatchNorm statistics (``adps update --keep-norms``): what their re-estimate, the default, buys.
 
