@@ -408,8 +408,8 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
     assert len(learned) == 15
     again = child.model()
     assert refresh_norm_statistics(again, _decode(learned), line.parent.train_config, None, 0)
-    running = [k for k in b if "running_" in k and not k.startswith("teacher.")]
-    assert running
+    running = [k for k in b if "running_" in k]  # the teacher's too: neither changes them
+    assert any(k.startswith("psm.") for k in running)
     estimated = Checkpoint.of(again).state
     for key in running:
         torch.testing.assert_close(estimated[key], b[key], rtol=1e-3, atol=1e-4)
