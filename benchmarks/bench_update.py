@@ -83,6 +83,7 @@ from adps.data.datasets import AnomalyDataset, Record, find_images
 from adps.data.fingerprint import file_digests
 from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint
+from adps.engine.device import cpu_has_bf16
 from adps.engine.inference import TorchForward, infer
 from adps.engine.prior import decision_scores, decision_statistics
 from adps.metrics import image_metrics
@@ -647,6 +648,8 @@ def main() -> None:
         "command": "python " + shlex.join(sys.argv),
         "category": args.category,
         "model": str(args.model),
+        # how far its time budget got: a CPU without native bf16 buys several times fewer steps
+        "model_steps": None if base.training is None else base.training.steps,
         "drift": {"gamma": GAMMA, "brightness": BRIGHTNESS},
         "target_false_alarm_rate": args.target_far,
         "threshold_rule": "conformal",  # adps.engine.calibrate since 2026-12-06
@@ -659,6 +662,7 @@ def main() -> None:
             "cpu_threads": torch.get_num_threads(),
             "cpus": os.cpu_count(),
             "cpu": cpu_model(),
+            "native_bf16": cpu_has_bf16(),
             "platform": platform.platform(),
             "torch": torch.__version__,
         },

@@ -17,6 +17,7 @@ from adps.data.datasets import MVTecAD
 from adps.data.procedural import make_demo_dataset
 from adps.engine.calibrate import threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint
+from adps.engine.device import cpu_has_bf16
 from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
 from adps.engine.train import LAST, Trainer, holdout_indices, micro_batches, train
@@ -470,10 +471,10 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
         )
         == 0
     )
-    assert (
-        "memory prior: 200 of 384 normal features kept, scaled by holdout"
-        in capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert "memory prior: 200 of 384 normal features kept, scaled by holdout" in printed
+    precision = "bf16" if cpu_has_bf16() else "float32 (this CPU has no native bf16"
+    assert f"images/s in {precision}" in printed
     ckpt = Checkpoint.load(out / "model.pt")
     assert ckpt.state["memory.bank"].shape == (200, 152)
     assert main(["info", "--model", str(out / "model.pt")]) == 0
@@ -493,3 +494,18 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     with torch.no_grad():
         _, want = model(image[None].float() / 255)
     assert result.score == pytest.approx(float(want), abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("amp", "native", "said"),
+    [
+        (True, True, "bf16"),
+        (True, False, "float32 (this CPU has no native bf16: a time budget buys fewer steps)"),
+        (False, True, "float32"),
+    ],
+)
+def test_training_says_its_precision_and_why(data, tmp_path, monkeypatch, amp, native, said):
+    monkeypatch.setattr("adps.engine.train.cpu_has_bf16", lambda: native)
+    trainer = Trainer(MODEL, tiny_train(amp=amp), datasets(data), tmp_path, device="cpu")
+    assert trainer.use_amp == (amp and native)
+    assert trainer.precision == said

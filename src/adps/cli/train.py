@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(
         f"trained {result.epochs} epochs ({result.steps} steps) in {result.seconds:.1f} s, "
-        f"{result.images_per_second:.0f} images/s; model: {result.checkpoint}"
+        f"{result.images_per_second:.0f} images/s in {result.precision}; "
+        f"model: {result.checkpoint}"
     )
     return 0

@@ -54,6 +54,9 @@ class TrainResult:
     seconds: float
     images_per_second: float
     history: list[float] = field(default_factory=list)  # mean loss per epoch
+    # what the steps computed in, in words: bf16 autocast, or float32 (asked, or on a CPU
+    # without native bf16, where a time budget buys several times fewer steps)
+    precision: str = "float32"
 
 
 def random_rotate(
@@ -283,6 +286,15 @@ class Trainer:
         native_bf16 = self.device.type == "cuda" or cpu_has_bf16()
         self.use_amp = self.config.amp and native_bf16
         self.model.autocast_student = self.device.type == "cuda"  # see ADPS.autocast_student
+
+    @property
+    def precision(self) -> str:
+        """The steps' precision in words, saying why where bf16 was asked for but not used."""
+        if self.use_amp:
+            return "bf16"
+        if self.config.amp:  # asked for, but the CPU would only emulate it
+            return "float32 (this CPU has no native bf16: a time budget buys fewer steps)"
+        return "float32"
 
     def _build_optimizer(self) -> None:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -619,6 +631,7 @@ class Trainer:
             seconds,
             images / seconds if seconds > 0 else 0.0,
             list(self.history),
+            self.precision,
         )
 
 
