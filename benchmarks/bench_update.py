@@ -18,7 +18,10 @@ images exactly as it reads a camera's. The protocol keeps every image in one rol
   defects (recall), unshifted before the change and drifted after it.
 
 A fine-tune (``--fine-tune``) also learns from the base model's training images, unshifted
-(``adps update --train-dir``), as the guide advises. ``--retrain`` adds the yardstick: the base
+(``adps update --train-dir``), as the guide advises. Every update of a base model trained here
+is given them: one trained before adps recorded its training images' look at the teacher has
+that look measured on them (as ``adps update --train-dir`` does), so that its teacher is aligned
+as a newly trained model's is. ``--retrain`` adds the yardstick: the base
 recipe trained again from scratch on the same training images after the change (same budget
 and seed) and calibrated as the updates are: what training again instead of updating gives
 (on weld it does better than a memory-only update); it is trained once and calibrated in each
@@ -603,7 +606,9 @@ def main() -> None:
             name = f"updated_n{n}{'' if budget is None else '_ft'}{'' if norms else '_kept'}.pt"
             out = work / name
             out.unlink(missing_ok=True)
-            old = base_data if base_trained_here and budget is not None else None
+            # the base model's training images: a fine-tune learns from them too, and a base
+            # model trained before adps recorded its training look has it measured on them
+            old = base_data if base_trained_here else None
             update = run_update(base_model, folder, out, cal_dir, budget, args.seed, old, norms)
             row = {
                 "stage": f"update, {n} new images, "

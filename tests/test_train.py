@@ -20,6 +20,7 @@ from adps.engine.checkpoint import Checkpoint
 from adps.engine.device import cpu_has_bf16
 from adps.engine.evaluate import evaluate
 from adps.engine.inference import TorchForward, infer
+from adps.engine.teacher_look import teacher_norm_targets
 from adps.engine.train import LAST, Trainer, holdout_indices, micro_batches, train
 from adps.errors import AdpsError
 from adps.metrics import METRIC_KEYS
@@ -482,10 +483,16 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     # the threshold was calibrated on the fused scores of the held-out images
     model = ckpt.model()
     images, _, _ = load_tensor_stack(datasets(data))
-    _, held = holdout_indices(
+    kept, held = holdout_indices(
         len(images), TrainConfig(calibration_holdout=0.25, target_false_alarm_rate=0.5, seed=0)
     )
     _, scores = maps_and_scores(model, images[held])
+    # the training images' look at the teacher, recorded for adps update (the teacher is
+    # frozen: the trained model's measures it as the fit did)
+    look = teacher_norm_targets(model, images[kept])
+    assert ckpt.teacher_norm_targets is not None and set(ckpt.teacher_norm_targets) == set(look)
+    for name, value in look.items():
+        torch.testing.assert_close(ckpt.teacher_norm_targets[name], value, rtol=1e-4, atol=1e-5)
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold
     assert ckpt.thresholds.image == pytest.approx(want, abs=1e-6)
     predictor = adps.load(out / "model.pt", device="cpu", backend="torch")

@@ -34,6 +34,7 @@ from adps.engine.calibrate import Thresholds, threshold_for_false_alarm_rate
 from adps.engine.checkpoint import Checkpoint, Lineage, TrainingRecord
 from adps.engine.norms import refresh_norm_statistics
 from adps.engine.prior import extend_prior, fit_decision, fit_prior, image_features
+from adps.engine.teacher_look import teacher_norm_targets, teacher_norms
 from adps.engine.update import default_out, update
 from adps.errors import AdpsError
 from adps.models.adps import ADPS
@@ -111,6 +112,7 @@ class Line:
         model = _model(**model_changes)
         old, calibration = _decode(self.old), _decode(self.parent_calibration)
         fit_prior(model, old)
+        targets = teacher_norm_targets(model, old)  # as training records them
         if model.config.standardized_decision:
             fit_decision(model, old, holdout=calibration)
         with torch.no_grad():
@@ -130,6 +132,7 @@ class Line:
                 recorded=True,
             ),
             training=TrainingRecord(1, 1, 1.0, (0.5,)),
+            teacher_norm_targets=targets,
         ).save(self.path)
         self.parent = Checkpoint.load(self.path)
 
@@ -267,6 +270,7 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     printed = capsys.readouterr().out
     assert f"model: {out}" in printed
     assert "BatchNorm statistics of the student and the PSM re-estimated on the 15 new" in printed
+    assert "the teacher's normalization moved to the training images' look" in printed
     assert _sha(line.path) == before
     child, parent = Checkpoint.load(out), line.parent
 
@@ -276,14 +280,26 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     assert len(held) == 5 and len(learned) == 15  # round(0.25 x 20)
     assert child.fingerprint.trained == parent.fingerprint.trained | {_digest(p) for p in learned}
 
-    # no trained weight changes; of the other buffers, only the student's and the PSM's
-    # BatchNorm statistics (re-estimated on the new images) and the memory's
+    # no trained weight changes; of the other buffers, only the BatchNorm statistics (the
+    # student's and the PSM's re-estimated on the new images, the teacher's aligned) and the
+    # memory's
     changed = {k for k, v in parent.state.items() if not torch.equal(child.state[k], v)}
     weights = {name for name, _ in child.model().named_parameters()}
     assert not changed & weights
     refreshed = {k.rsplit(".", 1)[0] for k in changed if not k.startswith("memory.")}
-    assert refreshed == set(_norm_layers(child.model()))
+    assert refreshed == set(_norm_layers(child.model())) | set(teacher_norms(child.model()))
     assert not torch.equal(child.state["memory.bank"], parent.state["memory.bank"])
+    # the learned images leave the aligned teacher's layers as the training images left the
+    # parent's (to float32 rounding; a channel BatchNorm cannot spread that far is left out)
+    aligned = child.model()
+    moments = teacher_norm_targets(aligned, _decode(learned))
+    assert child.teacher_norm_targets is not None
+    for name, target in parent.teacher_norm_targets.items():
+        # a channel whose running variance stopped at 0 could not be spread that far
+        spreadable = teacher_norms(aligned)[name].running_var > 0
+        live = (target[1] > 1e-3) & (moments[name][1] > 1e-3) & spreadable
+        torch.testing.assert_close(moments[name][:, live], target[:, live], rtol=1e-2, atol=1e-3)
+        assert torch.equal(child.teacher_norm_targets[name], target)  # still the training look
 
     model = child.model()
     memory_scores, psm_scores = _scores(model, _decode(held))
@@ -316,6 +332,7 @@ def test_adps_update_learns_the_new_images_and_recalibrates_on_the_held_out_ones
     assert step.updated == (
         "memory",
         "memory statistics",
+        "teacher normalization",
         "normalization statistics",
         "decision statistics",
         "threshold",
@@ -349,6 +366,46 @@ def test_update_keeping_the_norms_changes_only_the_memory(line, model_copy):
     assert _norm_layers(child.model())  # there were statistics to keep
 
 
+def test_a_parent_without_its_training_look_aligns_from_train_dir_or_keeps_its_teacher(
+    line, tmp_path
+):
+    """A model trained before the look was recorded: without ``train_dir`` its teacher is kept
+    and the summary says how to align it; with it the look is measured on those images by the
+    parent's teacher, the teacher aligned, and the child records the look for later updates."""
+    old_style = Checkpoint.load(line.path).replace(teacher_norm_targets=None)
+    parent = old_style.save(tmp_path / "old-style.pt")
+    kept = update(parent, line.new_dir, tmp_path / "kept.pt", calibrate_dir=line.calibrate_dir)
+    child = Checkpoint.load(kept.checkpoint)
+    assert all(
+        torch.equal(child.state[k], v) for k, v in old_style.state.items() if "teacher." in k
+    )
+    assert "teacher normalization" not in kept.updated and child.teacher_norm_targets is None
+    assert any("the teacher's normalization kept" in line_ for line_ in kept.summary())
+    assert any("--train-dir" in line_ for line_ in kept.summary())
+
+    aligned = update(
+        parent,
+        line.new_dir,
+        tmp_path / "aligned.pt",
+        calibrate_dir=line.calibrate_dir,
+        train_dir=line.old[0].parent,
+    )
+    child = Checkpoint.load(aligned.checkpoint)
+    assert "teacher normalization" in aligned.updated and aligned.fine_tune is None
+    want = teacher_norm_targets(old_style.model(), _decode(line.old))
+    assert child.teacher_norm_targets is not None
+    for name, target in want.items():
+        torch.testing.assert_close(child.teacher_norm_targets[name], target)
+    # the same alignment as an update of the parent that recorded its look
+    recorded = update(
+        line.path, line.new_dir, tmp_path / "recorded.pt", calibrate_dir=line.calibrate_dir
+    )
+    state = Checkpoint.load(recorded.checkpoint).state
+    for key, value in state.items():
+        if key.startswith("teacher."):
+            torch.testing.assert_close(child.state[key], value, rtol=1e-4, atol=1e-6)
+
+
 def test_adps_update_in_python_with_a_calibration_folder(line, model_copy):
     """``adps.update`` is the engine's; with ``calibrate_dir`` every new image is learned and
     the folder calibrates; the default output lies beside the model."""
@@ -366,8 +423,9 @@ def test_adps_update_in_python_with_a_calibration_folder(line, model_copy):
 @pytest.mark.integration
 def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
     """With a time budget the student and the PSM train from the checkpoint (a budget spent
-    before the first step still trains one); the teacher stays, the memory is the memory-only
-    update's, and the fine-tune's images (old and new) join the fingerprint."""
+    before the first step still trains one); the teacher and the memory are the memory-only
+    update's (the teacher aligned to the new images first), and the fine-tune's images (old
+    and new) join the fingerprint."""
     memory_only = adps.update(line.path, line.new_dir, tmp_path / "memory.pt", holdout=0.25)
     tuned = adps.update(
         line.path,
@@ -383,17 +441,16 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
         Checkpoint.load(p).state for p in (memory_only.checkpoint, tuned.checkpoint, line.path)
     )
     for key in parent:
-        if key.startswith("teacher."):
-            assert torch.equal(b[key], parent[key]), key
-        elif key in ("memory.bank", "memory.sources", "memory.stats"):
+        if key.startswith("teacher.") or key in ("memory.bank", "memory.sources", "memory.stats"):
             assert torch.equal(b[key], a[key]), key
     child = Checkpoint.load(tuned.checkpoint)
     weights = [name for name, _ in child.model().named_parameters()]
     for part in ("student.", "psm."):  # trained weights, not only BatchNorm statistics
         assert any(not torch.equal(b[k], parent[k]) for k in weights if k.startswith(part)), part
-    assert child.lineage[-1].updated[:5] == (
+    assert child.lineage[-1].updated[:6] == (
         "memory",
         "memory statistics",
+        "teacher normalization",
         "student",
         "psm",
         "normalization statistics",
@@ -408,7 +465,7 @@ def test_a_fine_tune_moves_the_student_and_the_psm_only(line, tmp_path):
     assert len(learned) == 15
     again = child.model()
     assert refresh_norm_statistics(again, _decode(learned), line.parent.train_config, None, 0)
-    running = [k for k in b if "running_" in k]  # the teacher's too: neither changes them
+    running = [k for k in b if "running_" in k]  # the teacher's too: as the update aligned them
     assert any(k.startswith("psm.") for k in running)
     estimated = Checkpoint.of(again).state
     for key in running:

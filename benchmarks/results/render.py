@@ -1496,9 +1496,11 @@ def page_updating(d: Data) -> Page:
             if any(r["settings"].get("refresh_norms") is False for r in mine):
                 p.add(
                     "*BatchNorm statistics kept*: the memory-only update with `--keep-norms`, "
-                    "as `adps update` was before it re-estimated the student's and the PSM's "
-                    "BatchNorm statistics on the new images: what that re-estimate buys. The "
-                    "other update rows re-estimate them (the default).\n"
+                    "which keeps every BatchNorm statistic of the base model, as `adps update` "
+                    "was before it re-estimated the student's and the PSM's on the new images "
+                    "(and, since the battery weld rows were measured, aligned the teacher's): "
+                    "what those buy. The other update rows do both (the default) unless their "
+                    "note says otherwise.\n"
                 )
             if sources:
                 p.add(by_source(mine, sources, st.get("pool_test_good", False)))

@@ -82,9 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--train-dir",
         type=Path,
-        help="with --time-budget: the model's old training images, so that the fine-tune "
-        "keeps learning the old look too (the model file does not hold its images; without "
-        "this it sees the new images only); they do not join the memory",
+        help="the model's old training images: with --time-budget the fine-tune keeps "
+        "learning the old look too (the model file does not hold its images; without this "
+        "it sees the new images only); for a model trained before adps recorded its training "
+        "images' look at the teacher, they measure it; they do not join the memory",
     )
     p.add_argument(
         "--lr",
@@ -95,11 +96,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--keep-norms",
         action="store_true",
-        help="keep the model's BatchNorm statistics; by default the student's and the PSM's "
-        "are re-estimated on the new images with synthetic defects, as training estimated "
-        "them, which adapts the model to a photometric change (a lamp, a camera's gain) "
-        "without a gradient step (after a fine-tune, whose running averages also hold the "
-        "old training images'; with --time-budget this keeps those)",
+        help="keep the model's BatchNorm statistics; by default the teacher's are moved so "
+        "that the new images leave each layer as the training images did, and the student's "
+        "and the PSM's are re-estimated on the new images with synthetic defects, as "
+        "training estimated them, which adapts the model to a photometric change (a lamp, a "
+        "camera's gain) without a gradient step (after a fine-tune, whose running averages "
+        "also hold the old training images'; with --time-budget this keeps those)",
     )
     p.add_argument(
         "--seed",

@@ -120,6 +120,9 @@ class Checkpoint:
     fingerprint: Fingerprint = Fingerprint()
     training: TrainingRecord | None = None
     lineage: tuple[Lineage, ...] = ()
+    # per teacher BatchNorm layer, its normalised output's (mean, std) over the training images
+    # (adps.engine.norms.teacher_norm_targets): where an update moves a new look to
+    teacher_norm_targets: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
     # the trainer's optimiser and RNG states: only in a resumable last.pt
     resume: Mapping[str, Any] | None = field(default=None, repr=False)
     adps_version: str = __version__
@@ -210,6 +213,9 @@ class Checkpoint:
             **data,
             "model": dict(self.state),
             "fingerprint": self.fingerprint.to_dict() if self.fingerprint.recorded else None,
+            "teacher_norm_targets": (
+                None if self.teacher_norm_targets is None else dict(self.teacher_norm_targets)
+            ),
             "resume": None if self.resume is None else dict(self.resume),
         }
 
@@ -235,6 +241,7 @@ class Checkpoint:
                 fingerprint=Fingerprint.from_dict(data.get("fingerprint")),
                 training=None if training is None else TrainingRecord.from_dict(training),
                 lineage=tuple(Lineage.from_dict(step) for step in data.get("lineage", ())),
+                teacher_norm_targets=data.get("teacher_norm_targets"),
                 resume=data.get("resume"),
                 adps_version=str(data.get("adps_version", "?")),
             )

@@ -5,8 +5,8 @@ of the student and the PSM, while their BatchNorm layers go on normalising with 
 of the old line: the PSM then ranks new parts worse although nothing it learned is wrong. The
 statistics are re-estimated here, with no gradient step, on the new images with the usual
 synthetic defects, the kind of batches training estimated them on (AdaBN: Li et al., "Revisiting
-Batch Normalization For Practical Domain Adaptation", 2016). The teacher's statistics never
-change: the memory holds its features, and they would no longer match.
+Batch Normalization For Practical Domain Adaptation", 2016). The teacher's statistics are
+ImageNet's, not the line's: they are aligned instead (:mod:`adps.engine.teacher_look`).
 """
 
 from __future__ import annotations

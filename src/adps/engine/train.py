@@ -35,6 +35,7 @@ from adps.engine.inference import TorchForward, infer
 from adps.engine.losses import adps_loss
 from adps.engine.prior import decision_scores, fit_decision, fit_prior
 from adps.engine.schedule import format_duration, lr_factor
+from adps.engine.teacher_look import teacher_norm_targets
 from adps.engine.tiling import Tiling, grid_tiles, tiled
 from adps.errors import AdpsError
 from adps.models.adps import ADPS
@@ -193,6 +194,8 @@ class Trainer:
         self.overhead = 0.0
         self.reserve = 0.0
         self.history: list[float] = []
+        # the training images' look at the teacher's BatchNorm layers, for adps update
+        self.teacher_norm_targets: Mapping[str, torch.Tensor] | None = None
 
     def _init_process_group(self, device: str, progress: bool) -> None:
         self.device = resolve_device(device)
@@ -324,6 +327,7 @@ class Trainer:
             train_config=self.config,
             fingerprint=self.fingerprint,
             training=TrainingRecord(epoch, self.step, self.elapsed, tuple(self.history)),
+            teacher_norm_targets=self.teacher_norm_targets,
             **fields,
         )
 
@@ -361,6 +365,7 @@ class Trainer:
         self.start_epoch = ckpt.training.epochs
         self.overhead = float(ckpt.resume.get("overhead", 0.0))
         self.history = list(ckpt.training.history)
+        self.teacher_norm_targets = ckpt.teacher_norm_targets
         # what earlier sessions learned from counts too, should the data have changed since
         self.fingerprint = ckpt.fingerprint | self.fingerprint
         return True
@@ -524,6 +529,8 @@ class Trainer:
         fit = fit_prior(
             self.model, images, holdout, self.config.batch_size, self.progress, self.config.seed
         )
+        # the look the memory learned, which an update moves a new look's teacher features to
+        self.teacher_norm_targets = teacher_norm_targets(self.model, images)
         if self.dist.is_main:
             tqdm.write(
                 f"memory prior: {fit.bank_size} of {fit.features} normal features kept, "

@@ -13,34 +13,40 @@ What an update does, in order:
    calibration images (``calibrate_dir``). The calibration images must be able to measure the
    target false-alarm rate, and must not be images the model trained on, as with
    ``adps calibrate``; both are checked before anything is computed.
-2. Memory (:func:`adps.engine.prior.extend_prior`): the greedy coreset of the old bank and the
+2. Teacher: its BatchNorm statistics are moved so that the new images leave each layer with
+   the mean and spread the training images left it with (:mod:`adps.engine.teacher_look`;
+   with ``refresh_norms``): the new look then reaches the memory and the PSM in the form they
+   learned. A parent that does not record that look (trained before it was recorded) is
+   measured on ``train_dir`` where given, else its teacher is kept (the summary says so).
+3. Memory (:func:`adps.engine.prior.extend_prior`): the greedy coreset of the old bank and the
    new images' features together, with the same size bound; the new images are numbered after
    the old ones in ``memory.sources``. The prior's statistics (``memory.stats``) are
    re-estimated on the calibration images, which the bank does not hold. A tiling model's
    memory holds tiles: the new frames' grid tiles join it (at most as many as training takes),
    numbered as tiles.
-3. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
+4. With a time budget, the student and the PSM are fine-tuned from the checkpoint's weights
    with the usual synthetic defects, on the new images and, if given, the old training images
    (``train_dir``; the checkpoint does not hold its images, so without it the fine-tune sees
    the new images only). The teacher and the memory do not change.
-4. The student's and the PSM's BatchNorm statistics are re-estimated on the new images with
+5. The student's and the PSM's BatchNorm statistics are re-estimated on the new images with
    synthetic defects, without a gradient step (:mod:`adps.engine.norms`; ``refresh_norms``):
    a lamp or a camera's gain moves their activations, and the old statistics then normalise
-   them wrongly. The teacher's never change (the memory holds its features). This comes after
-   a fine-tune: training leaves running averages over its batches, which hold the old
-   training images as well as the new ones, averages of two lamps that fit neither.
-5. The standardized decision's statistics (``memory.score_stats``), where the model decides
+   them wrongly. This comes after a fine-tune: training leaves running averages over its
+   batches, which hold the old training images as well as the new ones, averages of two lamps
+   that fit neither.
+6. The standardized decision's statistics (``memory.score_stats``), where the model decides
    that way (refitted where ``adps calibrate`` refits them), and the image threshold are
    fitted on the calibration images, scored by torch as at the end of training (the
    standardized decision's score from the same pass that gives its statistics).
-6. The result is written as a new checkpoint, atomically (a crash or a kill leaves no half
+7. The result is written as a new checkpoint, atomically (a crash or a kill leaves no half
    file, and the input is only replaced when asked): its lineage records the parent's hash,
    when, how many images were added with a hash of their set, and what changed; its
    fingerprint gains the new images (trained) and the calibration images (calibrated), so
    ``adps test`` and ``adps calibrate`` refuse them later.
 
-Without a time budget no trained weight changes: only the ``memory.*`` buffers, the student's
-and the PSM's BatchNorm statistics and the thresholds differ from the parent.
+Without a time budget no trained weight changes: only the ``memory.*`` buffers, the BatchNorm
+statistics (the teacher's, the student's and the PSM's) and the thresholds differ from the
+parent.
 """
 
 from __future__ import annotations
@@ -72,6 +78,7 @@ from adps.engine.inference import TorchForward, infer
 from adps.engine.norms import refresh_norm_statistics
 from adps.engine.prior import PriorFit, decision_scores, decision_statistics, extend_prior
 from adps.engine.schedule import format_duration, parse_duration
+from adps.engine.teacher_look import align_teacher_norms, teacher_norm_targets
 from adps.engine.tiling import Tiling, at_working_size, grid_tiles, tiled
 from adps.engine.train import Trainer, some_tiles
 from adps.errors import AdpsError
@@ -114,6 +121,14 @@ class UpdateResult:
                 "BatchNorm statistics of the student and the PSM re-estimated on the "
                 f"{self.images_added} new images ({self.norms_seconds:.1f} s)"
             )
+            if "teacher normalization" in self.updated:
+                lines.append("the teacher's normalization moved to the training images' look")
+            else:
+                lines.append(
+                    "the teacher's normalization kept: the model does not record its training "
+                    "images' look (trained before adps recorded it); give its training images "
+                    "(--train-dir) to align it to the new images"
+                )
         if self.fine_tune is not None:
             lines.append(
                 f"fine-tune: {self.fine_tune.steps} steps on {self.fine_tune_images} images in "
@@ -167,12 +182,14 @@ def update(
         time_budget: also fine-tune the student and the PSM for this long (seconds, or a
             duration such as "2m"); None: memory only, no trained weight changes.
         train_dir: the model's old training images, for the fine-tune to learn from beside the
-            new ones (they do not join the memory).
+            new ones (they do not join the memory), and to measure the training images' look
+            at the teacher where the model does not record it.
         lr: the fine-tune's peak learning rate (default: :data:`FINE_TUNE_LR_SHARE` of the
             model's).
-        refresh_norms: re-estimate the student's and the PSM's BatchNorm statistics on the
-            new images, after the fine-tune if there is one (:mod:`adps.engine.norms`); False
-            keeps the parent's (with a fine-tune: those its training left).
+        refresh_norms: align the teacher's BatchNorm statistics to the new images, and
+            re-estimate the student's and the PSM's on them, after the fine-tune if there is
+            one (:mod:`adps.engine.norms`); False keeps the parent's (with a fine-tune: those
+            its training left).
         overwrite: replace ``out`` if it exists (``out=model`` updates the model in place).
         allow_overlap: go on when calibration images are images the model trained on.
 
@@ -223,8 +240,17 @@ def update(
     if tiling is not None:  # the memory holds tile features, at most as many as training's
         memory_learn = some_tiles(grid_tiles(learn_images, tiling), seed)
         memory_calibrate = some_tiles(grid_tiles(calibrate_images, tiling), seed)
+    updated, targets = [], ckpt.teacher_norm_targets
+    if refresh_norms and targets is None and old_images:  # a parent from before they existed
+        old_look = _decode(old_images, net, progress)
+        if tiling is not None:
+            old_look = some_tiles(grid_tiles(old_look, tiling), seed)
+        targets = teacher_norm_targets(net, old_look)
+    if refresh_norms and targets is not None:  # first: the memory takes the aligned features
+        align_teacher_norms(net, memory_learn, targets, seed)
+        updated.append("teacher normalization")
     memory_fit = extend_prior(net, memory_learn, memory_calibrate, batch_size, progress, seed)
-    updated = ["memory", "memory statistics"]
+    updated = ["memory", "memory statistics", *updated]
     first = int(ckpt.state["memory.sources"].max()) + 1  # the new images' first number
     # the training settings give the refresh's and the fine-tune's synthetic defects
     settings = _training_settings(ckpt) if refresh_norms or budget is not None else None
@@ -295,6 +321,7 @@ def update(
         thresholds=ckpt.thresholds.calibrated(calibration),
         fingerprint=fingerprint,
         training=training,
+        teacher_norm_targets=targets,
     )
     child.save(out_path)
     return UpdateResult(
