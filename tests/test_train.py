@@ -479,7 +479,8 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     ckpt = Checkpoint.load(out / "model.pt")
     assert ckpt.state["memory.bank"].shape == (200, 152)
     assert main(["info", "--model", str(out / "model.pt")]) == 0
-    assert "memory prior: 200 features x 152 channels" in capsys.readouterr().out
+    info = capsys.readouterr().out
+    assert "memory prior: 200 features x 152 channels" in info
     # the threshold was calibrated on the fused scores of the held-out images
     model = ckpt.model()
     images, _, _ = load_tensor_stack(datasets(data))
@@ -491,6 +492,7 @@ def test_training_with_the_memory_prior_end_to_end(data, tmp_path, capsys):
     # frozen: the trained model's measures it as the fit did)
     look = teacher_norm_targets(model, images[kept])
     assert ckpt.teacher_norm_targets is not None and set(ckpt.teacher_norm_targets) == set(look)
+    assert f"training look at the teacher: recorded ({len(look)} layers" in info
     for name, value in look.items():
         torch.testing.assert_close(ckpt.teacher_norm_targets[name], value, rtol=1e-4, atol=1e-5)
     want = threshold_for_false_alarm_rate(scores.numpy(), 0.5).threshold

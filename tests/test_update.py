@@ -367,13 +367,15 @@ def test_update_keeping_the_norms_changes_only_the_memory(line, model_copy):
 
 
 def test_a_parent_without_its_training_look_aligns_from_train_dir_or_keeps_its_teacher(
-    line, tmp_path
+    line, tmp_path, capsys
 ):
     """A model trained before the look was recorded: without ``train_dir`` its teacher is kept
     and the summary says how to align it; with it the look is measured on those images by the
     parent's teacher, the teacher aligned, and the child records the look for later updates."""
     old_style = Checkpoint.load(line.path).replace(teacher_norm_targets=None)
     parent = old_style.save(tmp_path / "old-style.pt")
+    assert main(["info", "--model", str(parent)]) == 0
+    assert "training look at the teacher: not recorded" in capsys.readouterr().out
     kept = update(parent, line.new_dir, tmp_path / "kept.pt", calibrate_dir=line.calibrate_dir)
     child = Checkpoint.load(kept.checkpoint)
     assert all(

@@ -116,6 +116,14 @@ def describe_checkpoint(path: Path) -> list[str]:
             f"({bank.numel() * bank.element_size() / 2**20:.1f} MiB), "
             f"{m.memory_neighbors} neighbour(s), {m.prior_fusion} fusion"
         )
+        looks = ckpt.teacher_norm_targets
+        lines.append(
+            f"  training look at the teacher: recorded ({len(looks)} layers; adps update "
+            "aligns a new look to it)"
+            if looks
+            else "  training look at the teacher: not recorded (an older model; adps update "
+            "--train-dir measures it)"
+        )
         if m.prior_fusion == "late":
             fusion = ckpt.fusion_fit
             source = f", fitted on {fusion.n_images} defective images" if fusion else ""

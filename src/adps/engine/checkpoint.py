@@ -121,7 +121,7 @@ class Checkpoint:
     training: TrainingRecord | None = None
     lineage: tuple[Lineage, ...] = ()
     # per teacher BatchNorm layer, its normalised output's (mean, std) over the training images
-    # (adps.engine.norms.teacher_norm_targets): where an update moves a new look to
+    # (adps.engine.teacher_look.teacher_norm_targets): where an update moves a new look to
     teacher_norm_targets: Mapping[str, torch.Tensor] | None = field(default=None, repr=False)
     # the trainer's optimiser and RNG states: only in a resumable last.pt
     resume: Mapping[str, Any] | None = field(default=None, repr=False)
