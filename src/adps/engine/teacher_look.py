@@ -62,14 +62,15 @@ def teacher_norm_targets(
     ``net``'s teacher must be as training left it (its statistics ImageNet's)."""
     layers = teacher_norms(net)
     device = net.mean.device
-    sums: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    # per layer: the sums of its inputs and of their squares per channel, and the positions
+    sums: dict[str, list] = {name: [0.0, 0.0, 0] for name in layers}
 
     def record(name: str):
         def hook(_module, inputs):
-            x = inputs[0].double()
-            sums[name].append(
-                torch.stack([x.sum((0, 2, 3)), x.pow(2).sum((0, 2, 3))]) / (x.numel() // x.shape[1])
-            )
+            x, acc = inputs[0].double(), sums[name]
+            acc[0] = acc[0] + x.sum((0, 2, 3))
+            acc[1] = acc[1] + x.pow(2).sum((0, 2, 3))
+            acc[2] += x.numel() // x.shape[1]
 
         return hook
 
@@ -86,14 +87,9 @@ def teacher_norm_targets(
         net.train(was_training)
     targets = {}
     for name, layer in layers.items():
-        # every batch but the last is full: weight each batch's moments by its images
-        weights = torch.tensor(
-            [min(batch_size, len(images) - s) for s in range(0, len(images), batch_size)],
-            dtype=torch.float64,
-            device=device,
-        )
-        mean, square = (torch.stack(sums[name]) * weights[:, None, None]).sum(0) / len(images)
-        moments = _normalised_moments(layer, mean.float(), (square - mean.pow(2)).float())
+        total, squares, count = sums[name]
+        mean = total / count
+        moments = _normalised_moments(layer, mean.float(), (squares / count - mean.pow(2)).float())
         targets[name] = moments.cpu()
     return targets
 
