@@ -36,10 +36,8 @@ def _dark(images: torch.Tensor) -> torch.Tensor:
     return ((images.float() / 255) ** 1.6 * 0.8 * 255).round().to(torch.uint8)
 
 
-def _normalised_moments(model: ADPS, images: torch.Tensor) -> dict[str, np.ndarray]:
-    """Reference: each teacher BatchNorm layer's input recorded by a hook in one pass, then
-    normalised with its running statistics and summarised by numpy in float64."""
-    layers = teacher_norms(model)
+def _record_inputs(layers: dict) -> tuple[dict[str, np.ndarray], list]:
+    """Pre-hooks that keep each layer's latest input, by name, in float64 (remove the hooks)."""
     seen: dict[str, np.ndarray] = {}
 
     def record(name):
@@ -48,7 +46,14 @@ def _normalised_moments(model: ADPS, images: torch.Tensor) -> dict[str, np.ndarr
 
         return hook
 
-    hooks = [layer.register_forward_pre_hook(record(n)) for n, layer in layers.items()]
+    return seen, [layer.register_forward_pre_hook(record(n)) for n, layer in layers.items()]
+
+
+def _normalised_moments(model: ADPS, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """Reference: each teacher BatchNorm layer's input recorded by a hook in one pass, then
+    normalised with its running statistics and summarised by numpy in float64."""
+    layers = teacher_norms(model)
+    seen, hooks = _record_inputs(layers)
     with torch.no_grad():
         model.teacher(model.normalize(images.float() / 255))
     for hook in hooks:
@@ -88,15 +93,7 @@ def test_aligned_a_new_look_leaves_every_layer_with_the_recorded_moments():
     before = _normalised_moments(model, dark)
     layers = teacher_norms(model)
     running = {n: (m.running_mean.clone(), m.running_var.clone()) for n, m in layers.items()}
-    seen: dict[str, np.ndarray] = {}  # each layer's input in the aligning pass (hooks run first)
-
-    def record(name):
-        def hook(_module, inputs):
-            seen[name] = inputs[0].detach().double().numpy()
-
-        return hook
-
-    hooks = [layer.register_forward_pre_hook(record(n)) for n, layer in layers.items()]
+    seen, hooks = _record_inputs(layers)  # each layer's input in the aligning pass (run first)
     assert align_teacher_norms(model, dark, targets) == len(targets)
     for hook in hooks:
         hook.remove()

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from adps.engine.prior import image_batches
 from adps.models.adps import ADPS
 
 # images the alignment measures, in one batch (each layer's statistics must be final before
@@ -61,7 +62,6 @@ def teacher_norm_targets(
     images) and every position: the look that :func:`align_teacher_norms` moves new images to.
     ``net``'s teacher must be as training left it (its statistics ImageNet's)."""
     layers = teacher_norms(net)
-    device = net.mean.device
     # per layer: the sums of its inputs and of their squares per channel, and the positions
     sums: dict[str, list] = {name: [0.0, 0.0, 0] for name in layers}
 
@@ -78,8 +78,7 @@ def teacher_norm_targets(
     was_training = net.training
     net.eval()
     try:
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device).float().div_(255.0)
+        for batch in image_batches(images, net.mean.device, batch_size, "teacher look", False):
             net.teacher(net.normalize(batch))
     finally:
         for hook in hooks:
