@@ -21,7 +21,8 @@ A fine-tune (``--fine-tune``) also learns from the base model's training images,
 (``adps update --train-dir``), as the guide advises. Every update of a base model trained here
 is given them: one trained before adps recorded its training images' look at the teacher has
 that look measured on them (as ``adps update --train-dir`` does), so that its teacher is aligned
-as a newly trained model's is. ``--retrain`` adds the yardstick: the base
+as a newly trained model's is (``--fine-tune-new-only`` leaves them out of the fine-tune: what
+they give it; ``--fine-tune-lr`` sets its learning rate). ``--retrain`` adds the yardstick: the base
 recipe trained again from scratch on the same training images after the change (same budget
 and seed) and calibrated as the updates are: what training again instead of updating gives
 (on weld it does better than a memory-only update); it is trained once and calibrated in each
@@ -105,7 +106,7 @@ import adps
 start = time.perf_counter()
 result = adps.update(*sys.argv[1:4], calibrate_dir=sys.argv[4], time_budget=json.loads(sys.argv[5]),
                      seed=int(sys.argv[6]), train_dir=sys.argv[7] or None,
-                     refresh_norms=json.loads(sys.argv[8]))
+                     refresh_norms=json.loads(sys.argv[8]), lr=json.loads(sys.argv[9]))
 hwm = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM"))
 print(json.dumps({"seconds": result.seconds, "peak_rss_mib": int(hwm.split()[1]) / 1024,
     "bank": result.memory.bank_size,
@@ -238,13 +239,15 @@ def drift_watch(
     window of a few dozen images' repeats looks like far more evidence than it is, which makes
     the test more eager than on a stream of new parts. Shifted: a full window drawn with
     replacement from before the change, then scores after it, drawn with replacement (how many
-    images until it flips?); that full window is also the baseline of the test against the
-    service's first images. That test alone (no calibration to compare with) on ``runs``
-    unshifted streams of ``stream`` images drawn with replacement: its false flips (window and
-    baseline draw from the same scores, so repeats do not make it eager)."""
+    images until it flips?), in the runs that the window's repeats did not flip already (those
+    are counted apart: they measure the repeats, not the change); that full window is also the
+    baseline of the test against the service's first images. That test alone (no calibration
+    to compare with) on ``runs`` unshifted streams of ``stream`` images drawn with replacement:
+    its false flips (window and baseline draw from the same scores, so repeats do not make it
+    eager)."""
     reference = Reference.of(Checkpoint.load(model_path).thresholds)
     settings = DriftSettings()
-    false_flips, baseline_false_flips, to_flip = 0, 0, []
+    false_flips, baseline_false_flips, drifting_before, to_flip = 0, 0, 0, []
     for seed in range(runs):
         rng = np.random.default_rng(seed)
         for _ in range(2):
@@ -255,6 +258,9 @@ def drift_watch(
         monitor = DriftMonitor(reference, settings)
         for s in rng.choice(before, settings.window):
             monitor.add([s])
+        if monitor.drifting:  # the window's repeats flipped it already: no measure of the change
+            drifting_before += 1
+            continue
         flip = None
         for i, s in enumerate(rng.choice(after, 5000)):
             monitor.add([s])
@@ -275,6 +281,7 @@ def drift_watch(
         "baseline_stream_images": stream,
         "baseline_false_flips": baseline_false_flips,
         "flipped_runs": len(flipped),
+        "drifting_before_change": drifting_before,  # of the runs: not counted in flipped_runs
         "images_to_flip_min": min(flipped, default=None),
         "images_to_flip_median": float(np.median(flipped)) if flipped else None,
         "images_to_flip_max": max(flipped, default=None),
@@ -290,12 +297,13 @@ def run_update(
     seed: int,
     old: Path | None,
     refresh_norms: bool = True,
+    lr: float | None = None,
 ) -> dict:
     """``adps update`` in a process of its own; a fine-tune also learns from ``old``, the base
     model's training images (``--train-dir``), as the guide advises."""
     start = time.perf_counter()
     args = [str(model), str(new), str(out), str(calibrate), json.dumps(budget), str(seed)]
-    args += ["" if old is None else str(old), json.dumps(refresh_norms)]
+    args += ["" if old is None else str(old), json.dumps(refresh_norms), json.dumps(lr)]
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, *args], capture_output=True, text=True, check=False
     )
@@ -412,6 +420,17 @@ def main() -> None:
     parser.add_argument("--textures", default="../shared/datasets/dtd/images")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 25, 50])
     parser.add_argument("--fine-tune", default="2m", help="fine-tune budget ('' = none)")
+    parser.add_argument(
+        "--fine-tune-new-only",
+        action="store_true",
+        help="the fine-tune learns the new images only (adps update without --train-dir): "
+        "what the old training images give it",
+    )
+    parser.add_argument(
+        "--fine-tune-lr",
+        type=float,
+        help="the fine-tune's peak learning rate (adps update --lr; default: adps update's)",
+    )
     parser.add_argument(
         "--keep-norms-row",
         action="store_true",
@@ -609,10 +628,15 @@ def main() -> None:
             # the base model's training images: a fine-tune learns from them too, and a base
             # model trained before adps recorded its training look has it measured on them
             old = base_data if base_trained_here else None
-            update = run_update(base_model, folder, out, cal_dir, budget, args.seed, old, norms)
+            if budget is not None and args.fine_tune_new_only:
+                old = None
+            lr = None if budget is None else args.fine_tune_lr
+            update = run_update(base_model, folder, out, cal_dir, budget, args.seed, old, norms, lr)
             row = {
                 "stage": f"update, {n} new images, "
                 + ("memory only" if budget is None else f"fine-tune {budget}")
+                + (", new images only" if budget is not None and old is None else "")
+                + ("" if lr is None else f", lr {lr:g}")
                 + ("" if norms else ", BatchNorm statistics kept"),
                 "new_images": n,
                 "fine_tune": budget,

@@ -1491,14 +1491,27 @@ def page_updating(d: Data) -> Page:
                         "updates' calibration images: what training again instead of an "
                         "update gives (one model, trained once, serves every deal). The "
                         "fine-tune learns from the new images and the base model's training "
-                        "images (`--train-dir`).\n"
+                        "images (`--train-dir`)"
+                        + (
+                            "; one marked *new images only* from the new images alone "
+                            "(`--fine-tune-new-only`)"
+                            if any(q["stage"].endswith("new images only") for q in mine)
+                            else ""
+                        )
+                        + (
+                            "; one marked *lr* with that peak learning rate (`--fine-tune-lr`; "
+                            "by default a quarter of the model's)"
+                            if any(", lr " in q["stage"] for q in mine)
+                            else ""
+                        )
+                        + ".\n"
                     )
             if any(r["settings"].get("refresh_norms") is False for r in mine):
                 p.add(
                     "*BatchNorm statistics kept*: the memory-only update with `--keep-norms`, "
                     "which keeps every BatchNorm statistic of the base model, as `adps update` "
                     "was before it re-estimated the student's and the PSM's on the new images "
-                    "(and, since the battery weld rows were measured, aligned the teacher's): "
+                    "and aligned the teacher's: "
                     "what those buy. The other update rows do both (the default) unless their "
                     "note says otherwise.\n"
                 )
@@ -1528,7 +1541,13 @@ def page_updating(d: Data) -> Page:
                 f"unshifted streams, each the {w['unshifted_stream_images']} normal images from "
                 "before the change in its own order; after a full window of those (drawn with "
                 f"replacement), scores after the change flipped it in {w['flipped_runs']} of "
-                f"{w['runs']} runs"
+                f"{w['runs'] - w.get('drifting_before_change', 0)} runs"
+                + (
+                    " (the repeats of the window flipped "
+                    f"{w['drifting_before_change']} more before the change)"
+                    if w.get("drifting_before_change")
+                    else ""
+                )
                 + (
                     " (5,000 images each). "
                     if not w["flipped_runs"]
@@ -1557,15 +1576,28 @@ def page_updating(d: Data) -> Page:
                 flipped = [v for v in watches if v["flipped_runs"]]
 
                 def total(key: str) -> int:
-                    return sum(v[key] for v in watches)
+                    return sum(v.get(key, 0) for v in watches)
 
+                low = min(v["images_to_flip_min"] for v in flipped)
+                high = max(v["images_to_flip_max"] for v in flipped)
                 p.add(
                     f"Over the {len(watches)} deals: {total('false_flips')} false flips in "
                     f"{total('unshifted_streams')} unshifted streams; the baseline's test "
                     f"alone, {total('baseline_false_flips')} in {total('baseline_streams')}; "
-                    f"the change flipped it in {total('flipped_runs')} of {total('runs')} "
-                    f"runs, after {min(v['images_to_flip_min'] for v in flipped)} to "
-                    f"{max(v['images_to_flip_max'] for v in flipped)} images.\n"
+                    f"the change flipped it in {total('flipped_runs')} of "
+                    f"{total('runs') - total('drifting_before_change')} runs, "
+                    + (
+                        f"after {low} images in every run"
+                        if low == high
+                        else f"after {low} to {high} images"
+                    )
+                    + (
+                        " (the repeats of the window flipped "
+                        f"{total('drifting_before_change')} more before the change)"
+                        if total("drifting_before_change")
+                        else ""
+                    )
+                    + ".\n"
                 )
         p.add(reproduce(rows, label=lambda r: r["run"].split(":")[0]))
     if "drift" in d.docs:
