@@ -1237,6 +1237,12 @@ def calibration_spread(st: dict) -> str:
     )
 
 
+def flipped_before(runs: int) -> str:
+    """The drift watch's runs whose window of repeats flipped it before the change, if any:
+    they are left out of the runs that measure the change."""
+    return f" (the repeats of the window flipped {runs} more before the change)" if runs else ""
+
+
 def by_source(rows: list[dict], sources: list[str], pooled: bool) -> str:
     """The update rows' false-alarm rates by where the normal images came from, memory-only
     updates against fine-tunes, as ranges over the numbers of new images."""
@@ -1542,12 +1548,7 @@ def page_updating(d: Data) -> Page:
                 "before the change in its own order; after a full window of those (drawn with "
                 f"replacement), scores after the change flipped it in {w['flipped_runs']} of "
                 f"{w['runs'] - w.get('drifting_before_change', 0)} runs"
-                + (
-                    " (the repeats of the window flipped "
-                    f"{w['drifting_before_change']} more before the change)"
-                    if w.get("drifting_before_change")
-                    else ""
-                )
+                + flipped_before(w.get("drifting_before_change", 0))
                 + (
                     " (5,000 images each). "
                     if not w["flipped_runs"]
@@ -1591,12 +1592,7 @@ def page_updating(d: Data) -> Page:
                         if low == high
                         else f"after {low} to {high} images"
                     )
-                    + (
-                        " (the repeats of the window flipped "
-                        f"{total('drifting_before_change')} more before the change)"
-                        if total("drifting_before_change")
-                        else ""
-                    )
+                    + flipped_before(total("drifting_before_change"))
                     + ".\n"
                 )
         p.add(reproduce(rows, label=lambda r: r["run"].split(":")[0]))
